@@ -1,0 +1,1 @@
+"""Library code behind the top-level Alpaca scripts (train.py, generate_instruction.py, weight_diff.py)."""

