@@ -1,0 +1,343 @@
+"""Supervised fine-tuning of a causal LM on Alpaca data, with the prompt masked out of the loss.
+
+    torchrun --nproc_per_node=4 --master_port=29500 train.py \
+        --model_name_or_path <hf_llama_dir> --data_path ./alpaca_data.json --bf16 True \
+        --output_dir <out> --num_train_epochs 3 --per_device_train_batch_size 4 \
+        --gradient_accumulation_steps 8 --evaluation_strategy "no" --save_strategy "steps" \
+        --save_steps 2000 --save_total_limit 1 --learning_rate 2e-5 --weight_decay 0. \
+        --warmup_ratio 0.03 --lr_scheduler_type "cosine" --logging_steps 1 \
+        --fsdp "full_shard auto_wrap" --fsdp_transformer_layer_cls_to_wrap 'LlamaDecoderLayer' --tf32 True
+
+Every flag of the original Alpaca commands is accepted: the names transformers 5 renamed or removed
+(`--evaluation_strategy`, `--warmup_ratio`, `--fsdp_transformer_layer_cls_to_wrap`, `--group_by_length`)
+are mapped to their current spelling in `TrainingArguments.__post_init__`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+import torch
+import transformers
+from torch.utils.data import Dataset
+
+from alpaca_lib.data import (
+    DataError,
+    EncodedData,
+    default_cache_dir,
+    encode_file,
+    encode_pairs,
+    labels_for,
+    load_records,
+)
+from alpaca_lib.modeling import (
+    DEFAULT_BOS_TOKEN,
+    DEFAULT_EOS_TOKEN,
+    DEFAULT_PAD_TOKEN,
+    DEFAULT_UNK_TOKEN,
+    IGNORE_INDEX,
+    missing_special_tokens,
+    smart_tokenizer_and_embedding_resize,
+)
+from utils import PROMPT_DICT
+
+__all__ = [
+    "PROMPT_DICT", "IGNORE_INDEX", "DEFAULT_PAD_TOKEN", "DEFAULT_EOS_TOKEN", "DEFAULT_BOS_TOKEN",
+    "DEFAULT_UNK_TOKEN", "ModelArguments", "DataArguments", "TrainingArguments",
+    "smart_tokenizer_and_embedding_resize", "preprocess", "SupervisedDataset",
+    "DataCollatorForSupervisedDataset", "make_supervised_data_module", "train",
+]
+
+logger = logging.getLogger("train")
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: Optional[str] = field(default="facebook/opt-125m")
+    gguf_file: Optional[str] = field(
+        default=None, metadata={"help": "A GGUF file inside --model_name_or_path to load (dequantized) as the base."}
+    )
+    torch_dtype: str = field(
+        default="float32",
+        metadata={"help": "dtype of the loaded weights. float32 keeps fp32 master weights under --bf16 autocast, "
+                          "as the original recipe did; 'auto' uses the checkpoint's own dtype."},
+    )
+
+
+@dataclass
+class DataArguments:
+    data_path: str = field(default=None, metadata={"help": "Path to the training data (Alpaca JSON list or JSON Lines)."})
+    preprocessing_cache_dir: Optional[str] = field(
+        default=str(default_cache_dir()),
+        metadata={"help": "Folder for tokenized data, keyed by data file, tokenizer and max length; '' disables it."},
+    )
+
+
+@dataclass
+class TrainingArguments(transformers.TrainingArguments):
+    cache_dir: Optional[str] = field(default=None)
+    optim: str = field(default="adamw_torch")
+    model_max_length: int = field(
+        default=512,
+        metadata={"help": "Maximum sequence length. Sequences will be right padded (and possibly truncated)."},
+    )
+    # Names of the original commands that transformers 5 renamed or removed; mapped in __post_init__.
+    evaluation_strategy: Optional[str] = field(default=None, metadata={"help": "Old name of --eval_strategy."})
+    warmup_ratio: Optional[float] = field(
+        default=None, metadata={"help": "Fraction of steps for linear warmup (old flag; now --warmup_steps < 1)."}
+    )
+    fsdp_transformer_layer_cls_to_wrap: Optional[str] = field(
+        default=None,
+        metadata={"help": "Old flag: decoder layer class(es) to wrap, e.g. 'LlamaDecoderLayer' (comma-separated); "
+                          "now fsdp_config['transformer_layer_cls_to_wrap']."},
+    )
+    group_by_length: bool = field(
+        default=False, metadata={"help": "Old flag: batch examples of similar length (--train_sampling_strategy group_by_length)."}
+    )
+
+    def __post_init__(self):
+        self._map_legacy_flags()
+        self._adapt_to_hardware()
+        super().__post_init__()
+
+    def _map_legacy_flags(self) -> None:
+        if self.evaluation_strategy is not None:
+            current = str(getattr(self.eval_strategy, "value", self.eval_strategy))
+            if current not in ("no", str(self.evaluation_strategy)):
+                raise ValueError(
+                    f"--evaluation_strategy {self.evaluation_strategy} conflicts with --eval_strategy {current}; "
+                    "give only one of them."
+                )
+            self.eval_strategy = self.evaluation_strategy
+        if self.warmup_ratio is not None:
+            if not 0 <= self.warmup_ratio < 1:
+                raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}.")
+            if self.warmup_steps not in (0, None):
+                raise ValueError("--warmup_ratio and --warmup_steps both given; keep one of them.")
+            # transformers 5 reads a float below 1 in warmup_steps as a ratio of the total steps.
+            self.warmup_steps = self.warmup_ratio
+        if self.fsdp_transformer_layer_cls_to_wrap:
+            config = self.fsdp_config
+            if config is None:
+                config = {}
+            elif isinstance(config, str):
+                if config.lstrip().startswith("{"):
+                    config = json.loads(config)
+                else:
+                    with open(config, encoding="utf-8") as f:
+                        config = json.load(f)
+            classes = [c.strip() for c in self.fsdp_transformer_layer_cls_to_wrap.split(",") if c.strip()]
+            config.setdefault("transformer_layer_cls_to_wrap", classes)
+            self.fsdp_config = config
+        if self.group_by_length:
+            self.train_sampling_strategy = "group_by_length"
+
+    def _adapt_to_hardware(self) -> None:
+        has_cuda = torch.cuda.is_available()
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        if not has_cuda and not self.use_cpu and not _has_other_accelerator() and not self.deepspeed:
+            # No accelerator: the Trainer wants --use_cpu for bf16, and under torchrun without it each
+            # rank would silently train alone on all the data.
+            self.use_cpu = True
+            if world_size > 1:
+                _rank0_warning(
+                    f"train.py: launched with {world_size} processes and no GPU: training distributed on CPU "
+                    "(gloo backend, as with --use_cpu True)."
+                )
+        if self.tf32 and not has_cuda:
+            _rank0_warning("train.py: --tf32 needs an Ampere or newer NVIDIA GPU; none here, so it is ignored.")
+            self.tf32 = None
+        if self.fsdp and not has_cuda and not _has_other_accelerator():
+            _rank0_warning(
+                "train.py: --fsdp needs a GPU; on CPU, accelerate runs plain data parallelism instead of sharding."
+            )
+        if self.deepspeed and not has_cuda and not _has_other_accelerator():
+            _rank0_warning(
+                "train.py: --deepspeed needs a GPU; accelerate sets up no CPU process group for DeepSpeed, so "
+                "without one the run is expected to fail. Drop --deepspeed to train with DDP on CPU."
+            )
+
+
+def _has_other_accelerator() -> bool:
+    for name in ("xpu", "mps", "npu", "mlu", "musa", "hpu"):
+        backend = getattr(torch, name, None)
+        if backend is not None and getattr(backend, "is_available", lambda: False)():
+            return True
+    return False
+
+
+def _rank0_warning(message: str) -> None:
+    if int(os.environ.get("RANK", "0")) == 0:
+        warnings.warn(message, stacklevel=3)
+
+
+def _tokenize_fn(strings: Sequence[str], tokenizer: transformers.PreTrainedTokenizer) -> Dict:
+    """Tokenizes a list of strings one by one, as the original did (kept for reference and tests)."""
+    tokenized_list = [
+        tokenizer(text, return_tensors="pt", padding="longest", max_length=tokenizer.model_max_length, truncation=True)
+        for text in strings
+    ]
+    input_ids = labels = [tokenized.input_ids[0] for tokenized in tokenized_list]
+    input_ids_lens = labels_lens = [
+        tokenized.input_ids.ne(tokenizer.pad_token_id).sum().item() for tokenized in tokenized_list
+    ]
+    return dict(input_ids=input_ids, labels=labels, input_ids_lens=input_ids_lens, labels_lens=labels_lens)
+
+
+def preprocess(sources: Sequence[str], targets: Sequence[str], tokenizer: transformers.PreTrainedTokenizer) -> Dict:
+    """Tokenizes `source + target` with the source masked: the original function, computed in batches.
+
+    Returns:
+        dict(input_ids=[LongTensor], labels=[LongTensor]) with one entry per example, none dropped.
+    """
+    example_ids, source_lens, _ = encode_pairs(list(sources), list(targets), tokenizer, tokenizer.model_max_length)
+    input_ids = [torch.tensor(ids, dtype=torch.long) for ids in example_ids]
+    labels = [torch.from_numpy(labels_for(ids.numpy(), n)) for ids, n in zip(input_ids, source_lens)]
+    return dict(input_ids=input_ids, labels=labels)
+
+
+class SupervisedDataset(Dataset):
+    """Dataset for supervised fine-tuning: tokenized examples with the prompt masked in the labels."""
+
+    def __init__(
+        self,
+        data_path: str,
+        tokenizer: transformers.PreTrainedTokenizer,
+        cache_dir: Optional[str] = None,
+        records: Optional[Sequence[dict]] = None,
+    ):
+        super().__init__()
+        self.encoded: EncodedData = encode_file(data_path, tokenizer, tokenizer.model_max_length, cache_dir, records)
+        stats = self.encoded.stats
+        logger.info(
+            "%s: %d examples, %d kept, %d tokens (%d in the loss); preprocessing cache: %s",
+            data_path, stats["examples"], stats["kept"], stats["tokens"], stats["loss_tokens"], stats["cache"],
+        )
+        if stats["dropped_no_response"]:
+            logger.warning(
+                "%s: dropped %d of %d examples whose prompt alone fills model_max_length=%d (no response token "
+                "left to learn; first indices %s). Raise --model_max_length to keep them.",
+                data_path, stats["dropped_no_response"], stats["examples"], tokenizer.model_max_length,
+                stats["dropped_indices"],
+            )
+        if stats["boundary_merges"]:
+            logger.warning(
+                "%s: in %d examples the tokenizer merges tokens across the prompt/response boundary (the tokenized "
+                "prompt is not a prefix of the tokenized example); the masked length is still the prompt's token "
+                "count, as in the original.", data_path, stats["boundary_merges"],
+            )
+        if len(self.encoded) == 0:
+            raise DataError(f"{data_path}: no example has a response token left after truncation.")
+
+    def __len__(self) -> int:
+        return len(self.encoded)
+
+    def __getitem__(self, i) -> Dict[str, torch.Tensor]:
+        ids, source_len = self.encoded.example(i)
+        ids = ids.astype(np.int64)
+        return dict(input_ids=torch.from_numpy(ids), labels=torch.from_numpy(labels_for(ids, source_len)))
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.encoded.offsets)
+
+
+@dataclass
+class DataCollatorForSupervisedDataset:
+    """Pads a batch to its longest example: pad id for inputs, -100 for labels."""
+
+    tokenizer: transformers.PreTrainedTokenizer
+
+    def __call__(self, instances: Sequence[Dict]) -> Dict[str, torch.Tensor]:
+        input_ids, labels = tuple([instance[key] for instance in instances] for key in ("input_ids", "labels"))
+        input_ids = torch.nn.utils.rnn.pad_sequence(
+            input_ids, batch_first=True, padding_value=self.tokenizer.pad_token_id
+        )
+        labels = torch.nn.utils.rnn.pad_sequence(labels, batch_first=True, padding_value=IGNORE_INDEX)
+        return dict(
+            input_ids=input_ids,
+            labels=labels,
+            attention_mask=input_ids.ne(self.tokenizer.pad_token_id),
+        )
+
+
+def make_supervised_data_module(tokenizer: transformers.PreTrainedTokenizer, data_args, records=None) -> Dict:
+    """Make dataset and collator for supervised fine-tuning."""
+    train_dataset = SupervisedDataset(
+        data_args.data_path, tokenizer, cache_dir=data_args.preprocessing_cache_dir or None, records=records
+    )
+    data_collator = DataCollatorForSupervisedDataset(tokenizer=tokenizer)
+    return dict(train_dataset=train_dataset, eval_dataset=None, data_collator=data_collator)
+
+
+def safe_save_model_for_hf_trainer(trainer: transformers.Trainer, output_dir: str) -> None:
+    """Saves a complete model (gathered from FSDP/DeepSpeed shards) and the tokenizer to `output_dir`."""
+    trainer.save_model(output_dir)
+    if trainer.args.should_save:
+        names = os.listdir(output_dir)
+        if not any(n.endswith((".safetensors", ".bin")) and "optim" not in n for n in names):
+            raise RuntimeError(
+                f"{output_dir}: no model weights were written (only {sorted(names)}). With DeepSpeed ZeRO-3 set "
+                "\"stage3_gather_16bit_weights_on_model_save\": true in the config (configs/ has it)."
+            )
+
+
+def _load_model_and_tokenizer(model_args: ModelArguments, training_args: TrainingArguments):
+    dtype = model_args.torch_dtype if model_args.torch_dtype == "auto" else getattr(torch, model_args.torch_dtype)
+    extra = {"gguf_file": model_args.gguf_file} if model_args.gguf_file else {}
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        model_args.model_name_or_path, cache_dir=training_args.cache_dir, dtype=dtype, **extra
+    )
+    tokenizer = transformers.AutoTokenizer.from_pretrained(
+        model_args.model_name_or_path,
+        cache_dir=training_args.cache_dir,
+        model_max_length=training_args.model_max_length,
+        padding_side="right",
+        **extra,
+    )
+    smart_tokenizer_and_embedding_resize(missing_special_tokens(tokenizer), tokenizer, model)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def train(argv: Optional[Sequence[str]] = None) -> transformers.Trainer:
+    """Parses the command line, fine-tunes, and saves the model and tokenizer to --output_dir."""
+    parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if data_args.data_path is None:
+        raise DataError("--data_path is required: an Alpaca JSON list or a JSON Lines file.")
+    # Check the data before spending minutes loading a model.
+    records = load_records(data_args.data_path)
+
+    model, tokenizer = _load_model_and_tokenizer(model_args, training_args)
+    # One process per machine tokenizes (and fills the cache); the others then read its result.
+    with training_args.main_process_first(local=True, desc="tokenizing the training data"):
+        data_module = make_supervised_data_module(tokenizer=tokenizer, data_args=data_args, records=records)
+    trainer = transformers.Trainer(model=model, processing_class=tokenizer, args=training_args, **data_module)
+    logger.info(
+        "training with %s over %d process(es) on %s", trainer.accelerator.distributed_type.value,
+        training_args.world_size, training_args.device,
+    )
+    trainer.train()
+    trainer.save_state()
+    safe_save_model_for_hf_trainer(trainer=trainer, output_dir=training_args.output_dir)
+    return trainer
+
+
+def main() -> None:
+    try:
+        train()
+    except DataError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+if __name__ == "__main__":
+    main()
