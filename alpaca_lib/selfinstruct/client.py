@@ -1,0 +1,319 @@
+"""Requests to an OpenAI-compatible server (OpenAI, vLLM, llama.cpp, Ollama, `transformers serve`).
+
+    >>> client = CompletionClient(model="gpt-3.5-turbo-instruct")   # key from OPENAI_API_KEY
+    >>> reply = client.complete(["...4. Instruction:"], seeds=[1])
+    >>> reply.choices[0].text, reply.choices[0].finish_reason, reply.usage
+
+Both API styles go through the `openai` client (>= 1.x), imported when the first client is made,
+never at import time. Keys and addresses are read when the client is made: `api_key` or
+OPENAI_API_KEY, `base_url` or OPENAI_BASE_URL, `organization` or OPENAI_ORG (the original's name)
+or OPENAI_ORG_ID (the client's name).
+
+Failures are handled here, with limits: 429, 5xx, 408/409, timeouts, connection errors and replies
+without usable choices are retried with exponential backoff (honouring Retry-After) up to
+`max_retries` times; a context-length error shrinks `max_tokens` by 0.8 and tries again, as the
+original did, and the smaller value is kept for later requests. Anything else (a wrong key, model
+or address) stops with a message that says what to change.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+# OpenAI's address; with any other base_url a missing key is not an error (local servers need none).
+OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
+# The original asked for the most the model could give and let context errors shrink it.
+DEFAULT_MAX_TOKENS = 3072
+# GPT-2/GPT-3 (r50k/p50k) id of <|endoftext|>; the original banned it so replies run to the 20th item.
+GPT2_ENDOFTEXT_BIAS = {"50256": -100}
+# The same ban for the cl100k completion models (gpt-3.5-turbo-instruct, davinci-002, babbage-002).
+CL100K_ENDOFTEXT_BIAS = {"100257": -100}
+_CL100K_COMPLETION_MODELS = ("gpt-3.5-turbo-instruct", "davinci-002", "babbage-002")
+_GPT3_PREFIXES = ("text-davinci-", "text-curie-", "text-babbage-", "text-ada-")
+_GPT3_BASE_MODELS = ("davinci", "curie", "babbage", "ada")
+_CONTEXT_ERROR = re.compile(
+    r"context[ _-]?length|maximum context|context size|context window|reduce (?:the length|your prompt)"
+    r"|max_tokens.{0,40}too large|too many tokens",
+    re.IGNORECASE,
+)
+_RETRY_STATUS = {408, 409, 429}
+
+
+def _base_name(model: str) -> str:
+    # "openai/gpt-3.5-turbo-instruct" and "gpt-3.5-turbo-instruct" name the same model.
+    return model.rsplit("/", 1)[-1]
+
+
+def infer_api_style(model: str) -> str:
+    """Picks "completions" or "chat" from the model name.
+
+    Names ending in "-instruct", davinci-002, babbage-002 and text-* models use completions; all
+    others chat. The match is case-sensitive: OpenAI's names are lowercase, while chat-tuned open
+    models such as "SmolLM2-135M-Instruct" end in "-Instruct" and belong on the chat API.
+    """
+    name = _base_name(model)
+    if name.endswith("-instruct") or name in ("davinci-002", "babbage-002") or name.startswith("text-"):
+        return "completions"
+    return "chat"
+
+
+def default_logit_bias(model: str, api_style: str) -> dict[str, int] | None:
+    """The original's "no <|endoftext|>" bias, only where the token id means <|endoftext|>.
+
+    Returns {"50256": -100} for the GPT-3 models the original ran on, {"100257": -100} for OpenAI's
+    cl100k completion models, and None for chat models and anything else (a local model's
+    vocabulary gives those ids other meanings).
+    """
+    if api_style != "completions":
+        return None
+    name = _base_name(model)
+    if name.startswith(_GPT3_PREFIXES) or name in _GPT3_BASE_MODELS:
+        return dict(GPT2_ENDOFTEXT_BIAS)
+    if name in _CL100K_COMPLETION_MODELS:
+        return dict(CL100K_ENDOFTEXT_BIAS)
+    return None
+
+
+def is_context_length_error(exc: BaseException) -> bool:
+    """True for a 400 that says the prompt plus max_tokens exceed the model's context."""
+    code = getattr(exc, "code", None)
+    if code in ("context_length_exceeded", "exceed_context_size_error"):
+        return True
+    return bool(_CONTEXT_ERROR.search(str(getattr(exc, "message", "") or exc)))
+
+
+class GenerationError(RuntimeError):
+    """A request failed in a way retrying will not fix, or retries ran out."""
+
+
+@dataclass
+class Choice:
+    """One reply: the text and why generation stopped ("stop", "length", ...)."""
+
+    text: str
+    finish_reason: str | None
+
+
+@dataclass
+class Reply:
+    """The outcome of one HTTP request (possibly after retries)."""
+
+    choices: list[Choice]
+    usage: dict[str, int] = field(default_factory=dict)
+    attempts: int = 1
+    latency_s: float = 0.0
+    max_tokens: int = 0
+
+
+class CompletionClient:
+    """Sends prompts to one model with retries, backoff and context-length shrinking.
+
+    Args:
+        model: the model name the server knows.
+        api_style: "completions", "chat", or "auto" (from the model name; see infer_api_style).
+        base_url / api_key / organization: None reads OPENAI_BASE_URL / OPENAI_API_KEY /
+            OPENAI_ORG (then OPENAI_ORG_ID) now.
+        max_tokens: the starting max_tokens (the original's 3072).
+        temperature, top_p: sampling settings sent with every request.
+        stop: stop sequences (the original's by default).
+        logit_bias: "auto" (see default_logit_bias), None for none, or a dict to send.
+        send_seed: send a per-prompt `seed` so servers that honour it reply reproducibly.
+        timeout: seconds before one request counts as timed out.
+        max_retries: retries of one request after retryable failures.
+        backoff_s / backoff_max_s: the first wait and the cap of the doubling wait.
+        sleep: the wait function (tests pass a recorder).
+    """
+
+    def __init__(
+        self,
+        model: str,
+        api_style: str = "auto",
+        base_url: str | None = None,
+        api_key: str | None = None,
+        organization: str | None = None,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        stop: Sequence[str] | None = None,
+        logit_bias: dict[str, int] | str | None = "auto",
+        send_seed: bool = True,
+        timeout: float = 300.0,
+        max_retries: int = 6,
+        backoff_s: float = 1.0,
+        backoff_max_s: float = 60.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        from .postprocess import STOP_SEQUENCES
+
+        if api_style not in ("auto", "completions", "chat"):
+            raise ValueError(f"api_style must be 'auto', 'completions' or 'chat'; got {api_style!r}")
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1; got {max_tokens}")
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0; got {max_retries}")
+        self.model = model
+        self.api_style = infer_api_style(model) if api_style == "auto" else api_style
+        self.logit_bias = default_logit_bias(model, self.api_style) if logit_bias == "auto" else logit_bias
+        self.max_tokens = int(max_tokens)
+        self.temperature = temperature
+        self.top_p = top_p
+        self.stop = list(STOP_SEQUENCES if stop is None else stop)
+        self.send_seed = send_seed
+        self.max_retries = int(max_retries)
+        self.backoff_s = backoff_s
+        self.backoff_max_s = backoff_max_s
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._client = self._make_openai_client(base_url, api_key, organization, timeout)
+
+    @staticmethod
+    def _make_openai_client(base_url, api_key, organization, timeout):
+        try:
+            import openai
+        except ImportError as e:  # pragma: no cover - openai is in requirements.txt
+            raise GenerationError("the `openai` package is needed to generate data: pip install 'openai>=1.40'") from e
+        base_url = base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_DEFAULT_BASE_URL
+        api_key = api_key or os.environ.get("OPENAI_API_KEY")
+        if not api_key:
+            if base_url.rstrip("/") == OPENAI_DEFAULT_BASE_URL:
+                raise GenerationError(
+                    "no OpenAI API key: set OPENAI_API_KEY (or pass --api_key), or point --base_url / "
+                    "OPENAI_BASE_URL at a local OpenAI-compatible server"
+                )
+            api_key = "no-key"  # local servers ignore it, the client requires one
+        organization = organization or os.environ.get("OPENAI_ORG") or os.environ.get("OPENAI_ORG_ID")
+        # Retries are ours (counted, bounded, logged), so the client's own are off.
+        return openai.OpenAI(
+            api_key=api_key, organization=organization, base_url=base_url, timeout=timeout, max_retries=0
+        )
+
+    @property
+    def base_url(self) -> str:
+        return str(self._client.base_url)
+
+    def _request(self, prompts: Sequence[str], seed: int | None, max_tokens: int) -> Any:
+        args: dict[str, Any] = dict(model=self.model, temperature=self.temperature, top_p=self.top_p, stop=self.stop)
+        args["max_tokens"] = max_tokens
+        if self.logit_bias:
+            args["logit_bias"] = self.logit_bias
+        if self.send_seed and seed is not None:
+            args["seed"] = seed
+        if self.api_style == "completions":
+            prompt: Any = prompts[0] if len(prompts) == 1 else list(prompts)
+            return self._client.completions.create(prompt=prompt, **args)
+        if len(prompts) != 1:
+            raise ValueError("the chat API takes one prompt per request")
+        return self._client.chat.completions.create(messages=[{"role": "user", "content": prompts[0]}], **args)
+
+    def _parse(self, resp: Any, n_prompts: int) -> tuple[list[Choice], dict[str, int]]:
+        choices = getattr(resp, "choices", None)
+        if not isinstance(choices, list) or len(choices) != n_prompts:
+            got = len(choices) if isinstance(choices, list) else type(choices).__name__
+            raise _BadReply(f"expected {n_prompts} choice(s) in the reply, got {got}")
+        ordered = sorted(choices, key=lambda c: getattr(c, "index", 0) or 0)
+        out = []
+        for c in ordered:
+            if self.api_style == "completions":
+                text = getattr(c, "text", None)
+            else:
+                message = getattr(c, "message", None)
+                text = getattr(message, "content", None) if message is not None else None
+                if text is None and message is not None:
+                    text = ""  # a chat reply with no content (e.g. refused) parses to nothing
+            if not isinstance(text, str):
+                raise _BadReply("a choice has no text")
+            out.append(Choice(text=text, finish_reason=getattr(c, "finish_reason", None)))
+        usage = {}
+        u = getattr(resp, "usage", None)
+        for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+            value = getattr(u, key, None) if u is not None else None
+            usage[key] = int(value) if isinstance(value, (int, float)) else 0
+        return out, usage
+
+    def _wait(self, attempt: int, exc: BaseException | None) -> None:
+        delay = min(self.backoff_max_s, self.backoff_s * (2**attempt)) * (0.5 + random.random() / 2)
+        headers = getattr(getattr(exc, "response", None), "headers", None)
+        retry_after = headers.get("retry-after") if headers is not None else None
+        if retry_after is not None:
+            try:
+                delay = min(self.backoff_max_s, max(0.0, float(retry_after)))
+            except ValueError:
+                pass
+        self._sleep(delay)
+
+    def complete(self, prompts: Sequence[str], seed: int | None = None) -> Reply:
+        """Sends one request for `prompts` (several only with the completions API) and returns the reply.
+
+        Args:
+            prompts: the prompt texts.
+            seed: a per-request seed sent to the server (if send_seed).
+        Returns:
+            A Reply with one Choice per prompt, in prompt order, and the usage the server reported.
+        Raises:
+            GenerationError: a non-retryable error, or retries exhausted.
+        """
+        import openai
+
+        start = time.monotonic()
+        attempts = 0
+        retries = 0
+        while True:
+            attempts += 1
+            with self._lock:
+                max_tokens = self.max_tokens
+            try:
+                resp = self._request(prompts, seed, max_tokens)
+                choices, usage = self._parse(resp, len(prompts))
+                return Reply(choices, usage, attempts, time.monotonic() - start, max_tokens)
+            except openai.BadRequestError as e:
+                if not is_context_length_error(e):
+                    raise GenerationError(f"{self.base_url} rejected the request (400): {e.message}") from e
+                shrunk = int(max_tokens * 0.8)
+                if shrunk < 1:
+                    raise GenerationError(
+                        f"the prompt alone exceeds {self.model}'s context ({e.message}); use a model with a "
+                        "longer context or fewer --num_prompt_instructions"
+                    ) from e
+                with self._lock:
+                    # Another thread may have shrunk it already; keep the smaller value.
+                    self.max_tokens = min(self.max_tokens, shrunk)
+                continue
+            except openai.AuthenticationError as e:
+                raise GenerationError(f"{self.base_url} refused the API key (401): set OPENAI_API_KEY or --api_key") from e
+            except openai.PermissionDeniedError as e:
+                raise GenerationError(f"{self.base_url} denied access (403): {e.message}; check --organization / OPENAI_ORG") from e
+            except openai.NotFoundError as e:
+                raise GenerationError(
+                    f"{self.base_url} answered 404 for model {self.model!r} ({self.api_style} API): {e.message}; "
+                    "check --model_name, --base_url, and --api_style (a chat model needs api_style=chat)"
+                ) from e
+            except openai.APIStatusError as e:
+                if e.status_code < 500 and e.status_code not in _RETRY_STATUS:
+                    raise GenerationError(f"{self.base_url} answered {e.status_code}: {e.message}") from e
+                failure: BaseException = e
+            except (openai.APIConnectionError, openai.APIResponseValidationError, _BadReply, json.JSONDecodeError) as e:
+                # JSONDecodeError: a 200 whose body is not JSON (a proxy's error page, a cut connection).
+                failure = e
+            if retries >= self.max_retries:
+                raise GenerationError(
+                    f"request to {self.base_url} failed {attempts} times, last with: {_describe(failure)}; "
+                    "everything kept so far is saved, re-run the same command to resume"
+                ) from failure
+            self._wait(retries, failure)
+            retries += 1
+
+
+class _BadReply(Exception):
+    """A 200 reply without the choices we asked for (a server glitch worth retrying)."""
+
+
+def _describe(exc: BaseException) -> str:
+    text = getattr(exc, "message", None) or str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,386 @@
+"""The generation loop behind `generate_instruction.py`, and the export to a training file.
+
+    python -m generate_instruction generate_instruction_following_data --output_dir=runs/regen --seed=0
+
+Each batch: sample `num_prompt_instructions` seed tasks for each of `request_batch_size` prompts,
+send them (concurrently), split the replies into items with the original filters, drop items whose
+ROUGE-L against the pool exceeds 0.7 (comparing each with the seeds, everything kept before, and the
+items kept earlier in the same batch), and keep the rest. The run ends once
+`num_instructions_to_generate` items are kept; the last batch may take it a little past.
+
+Sampling is reproducible: batch b draws its prompts from `random.Random(f"selfinstruct:{seed}:{b}")`,
+so a resumed run sends exactly the prompts the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import sys
+import time
+from collections import Counter
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from utils import jdump, jload
+
+from .accounting import format_summary, load_price_table, summarize
+from .journal import JOURNAL_NAME, Journal, JournalState, read_journal
+from .postprocess import encode_prompt, load_seed_tasks, post_process_gpt3_response, sha256_of, strip_repeated_header
+from .rouge import RougeLPool
+
+REGEN_NAME = "regen.json"
+ROUGE_THRESHOLD = 0.7  # the original's "> 0.7 is a near-duplicate"
+MOST_SIMILAR_K = 10
+
+
+@dataclass
+class GenerateConfig:
+    """Settings of one run; generate_instruction.py documents each one."""
+
+    output_dir: str
+    seed_tasks_path: str
+    prompt_path: str
+    num_instructions_to_generate: int = 100
+    model_name: str = "gpt-3.5-turbo-instruct"
+    num_prompt_instructions: int = 3
+    request_batch_size: int = 5
+    temperature: float = 1.0
+    top_p: float = 1.0
+    num_cpus: int = 16
+    api_style: str = "auto"
+    base_url: str | None = None
+    api_key: str | None = None
+    organization: str | None = None
+    max_concurrency: int | None = None
+    prompts_per_request: int = 1
+    seed: int | None = None
+    max_tokens: int = 3072
+    logit_bias: Any = "auto"
+    send_seed: bool = True
+    request_timeout: float = 300.0
+    max_retries: int = 6
+    backoff_s: float = 1.0
+    price_table: Any = None
+    max_batches: int | None = None
+    save_every_s: float = 60.0
+
+    def check(self) -> None:
+        """Raises ValueError naming the first setting out of range."""
+        positive = {
+            "num_instructions_to_generate": self.num_instructions_to_generate,
+            "num_prompt_instructions": self.num_prompt_instructions,
+            "request_batch_size": self.request_batch_size,
+            "num_cpus": self.num_cpus,
+            "prompts_per_request": self.prompts_per_request,
+            "max_tokens": self.max_tokens,
+        }
+        if self.max_concurrency is not None:
+            positive["max_concurrency"] = self.max_concurrency
+        if self.max_batches is not None:
+            positive["max_batches"] = self.max_batches
+        for name, value in positive.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"--{name} must be a positive integer; got {value!r}")
+        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
+            raise ValueError(f"--seed must be an integer; got {self.seed!r}")
+        if self.api_style not in ("auto", "completions", "chat"):
+            raise ValueError(f"--api_style must be auto, completions or chat; got {self.api_style!r}")
+
+
+def batch_prompt_ids(seed: int, batch: int, size: int, n_seeds: int, k: int) -> list[list[int]]:
+    """The seed-task indices of each prompt of a batch; a pure function of (seed, batch)."""
+    rng = random.Random(f"selfinstruct:{seed}:{batch}")
+    return [rng.sample(range(n_seeds), k) for _ in range(size)]
+
+
+def request_seed(seed: int, batch: int, slot: int) -> int:
+    """The `seed` sent with a request, so servers that honour it answer the same prompt the same way."""
+    digest = hashlib.sha256(f"{seed}:{batch}:{slot}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def _load_legacy_regen(path: Path) -> list[dict]:
+    items = jload(path)
+    if not isinstance(items, list):
+        raise ValueError(f"{path}: expected a JSON list of generated items; found {type(items).__name__}")
+    for i, it in enumerate(items):
+        if not isinstance(it, dict) or not all(isinstance(it.get(k), str) for k in ("instruction", "input", "output")):
+            raise ValueError(
+                f"{path}: item {i} needs string 'instruction', 'input' and 'output'; "
+                f"found {sorted(it) if isinstance(it, dict) else type(it).__name__}. Fix or move the file to start afresh."
+            )
+    return items
+
+
+def _resolve_seed(cfg: GenerateConfig, state: JournalState, seeds_sha: str, prompt_sha: str, journal_path: Path) -> int:
+    if not state.starts:
+        return cfg.seed if cfg.seed is not None else random.SystemRandom().randrange(2**31)
+    prev = state.starts[-1]
+    checks = [
+        ("seed tasks file", prev.get("seed_tasks_sha256"), seeds_sha, "--seed_tasks_path"),
+        ("prompt.txt", prev.get("prompt_sha256"), prompt_sha, "prompt.txt"),
+        ("num_prompt_instructions", prev.get("num_prompt_instructions"), cfg.num_prompt_instructions, "--num_prompt_instructions"),
+    ]
+    if cfg.seed is not None:
+        checks.append(("seed", prev.get("seed"), cfg.seed, "--seed"))
+    for what, before, now, fix in checks:
+        if before != now:
+            raise ValueError(
+                f"{journal_path} belongs to a run with a different {what} ({before!r}, now {now!r}); "
+                f"resume with the same {fix}, or pass a new --output_dir to start another run"
+            )
+    return int(prev["seed"])
+
+
+def _save_regen(path: Path, items: list[dict]) -> None:
+    jdump(items, path)  # atomic: temporary file, then rename
+
+
+def run_generation(cfg: GenerateConfig, client: Any = None, progress: bool | None = None) -> dict[str, Any]:
+    """Runs (or resumes) generation into cfg.output_dir.
+
+    Args:
+        cfg: the run's settings.
+        client: a CompletionClient (tests inject one); None makes one from cfg.
+        progress: show the progress bar (None: only on a terminal).
+    Returns:
+        The summary (also printed, and written to the journal's "end" record).
+    """
+    from tqdm import tqdm
+
+    from .client import CompletionClient, GenerationError
+
+    cfg.check()
+    out = Path(cfg.output_dir)
+    seeds = load_seed_tasks(cfg.seed_tasks_path)
+    k = cfg.num_prompt_instructions
+    if k > len(seeds):
+        raise ValueError(
+            f"--num_prompt_instructions={k} but {cfg.seed_tasks_path} holds only {len(seeds)} seed tasks; use a smaller value"
+        )
+    prompt_path = Path(cfg.prompt_path)
+    if not prompt_path.is_file():
+        raise FileNotFoundError(f"meta-prompt {prompt_path} not found; it ships next to generate_instruction.py")
+    prompt_text = prompt_path.read_text(encoding="utf-8")
+    prices = load_price_table(cfg.price_table)
+    seeds_sha = sha256_of(Path(cfg.seed_tasks_path).read_bytes())
+    prompt_sha = sha256_of(prompt_text)
+    print(f"Loaded {len(seeds)} human-written seed instructions")
+
+    out.mkdir(parents=True, exist_ok=True)
+    jpath, regen_path = out / JOURNAL_NAME, out / REGEN_NAME
+    state = read_journal(jpath, repair=True) if jpath.exists() else JournalState()
+    seed = _resolve_seed(cfg, state, seeds_sha, prompt_sha, jpath)
+    if client is None:
+        client = CompletionClient(
+            model=cfg.model_name,
+            api_style=cfg.api_style,
+            base_url=cfg.base_url,
+            api_key=cfg.api_key,
+            organization=cfg.organization,
+            max_tokens=cfg.max_tokens,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            logit_bias=cfg.logit_bias,
+            send_seed=cfg.send_seed,
+            timeout=cfg.request_timeout,
+            max_retries=cfg.max_retries,
+            backoff_s=cfg.backoff_s,
+        )
+    chat = client.api_style == "chat"
+    per_request = 1 if chat else cfg.prompts_per_request
+    concurrency = cfg.max_concurrency or cfg.request_batch_size
+
+    journal = Journal(jpath)
+    try:
+        if not state.starts and regen_path.exists():
+            # A regen.json without a journal (e.g. from the original script): keep its items, as it did.
+            legacy = _load_legacy_regen(regen_path)
+            rec = {"t": "batch", "batch": -1, "imported": True, "kept": len(legacy), "items": legacy}
+            journal.append(rec, sync=True)
+            state.items.extend(legacy)
+            state.batches.append({k_: v for k_, v in rec.items() if k_ != "items"})
+        if state.items:
+            print(f"Loaded {len(state.items)} machine-generated instructions")
+        settings = {k_: v for k_, v in asdict(cfg).items() if k_ != "api_key"}
+        journal.append(
+            {
+                "t": "start",
+                "time": time.time(),
+                "seed": seed,
+                "seed_tasks_sha256": seeds_sha,
+                "prompt_sha256": prompt_sha,
+                "num_prompt_instructions": k,
+                "api_style": client.api_style,
+                "resumed": bool(state.starts),
+                "settings": settings,
+            },
+            sync=True,
+        )
+        state.starts.append({"seed": seed})
+        pool = RougeLPool([s["instruction"] for s in seeds] + [it["instruction"] for it in state.items], workers=cfg.num_cpus)
+        target = cfg.num_instructions_to_generate
+        bar = tqdm(total=target, initial=min(len(state.items), target), disable=(not progress) if progress is not None else None, dynamic_ncols=True)
+        totals = summarize(state.requests, state.batches, prices)
+        counts = Counter(tokens=totals["total_tokens"], raw=totals["raw_items"], kept=totals["kept"])
+
+        def show():
+            bar.set_postfix(kept=counts["kept"], generated=counts["raw"], discarded=counts["raw"] - counts["kept"], tokens=counts["tokens"], refresh=False)
+            bar.refresh()
+
+        show()
+        last_save = time.monotonic()
+        unsaved = False
+        batches_run = 0
+        executor = ThreadPoolExecutor(max_workers=concurrency)
+        try:
+            while len(state.items) < target:
+                if cfg.max_batches is not None and batches_run >= cfg.max_batches:
+                    print(f"Stopped after --max_batches={cfg.max_batches} batches; re-run to continue")
+                    break
+                b = state.next_batch
+                size = state.pending_size or cfg.request_batch_size
+                ids = batch_prompt_ids(seed, b, size, len(seeds), k)
+                prompts = [encode_prompt([seeds[i] for i in row], prompt_text) for row in ids]
+                replies = dict(state.pending)
+                state.pending, state.pending_size = {}, 0
+                missing = [s for s in range(size) if s not in replies]
+                groups = [missing[i : i + per_request] for i in range(0, len(missing), per_request)]
+                t0 = time.monotonic()
+                futures = {
+                    executor.submit(client.complete, [prompts[s] for s in g], request_seed(seed, b, g[0])): g for g in groups
+                }
+                errors = []
+                pending_futures = set(futures)
+                while pending_futures:
+                    done, pending_futures = wait(pending_futures, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        g = futures[fut]
+                        try:
+                            reply = fut.result()
+                        except GenerationError as e:
+                            errors.append(e)
+                            continue
+                        rec = {
+                            "t": "request",
+                            "batch": b,
+                            "batch_size": size,
+                            "slots": g,
+                            "seed_ids": [ids[s] for s in g],
+                            "model": client.model,
+                            "api_style": client.api_style,
+                            "max_tokens": reply.max_tokens,
+                            "attempts": reply.attempts,
+                            "latency_s": round(reply.latency_s, 3),
+                            "usage": reply.usage,
+                            "choices": [
+                                {"slot": s, "text": c.text, "finish_reason": c.finish_reason} for s, c in zip(g, reply.choices)
+                            ],
+                        }
+                        journal.append(rec)
+                        state.requests.append(rec)
+                        counts["tokens"] += reply.usage.get("total_tokens", 0)
+                        for s, c in zip(g, reply.choices):
+                            replies[s] = {"text": c.text, "finish_reason": c.finish_reason}
+                        show()
+                if errors:
+                    raise errors[0]
+                request_s = time.monotonic() - t0
+
+                t1 = time.monotonic()
+                stats: Counter = Counter()
+                candidates: list[dict] = []
+                for s in range(size):
+                    r = replies[s]
+                    text = strip_repeated_header(r["text"], k) if chat else r["text"]
+                    candidates += post_process_gpt3_response(k, {"text": text, "finish_reason": r["finish_reason"]}, stats)
+                decisions = pool.filter_batch([c["instruction"] for c in candidates], ROUGE_THRESHOLD, MOST_SIMILAR_K)
+                kept_items = []
+                for c, d in zip(candidates, decisions):
+                    if not d.kept:
+                        stats["similar"] += 1
+                        continue
+                    c["most_similar_instructions"] = d.most_similar_instructions
+                    c["avg_similarity_score"] = d.avg_similarity_score
+                    kept_items.append(c)
+                raw_items = sum(stats.values()) + len(kept_items)
+                rec = {
+                    "t": "batch",
+                    "batch": b,
+                    "prompts": size,
+                    "raw_items": raw_items,
+                    "candidates": len(candidates),
+                    "kept": len(kept_items),
+                    "discarded": dict(stats),
+                    "items": kept_items,
+                }
+                journal.append(rec, sync=True)
+                state.items.extend(kept_items)
+                state.batches.append({k_: v for k_, v in rec.items() if k_ != "items"})
+                state.next_batch = b + 1
+                batches_run += 1
+                unsaved = True
+                counts["raw"] += raw_items
+                counts["kept"] += len(kept_items)
+                bar.update(min(len(kept_items), max(0, target - bar.n)))
+                show()
+                bar.write(
+                    f"Batch {b}: requests took {request_s:.2f}s, processing took {time.monotonic() - t1:.2f}s; "
+                    f"generated {raw_items} instructions, kept {len(kept_items)}"
+                )
+                if time.monotonic() - last_save >= cfg.save_every_s:
+                    _save_regen(regen_path, state.items)
+                    last_save, unsaved = time.monotonic(), False
+        finally:
+            executor.shutdown(wait=False, cancel_futures=True)
+            bar.close()
+            if unsaved or not regen_path.exists():
+                _save_regen(regen_path, state.items)
+        summary = summarize(state.requests, state.batches, prices)
+        summary["machine_instructions"] = len(state.items)
+        journal.append({"t": "end", "time": time.time(), "summary": summary}, sync=True)
+    finally:
+        journal.close()
+    print(format_summary(summary))
+    print(f"{len(state.items)} instructions in {regen_path}")
+    return summary
+
+
+def export_alpaca(input_path: str | Path, output_path: str | Path) -> int:
+    """Writes Alpaca training data (instruction, input, output only) from a run's output.
+
+    Args:
+        input_path: a regen.json, a regen.journal.jsonl, or the run's output directory (its journal
+            is preferred, being always complete).
+        output_path: the JSON file to write (atomically), e.g. alpaca_data.json.
+    Returns:
+        The number of records written.
+    """
+    src = Path(input_path)
+    if src.is_dir():
+        src = src / JOURNAL_NAME if (src / JOURNAL_NAME).exists() else src / REGEN_NAME
+    if not src.is_file():
+        raise FileNotFoundError(
+            f"{src} not found; pass --input_path=OUTPUT_DIR (or its regen.json / {JOURNAL_NAME})"
+        )
+    if src.suffix == ".jsonl":
+        items = read_journal(src).items
+    else:
+        items = jload(src)
+        if not isinstance(items, list):
+            raise ValueError(f"{src}: expected a JSON list of items; found {type(items).__name__}")
+    records = []
+    for i, it in enumerate(items):
+        if not isinstance(it, dict):
+            raise ValueError(f"{src}: item {i} is {type(it).__name__}, expected an object")
+        bad = [key for key in ("instruction", "input", "output") if not isinstance(it.get(key, "" if key == "input" else None), str)]
+        if bad:
+            raise ValueError(f"{src}: item {i} has no string {bad[0]!r} (keys {sorted(it)}); expected instruction, input, output")
+        records.append({"instruction": it["instruction"], "input": it.get("input", ""), "output": it["output"]})
+    jdump(records, output_path)
+    print(f"wrote {len(records)} records to {output_path}", file=sys.stderr)
+    return len(records)
+
