@@ -1,0 +1,308 @@
+"""Tests of train.py: templates, masking, data checks, flags, single-process training.
+
+    bash scripts/test.sh tests/test_train.py
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import train
+from alpaca_lib.data import DataError, encode_file, load_records, tokenize_records
+from alpaca_lib.modeling import IGNORE_INDEX
+from conftest import REPO_ROOT
+from utils import PROMPT_DICT, format_prompt
+
+# The original Alpaca templates, typed out once more here so a change to utils.PROMPT_DICT fails loudly.
+GOLDEN_PROMPT_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:"
+)
+GOLDEN_PROMPT_NO_INPUT = (
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Response:"
+)
+
+EXAMPLES = [
+    {"instruction": "Give three tips for staying healthy.", "input": "", "output": "Eat well, sleep, and move."},
+    {"instruction": "Translate to French.", "input": "Good morning, friends!", "output": "Bonjour, les amis !"},
+    {"instruction": "Résume en une phrase : « été » 😀", "input": "Ünïcödé ✓ 東京", "output": "Ça va très bien. 🎉"},
+    {"instruction": "Trailing whitespace  ", "input": "  spaced input \t", "output": "answer with trailing space "},
+    {"instruction": "No input key at all."},  # output added below
+    {"instruction": "Empty output.", "input": "", "output": ""},
+    {"instruction": "Starts with a newline.", "input": "", "output": "\nHi"},
+    {"instruction": "Long " * 300, "input": "", "output": "Over the max length."},
+    {"instruction": "Summarize.", "input": "word " * 20, "output": "A response long enough to be truncated. " * 30},
+]
+EXAMPLES[4]["output"] = "Outputs without an input key use the no-input template."
+
+
+def original_preprocess(records, tokenizer):
+    """The original Alpaca preprocess(), one call per string, kept here as the reference."""
+    sources = [
+        PROMPT_DICT["prompt_input"].format_map(ex) if ex.get("input", "") != ""
+        else PROMPT_DICT["prompt_no_input"].format_map(ex)
+        for ex in records
+    ]
+    targets = [f"{ex['output']}{tokenizer.eos_token}" for ex in records]
+
+    def tokenize(strings):
+        out = [tokenizer(s, return_tensors="pt", padding="longest", max_length=tokenizer.model_max_length,
+                         truncation=True) for s in strings]
+        return [t.input_ids[0] for t in out], [t.input_ids.ne(tokenizer.pad_token_id).sum().item() for t in out]
+
+    input_ids, _ = tokenize([s + t for s, t in zip(sources, targets)])
+    _, source_lens = tokenize(sources)
+    labels = copy.deepcopy(input_ids)
+    for label, source_len in zip(labels, source_lens):
+        label[:source_len] = IGNORE_INDEX
+    return input_ids, labels
+
+
+@pytest.fixture()
+def tokenizer(tiny_llama_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir, model_max_length=160, padding_side="right")
+    tok.add_special_tokens({"pad_token": "[PAD]"})
+    return tok
+
+
+def test_templates_are_byte_identical_to_the_original():
+    assert PROMPT_DICT == {"prompt_input": GOLDEN_PROMPT_INPUT, "prompt_no_input": GOLDEN_PROMPT_NO_INPUT}
+    joined = (PROMPT_DICT["prompt_input"] + "\x00" + PROMPT_DICT["prompt_no_input"]).encode()
+    assert hashlib.sha256(joined).hexdigest() == hashlib.sha256(
+        (GOLDEN_PROMPT_INPUT + "\x00" + GOLDEN_PROMPT_NO_INPUT).encode()).hexdigest()
+    assert PROMPT_DICT["prompt_no_input"].endswith("### Response:") and "\r" not in joined.decode()
+    assert train.PROMPT_DICT is PROMPT_DICT
+    assert format_prompt({"instruction": "Hi.", "input": ""}) == GOLDEN_PROMPT_NO_INPUT.format(instruction="Hi.")
+    assert format_prompt({"instruction": "Hi.", "input": "x"}) == GOLDEN_PROMPT_INPUT.format(instruction="Hi.", input="x")
+
+
+def test_masked_spans_match_the_original_algorithm(tokenizer):
+    ref_ids, ref_labels = original_preprocess(EXAMPLES, tokenizer)
+    ours = train.preprocess(*_sources_targets(EXAMPLES, tokenizer), tokenizer)
+    for i, (a, b, la, lb) in enumerate(zip(ref_ids, ours["input_ids"], ref_labels, ours["labels"])):
+        assert torch.equal(a, b), f"example {i}: input ids differ"
+        assert torch.equal(la, lb), f"example {i}: labels differ"
+    # Exact spans: the first example's masked prefix is the whole tokenized prompt, the rest is learned.
+    n_prompt = len(tokenizer(format_prompt(EXAMPLES[0])).input_ids)
+    labels0 = ours["labels"][0]
+    assert (labels0[:n_prompt] == IGNORE_INDEX).all() and (labels0[n_prompt:] != IGNORE_INDEX).all()
+    assert labels0[-1].item() == tokenizer.eos_token_id
+    # Truncated examples are exactly model_max_length long, as the original made them.
+    assert len(ours["input_ids"][7]) == len(ours["input_ids"][8]) == 160
+
+
+def _sources_targets(records, tokenizer):
+    from alpaca_lib.data import sources_and_targets
+
+    return sources_and_targets(records, tokenizer.eos_token)
+
+
+def test_tokenize_records_drops_prompt_only_examples_and_counts_boundary_merges(tokenizer):
+    ref_ids, ref_labels = original_preprocess(EXAMPLES, tokenizer)
+    enc = tokenize_records(EXAMPLES, tokenizer)
+    # Example 7's prompt alone is longer than 160 tokens: all its labels would be -100.
+    assert (ref_labels[7] == IGNORE_INDEX).all()
+    assert enc.stats["dropped_no_response"] == 1 and enc.stats["dropped_indices"] == [7]
+    assert enc.stats["kept"] == len(EXAMPLES) - 1 == len(enc)
+    # Only example 6 ("\nHi" after "### Response:") merges ":" and "\n" into one token.
+    assert enc.stats["boundary_merges"] == 1
+    kept = [i for i in range(len(EXAMPLES)) if i != 7]
+    for j, i in enumerate(kept):
+        ids, source_len = enc.example(j)
+        assert ids.tolist() == ref_ids[i].tolist()
+        assert source_len == int((ref_labels[i] == IGNORE_INDEX).sum())
+    assert enc.stats["loss_tokens"] == sum(int((ref_labels[i] != IGNORE_INDEX).sum()) for i in kept)
+
+
+def test_masks_match_on_the_bundled_data(tokenizer):
+    records = load_records(REPO_ROOT / "alpaca_data.json")
+    ref_ids, ref_labels = original_preprocess(records, tokenizer)
+    enc = tokenize_records(records, tokenizer)
+    kept = [i for i, lab in enumerate(ref_labels) if (lab != IGNORE_INDEX).any()]
+    assert len(enc) == len(kept)
+    for j, i in enumerate(kept):
+        ids, source_len = enc.example(j)
+        assert ids.tolist() == ref_ids[i].tolist()
+        assert source_len == int((ref_labels[i] == IGNORE_INDEX).sum())
+
+
+def test_cache_hit_gives_identical_arrays(tokenizer, tmp_path):
+    data = REPO_ROOT / "alpaca_data.json"
+    first = encode_file(data, tokenizer, cache_dir=tmp_path)
+    second = encode_file(data, tokenizer, cache_dir=tmp_path)
+    assert (first.stats["cache"], second.stats["cache"]) == ("miss", "hit")
+    for name in ("input_ids", "offsets", "source_lens"):
+        assert np.array_equal(getattr(first, name), getattr(second, name))
+    assert len(list(tmp_path.iterdir())) == 1
+    # Another max length is another key.
+    third = encode_file(data, tokenizer, max_length=64, cache_dir=tmp_path)
+    assert third.stats["cache"] == "miss" and len(list(tmp_path.iterdir())) == 2
+
+
+def test_dataset_and_collator_pad_as_the_original(tokenizer, tmp_path):
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps(EXAMPLES[:3]))
+    ds = train.SupervisedDataset(str(path), tokenizer)
+    batch = train.DataCollatorForSupervisedDataset(tokenizer)([ds[0], ds[1]])
+    n0, n1 = len(ds[0]["input_ids"]), len(ds[1]["input_ids"])
+    width = max(n0, n1)
+    assert batch["input_ids"].shape == (2, width)
+    short = 0 if n0 < n1 else 1
+    pad = width - min(n0, n1)
+    assert (batch["input_ids"][short, width - pad:] == tokenizer.pad_token_id).all()
+    assert (batch["labels"][short, width - pad:] == IGNORE_INDEX).all()
+    assert batch["attention_mask"].sum().item() == n0 + n1
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ("", "the file is empty"),
+        ("[]", "the list holds no records"),
+        ('[{"instruction": "a", "output": "b"},', "invalid JSON at line 1"),
+        ('[{"instruction": "a", "input": ""}]', "record 0 has keys ['input', 'instruction']"),
+        ('[{"instruction": "a", "output": "b"}, {"instruction": 3, "output": "b"}]', "record 1 field 'instruction' is a int"),
+        ('[{"instruction": "a", "output": "b", "input": null}]', "record 0 field 'input' is a NoneType"),
+        ('[["a", "b"]]', "record 0 is a list"),
+        ('{"instruction": "a", "output": "b"}\n{"instruction": "c"}\n', "record 1 (line 2) has keys ['instruction']"),
+        ('{"instruction": "a", "output": "b"}\n{oops}\n', "invalid JSON on line 2"),
+    ],
+)
+def test_bad_data_gets_a_clear_error(tmp_path, content, expected):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(DataError) as err:
+        load_records(path)
+    assert str(err.value).startswith(f"{path}: ")
+    assert expected in str(err.value)
+
+
+def test_jsonl_is_accepted(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in EXAMPLES[:3]) + "\n\n")
+    assert load_records(path) == EXAMPLES[:3]
+
+
+def test_bad_data_exits_before_loading_a_model(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text('[{"instruction": "a"}]')
+    proc = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "train.py"), "--model_name_or_path", str(tmp_path / "no-such-model"),
+         "--data_path", str(path), "--output_dir", str(tmp_path / "out")],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert proc.returncode != 0
+    assert f"error: {path}: record 0 has keys ['instruction']" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+README_FSDP_ARGS = [
+    "--model_name_or_path", "m", "--data_path", "./alpaca_data.json", "--bf16", "True", "--output_dir", "o",
+    "--num_train_epochs", "3", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4",
+    "--gradient_accumulation_steps", "8", "--evaluation_strategy", "no", "--save_strategy", "steps",
+    "--save_steps", "2000", "--save_total_limit", "1", "--learning_rate", "2e-5", "--weight_decay", "0.",
+    "--warmup_ratio", "0.03", "--lr_scheduler_type", "cosine", "--logging_steps", "1",
+    "--fsdp", "full_shard auto_wrap", "--fsdp_transformer_layer_cls_to_wrap", "LlamaDecoderLayer", "--tf32", "True",
+]
+
+
+def _parse(args):
+    import transformers
+
+    parser = transformers.HfArgumentParser((train.ModelArguments, train.DataArguments, train.TrainingArguments))
+    return parser.parse_args_into_dataclasses(args=args)
+
+
+def test_readme_fsdp_command_parses_with_old_flags_mapped():
+    with pytest.warns(UserWarning, match="--tf32 needs an Ampere"):
+        model_args, data_args, args = _parse(README_FSDP_ARGS)
+    assert (model_args.model_name_or_path, data_args.data_path) == ("m", "./alpaca_data.json")
+    assert args.eval_strategy.value == "no"
+    assert args.warmup_steps == 0.03
+    assert args.fsdp_config["transformer_layer_cls_to_wrap"] == ["LlamaDecoderLayer"]
+    assert args.fsdp_plugin_args["transformer_cls_names_to_wrap"] == "LlamaDecoderLayer"
+    assert args.tf32 is None and args.bf16 is True and args.use_cpu is True
+    assert (args.optim.value, args.model_max_length, args.lr_scheduler_type.value) == ("adamw_torch", 512, "cosine")
+    assert (args.learning_rate, args.gradient_accumulation_steps, args.save_steps) == (2e-5, 8, 2000)
+
+
+def test_readme_opt_and_deepspeed_commands_parse():
+    opt = [a if a != "LlamaDecoderLayer" else "OPTDecoderLayer" for a in README_FSDP_ARGS]
+    *_, args = _parse(opt)
+    assert args.fsdp_config["transformer_layer_cls_to_wrap"] == ["OPTDecoderLayer"]
+    ds = README_FSDP_ARGS[: README_FSDP_ARGS.index("--fsdp")] + [
+        "--deepspeed", str(REPO_ROOT / "configs/default_offload_opt_param.json"), "--tf32", "True"]
+    ds = [a for a in ds if a != "True" or True]
+    ds[ds.index("--bf16") + 1] = "False"  # bf16 needs a GPU or --use_cpu, which DeepSpeed does not take
+    with pytest.warns(UserWarning, match="--deepspeed needs a GPU"):
+        *_, args = _parse(ds)
+    assert args.deepspeed.endswith("default_offload_opt_param.json")
+    cfg = json.loads((REPO_ROOT / "configs/default_offload_opt_param.json").read_text())
+    assert cfg["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+
+
+def test_group_by_length_and_conflicting_flags():
+    *_, args = _parse(["--output_dir", "o", "--group_by_length", "True"])
+    assert args.train_sampling_strategy == "group_by_length"
+    with pytest.raises(ValueError, match="--evaluation_strategy steps conflicts with --eval_strategy epoch"):
+        _parse(["--output_dir", "o", "--evaluation_strategy", "steps", "--eval_strategy", "epoch"])
+    with pytest.raises(ValueError, match="--warmup_ratio must be in"):
+        _parse(["--output_dir", "o", "--warmup_ratio", "3"])
+
+
+def test_smart_resize_adds_pad_with_mean_rows(tiny_llama_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    old_in = model.get_input_embeddings().weight.detach().clone()
+    old_out = model.get_output_embeddings().weight.detach().clone()
+    added = train.smart_tokenizer_and_embedding_resize({"pad_token": "[PAD]"}, tok, model)
+    assert added == 1 and len(tok) == old_in.shape[0] + 1 == model.config.vocab_size
+    assert torch.equal(model.get_input_embeddings().weight[:-1], old_in)
+    assert torch.allclose(model.get_input_embeddings().weight[-1], old_in.mean(0))
+    assert torch.allclose(model.get_output_embeddings().weight[-1], old_out.mean(0))
+    assert tok.pad_token == "[PAD]" and tok.pad_token_id == old_in.shape[0]
+
+
+def _losses(log_history):
+    return [h["loss"] for h in log_history if "loss" in h]
+
+
+def test_single_process_training_lowers_loss_and_changes_weights(tiny_llama_dir, tmp_path, caplog):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "out"
+    caplog.set_level(logging.INFO)
+    trainer = train.train([
+        "--model_name_or_path", str(tiny_llama_dir), "--data_path", str(REPO_ROOT / "alpaca_data.json"),
+        "--output_dir", str(out), "--num_train_epochs", "2", "--per_device_train_batch_size", "8",
+        "--learning_rate", "3e-3", "--warmup_ratio", "0.03", "--lr_scheduler_type", "cosine",
+        "--logging_steps", "8", "--save_strategy", "no", "--evaluation_strategy", "no", "--report_to", "none",
+        "--model_max_length", "256", "--preprocessing_cache_dir", str(tmp_path / "cache"), "--seed", "0",
+    ])
+    losses = _losses(trainer.state.log_history)
+    assert len(losses) >= 7 and losses[-1] < losses[0] - 0.5, losses
+    before = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(out)
+    assert after.config.vocab_size == before["model.embed_tokens.weight"].shape[0] + 1  # [PAD] added
+    for name, tensor in after.state_dict().items():
+        if name.endswith("embed_tokens.weight") or name == "lm_head.weight":
+            tensor = tensor[:-1]
+        assert not torch.equal(tensor, before[name]), f"{name} did not change"
+    assert (out / "tokenizer.json").exists() and (out / "trainer_state.json").exists()
+    assert "training with NO over 1 process(es) on cpu" in caplog.text
