@@ -1,0 +1,318 @@
+"""The whole generator against a loopback OpenAI-compatible server: output, accounting, resume.
+
+    .venv/bin/python -m pytest tests/test_generate_pipeline.py -q
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO_ROOT
+from openai_stub import OpenAIStub, Step, chat, completion, fake_model, fake_reply
+
+from alpaca_lib.selfinstruct.client import GenerationError
+from alpaca_lib.selfinstruct.journal import JOURNAL_NAME, read_journal
+from alpaca_lib.selfinstruct.runner import GenerateConfig, export_alpaca, run_generation
+
+SEED_INSTRUCTIONS = [
+    "Give three tips for staying healthy.",
+    "Translate the sentence into French.",
+    "Summarize the paragraph in one sentence.",
+    "Classify the review as positive or negative.",
+    "Suggest a name for a bakery.",
+    "Explain why the sky is blue.",
+    "Rewrite the text in a formal tone.",
+    "List the prime numbers below twenty.",
+]
+
+
+@pytest.fixture
+def seeds(tmp_path) -> Path:
+    path = tmp_path / "seeds.jsonl"
+    lines = []
+    for i, ins in enumerate(SEED_INSTRUCTIONS):
+        task_input = "Some input text." if i % 3 == 0 else ""
+        lines.append(json.dumps({"id": f"seed_task_{i}", "name": f"t{i}", "instruction": ins, "instances": [{"input": task_input, "output": "An output."}], "is_classification": False}))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _cfg(out, seeds, stub, **kw) -> GenerateConfig:
+    base = dict(
+        output_dir=str(out),
+        seed_tasks_path=str(seeds),
+        prompt_path=str(REPO_ROOT / "prompt.txt"),
+        num_instructions_to_generate=40,
+        model_name="stub-model",
+        api_style="completions",
+        base_url=stub.base_url,
+        api_key="k",
+        request_batch_size=3,
+        num_cpus=2,
+        seed=7,
+        backoff_s=0.01,
+        save_every_s=0,
+    )
+    base.update(kw)
+    return GenerateConfig(**base)
+
+
+def _fake_usage(req) -> tuple[int, int]:
+    prompts = [req.body["messages"][-1]["content"]] if "messages" in req.body else (
+        req.body["prompt"] if isinstance(req.body["prompt"], list) else [req.body["prompt"]]
+    )
+    texts = [fake_reply(p, repeat_header="messages" in req.body) for p in prompts]
+    return sum(len(p.split()) for p in prompts), sum(len(t.split()) for t in texts)
+
+
+def _regen(out) -> list[dict]:
+    return json.loads((Path(out) / "regen.json").read_text(encoding="utf-8"))
+
+
+def _check_accounting(summary, stub_requests, items):
+    assert summary["raw_items"] == summary["kept"] + sum(summary["discarded"].values())
+    assert summary["candidates"] == summary["kept"] + summary["discarded"]["similar"]
+    assert summary["kept"] == len(items)
+    prompt_tokens = sum(_fake_usage(r)[0] for r in stub_requests)
+    completion_tokens = sum(_fake_usage(r)[1] for r in stub_requests)
+    assert (summary["prompt_tokens"], summary["completion_tokens"]) == (prompt_tokens, completion_tokens)
+    assert summary["total_tokens"] == prompt_tokens + completion_tokens
+
+
+@pytest.mark.parametrize("api_style", ["completions", "chat"])
+def test_end_to_end_output_and_accounting(tmp_path, seeds, api_style):
+    with OpenAIStub() as stub:
+        summary = run_generation(_cfg(tmp_path / "out", seeds, stub, api_style=api_style), progress=False)
+    items = _regen(tmp_path / "out")
+    assert len(items) >= 40
+    assert all(list(it) == ["instruction", "input", "output", "most_similar_instructions", "avg_similarity_score"] for it in items)
+    # Item i was compared with the 8 seeds and the i items kept before it.
+    assert [len(it["most_similar_instructions"]) for it in items] == [min(10, 8 + i) for i in range(len(items))]
+    assert all(0 < it["avg_similarity_score"] < 0.7 for it in items)
+    assert len({it["instruction"] for it in items}) == len(items)
+    assert not set(SEED_INSTRUCTIONS) & {it["instruction"] for it in items}
+    _check_accounting(summary, stub.requests, items)
+    assert summary["requests"] == len(stub.requests) == summary["prompts"] and summary["retries"] == 0
+    assert summary["discarded"]["similar"] > 0  # the fake model copies examples now and then
+    path = "/v1/chat/completions" if api_style == "chat" else "/v1/completions"
+    assert {r.path for r in stub.requests} == {path}
+    kinds = [json.loads(line)["t"] for line in (tmp_path / "out" / JOURNAL_NAME).read_text().splitlines()]
+    assert kinds[0] == "start" and kinds[-1] == "end" and kinds.count("request") == len(stub.requests)
+
+
+def test_chat_replies_with_and_without_the_repeated_header_give_the_same_data(tmp_path, seeds):
+    def no_header(req):
+        prompt = req.body["messages"][-1]["content"]
+        return chat(fake_reply(prompt, repeat_header=False))
+
+    with OpenAIStub() as stub:
+        run_generation(_cfg(tmp_path / "a", seeds, stub, api_style="chat"), progress=False)
+    with OpenAIStub(default=no_header) as stub:
+        run_generation(_cfg(tmp_path / "b", seeds, stub, api_style="chat"), progress=False)
+    assert _regen(tmp_path / "a") == _regen(tmp_path / "b")
+
+
+def test_same_seed_same_data_and_batched_prompts_change_nothing(tmp_path, seeds):
+    with OpenAIStub() as stub:
+        run_generation(_cfg(tmp_path / "a", seeds, stub), progress=False)
+        run_generation(_cfg(tmp_path / "b", seeds, stub, prompts_per_request=3), progress=False)
+        n_before = len(stub.requests)
+        run_generation(_cfg(tmp_path / "c", seeds, stub, seed=8), progress=False)
+    assert (tmp_path / "a" / "regen.json").read_bytes() == (tmp_path / "b" / "regen.json").read_bytes()
+    assert _regen(tmp_path / "a") != _regen(tmp_path / "c")
+    assert any(isinstance(r.body["prompt"], list) and len(r.body["prompt"]) == 3 for r in stub.requests[:n_before])
+
+
+def test_truncated_and_malformed_replies_are_counted(tmp_path, seeds):
+    good = " Name the largest ocean on the planet.\n9. Input:\n<noinput>\n9. Output:\nThe Pacific.\n###\n"
+    cut = good + "10. Instruction: Describe the taste of a lemon to a child.\n10. Input:\n<noinput>\n10. Output:\nSour and"
+    script = [
+        completion([cut], ["length"]),  # last item dropped
+        completion(["I cannot help with that."]),  # no item structure at all
+        completion([good + "10. Instruction: Hi\n10. Input:\n<noinput>\n10. Output:\nHello\n###\n"]),  # too short
+    ]
+    with OpenAIStub(script) as stub:
+        summary = run_generation(_cfg(tmp_path / "out", seeds, stub, num_prompt_instructions=8, max_batches=1), progress=False)
+    assert summary["discarded"]["truncated"] == 1
+    assert summary["discarded"]["malformed"] == 1
+    assert summary["discarded"]["too_short"] == 1
+    assert summary["discarded"]["similar"] == 1  # the same "largest ocean" instruction twice in one batch
+    assert [it["instruction"] for it in _regen(tmp_path / "out")] == ["Name the largest ocean on the planet."]
+
+
+def test_price_table_gives_the_cost(tmp_path, seeds):
+    with OpenAIStub() as stub:
+        summary = run_generation(_cfg(tmp_path / "out", seeds, stub, price_table={"stub-model": [1.0, 2.0]}, max_batches=2), progress=False)
+    expected = (summary["prompt_tokens"] * 1.0 + summary["completion_tokens"] * 2.0) / 1e6
+    assert summary["cost_usd"] == round(expected, 6) and summary["cost_usd"] > 0
+    with OpenAIStub() as stub:
+        summary = run_generation(_cfg(tmp_path / "out2", seeds, stub, max_batches=1), progress=False)
+    assert summary["cost_usd"] is None and summary["unpriced_models"] == ["stub-model"]
+
+
+def test_requests_run_concurrently_up_to_the_limit(tmp_path, seeds):
+    state = {"now": 0, "max": 0}
+    lock = threading.Lock()
+
+    def slow(req):
+        with lock:
+            state["now"] += 1
+            state["max"] = max(state["max"], state["now"])
+        time.sleep(0.15)
+        with lock:
+            state["now"] -= 1
+        return fake_model(req)
+
+    with OpenAIStub(default=slow) as stub:
+        run_generation(_cfg(tmp_path / "a", seeds, stub, request_batch_size=4, max_batches=1), progress=False)
+        assert state["max"] == 4
+        state["max"] = 0
+        run_generation(_cfg(tmp_path / "b", seeds, stub, request_batch_size=4, max_concurrency=2, max_batches=1), progress=False)
+        assert state["max"] == 2
+
+
+def _cli(out, seeds, base_url, *extra) -> list[str]:
+    return [
+        sys.executable, "-m", "generate_instruction", "generate_instruction_following_data",
+        f"--output_dir={out}", f"--seed_tasks_path={seeds}", "--num_instructions_to_generate=60",
+        "--model_name=stub-model", "--api_style=completions", f"--base_url={base_url}", "--api_key=k",
+        "--request_batch_size=3", "--num_cpus=1", "--seed=3", "--save_every_s=0", *extra,
+    ]
+
+
+def test_kill_mid_run_and_resume_loses_and_repeats_nothing(tmp_path, seeds):
+    # Reference: an uninterrupted run.
+    with OpenAIStub() as stub:
+        run_generation(_cfg(tmp_path / "ref", seeds, stub, num_instructions_to_generate=60, seed=3, num_cpus=1), progress=False)
+        ref_requests = len(stub.requests)
+    out = tmp_path / "out"
+    journal = out / JOURNAL_NAME
+    # Killed: the server answers 7 requests (2 whole batches of 3 and 1 of the third), then hangs.
+    with OpenAIStub(hang_after=7) as stub:
+        proc = subprocess.Popen(_cli(out, seeds, stub.base_url), cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            assert stub.hung.wait(60), "the run never reached the 8th request"
+            deadline = time.time() + 30
+            while sum('"t": "request"' in line for line in journal.read_text().splitlines()) < 7:
+                assert time.time() < deadline
+                time.sleep(0.02)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+    state = read_journal(journal)
+    assert state.next_batch == 2 and len(state.pending) == 1 and state.pending_size == 3
+    kept_before = [it["instruction"] for it in state.items]
+    assert kept_before  # two batches were committed
+    # Resumed: the same command.
+    with OpenAIStub() as stub:
+        done = subprocess.run(_cli(out, seeds, stub.base_url), cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        resumed_requests = len(stub.requests)
+    assert "Loaded" in done.stdout and f"Loaded {len(kept_before)} machine-generated instructions" in done.stdout
+    items = _regen(out)
+    assert [it["instruction"] for it in items[: len(kept_before)]] == kept_before
+    assert len({it["instruction"] for it in items}) == len(items)
+    # Same data as the uninterrupted run, and no request paid for twice.
+    assert (out / "regen.json").read_bytes() == (tmp_path / "ref" / "regen.json").read_bytes()
+    assert resumed_requests == ref_requests - 7
+
+
+def test_torn_last_journal_line_is_cut_off_on_resume(tmp_path, seeds):
+    out = tmp_path / "out"
+    with OpenAIStub() as stub:
+        run_generation(_cfg(out, seeds, stub, max_batches=1), progress=False)
+        n = len(_regen(out))
+        with open(out / JOURNAL_NAME, "a") as f:
+            f.write('{"t": "request", "batch": 1, "batch_si')
+        run_generation(_cfg(out, seeds, stub, max_batches=1), progress=False)
+    lines = (out / JOURNAL_NAME).read_text().splitlines()
+    assert all(json.loads(line) for line in lines)
+    assert len(_regen(out)) > n
+
+
+def test_a_failed_request_stops_the_run_and_the_rerun_resumes(tmp_path, seeds):
+    out = tmp_path / "out"
+    with OpenAIStub() as stub:
+        run_generation(_cfg(out, seeds, stub, max_batches=1), progress=False)
+    kept = _regen(out)
+    with OpenAIStub(default=lambda req: Step(status=503, body={"error": {"message": "down"}})) as stub:
+        with pytest.raises(GenerationError, match="re-run the same command"):
+            run_generation(_cfg(out, seeds, stub, max_retries=1), progress=False)
+    assert _regen(out) == kept
+    with OpenAIStub() as stub:
+        run_generation(_cfg(out, seeds, stub), progress=False)
+    assert _regen(out)[: len(kept)] == kept and len(_regen(out)) >= 40
+
+
+def test_resume_refuses_a_different_seed_or_seed_file(tmp_path, seeds):
+    out = tmp_path / "out"
+    with OpenAIStub() as stub:
+        run_generation(_cfg(out, seeds, stub, max_batches=1), progress=False)
+        with pytest.raises(ValueError, match=r"different seed \(7, now 8\).*new --output_dir"):
+            run_generation(_cfg(out, seeds, stub, seed=8), progress=False)
+        seeds.write_text(seeds.read_text().replace("bakery", "cafe"))
+        with pytest.raises(ValueError, match="different seed tasks file"):
+            run_generation(_cfg(out, seeds, stub, seed=None), progress=False)
+
+
+def test_legacy_regen_json_is_kept_and_joins_the_pool(tmp_path, seeds):
+    out = tmp_path / "out"
+    out.mkdir()
+    legacy = [{"instruction": "Describe a rainbow to someone who has never seen one.", "input": "", "output": "Arcs of colour."}]
+    (out / "regen.json").write_text(json.dumps(legacy))
+    with OpenAIStub() as stub:
+        run_generation(_cfg(out, seeds, stub, num_instructions_to_generate=5, max_batches=1), progress=False)
+    items = _regen(out)
+    assert items[0] == legacy[0] and len(items) > 1
+    # The first new item was compared with the 8 seeds and the imported one.
+    assert len(items[1]["most_similar_instructions"]) == 9
+    assert legacy[0]["instruction"] in items[1]["most_similar_instructions"]
+    assert read_journal(out / JOURNAL_NAME).items[0] == legacy[0]
+
+
+def test_to_alpaca_from_directory_journal_or_regen(tmp_path, seeds):
+    out = tmp_path / "out"
+    with OpenAIStub() as stub:
+        run_generation(_cfg(out, seeds, stub, max_batches=2), progress=False)
+    expected = [{"instruction": it["instruction"], "input": it["input"], "output": it["output"]} for it in _regen(out)]
+    for src in (out, out / JOURNAL_NAME, out / "regen.json"):
+        dst = tmp_path / "alpaca_data.json"
+        assert export_alpaca(src, dst) == len(expected)
+        assert json.loads(dst.read_text()) == expected
+    (tmp_path / "bad.json").write_text(json.dumps([{"instruction": "x", "output": "y"}, {"instruction": 3, "output": "y"}]))
+    with pytest.raises(ValueError, match="bad.json: item 1 has no string 'instruction'"):
+        export_alpaca(tmp_path / "bad.json", tmp_path / "never.json")
+    assert not (tmp_path / "never.json").exists()
+
+
+def test_cli_bad_seed_file_exits_nonzero_naming_the_line(tmp_path):
+    bad = tmp_path / "seeds.jsonl"
+    bad.write_text('{"instruction": "ok", "instances": [{"input": "", "output": "o"}]}\n{"instruction": \n')
+    out = tmp_path / "out"
+    done = subprocess.run(_cli(out, bad, "http://127.0.0.1:9/v1"), cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert f"error: {bad}:2: not valid JSON" in done.stderr
+    assert not out.exists()
+
+
+def test_cli_to_alpaca(tmp_path, seeds):
+    out = tmp_path / "out"
+    with OpenAIStub() as stub:
+        run_generation(_cfg(out, seeds, stub, max_batches=1), progress=False)
+    dst = tmp_path / "train.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "generate_instruction", "to_alpaca", f"--input_path={out}", f"--output_path={dst}"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, env={**os.environ},
+    )
+    assert done.returncode == 0, done.stderr
+    data = json.loads(dst.read_text())
+    assert len(data) == len(_regen(out)) and all(sorted(r) == ["input", "instruction", "output"] for r in data)
