@@ -240,6 +240,14 @@ def test_readme_fsdp_command_parses_with_old_flags_mapped():
     assert (args.learning_rate, args.gradient_accumulation_steps, args.save_steps) == (2e-5, 8, 2000)
 
 
+def test_fsdp_offload_variant_parses():
+    args = list(README_FSDP_ARGS)
+    args[args.index("full_shard auto_wrap")] = "full_shard auto_wrap offload"
+    *_, parsed = _parse(args)
+    assert parsed.fsdp_plugin_args["cpu_offload"] is True
+    assert parsed.fsdp_plugin_args["transformer_cls_names_to_wrap"] == "LlamaDecoderLayer"
+
+
 def test_readme_opt_and_deepspeed_commands_parse():
     opt = [a if a != "LlamaDecoderLayer" else "OPTDecoderLayer" for a in README_FSDP_ARGS]
     *_, args = _parse(opt)
