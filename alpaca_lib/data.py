@@ -127,14 +127,59 @@ class EncodedData:
         return self.input_ids[self.offsets[i] : self.offsets[i + 1]], int(self.source_lens[i])
 
 
-def _batched_ids(tokenizer, texts: Sequence[str], max_length: int) -> List[List[int]]:
-    """Token ids of each text, truncated like `tokenizer(text, max_length=..., truncation=True)`."""
-    out: List[List[int]] = []
+def _batched_encodings(tokenizer, texts: Sequence[str], max_length: int):
+    """Yields (ids, encoding) per text, truncated like `tokenizer(text, max_length=..., truncation=True)`.
+
+    `encoding` is the fast tokenizer's `tokenizers.Encoding` (token/char alignment), or None.
+    """
     for start in range(0, len(texts), TOKENIZE_BATCH_SIZE):
         batch = list(texts[start : start + TOKENIZE_BATCH_SIZE])
         enc = tokenizer(batch, max_length=max_length, truncation=True, return_attention_mask=False)
-        out.extend(enc["input_ids"])
-    return out
+        encodings = enc.encodings if getattr(enc, "_encodings", None) else [None] * len(batch)
+        yield from zip(enc["input_ids"], encodings)
+
+
+def _batched_ids(tokenizer, texts: Sequence[str], max_length: int) -> List[List[int]]:
+    """Token ids of each text, truncated like `tokenizer(text, max_length=..., truncation=True)`."""
+    return [ids for ids, _ in _batched_encodings(tokenizer, texts, max_length)]
+
+
+_LOCAL_NORMALIZERS = {"Replace", "Prepend", "Sequence"}
+_WORD_PRE_TOKENIZERS = {"ByteLevel", "Metaspace", "Split", "Sequence"}
+
+
+def _component_types(component) -> set:
+    if component is None:
+        return set()
+    state = json.loads(component.__getstate__())
+    found, stack = set(), [state]
+    while stack:
+        node = stack.pop()
+        found.add(node.get("type"))
+        for key in ("normalizers", "pretokenizers", "processors"):
+            stack.extend(node.get(key) or [])
+    return found
+
+
+def prompt_tokens_readable_from_example(tokenizer) -> bool:
+    """Whether a prompt's tokens can be read off its example's tokens where a token boundary falls at its end.
+
+    That holds for BPE: merges only ever grow tokens, so if no token of `source + target` crosses the end
+    of `source`, no merge crossed it, and the merges left of it are exactly those of `source` alone —
+    provided normalization and pre-tokenization are character-local (LLaMA, OPT/GPT-2, SmolLM2
+    tokenizers) and special tokens are added only in front. Then each example is tokenized once, not
+    twice; examples without such a clean boundary still get the second tokenization.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or type(backend.model).__name__ != "BPE" or getattr(backend.model, "dropout", None):
+        return False
+    if not _component_types(backend.normalizer) <= _LOCAL_NORMALIZERS:
+        return False
+    if not _component_types(backend.pre_tokenizer) <= _WORD_PRE_TOKENIZERS:
+        return False
+    with_special = tokenizer("a b")["input_ids"]
+    plain = tokenizer("a b", add_special_tokens=False)["input_ids"]
+    return with_special[len(with_special) - len(plain):] == plain  # specials only in front
 
 
 def encode_pairs(
@@ -147,13 +192,28 @@ def encode_pairs(
         tokenized example, i.e. the tokenizer merged tokens across the prompt/response boundary).
     """
     pad_id = tokenizer.pad_token_id
-    example_ids = _batched_ids(tokenizer, [s + t for s, t in zip(sources, targets)], max_length)
-    source_ids = _batched_ids(tokenizer, sources, max_length)
-    source_lens, merges = [], 0
-    for ids, src in zip(example_ids, source_ids):
+    fast = prompt_tokens_readable_from_example(tokenizer)
+    example_ids, source_lens, pending = [], [], []
+    texts = [s + t for s, t in zip(sources, targets)]
+    for i, (ids, encoding) in enumerate(_batched_encodings(tokenizer, texts, max_length)):
+        example_ids.append(ids)
+        source_lens.append(None)
+        p = len(sources[i])
+        if fast and encoding is not None and p > 0 and not sources[i][-1].isspace():
+            k = encoding.char_to_token(p)
+            if k is not None and encoding.token_to_chars(k)[0] == p and encoding.char_to_token(p - 1) == k - 1:
+                prefix = ids[:k]
+                source_lens[i] = k if pad_id is None or pad_id not in prefix else sum(t != pad_id for t in prefix)
+                continue
+        pending.append(i)
+
+    # The rest (merged or truncated boundaries, other tokenizers): tokenize the source too, as the original.
+    merges = 0
+    source_ids = _batched_ids(tokenizer, [sources[i] for i in pending], max_length)
+    for i, src in zip(pending, source_ids):
         # As the original: the masked length counts the non-pad tokens of the truncated source.
-        source_lens.append(len(src) if pad_id is None else sum(1 for t in src if t != pad_id))
-        merges += ids[: len(src)] != src
+        source_lens[i] = len(src) if pad_id is None else sum(1 for t in src if t != pad_id)
+        merges += example_ids[i][: len(src)] != src
     return example_ids, source_lens, merges
 
 
@@ -209,11 +269,10 @@ def tokenizer_fingerprint(tokenizer) -> str:
     h = hashlib.sha256()
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        spec = json.loads(backend.to_str())
-        # Truncation and padding state change with each call; the ids of a given call do not depend on them.
-        spec.pop("truncation", None)
-        spec.pop("padding", None)
-        h.update(json.dumps(spec, sort_keys=True).encode())
+        # Truncation and padding are set anew by each call; the ids of a call do not depend on the last one's.
+        backend.no_truncation()
+        backend.no_padding()
+        h.update(backend.to_str().encode())
     else:
         h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
     h.update(type(tokenizer).__name__.encode())
