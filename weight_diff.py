@@ -59,7 +59,7 @@ def recover(
     device: str = "cpu",  # "cuda" or "cpu": where the addition (and the smoke test) runs
     test_inference: bool = True,  # generate from the recovered model once and print it
     check_integrity_naively: bool = True,  # the original's check: the sum of all parameters
-    expected_sum: Optional[float] = None,  # naive check target; default: the manifest's, else Alpaca-7B's
+    expected_sum: Optional[float] = None,  # naive check target; default Alpaca-7B's (skipped if a manifest verifies)
     check_manifest: bool = True,  # verify each tensor's SHA-256 against weight_diff_manifest.json if present
     max_shard_size: str = "2GB",  # size of each safetensors shard written to path_tuned
     overwrite: bool = False,  # replace path_tuned if it exists (the old folder goes only after success)
@@ -74,8 +74,9 @@ def recover(
         device: device for the arithmetic and the smoke test.
         test_inference: run the Alpaca prompt "List three technologies that make life easier." through it.
         check_integrity_naively: compare the sum of all recovered parameters with `expected_sum` (atol 1e-2).
-        expected_sum: the naive check's target (the original's 50637.1836 for Alpaca-7B when the diff
-            has no manifest).
+            When the diff has a manifest (and check_manifest is on) the digests replace this check
+            unless `expected_sum` is given.
+        expected_sum: the naive check's target; default the original's 50637.1836 for Alpaca-7B.
         check_manifest: verify every tensor against the diff's manifest, naming each one that differs.
         max_shard_size: shard size of the output.
         overwrite: allow replacing an existing, non-empty path_tuned.

@@ -184,6 +184,24 @@ def check_compatible(target: Checkpoint, raw: Checkpoint, plan: RawPlan, target_
 
 
 # -- streaming loop -------------------------------------------------------------------------------
+def _big_allocations_use_mmap() -> None:
+    """Makes glibc serve allocations of 1 MiB and more with mmap, so freed tensors go back to the OS.
+
+    By default glibc raises its mmap threshold after the first large free (up to 32 MiB), after which
+    tensors of a few MiB come from the heap, which fragments and keeps growing while tensors of
+    overlapping lifetimes stream through; on a 300M-parameter model that doubled the peak RSS. Fixing
+    the threshold (M_MMAP_THRESHOLD, see mallopt(3)) avoids it. No-op where glibc is not available.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 @dataclass
 class StreamResult:
     digests: dict[str, str] = field(default_factory=dict)  # key -> SHA-256 of the recovered tensor
@@ -204,57 +222,84 @@ def stream(
 ) -> StreamResult:
     """Runs `combine(target_tensor, raw_tensor) -> (tensor_to_write, recovered)` over `keys` in storage order.
 
-    Both inputs are float32 on `device`; the first is a private copy it may modify in place. Each
-    recovered tensor is hashed and summed in key order (the naive check sums tensor sums in state-dict
-    order, as the original did). With `sum_derived_buffers` (recover), buffers such as rotary inv_freq
-    that old diffs carry enter the sum as `diff + raw` too, as they did in the original's state dict.
+    Both inputs are float32 on `device` and must not be modified (the first may be a view of a
+    memory-mapped file). Each recovered tensor is summed in key order (the naive check sums tensor
+    sums in state-dict order, as the original did) and hashed. With `sum_derived_buffers` (recover),
+    buffers such as rotary inv_freq that old diffs carry enter the sum as `diff + raw` too, as they
+    did in the original's state dict.
+
+    Writing and hashing run on one background thread (both release the GIL), so the disk works while
+    the next tensor is computed; at most one tensor waits for it, which bounds the extra memory.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm.auto import tqdm
 
+    _big_allocations_use_mmap()
     result = StreamResult()
-    total = None
+    sums: list[torch.Tensor] = []  # per-tensor sums, in key order (one worker keeps the order)
     wanted = set(keys)
     order = [k for k in target.infos if k in wanted or (sum_derived_buffers and is_derived_buffer(k))]
     nbytes = sum(target.infos[k].numel * 4 for k in keys)
+
+    def emit(key: str, out: torch.Tensor | None, rec: torch.Tensor) -> None:
+        sums.append(rec.sum())
+        if out is None:  # a derived buffer: summed only
+            return
+        if writer is not None:
+            writer.write(key, out.cpu())
+        result.digests[key] = sha256_tensor(rec)
+
+    def submit(*args) -> None:
+        nonlocal pending
+        if pending is not None:
+            pending.result()  # re-raises a write error here, before more work is queued
+        pending = pool.submit(emit, *args)
+
     bar = tqdm(total=nbytes, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, dynamic_ncols=True)
+    pending = None
     try:
-        for i, key in enumerate(order):
-            if is_derived_buffer(key):
-                # Not a weight; it still entered the original's naive sum (diff + raw buffer).
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="weight-writer") as pool:
+            for i, key in enumerate(order):
+                if is_derived_buffer(key):
+                    # Not a weight; it still entered the original's naive sum (diff + raw buffer).
+                    t = target.load(key).to(device=device, dtype=torch.float32)
+                    r = raw.load(key) if key in raw.infos else _raw_rope_inv_freq(raw.folder)
+                    submit(key, None, t + r.to(device=device, dtype=torch.float32))
+                    continue
                 t = target.load(key).to(device=device, dtype=torch.float32)
-                r = raw.load(key) if key in raw.infos else _raw_rope_inv_freq(raw.folder)
-                rec = t + r.to(device=device, dtype=torch.float32)
-                total = rec.sum() if total is None else total + rec.sum()
-                continue
-            t = target.load(key).to(dtype=torch.float32, copy=True).to(device)
-            r = raw.load(key).to(torch.float32)
-            if key in plan.row_keys:
-                r = resize_rows(r, plan.vocab_size, plan.num_new_tokens)
-            out, rec = combine(t, r.to(device))
-            if writer is not None:
-                writer.write(key, out.cpu())
-            result.digests[key] = sha256_tensor(rec)
-            total = rec.sum() if total is None else total + rec.sum()
-            del t, r, out, rec
-            bar.update(target.infos[key].numel * 4)
-            bar.set_postfix_str(f"{i + 1}/{len(order)} tensors", refresh=False)
+                r = raw.load(key).to(torch.float32)
+                if key in plan.row_keys:
+                    r = resize_rows(r, plan.vocab_size, plan.num_new_tokens)
+                out, rec = combine(t, r.to(device))
+                del t, r
+                submit(key, out, rec)
+                del out, rec
+                bar.update(target.infos[key].numel * 4)
+                bar.set_postfix_str(f"{i + 1}/{len(order)} tensors", refresh=False)
+            if pending is not None:
+                pending.result()
     finally:
         bar.close()
         target.close()
         raw.close()
-    result.recovered_sum = float(total) if total is not None else 0.0
+    total = 0  # the original: Python's sum() over 0-d float32 tensors, left to right
+    for x in sums:
+        total = total + x
+    result.recovered_sum = float(total)
     result.bytes_written = nbytes
     return result
 
 
 def _diff_op(tuned: torch.Tensor, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    tuned.add_(-raw)  # the original's exact operation: diff = tuned + (-raw), in place
-    return tuned, tuned + raw  # what recover will compute from this diff
+    # The original computed tuned.add_(-raw); IEEE a + (-b) is a - b exactly, in one pass here.
+    diff = torch.sub(tuned, raw)
+    return diff, torch.add(diff, raw)  # what recover will compute from this diff
 
 
 def _recover_op(diff: torch.Tensor, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    diff.add_(raw)
-    return diff, diff
+    rec = torch.add(diff, raw)  # the original's state_dict_recovered[key].add_(state_dict_raw[key])
+    return rec, rec
 
 
 def save_tokenizer_and_config(src: str | os.PathLike, dst: Path) -> None:
@@ -370,8 +415,12 @@ def stream_recover(
     manifest = load_manifest(path_diff) if check_manifest else None
     if manifest is not None:
         _check_manifest_keys(manifest, diff, keys, Path(path_diff))
-    if expected_sum is None:
-        expected_sum = manifest["recovered_sum"] if manifest and "recovered_sum" in manifest else ALPACA_7B_EXPECTED_SUM
+    if expected_sum is None and manifest is not None:
+        # The per-tensor digests are the real check; a float32 sum can also drift by a few ulps with the
+        # number of threads a reduction uses, so it is compared only when asked for explicitly.
+        check_integrity_naively = False
+    elif expected_sum is None:
+        expected_sum = ALPACA_7B_EXPECTED_SUM
 
     def run(writer: SafetensorsWriter | None) -> StreamResult:
         result = stream(diff, raw, plan, keys, _recover_op, writer, device, desc="recover", sum_derived_buffers=True)

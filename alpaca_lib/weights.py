@@ -6,8 +6,9 @@
 
 Reads safetensors files (memory-mapped through `safe_open`) and `.bin` files (`torch.load` with
 `weights_only=True`, memory-mapped when the file is in the zip format torch has written since 1.6),
-single-file or sharded through `*.index.json`. Only one file per checkpoint is open at a time, so
-the resident memory of a reader is bounded by its largest shard, not by the model.
+single-file or sharded through `*.index.json`. Only one file per checkpoint is open at a time, and it
+is remapped every `release_every` bytes, so the resident memory of a reader stays near that budget
+(or the largest tensor), not the size of a shard, let alone the model.
 
 Writes sharded safetensors plus `model.safetensors.index.json`, streaming one tensor at a time (the
 header is computed up front from the planned shapes), and hashes tensors with SHA-256 for the
@@ -103,10 +104,14 @@ def _safetensors_header(path: Path) -> dict:
             raise CheckpointError(f"{path}: unreadable safetensors header ({e}); re-download or re-save it") from e
 
 
-def _torch_load(path: Path) -> dict:
-    """Loads a `.bin` state dict safely: tensors only (no arbitrary code), memory-mapped when possible."""
+def _torch_load(path: Path) -> tuple[dict, bool]:
+    """Loads a `.bin` state dict safely: tensors only (no arbitrary code), memory-mapped when possible.
+
+    Returns:
+        (the state dict, whether it is memory-mapped).
+    """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True), True
     except RuntimeError as e:
         # Files in torch's legacy (pre-1.6, non-zip) format cannot be memory-mapped; they still load
         # with weights_only=True, just into memory.
@@ -119,7 +124,7 @@ def _torch_load(path: Path) -> dict:
             "safetensors with a trusted tool if you know where it came from"
         ) from e
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True), False
     except Exception as e:
         raise CheckpointError(f"{path}: refused to load with weights_only=True ({type(e).__name__}: {e})") from e
 
@@ -130,6 +135,10 @@ class Checkpoint:
     Args:
         folder: a folder with `model.safetensors[.index.json]` or `pytorch_model.bin[.index.json]`
             (safetensors preferred when both exist, as transformers does).
+        release_every: bytes served from one mapping before it is dropped and reopened. Pages read
+            through a memory map stay resident (and count in RSS) until the map is closed; reopening
+            now and then keeps a multi-GB shard from piling up in memory. Reopening is cheap (a header
+            read, or unpickling a `.bin`'s small metadata).
 
     Attributes:
         infos: key -> TensorInfo, in storage order (file by file, then by position in the file).
@@ -137,8 +146,9 @@ class Checkpoint:
         format: "safetensors" or "bin".
     """
 
-    def __init__(self, folder: str | os.PathLike):
+    def __init__(self, folder: str | os.PathLike, release_every: int = 128 << 20):
         self.folder = Path(folder)
+        self.release_every = release_every
         if not self.folder.is_dir():
             raise CheckpointError(f"{self.folder}: no such folder; give the path of a Hugging Face model folder")
         self.format, self.files = self._find_files()
@@ -154,6 +164,8 @@ class Checkpoint:
         self._check_index()
         self._open_file: Path | None = None
         self._handle = None
+        self._mapped = False
+        self._served = 0
 
     # -- discovery -------------------------------------------------------------------------------
     def _find_files(self) -> tuple[str, list[Path]]:
@@ -196,7 +208,7 @@ class Checkpoint:
                 return out
             except (KeyError, TypeError, IndexError) as e:
                 raise CheckpointError(f"{file}: malformed safetensors header ({e}); re-download or re-save it") from e
-        state = _torch_load(file)
+        state, _ = _torch_load(file)
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise CheckpointError(f"{file}: expected a dict of tensors (a state dict), found {type(state).__name__}")
         return [TensorInfo(k, file, tuple(v.shape), v.dtype) for k, v in state.items()]
@@ -220,15 +232,17 @@ class Checkpoint:
         The tensor may share memory with the memory-mapped file: copy it before writing into it.
         """
         info = self.infos[key]
-        if self._open_file != info.file:
+        if self._open_file != info.file or (self._mapped and self._served >= self.release_every):
             self.close()
             if self.format == "safetensors":
                 from safetensors import safe_open
 
                 self._handle = safe_open(str(info.file), framework="pt", device="cpu")
-            else:
-                self._handle = _torch_load(info.file)
+                self._mapped = True
+            else:  # a legacy (non-zip) .bin is read whole: keep it until the next file is needed
+                self._handle, self._mapped = _torch_load(info.file)
             self._open_file = info.file
+        self._served += info.numel * info.dtype.itemsize
         if self.format == "safetensors":
             return self._handle.get_tensor(key)
         return self._handle[key]
@@ -237,6 +251,7 @@ class Checkpoint:
         """Drops the open file (and with it, its mapped pages)."""
         self._handle = None
         self._open_file = None
+        self._served = 0
 
     def __enter__(self) -> "Checkpoint":
         return self

@@ -345,3 +345,27 @@ def test_cli_reports_bad_input_without_traceback(tiny, tmp_path):
     assert "error: path_raw: " in proc.stderr and "no such folder" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "rec").exists()
+
+
+def test_remapping_and_legacy_bin_read_the_same_values(tiny, tmp_path):
+    reference = _load_sd(tiny["raw_bin"])
+    for folder in (tiny["raw_bin"], tiny["raw_st"]):
+        ckpt = Checkpoint(folder, release_every=1)  # drop and reopen the mapping after every tensor
+        _assert_bitwise_equal({k: ckpt.load(k).clone() for k in ckpt.infos}, reference)
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    torch.save(reference, legacy / "pytorch_model.bin", _use_new_zipfile_serialization=False)  # pre-1.6 format
+    ckpt = Checkpoint(legacy)
+    _assert_bitwise_equal({k: ckpt.load(k).clone() for k in ckpt.infos}, reference)
+    assert ckpt._mapped is False and list(ckpt.infos) == list(reference)
+
+
+def test_naive_check_with_a_manifest_runs_only_when_asked(tiny, tmp_path):
+    weight_diff.make_diff(tiny["raw_st"], tiny["tuned_st"], tmp_path / "diff")
+    manifest = json.loads((tmp_path / "diff" / diffing.MANIFEST_NAME).read_text())
+    # default: the digests are the check, the Alpaca-7B sum is not applied to another model
+    _, result = diffing.stream_recover(tiny["raw_st"], tmp_path / "diff", None)
+    assert abs(result.recovered_sum - manifest["recovered_sum"]) < 1e-3
+    diffing.stream_recover(tiny["raw_st"], tmp_path / "diff", None, expected_sum=manifest["recovered_sum"])
+    with pytest.raises(WeightDiffError, match=r"sum to .* expected 1\.0000 \(atol 0\.01\)"):
+        diffing.stream_recover(tiny["raw_st"], tmp_path / "diff", None, expected_sum=1.0)
