@@ -314,3 +314,41 @@ def test_single_process_training_lowers_loss_and_changes_weights(tiny_llama_dir,
         assert not torch.equal(tensor, before[name]), f"{name} did not change"
     assert (out / "tokenizer.json").exists() and (out / "trainer_state.json").exists()
     assert "training with NO over 1 process(es) on cpu" in caplog.text
+
+
+def _byte_level_tokenizer():
+    """A GPT-2/OPT/SmolLM2-style byte-level BPE tokenizer, trained on the bundled data."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    records = json.loads((REPO_ROOT / "alpaca_data.json").read_text())
+    texts = [format_prompt(r) + r["output"] for r in records]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=1500, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", model_max_length=160)
+    fast.add_special_tokens({"pad_token": "[PAD]"})
+    return fast
+
+
+TRICKY_STARTS = ["", "\n", "\n\n", " ", "  two spaces", ":", "::", ":-)", "-", "'s", "1.", "Ü", "東京", "\t", "</s>", "ing", "A"]
+
+
+@pytest.mark.parametrize("kind", ["llama_style", "byte_level"])
+def test_single_tokenization_fast_path_matches_the_original(kind, tokenizer):
+    from alpaca_lib.data import prompt_tokens_readable_from_example
+
+    tok = tokenizer if kind == "llama_style" else _byte_level_tokenizer()
+    assert prompt_tokens_readable_from_example(tok)
+    base = json.loads((REPO_ROOT / "alpaca_data.json").read_text())[:60]
+    records = [dict(r, output=start + r["output"]) for r in base for start in TRICKY_STARTS[:5]]
+    records += [dict(base[0], output=start + "rest") for start in TRICKY_STARTS]
+    records += [dict(base[1], output=start) for start in TRICKY_STARTS]
+    ref_ids, ref_labels = original_preprocess(records, tok)
+    ours = train.preprocess(*_sources_targets(records, tok), tok)
+    for i, record in enumerate(records):
+        assert ours["input_ids"][i].tolist() == ref_ids[i].tolist(), record
+        assert ours["labels"][i].tolist() == ref_labels[i].tolist(), record
