@@ -7,7 +7,7 @@ float32, the raw model first gets the special tokens its tokenizer lacks (LLaMA:
 new embedding / lm_head rows set to the mean of the old rows (`smart_tokenizer_and_embedding_resize`),
 then `tuned - raw` (make_diff) or `diff + raw` (recover) is taken element by element. Because these are
 the same float32 operations on the same values, the results match the whole-model method bit for bit,
-while only one tensor (plus the open shard's mapped pages) is in memory at a time.
+while only a couple of tensors (plus at most ~128 MiB of mapped file pages per input) are in memory.
 
 `make_diff` also writes `weight_diff_manifest.json`: the SHA-256 of every tensor that `recover` will
 produce (it computes `diff + raw` itself, because float32 `(tuned - raw) + raw` is not always `tuned`),
@@ -150,6 +150,13 @@ def check_compatible(target: Checkpoint, raw: Checkpoint, plan: RawPlan, target_
         expected = r.shape
         if k in plan.row_keys and r.shape:
             expected = (plan.vocab_size, *r.shape[1:])
+        if k in plan.row_keys and r.shape and plan.vocab_size - plan.num_new_tokens > r.shape[0]:
+            vocab_mismatch = True
+            mismatched.append(
+                f"{k}: raw has {r.shape[0]} rows but its tokenizer already has {plan.vocab_size - plan.num_new_tokens} "
+                "tokens (the original would leave the rows in between random)"
+            )
+            continue
         if t.shape != expected:
             note = ""
             if k in plan.row_keys:

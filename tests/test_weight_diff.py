@@ -139,8 +139,7 @@ def test_make_diff_then_recover_matches_whole_model_bit_for_bit(tiny, tmp_path, 
     _assert_bitwise_equal(diff, reference_diff)
     assert len(list((tmp_path / "diff").glob("model-*.safetensors"))) == 4
 
-    out = weight_diff.recover(path_raw, tmp_path / "diff", tmp_path / "rec", test_inference=False)
-    assert out == str(tmp_path / "rec")
+    weight_diff.recover(path_raw, tmp_path / "diff", tmp_path / "rec", test_inference=False)
     recovered = _load_sd(tmp_path / "rec")
     reference_model, reference_sum = diffing.whole_model_recover(path_raw, tmp_path / "diff")
     _assert_bitwise_equal(recovered, reference_model.state_dict())
@@ -225,6 +224,13 @@ def test_wrong_vocabulary_base_gets_a_clear_error(tiny, tmp_path):
     assert "different vocabulary" in message and "convert_llama_weights_to_hf.py" in message
     assert not (tmp_path / "rec").exists()
 
+    # A tokenizer longer than the embedding: the original would have left random rows.
+    tok.pad_token = None
+    tok.add_tokens(["zzzextra"])
+    tok.save_pretrained(wrong)
+    with pytest.raises(WeightDiffError, match=r"model\.embed_tokens\.weight: raw has 1000 rows but its tokenizer already has 1001 tokens"):
+        weight_diff.recover(wrong, tiny["diff_bin"], tmp_path / "rec", test_inference=False)
+
 
 def test_missing_and_extra_keys_are_named(tiny, tmp_path):
     from safetensors.torch import load_file, save_file
@@ -294,8 +300,13 @@ def test_recovered_model_loads_and_generates_like_the_tuned_model(tiny, tmp_path
 
 
 def test_recover_without_path_tuned_writes_nothing(tiny, tmp_path, capsys):
-    assert weight_diff.recover(tiny["raw_st"], tiny["diff_bin"], None, test_inference=False, check_integrity_naively=False) is None
+    weight_diff.recover(tiny["raw_st"], tiny["diff_bin"], None, test_inference=False, check_integrity_naively=False)
     assert "passed the checks" in capsys.readouterr().out
+    assert os.listdir(tmp_path) == []
+    # with the smoke test, the model lives in a temporary folder only while it generates
+    weight_diff.recover(tiny["raw_st"], tiny["diff_bin"], None, check_integrity_naively=False, max_new_tokens=3)
+    assert "\nCompletion: " in capsys.readouterr().out
+    assert os.listdir(tmp_path) == []
 
 
 def test_bin_with_arbitrary_objects_is_refused(tmp_path):
