@@ -309,12 +309,24 @@ def _recover_op(diff: torch.Tensor, raw: torch.Tensor) -> tuple[torch.Tensor, to
     return rec, rec
 
 
-def save_tokenizer_and_config(src: str | os.PathLike, dst: Path) -> None:
-    """Saves `src`'s tokenizer and config into `dst` (config dtype float32: the weights written are)."""
+def load_tokenizer_and_config(src: str | os.PathLike, role: str):
+    """Loads the tokenizer and config that go with the output, before any tensor work, so a folder
+    whose tokenizer cannot be read fails in a second rather than after the whole model streamed."""
     from transformers import AutoConfig, AutoTokenizer
 
-    AutoTokenizer.from_pretrained(src).save_pretrained(dst)
-    config = AutoConfig.from_pretrained(src)
+    try:
+        return AutoTokenizer.from_pretrained(src), AutoConfig.from_pretrained(src)
+    except (OSError, ValueError) as e:
+        raise WeightDiffError(
+            f"{role}={src}: cannot read its tokenizer/config ({e}); the folder needs config.json and the tokenizer "
+            "files next to the weights"
+        ) from e
+
+
+def save_tokenizer_and_config(src: str | os.PathLike, tokenizer, config, dst: Path) -> None:
+    """Saves the tokenizer and config into `dst` (config dtype float32: the weights written are), and
+    copies `src`'s generation_config.json if it has one."""
+    tokenizer.save_pretrained(dst)
     config.dtype = torch.float32
     config.save_pretrained(dst)
     gen = Path(src) / "generation_config.json"
@@ -346,6 +358,7 @@ def stream_make_diff(
     raw, tuned = _open(path_raw, "path_raw"), _open(path_tuned, "path_tuned")
     plan = plan_raw(path_raw)
     keys = check_compatible(tuned, raw, plan, "path_tuned")
+    tokenizer, config = load_tokenizer_and_config(path_tuned, "path_tuned")
     items = [(k, tuned.infos[k].shape, torch.float32) for k in keys]
     with staging_dir(path_diff, overwrite=overwrite) as tmp:
         writer = SafetensorsWriter(tmp, items, parse_size(max_shard_size))
@@ -355,7 +368,7 @@ def stream_make_diff(
         except BaseException:
             writer.abort()
             raise
-        save_tokenizer_and_config(path_tuned, tmp)
+        save_tokenizer_and_config(path_tuned, tokenizer, config, tmp)
         manifest = {
             "format": MANIFEST_FORMAT,
             "about": "SHA-256 of each float32 tensor (C order, little-endian bytes) that `weight_diff.py recover` "
@@ -419,6 +432,7 @@ def stream_recover(
     raw, diff = _open(path_raw, "path_raw"), _open(path_diff, "path_diff")
     plan = plan_raw(path_raw)
     keys = check_compatible(diff, raw, plan, "path_diff")
+    tokenizer, config = load_tokenizer_and_config(path_diff, "path_diff")
     manifest = load_manifest(path_diff) if check_manifest else None
     if manifest is not None:
         _check_manifest_keys(manifest, diff, keys, Path(path_diff))
@@ -445,7 +459,7 @@ def stream_recover(
         except BaseException:
             writer.abort()
             raise
-        save_tokenizer_and_config(path_diff, tmp)
+        save_tokenizer_and_config(path_diff, tokenizer, config, tmp)
     return Path(path_tuned), result
 
 
