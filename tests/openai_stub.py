@@ -18,7 +18,6 @@ import json
 import random
 import re
 import threading
-import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
@@ -243,4 +242,4 @@ if __name__ == "__main__":
     try:
         stub._server.serve_forever()
     except KeyboardInterrupt:
-        time.sleep(0)
+        pass
