@@ -316,3 +316,14 @@ def test_cli_to_alpaca(tmp_path, seeds):
     assert done.returncode == 0, done.stderr
     data = json.loads(dst.read_text())
     assert len(data) == len(_regen(out)) and all(sorted(r) == ["input", "instruction", "output"] for r in data)
+
+
+def test_exported_file_loads_with_the_training_loader(tmp_path, seeds):
+    data = pytest.importorskip("alpaca_lib.data", reason="the training data loader is not in this checkout")
+    out = tmp_path / "out"
+    with OpenAIStub() as stub:
+        run_generation(_cfg(out, seeds, stub, max_batches=1), progress=False)
+    n = export_alpaca(out, tmp_path / "alpaca_data.json")
+    records = data.load_records(tmp_path / "alpaca_data.json")
+    assert len(records) == n == len(_regen(out))
+    assert records[0]["instruction"] == _regen(out)[0]["instruction"]
