@@ -291,9 +291,16 @@ def safe_save_model_for_hf_trainer(trainer: transformers.Trainer, output_dir: st
 def _load_model_and_tokenizer(model_args: ModelArguments, training_args: TrainingArguments):
     dtype = model_args.torch_dtype if model_args.torch_dtype == "auto" else getattr(torch, model_args.torch_dtype)
     extra = {"gguf_file": model_args.gguf_file} if model_args.gguf_file else {}
+    model_kwargs = dict(extra)
+    if model_args.gguf_file:
+        # Unpack the GGUF blocks into plain dense weights: a model left in GGUF blocks cannot be trained.
+        model_kwargs["quantization_config"] = transformers.GgufConfig(dequantize=True)
     model = transformers.AutoModelForCausalLM.from_pretrained(
-        model_args.model_name_or_path, cache_dir=training_args.cache_dir, dtype=dtype, **extra
+        model_args.model_name_or_path, cache_dir=training_args.cache_dir, dtype=dtype, **model_kwargs
     )
+    if getattr(model, "hf_quantizer", None) is not None and model_args.gguf_file:
+        # Dense now: drop the quantization marks so the Trainer and save_pretrained treat it as a normal model.
+        model.hf_quantizer.remove_quantization_config(model)
     tokenizer = transformers.AutoTokenizer.from_pretrained(
         model_args.model_name_or_path,
         cache_dir=training_args.cache_dir,
