@@ -499,14 +499,13 @@ def smoke_test(path: str | os.PathLike, device: str = "cpu", max_new_tokens: int
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from alpaca_lib.infer import generate_responses
+
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
-    prompt = format_prompt({"instruction": SMOKE_TEST_INSTRUCTION, "input": ""})
-    inputs = tokenizer(prompt, return_tensors="pt").to(device)
-    with torch.inference_mode():
-        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    completion = tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-    print(f"Input: {prompt}\nCompletion: {completion}")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
+    example = {"instruction": SMOKE_TEST_INSTRUCTION, "input": ""}
+    (completion,) = generate_responses(model, tokenizer, [example], max_new_tokens=max_new_tokens)
+    print(f"Input: {format_prompt(example)}\nCompletion: {completion}")
     return completion
 
 
