@@ -11,10 +11,18 @@
 Every flag of the original Alpaca commands is accepted: the names transformers 5 renamed or removed
 (`--evaluation_strategy`, `--warmup_ratio`, `--fsdp_transformer_layer_cls_to_wrap`, `--group_by_length`)
 are mapped to their current spelling in `TrainingArguments.__post_init__`.
+
+Beyond the original recipe, all opt-in (the defaults train exactly as above):
+    --group_by_length True      batches of similar length: less padding, same examples per step
+    --packing True              padding-free rows of up to --model_max_length tokens (alpaca_lib/packing.py)
+    --lora_r 8 [--lora_alpha 16 --lora_dropout 0.05 --lora_target_modules q_proj,v_proj] [--load_in_4bit True]
+                                LoRA adapters (alpaca_lib/lora.py): output_dir/adapter + merged model in output_dir
+    --eval_data_path F | --val_set_size N   evaluation set, with --evaluation_strategy steps --eval_steps K
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -26,6 +34,7 @@ import numpy as np
 import torch
 import transformers
 from torch.utils.data import Dataset
+from transformers.integrations import is_deepspeed_zero3_enabled
 
 from alpaca_lib.data import (
     DataError,
@@ -36,6 +45,14 @@ from alpaca_lib.data import (
     labels_for,
     load_records,
 )
+from alpaca_lib.lora import (
+    ADAPTER_SUBDIR,
+    DEFAULT_TARGET_MODULES,
+    add_lora,
+    check_qlora_available,
+    quantization_config,
+    save_adapter_and_merged,
+)
 from alpaca_lib.modeling import (
     DEFAULT_BOS_TOKEN,
     DEFAULT_EOS_TOKEN,
@@ -45,13 +62,15 @@ from alpaca_lib.modeling import (
     missing_special_tokens,
     smart_tokenizer_and_embedding_resize,
 )
+from alpaca_lib.packing import DataCollatorForPackedRows, PackedDataset, prepare_model_for_packing
+from alpaca_lib.split import hold_out
 from utils import PROMPT_DICT
 
 __all__ = [
     "PROMPT_DICT", "IGNORE_INDEX", "DEFAULT_PAD_TOKEN", "DEFAULT_EOS_TOKEN", "DEFAULT_BOS_TOKEN",
     "DEFAULT_UNK_TOKEN", "ModelArguments", "DataArguments", "TrainingArguments",
     "smart_tokenizer_and_embedding_resize", "preprocess", "SupervisedDataset",
-    "DataCollatorForSupervisedDataset", "make_supervised_data_module", "train",
+    "DataCollatorForSupervisedDataset", "make_supervised_data_module", "train", "FlagError", "ADAPTER_SUBDIR",
 ]
 
 logger = logging.getLogger("train")
@@ -68,6 +87,17 @@ class ModelArguments:
         metadata={"help": "dtype of the loaded weights. float32 keeps fp32 master weights under --bf16 autocast, "
                           "as the original recipe did; 'auto' uses the checkpoint's own dtype."},
     )
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank; 0 trains all weights (the original recipe)."})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling numerator (updates are scaled by alpha/r)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA adapters' input."})
+    lora_target_modules: str = field(
+        default=DEFAULT_TARGET_MODULES,
+        metadata={"help": "Comma-separated names of the linear layers to adapt, or 'all-linear'."},
+    )
+    load_in_4bit: bool = field(
+        default=False,
+        metadata={"help": "QLoRA: load the base in 4-bit NF4 (needs --lora_r, a CUDA GPU and bitsandbytes)."},
+    )
 
 
 @dataclass
@@ -76,6 +106,12 @@ class DataArguments:
     preprocessing_cache_dir: Optional[str] = field(
         default=str(default_cache_dir()),
         metadata={"help": "Folder for tokenized data, keyed by data file, tokenizer and max length; '' disables it."},
+    )
+    eval_data_path: Optional[str] = field(
+        default=None, metadata={"help": "Evaluation data (same format as --data_path), scored with the same masking."}
+    )
+    val_set_size: int = field(
+        default=0, metadata={"help": "Hold this many examples of --data_path out for evaluation (seeded by --seed)."}
     )
 
 
@@ -99,6 +135,11 @@ class TrainingArguments(transformers.TrainingArguments):
     )
     group_by_length: bool = field(
         default=False, metadata={"help": "Old flag: batch examples of similar length (--train_sampling_strategy group_by_length)."}
+    )
+    packing: bool = field(
+        default=False,
+        metadata={"help": "Pack several examples into each row of up to --model_max_length tokens, without padding "
+                          "and without attention across examples; a batch is --per_device_train_batch_size rows."},
     )
 
     def __post_init__(self):
@@ -137,6 +178,11 @@ class TrainingArguments(transformers.TrainingArguments):
             self.fsdp_config = config
         if self.group_by_length:
             self.train_sampling_strategy = "group_by_length"
+        if self.packing and self.train_sampling_strategy == "group_by_length":
+            raise ValueError(
+                "--packing True and --group_by_length True (--train_sampling_strategy group_by_length) both given; "
+                "packed rows are already full, so keep only one of them."
+            )
 
     def _adapt_to_hardware(self) -> None:
         has_cuda = torch.cuda.is_available()
@@ -211,9 +257,12 @@ class SupervisedDataset(Dataset):
         tokenizer: transformers.PreTrainedTokenizer,
         cache_dir: Optional[str] = None,
         records: Optional[Sequence[dict]] = None,
+        encoded: Optional[EncodedData] = None,
     ):
         super().__init__()
-        self.encoded: EncodedData = encode_file(data_path, tokenizer, tokenizer.model_max_length, cache_dir, records)
+        if encoded is None:
+            encoded = encode_file(data_path, tokenizer, tokenizer.model_max_length, cache_dir, records)
+        self.encoded: EncodedData = encoded
         stats = self.encoded.stats
         logger.info(
             "%s: %d examples, %d kept, %d tokens (%d in the loss); preprocessing cache: %s",
@@ -267,13 +316,45 @@ class DataCollatorForSupervisedDataset:
         )
 
 
-def make_supervised_data_module(tokenizer: transformers.PreTrainedTokenizer, data_args, records=None) -> Dict:
-    """Make dataset and collator for supervised fine-tuning."""
-    train_dataset = SupervisedDataset(
-        data_args.data_path, tokenizer, cache_dir=data_args.preprocessing_cache_dir or None, records=records
-    )
+def make_supervised_data_module(
+    tokenizer: transformers.PreTrainedTokenizer, data_args, records=None, training_args=None, eval_records=None
+) -> Dict:
+    """Make the training (and evaluation) datasets and the collator for supervised fine-tuning.
+
+    Args:
+        tokenizer: the training tokenizer (pad token set).
+        data_args: `DataArguments`.
+        records: the already loaded records of `data_args.data_path`.
+        training_args: `TrainingArguments` (for --packing and --seed); None trains as the original.
+        eval_records: the already loaded records of `data_args.eval_data_path`.
+    Returns:
+        dict(train_dataset, eval_dataset, data_collator) for `transformers.Trainer`.
+    """
+    cache_dir = data_args.preprocessing_cache_dir or None
+    train_dataset = SupervisedDataset(data_args.data_path, tokenizer, cache_dir=cache_dir, records=records)
+    eval_dataset = None
+    if getattr(data_args, "val_set_size", 0):
+        seed = training_args.seed if training_args is not None else 42
+        try:
+            train_part, eval_part = hold_out(train_dataset.encoded, data_args.val_set_size, seed)
+        except ValueError as e:
+            raise FlagError(str(e)) from None
+        train_dataset = SupervisedDataset(f"{data_args.data_path} (training part)", tokenizer, encoded=train_part)
+        eval_dataset = SupervisedDataset(f"{data_args.data_path} (held out)", tokenizer, encoded=eval_part)
+    elif getattr(data_args, "eval_data_path", None):
+        eval_dataset = SupervisedDataset(data_args.eval_data_path, tokenizer, cache_dir=cache_dir, records=eval_records)
+
+    if training_args is not None and training_args.packing:
+        packed = PackedDataset(train_dataset, train_dataset.lengths, tokenizer.model_max_length)
+        logger.info(
+            "packing: %d examples into %d rows of up to %d tokens (%.1f examples and %.1f%% of the capacity used "
+            "per row); a batch is %d row(s)", len(train_dataset), len(packed), packed.row_tokens,
+            len(train_dataset) / max(1, len(packed)), 100 * packed.fill, training_args.per_device_train_batch_size,
+        )
+        return dict(train_dataset=packed, eval_dataset=eval_dataset,
+                    data_collator=DataCollatorForPackedRows(tokenizer.pad_token_id))
     data_collator = DataCollatorForSupervisedDataset(tokenizer=tokenizer)
-    return dict(train_dataset=train_dataset, eval_dataset=None, data_collator=data_collator)
+    return dict(train_dataset=train_dataset, eval_dataset=eval_dataset, data_collator=data_collator)
 
 
 def safe_save_model_for_hf_trainer(trainer: transformers.Trainer, output_dir: str) -> None:
@@ -288,6 +369,35 @@ def safe_save_model_for_hf_trainer(trainer: transformers.Trainer, output_dir: st
             )
 
 
+class FlagError(ValueError):
+    """Command-line flags that do not work together; the message says which and what to do."""
+
+
+def _check_flags(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments) -> None:
+    if data_args.eval_data_path and data_args.val_set_size:
+        raise FlagError("--eval_data_path and --val_set_size both given; evaluate on one of them.")
+    if data_args.val_set_size < 0:
+        raise FlagError(f"--val_set_size must be a number of examples >= 0, got {data_args.val_set_size}.")
+    eval_strategy = str(getattr(training_args.eval_strategy, "value", training_args.eval_strategy))
+    if eval_strategy != "no" and not (data_args.eval_data_path or data_args.val_set_size):
+        raise FlagError(
+            f"--evaluation_strategy {eval_strategy} needs evaluation data: pass --eval_data_path FILE or "
+            "--val_set_size N (examples held out of --data_path)."
+        )
+    if model_args.lora_r < 0:
+        raise FlagError(f"--lora_r must be 0 (full fine-tuning) or a positive rank, got {model_args.lora_r}.")
+    if model_args.load_in_4bit and not model_args.lora_r:
+        raise FlagError("--load_in_4bit trains LoRA adapters on a 4-bit base; give --lora_r too (e.g. --lora_r 16).")
+    if model_args.load_in_4bit and model_args.gguf_file:
+        raise FlagError("--load_in_4bit and --gguf_file both given; QLoRA quantizes a safetensors base, drop one.")
+    if model_args.lora_r and (training_args.fsdp or training_args.deepspeed):
+        raise FlagError(
+            "--lora_r with --fsdp/--deepspeed: the merged model is built on one process from full weights, which "
+            "sharded training does not hold. LoRA needs little memory: train it on one device or with plain DDP "
+            "(torchrun without --fsdp/--deepspeed)."
+        )
+
+
 def _load_model_and_tokenizer(model_args: ModelArguments, training_args: TrainingArguments):
     dtype = model_args.torch_dtype if model_args.torch_dtype == "auto" else getattr(torch, model_args.torch_dtype)
     extra = {"gguf_file": model_args.gguf_file} if model_args.gguf_file else {}
@@ -295,6 +405,10 @@ def _load_model_and_tokenizer(model_args: ModelArguments, training_args: Trainin
     if model_args.gguf_file:
         # Unpack the GGUF blocks into plain dense weights: a model left in GGUF blocks cannot be trained.
         model_kwargs["quantization_config"] = transformers.GgufConfig(dequantize=True)
+    if model_args.load_in_4bit:
+        compute_dtype = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
+        model_kwargs["quantization_config"] = quantization_config(compute_dtype)
+        model_kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
     model = transformers.AutoModelForCausalLM.from_pretrained(
         model_args.model_name_or_path, cache_dir=training_args.cache_dir, dtype=dtype, **model_kwargs
     )
@@ -321,13 +435,37 @@ def train(argv: Optional[Sequence[str]] = None) -> transformers.Trainer:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     if data_args.data_path is None:
         raise DataError("--data_path is required: an Alpaca JSON list or a JSON Lines file.")
+    _check_flags(model_args, data_args, training_args)
+    if model_args.load_in_4bit:
+        try:
+            check_qlora_available()
+        except ValueError as e:
+            raise FlagError(str(e)) from None
     # Check the data before spending minutes loading a model.
     records = load_records(data_args.data_path)
+    eval_records = load_records(data_args.eval_data_path) if data_args.eval_data_path else None
 
     model, tokenizer = _load_model_and_tokenizer(model_args, training_args)
+    use_cache = model.config.use_cache
+    if training_args.packing:
+        try:
+            # Under DeepSpeed ZeRO-3 each process holds a shard of the weights: no forward can run before the
+            # engine gathers them, so the probe is skipped there.
+            prepare_model_for_packing(model, probe=not is_deepspeed_zero3_enabled())
+        except ValueError as e:
+            raise FlagError(str(e)) from None
+    if model_args.lora_r:
+        try:
+            model = add_lora(model, model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout,
+                             model_args.lora_target_modules, training_args.gradient_checkpointing)
+        except ValueError as e:
+            raise FlagError(str(e)) from None
     # One process per machine tokenizes (and fills the cache); the others then read its result.
     with training_args.main_process_first(local=True, desc="tokenizing the training data"):
-        data_module = make_supervised_data_module(tokenizer=tokenizer, data_args=data_args, records=records)
+        data_module = make_supervised_data_module(
+            tokenizer=tokenizer, data_args=data_args, records=records, training_args=training_args,
+            eval_records=eval_records,
+        )
     trainer = transformers.Trainer(model=model, processing_class=tokenizer, args=training_args, **data_module)
     logger.info(
         "training with %s over %d process(es) on %s", trainer.accelerator.distributed_type.value,
@@ -335,14 +473,24 @@ def train(argv: Optional[Sequence[str]] = None) -> transformers.Trainer:
     )
     trainer.train()
     trainer.save_state()
-    safe_save_model_for_hf_trainer(trainer=trainer, output_dir=training_args.output_dir)
+    model.config.use_cache = use_cache  # training may have switched it off; the saved model generates with it
+    if model_args.lora_r:
+        reload_base = None
+        if model_args.load_in_4bit:
+            def reload_base():
+                # Merging into 4-bit weights would round them: merge into an unquantized copy of the base.
+                base, _ = _load_model_and_tokenizer(dataclasses.replace(model_args, load_in_4bit=False), training_args)
+                return base
+        save_adapter_and_merged(trainer, training_args.output_dir, tokenizer, reload_base)
+    else:
+        safe_save_model_for_hf_trainer(trainer=trainer, output_dir=training_args.output_dir)
     return trainer
 
 
 def main() -> None:
     try:
         train()
-    except DataError as e:
+    except (DataError, FlagError) as e:
         raise SystemExit(f"error: {e}") from None
 
 

@@ -1,0 +1,226 @@
+"""Padding-free packing and length grouping: row building, equivalence with the padded path, training.
+
+    bash scripts/test.sh tests/test_packing.py
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+import train
+from alpaca_lib.modeling import IGNORE_INDEX
+from alpaca_lib.packing import DataCollatorForPackedRows, PackedDataset, pack_rows, prepare_model_for_packing
+from conftest import REPO_ROOT
+
+
+def test_pack_rows_is_best_fit_decreasing_and_exact():
+    lengths = [5, 3, 8, 2, 7, 1, 4]
+    rows = pack_rows(lengths, 10)
+    # 8 opens row 0, 7 row 1, 5 row 2; 4 fits row 2 best (5 free), 3 row 1 (3 free), 2 row 0 (2 free),
+    # and 1 goes to row 2, the tightest of the rows with room left (1 free).
+    assert rows == [[2, 3], [4, 1], [0, 6, 5]]
+    assert sorted(i for r in rows for i in r) == list(range(len(lengths)))
+    assert [sum(lengths[i] for i in r) for r in rows] == [10, 10, 10]
+    assert pack_rows([4, 4, 4], 4) == [[0], [1], [2]]  # ties keep dataset order
+    with pytest.raises(ValueError, match="example 1 has 11 tokens, more than a packed row holds \\(10\\)"):
+        pack_rows([3, 11], 10)
+
+
+def test_pack_rows_fills_rows_on_realistic_lengths():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(20, 300, size=2000)
+    rows = pack_rows(lengths, 512)
+    assert sorted(i for r in rows for i in r) == list(range(2000))
+    sums = np.array([lengths[r].sum() for r in rows])
+    assert sums.max() <= 512
+    # Within one row of the lower bound: best-fit decreasing leaves almost no room unused.
+    assert len(rows) <= int(np.ceil(lengths.sum() / 512)) + 1
+
+
+@pytest.fixture()
+def tokenizer(tiny_llama_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir, model_max_length=256, padding_side="right")
+    tok.add_special_tokens({"pad_token": "[PAD]"})
+    return tok
+
+
+@pytest.fixture()
+def dataset(tokenizer, tmp_path):
+    records = json.loads((REPO_ROOT / "alpaca_data.json").read_text())[:10]
+    path = tmp_path / "ten.json"
+    path.write_text(json.dumps(records))
+    return train.SupervisedDataset(str(path), tokenizer)
+
+
+@pytest.fixture()
+def model(tiny_llama_dir, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    m = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    m.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    prepare_model_for_packing(m)
+    return m.eval()
+
+
+def test_packed_rows_concatenate_examples_with_restarting_positions(dataset, tokenizer):
+    packed = PackedDataset(dataset, dataset.lengths, 400)
+    assert sorted(i for r in packed.rows for i in r) == list(range(len(dataset)))
+    for row, item in zip(packed.rows, packed):
+        examples = [dataset[i] for i in row]
+        assert torch.equal(item["input_ids"], torch.cat([x["input_ids"] for x in examples]))
+        assert torch.equal(item["position_ids"], torch.cat([torch.arange(len(x["input_ids"])) for x in examples]))
+        # Same labels as the padded path, except that each example's first label is -100 (it already is:
+        # the prompt is masked), so no label is predicted from the previous example's last token.
+        expected = torch.cat([x["labels"] for x in examples])
+        assert torch.equal(item["labels"], expected)
+        assert all(x["labels"][0].item() == IGNORE_INDEX for x in examples)
+    assert packed.fill == pytest.approx(int(dataset.lengths.sum()) / (len(packed) * 400))
+
+    batch = DataCollatorForPackedRows(tokenizer.pad_token_id)([packed[0], packed[1]])
+    assert set(batch) == {"input_ids", "labels", "position_ids"}  # no attention mask: it would hide the packing
+    short = 0 if len(packed[0]["input_ids"]) < len(packed[1]["input_ids"]) else 1
+    k = len(packed[short]["input_ids"])
+    width = batch["input_ids"].shape[1]
+    assert (batch["input_ids"][short, k:] == tokenizer.pad_token_id).all()
+    assert (batch["labels"][short, k:] == IGNORE_INDEX).all()
+    assert batch["position_ids"][short, k:].tolist() == list(range(width - k))
+
+
+def _per_example_losses(logits, labels, segments):
+    """Sum of token losses and number of loss-bearing tokens for each segment id (the causal shift applied)."""
+    shift_logits, shift_labels, seg = logits[:, :-1], labels[:, 1:], segments[:, 1:]
+    token_loss = torch.nn.functional.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.shape[-1]).float(), shift_labels.reshape(-1),
+        ignore_index=IGNORE_INDEX, reduction="none",
+    ).reshape(shift_labels.shape)
+    out = {}
+    for s in seg.unique().tolist():
+        if s < 0:
+            continue
+        sel = (seg == s) & (shift_labels != IGNORE_INDEX)
+        out[s] = (token_loss[sel].sum().item(), int(sel.sum()))
+    return out
+
+
+def test_packed_loss_equals_padded_loss_per_example(dataset, tokenizer, model):
+    n = len(dataset)
+    padded = train.DataCollatorForSupervisedDataset(tokenizer)([dataset[i] for i in range(n)])
+    # Segment id of each padded position: its row's example index, -1 on padding.
+    seg_padded = torch.where(padded["attention_mask"], torch.arange(n)[:, None], -1)
+    packed_ds = PackedDataset(dataset, dataset.lengths, 400)
+    assert len(packed_ds) < n  # several examples share a row
+    packed = DataCollatorForPackedRows(tokenizer.pad_token_id)(list(packed_ds))
+    seg_packed = torch.full_like(packed["input_ids"], -1)
+    for r, row in enumerate(packed_ds.rows):
+        offset = 0
+        for i in row:
+            k = len(dataset[i]["input_ids"])
+            seg_packed[r, offset:offset + k] = i
+            offset += k
+    with torch.no_grad():
+        out_padded = model(**padded)
+        out_packed = model(**packed)
+    ref = _per_example_losses(out_padded.logits, padded["labels"], seg_padded)
+    got = _per_example_losses(out_packed.logits, packed["labels"], seg_packed)
+    assert sorted(got) == sorted(ref) == list(range(n))
+    for i in range(n):
+        assert got[i][1] == ref[i][1], f"example {i}: loss-bearing tokens differ"
+        assert got[i][0] / got[i][1] == pytest.approx(ref[i][0] / ref[i][1], abs=1e-5), f"example {i}"
+    # Same tokens in the loss overall: the batch losses (token means) agree too.
+    assert sum(c for _, c in got.values()) == int((padded["labels"][:, 1:] != IGNORE_INDEX).sum())
+    assert out_packed.loss.item() == pytest.approx(out_padded.loss.item(), abs=1e-5)
+
+
+def test_no_token_attends_across_an_example_boundary(dataset, tokenizer, model):
+    a, b = dataset[0], dataset[1]
+    row = PackedDataset([a, b], [len(a["input_ids"]), len(b["input_ids"])], 1000)[0]
+    assert len(row["input_ids"]) == len(a["input_ids"]) + len(b["input_ids"])
+    changed = dict(row)
+    changed["input_ids"] = row["input_ids"].clone()
+    k = len(a["input_ids"])
+    changed["input_ids"][1:k] = (changed["input_ids"][1:k] + 7) % 1000  # rewrite example A, keep its BOS
+    collate = DataCollatorForPackedRows(tokenizer.pad_token_id)
+    with torch.no_grad():
+        before = model(**collate([row])).logits[0]
+        after = model(**collate([changed])).logits[0]
+        # The same row seen as one sequence (positions running on): B does see A, so the check can fail.
+        joined = collate([row])
+        joined["position_ids"] = torch.arange(len(row["input_ids"]))[None]
+        leaky_before = model(**joined).logits[0]
+        joined["input_ids"] = collate([changed])["input_ids"]
+        leaky_after = model(**joined).logits[0]
+    assert (after[:k] - before[:k]).abs().max() > 1e-2  # A itself changed
+    assert torch.equal(after[k:], before[k:])  # B's logits are bit-for-bit the same
+    assert (leaky_after[k:] - leaky_before[k:]).abs().max() > 1e-2
+
+
+def test_model_that_ignores_packed_positions_is_refused():
+    from transformers import OPTConfig, OPTForCausalLM
+
+    torch.manual_seed(0)
+    opt = OPTForCausalLM(OPTConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, ffn_dim=32,
+                                   num_attention_heads=2, word_embed_proj_dim=16, max_position_embeddings=64))
+    with pytest.raises(ValueError, match="OPTForCausalLM with attn_implementation='sdpa' lets tokens attend across"):
+        prepare_model_for_packing(opt)
+    assert opt.config.use_cache is True  # left as it was
+
+
+def _run(tiny_llama_dir, tmp_path, extra, max_length=256):
+    return train.train([
+        "--model_name_or_path", str(tiny_llama_dir), "--data_path", str(REPO_ROOT / "alpaca_data.json"),
+        "--output_dir", str(tmp_path / "out"), "--num_train_epochs", "1", "--learning_rate", "3e-3",
+        "--logging_steps", "1", "--save_strategy", "no", "--evaluation_strategy", "no", "--report_to", "none",
+        "--model_max_length", str(max_length), "--preprocessing_cache_dir", str(tmp_path / "cache"), "--seed", "0",
+        "--disable_tqdm", "True", *extra,
+    ])
+
+
+def test_packed_training_sees_every_example_once_per_epoch_and_learns(tiny_llama_dir, tmp_path, caplog):
+    from transformers import AutoModelForCausalLM
+
+    caplog.set_level(logging.INFO)
+    trainer = _run(tiny_llama_dir, tmp_path, ["--packing", "True", "--per_device_train_batch_size", "2"], 512)
+    packed = trainer.train_dataset
+    assert isinstance(packed, PackedDataset)
+    examples = packed.examples
+    assert sorted(i for r in packed.rows for i in r) == list(range(len(examples)))
+    assert packed.row_lengths.max() <= 512 and packed.fill > 0.9
+    batches = list(trainer.get_train_dataloader())
+    assert len(batches) == trainer.state.max_steps == -(-len(packed) // 2)
+    assert sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches) == examples.encoded.stats["loss_tokens"]
+    assert all("attention_mask" not in b for b in batches)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert losses[-1] < losses[0] - 0.5, losses
+    assert "packing: 254 examples into" in caplog.text
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert saved.config.use_cache is True  # switched off for training only
+
+
+def test_group_by_length_batches_hold_less_padding(tiny_llama_dir, tmp_path):
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    trainer = _run(tiny_llama_dir, tmp_path, ["--group_by_length", "True", "--per_device_train_batch_size", "4",
+                                              "--max_steps", "2"])
+    assert isinstance(trainer._get_train_sampler(), LengthGroupedSampler)
+    grouped = list(trainer.get_train_dataloader())
+    lengths = trainer.train_dataset.lengths
+    # The same examples in dataset order, 4 at a time, as an unsorted baseline.
+    plain = [4 * lengths[i:i + 4].max() - lengths[i:i + 4].sum() for i in range(0, len(lengths), 4)]
+    grouped_pad = [int((b["attention_mask"] == 0).sum()) for b in grouped]
+    assert sum(len(b["input_ids"]) for b in grouped) == len(lengths)
+    assert sum(grouped_pad) < 0.5 * sum(plain), (sum(grouped_pad), sum(plain))
+
+
+def test_packing_and_group_by_length_conflict():
+    import transformers
+
+    parser = transformers.HfArgumentParser((train.ModelArguments, train.DataArguments, train.TrainingArguments))
+    with pytest.raises(ValueError, match="--packing True and --group_by_length True"):
+        parser.parse_args_into_dataclasses(args=["--output_dir", "o", "--packing", "True", "--group_by_length", "True"])
