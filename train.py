@@ -62,7 +62,12 @@ from alpaca_lib.modeling import (
     missing_special_tokens,
     smart_tokenizer_and_embedding_resize,
 )
-from alpaca_lib.packing import DataCollatorForPackedRows, PackedDataset, prepare_model_for_packing
+from alpaca_lib.packing import (
+    DataCollatorForPackedRows,
+    PackedDataset,
+    prepare_model_for_packing,
+    use_packed_sdpa,
+)
 from alpaca_lib.split import hold_out
 from utils import PROMPT_DICT
 
@@ -446,12 +451,17 @@ def train(argv: Optional[Sequence[str]] = None) -> transformers.Trainer:
     eval_records = load_records(data_args.eval_data_path) if data_args.eval_data_path else None
 
     model, tokenizer = _load_model_and_tokenizer(model_args, training_args)
-    use_cache = model.config.use_cache
+    base_model, use_cache, attn_implementation = model, model.config.use_cache, None
     if training_args.packing:
+        # Under DeepSpeed ZeRO-3 each process holds a shard of the weights: no forward can run before the
+        # engine gathers them, so the probe is skipped there.
+        probe = not is_deepspeed_zero3_enabled()
         try:
-            # Under DeepSpeed ZeRO-3 each process holds a shard of the weights: no forward can run before the
-            # engine gathers them, so the probe is skipped there.
-            prepare_model_for_packing(model, probe=not is_deepspeed_zero3_enabled())
+            prepare_model_for_packing(model, probe=probe)
+            if training_args.device.type == "cpu" and model.config._attn_implementation == "sdpa":
+                # On CPU, sdpa per example beats sdpa over the masked square of the row (alpaca_lib/packing.py).
+                attn_implementation = use_packed_sdpa(model)
+                prepare_model_for_packing(model, probe=probe)
         except ValueError as e:
             raise FlagError(str(e)) from None
     if model_args.lora_r:
@@ -473,7 +483,10 @@ def train(argv: Optional[Sequence[str]] = None) -> transformers.Trainer:
     )
     trainer.train()
     trainer.save_state()
-    model.config.use_cache = use_cache  # training may have switched it off; the saved model generates with it
+    # Packing may have switched these for training; the saved model generates with the usual ones.
+    base_model.config.use_cache = use_cache
+    if attn_implementation is not None:
+        base_model.set_attn_implementation(attn_implementation)
     if model_args.lora_r:
         reload_base = None
         if model_args.load_in_4bit:

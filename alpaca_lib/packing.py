@@ -16,14 +16,17 @@ ids as variable-length boundaries. So the collator here returns no attention mas
 `use_cache=False`, and a probe checks, before training, that the loaded model really keeps examples
 apart (OPT, for one, builds its mask without the position ids).
 
-Why rows of `model_max_length` tokens and the default sdpa: sdpa on CPU computes the whole square of a
-row and masks it, so its cost per token grows with the row length. Measured (forward+backward CPU time,
-one thread, a 7M-parameter LLaMA, 96 Alpaca-like examples of 89 tokens on average), speed relative to
-the original's random padded batches of 4: rows of 384 tokens 1.30x, 512 1.25x, 768 1.20x, while one
-row of 1536 tokens fell to 0.6x. Running sdpa per example instead (a hand-written varlen loop, no
-square) gave 1.22x / 1.37x / 1.12x at 384 / 512 / 768, no better beyond run-to-run noise, and eager
-attention 1.29x at 512. So rows stay a few hundred tokens long: `model_max_length`, which is also the
-longest an example can be, with transformers' own masking and no hand-written attention.
+Row length and attention, chosen by measurement (2 CPU cores, a 7M-parameter LLaMA, Alpaca-like
+examples of 89 tokens on average; speed relative to the original's random padded batches of 4):
+sdpa over a packed row computes the whole square of the row and masks it, so its cost per token grows
+with the row length: forward+backward ran 1.30x at rows of 384 tokens, 1.25x at 512, 1.20x at 768, and
+one row of 1536 fell to 0.6x. Rows are therefore `model_max_length` long (a few hundred tokens; no
+example is longer). Even so, in a full training epoch at 512 the masked square was 16% of the step
+time and packing ran only 1.10x, behind length-grouped batches (1.31x). On CPU, train.py therefore
+switches packed training to `packed_sdpa` below: sdpa called once per example, over its own causal
+block only, which is what flash-attention's variable-length kernels do on GPU (where transformers
+uses them from the same position ids). That epoch then ran 1.38x. Eager attention was no faster
+than sdpa. Loss and logits are the same either way (tests/test_packing.py checks both).
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ from typing import Dict, List, Sequence
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from transformers import DataCollatorWithFlattening
+from transformers import AttentionInterface, DataCollatorWithFlattening
+from transformers.masking_utils import AttentionMaskInterface
 
 from alpaca_lib.modeling import IGNORE_INDEX
 
@@ -182,4 +186,57 @@ def prepare_model_for_packing(model, probe: bool = True) -> bool:
             "training would leak between examples. Use a model family that honours packed position ids "
             "(LLaMA, Mistral, Qwen2, Gemma, ...) or drop --packing (--group_by_length True cuts most padding)."
         )
+    return previous
+
+
+PACKED_SDPA = "packed_sdpa"
+
+
+def _packed_sdpa_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
+                           position_ids=None, **kwargs):
+    """sdpa run per packed example (each a causal block), like flash-attention's variable-length path.
+
+    Query/key/value are [batch, heads, length, head_dim]; a new example starts wherever the position id
+    is 0. Right padding (as in padded batches) is harmless: causal attention never looks ahead at it.
+    Returns [batch, length, heads, head_dim], as transformers' attention functions do.
+    """
+    if position_ids is None:
+        raise ValueError(f"attn_implementation={PACKED_SDPA!r} needs position_ids (it serves packed batches only).")
+    # Models pass unbatched position ids ([1, length]) when they made them up themselves.
+    position_ids = position_ids.expand(query.shape[0], -1)
+    groups = query.shape[1] // key.shape[1]
+    dropout = dropout if module.training else 0.0
+    rows = []
+    for r in range(query.shape[0]):
+        starts = torch.nonzero(position_ids[r] == 0).flatten().tolist() + [query.shape[2]]
+        if starts[0] != 0:
+            starts.insert(0, 0)
+        parts = [
+            torch.nn.functional.scaled_dot_product_attention(
+                query[r:r + 1, :, s:e], key[r:r + 1, :, s:e], value[r:r + 1, :, s:e], dropout_p=dropout,
+                is_causal=True, scale=scaling, enable_gqa=groups > 1,
+            )
+            for s, e in zip(starts[:-1], starts[1:]) if e > s
+        ]
+        rows.append(torch.cat(parts, dim=2))
+    return torch.cat(rows, dim=0).transpose(1, 2).contiguous(), None
+
+
+def _no_mask(*args, **kwargs):
+    # The per-example attention needs no mask; building the square mask would cost what it saves.
+    return None
+
+
+def use_packed_sdpa(model) -> str:
+    """Switches `model` to per-example sdpa for packed rows on CPU; returns the previous implementation.
+
+    Why: sdpa over a whole packed row computes (and masks) the full square. On CPU that square cost
+    a 7M LLaMA 16% of its packed step time at rows of 512 tokens; per-example calls compute only the
+    causal blocks, as flash-attention's variable-length kernels do on GPU (where transformers uses them
+    directly, so this is for CPU only). The probe of `prepare_model_for_packing` is rerun after the switch.
+    """
+    AttentionInterface.register(PACKED_SDPA, _packed_sdpa_attention)
+    AttentionMaskInterface.register(PACKED_SDPA, _no_mask)
+    previous = model.config._attn_implementation
+    model.set_attn_implementation(PACKED_SDPA)
     return previous

@@ -14,7 +14,14 @@ import torch
 
 import train
 from alpaca_lib.modeling import IGNORE_INDEX
-from alpaca_lib.packing import DataCollatorForPackedRows, PackedDataset, pack_rows, prepare_model_for_packing
+from alpaca_lib.packing import (
+    PACKED_SDPA,
+    DataCollatorForPackedRows,
+    PackedDataset,
+    pack_rows,
+    prepare_model_for_packing,
+    use_packed_sdpa,
+)
 from conftest import REPO_ROOT
 
 
@@ -59,13 +66,17 @@ def dataset(tokenizer, tmp_path):
     return train.SupervisedDataset(str(path), tokenizer)
 
 
-@pytest.fixture()
-def model(tiny_llama_dir, tokenizer):
+@pytest.fixture(params=["sdpa", PACKED_SDPA])
+def model(tiny_llama_dir, tokenizer, request):
+    """The model as training runs it: transformers' masked sdpa, or sdpa per example (train.py's CPU choice)."""
     from transformers import AutoModelForCausalLM
 
     m = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
     m.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     prepare_model_for_packing(m)
+    if request.param == PACKED_SDPA:
+        assert use_packed_sdpa(m) == "sdpa"
+        prepare_model_for_packing(m)
     return m.eval()
 
 
@@ -124,8 +135,11 @@ def test_packed_loss_equals_padded_loss_per_example(dataset, tokenizer, model):
             k = len(dataset[i]["input_ids"])
             seg_packed[r, offset:offset + k] = i
             offset += k
+    impl = model.config._attn_implementation
     with torch.no_grad():
+        model.set_attn_implementation("sdpa")  # the reference: the original padded path, as it always runs
         out_padded = model(**padded)
+        model.set_attn_implementation(impl)
         out_packed = model(**packed)
     ref = _per_example_losses(out_padded.logits, padded["labels"], seg_padded)
     got = _per_example_losses(out_packed.logits, packed["labels"], seg_packed)
@@ -151,6 +165,7 @@ def test_no_token_attends_across_an_example_boundary(dataset, tokenizer, model):
         before = model(**collate([row])).logits[0]
         after = model(**collate([changed])).logits[0]
         # The same row seen as one sequence (positions running on): B does see A, so the check can fail.
+        # (With per-example sdpa the position ids alone mark the examples, so this is the same control.)
         joined = collate([row])
         joined["position_ids"] = torch.arange(len(row["input_ids"]))[None]
         leaky_before = model(**joined).logits[0]
@@ -201,6 +216,8 @@ def test_packed_training_sees_every_example_once_per_epoch_and_learns(tiny_llama
     assert "packing: 254 examples into" in caplog.text
     saved = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     assert saved.config.use_cache is True  # switched off for training only
+    assert trainer.model.config._attn_implementation == "sdpa"  # per-example sdpa during training only (CPU)
+    assert "packing: 254 examples" in caplog.text
 
 
 def test_group_by_length_batches_hold_less_padding(tiny_llama_dir, tmp_path):
