@@ -28,12 +28,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchutil import peak_rss_mb
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
@@ -49,17 +50,6 @@ MEMORY_MODES = {
     "full": [],
     "lora": ["--lora_r", "8", "--lora_alpha", "16", "--lora_dropout", "0.05"],
 }
-
-
-def _peak_rss_mb() -> float:
-    """This process's peak resident set size in MB (VmHWM starts afresh at exec, unlike ru_maxrss)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _child(argv_json: str) -> None:
@@ -101,7 +91,7 @@ def _child(argv_json: str) -> None:
     params = sum(p.numel() for p in trainer.model.parameters())
     print("RESULT " + json.dumps({
         "wall": clock["wall"], "cpu": clock["cpu"], "loss_tokens": loss_tokens, "computed": computed, "steps": steps,
-        "train_loss": trainer.state.log_history[-1].get("train_loss"), "peak_rss_mb": _peak_rss_mb(),
+        "train_loss": trainer.state.log_history[-1].get("train_loss"), "peak_rss_mb": peak_rss_mb(),
         "params": params, "cuda": torch.cuda.is_available(),
     }), flush=True)
 

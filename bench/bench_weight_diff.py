@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -31,24 +30,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchutil import peak_rss_mb
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
-
-
-def _peak_rss_mb() -> float:
-    """This process's peak resident set size in MB.
-
-    VmHWM is per address space, so it starts afresh at exec; ru_maxrss can carry the parent's peak
-    over into a child on Linux, which would blur the comparison.
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def _child(method: str, path_raw: str, path_diff: str, path_out: str) -> None:
@@ -60,7 +46,7 @@ def _child(method: str, path_raw: str, path_diff: str, path_out: str) -> None:
     import weight_diff
     from alpaca_lib.diffing import whole_model_recover
 
-    baseline = _peak_rss_mb()
+    baseline = peak_rss_mb()
     start = time.perf_counter()
     if method == "whole":
         _, total = whole_model_recover(path_raw, path_diff, path_out)
@@ -68,7 +54,7 @@ def _child(method: str, path_raw: str, path_diff: str, path_out: str) -> None:
         weight_diff.recover(path_raw, path_diff, path_out, test_inference=False, check_integrity_naively=False)
         total = None
     seconds = time.perf_counter() - start
-    print(json.dumps({"method": method, "seconds": seconds, "peak_rss_mb": _peak_rss_mb(), "baseline_mb": baseline, "sum": total}))
+    print(json.dumps({"method": method, "seconds": seconds, "peak_rss_mb": peak_rss_mb(), "baseline_mb": baseline, "sum": total}))
 
 
 def _run_child(method: str, path_raw: Path, path_diff: Path, path_out: Path) -> dict:

@@ -31,3 +31,20 @@ def tiny_tokenizer(tiny_llama_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_llama_dir, model_max_length=512, padding_side="right")
+
+
+def run_train_expecting_error(tmp_path: Path, args: list[str]) -> str:
+    """Runs `train.py ARGS --output_dir tmp/out` (model: a path that does not exist) and returns stderr.
+
+    Asserts that it failed and wrote no output folder: the error came before any model was loaded.
+    """
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "train.py"), "--model_name_or_path", str(tmp_path / "no-such-model"),
+         "--output_dir", str(tmp_path / "out"), *args],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    assert not (tmp_path / "out").exists()
+    return proc.stderr

@@ -9,9 +9,7 @@ import copy
 import hashlib
 import json
 import logging
-import subprocess
 from pathlib import Path
-import sys
 
 import numpy as np
 import pytest
@@ -20,7 +18,7 @@ import torch
 import train
 from alpaca_lib.data import DataError, encode_file, load_records, tokenize_records
 from alpaca_lib.modeling import IGNORE_INDEX
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_train_expecting_error
 from utils import PROMPT_DICT, format_prompt
 
 # The original Alpaca templates, typed out once more here so a change to utils.PROMPT_DICT fails loudly.
@@ -201,14 +199,8 @@ def test_jsonl_is_accepted(tmp_path):
 def test_bad_data_exits_before_loading_a_model(tmp_path):
     path = tmp_path / "bad.json"
     path.write_text('[{"instruction": "a"}]')
-    proc = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "train.py"), "--model_name_or_path", str(tmp_path / "no-such-model"),
-         "--data_path", str(path), "--output_dir", str(tmp_path / "out")],
-        capture_output=True, text=True, cwd=tmp_path,
-    )
-    assert proc.returncode != 0
-    assert f"error: {path}: record 0 has keys ['instruction']" in proc.stderr
-    assert not (tmp_path / "out").exists()
+    stderr = run_train_expecting_error(tmp_path, ["--data_path", str(path)])
+    assert f"error: {path}: record 0 has keys ['instruction']" in stderr
 
 
 README_FSDP_ARGS = [
