@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,13 +22,8 @@ import torch
 
 from conftest import REPO_ROOT
 
+# --standalone lets torchrun pick a free port itself: no race between choosing a port and binding it.
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _train_args(model_dir, data, out, cache, per_device, extra=()):
@@ -90,7 +84,7 @@ def _check_saved_model(out: Path, vocab: int):
 def test_torchrun_two_processes(setup, tiny_llama_dir, mode, launcher, extra, expected_type):
     root, data, single_losses = setup
     out = root / mode
-    cmd = [*TORCHRUN, "--nproc_per_node=2", f"--master_port={_free_port()}", *launcher,
+    cmd = [*TORCHRUN, "--standalone", "--nproc_per_node=2", *launcher,
            str(REPO_ROOT / "train.py"), *_train_args(tiny_llama_dir, data, out, root / "cache", 2, extra)]
     log = _run(cmd, cwd=root)
     assert f"training with {expected_type} over 2 process(es)" in log
@@ -110,7 +104,7 @@ def test_lora_under_torchrun_matches_one_process(setup, tiny_llama_dir):
     single = _run([sys.executable, str(REPO_ROOT / "train.py"),
                    *_train_args(tiny_llama_dir, data, root / "lora-single", root / "cache", 4, lora)], cwd=root)
     out = root / "lora-ddp"
-    log = _run([*TORCHRUN, "--nproc_per_node=2", f"--master_port={_free_port()}", str(REPO_ROOT / "train.py"),
+    log = _run([*TORCHRUN, "--standalone", "--nproc_per_node=2", str(REPO_ROOT / "train.py"),
                 *_train_args(tiny_llama_dir, data, out, root / "cache", 2, lora)], cwd=root)
     assert "training with MULTI_CPU over 2 process(es)" in log
     single_losses, losses = _logged_losses(single), _logged_losses(log)
