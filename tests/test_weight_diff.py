@@ -198,7 +198,7 @@ def test_manifest_names_the_one_corrupted_tensor(tiny, tmp_path):
     with pytest.raises(WeightDiffError) as err:
         weight_diff.recover(bad_raw, tmp_path / "diff", tmp_path / "rec", test_inference=False, check_integrity_naively=False)
     message = str(err.value)
-    assert f"1 of 21 recovered tensor(s) differ" in message
+    assert "1 of 21 recovered tensor(s) differ" in message
     assert f"    {target}\n" in message
     assert message.count("    model.") == 1 and "lm_head" not in message
     assert sorted(os.listdir(tmp_path)) == ["diff", "raw_corrupt"]  # nothing written, no staging folder
