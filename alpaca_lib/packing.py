@@ -32,7 +32,7 @@ than sdpa. Loss and logits are the same either way (tests/test_packing.py checks
 from __future__ import annotations
 
 import bisect
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -134,7 +134,7 @@ class DataCollatorForPackedRows:
         return dict(input_ids=input_ids, labels=labels, position_ids=position_ids)
 
 
-def prepare_model_for_packing(model, probe: bool = True) -> bool:
+def prepare_model_for_packing(model, probe: bool = True) -> Optional[bool]:
     """Makes `model` keep packed examples apart, and checks that it does: a row [A, B] gives B the logits
     of B alone.
 
