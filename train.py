@@ -66,6 +66,7 @@ from alpaca_lib.packing import (
     DataCollatorForPackedRows,
     PackedDataset,
     prepare_model_for_packing,
+    supports_supervised_logits,
     use_packed_sdpa,
 )
 from alpaca_lib.split import hold_out
@@ -309,7 +310,8 @@ class DataCollatorForSupervisedDataset:
 
 
 def make_supervised_data_module(
-    tokenizer: transformers.PreTrainedTokenizer, data_args, records=None, training_args=None, eval_records=None
+    tokenizer: transformers.PreTrainedTokenizer, data_args, records=None, training_args=None, eval_records=None,
+    supervised_logits_only: bool = False,
 ) -> Dict:
     """Make the training (and evaluation) datasets and the collator for supervised fine-tuning.
 
@@ -319,6 +321,8 @@ def make_supervised_data_module(
         records: the already loaded records of `data_args.data_path`.
         training_args: `TrainingArguments` (for --packing and --seed); None trains as the original.
         eval_records: the already loaded records of `data_args.eval_data_path`.
+        supervised_logits_only: packed batches ask the model for the logits of loss-bearing positions only
+            (`alpaca_lib.packing.supports_supervised_logits`).
     Returns:
         dict(train_dataset, eval_dataset, data_collator) for `transformers.Trainer`.
     """
@@ -344,7 +348,7 @@ def make_supervised_data_module(
             len(train_dataset) / max(1, len(packed)), 100 * packed.fill, training_args.per_device_train_batch_size,
         )
         return dict(train_dataset=packed, eval_dataset=eval_dataset,
-                    data_collator=DataCollatorForPackedRows(tokenizer.pad_token_id))
+                    data_collator=DataCollatorForPackedRows(tokenizer.pad_token_id, supervised_logits_only))
     data_collator = DataCollatorForSupervisedDataset(tokenizer=tokenizer)
     return dict(train_dataset=train_dataset, eval_dataset=eval_dataset, data_collator=data_collator)
 
@@ -439,6 +443,7 @@ def train(argv: Optional[Sequence[str]] = None) -> transformers.Trainer:
 
     model, tokenizer = _load_model_and_tokenizer(model_args, training_args)
     base_model, use_cache, attn_implementation = model, model.config.use_cache, None
+    supervised_logits = False
     if training_args.packing:
         # Under DeepSpeed ZeRO-3 each process holds a shard of the weights: no forward can run before the
         # engine gathers them, so the probe is skipped there.
@@ -451,6 +456,11 @@ def train(argv: Optional[Sequence[str]] = None) -> transformers.Trainer:
                 prepare_model_for_packing(model, probe=probe)
         except ValueError as e:
             raise FlagError(str(e)) from None
+        supervised_logits = supports_supervised_logits(model, probe=probe)
+        logger.info(
+            "packing: the LM head runs on %s", "the loss-bearing positions only (prompt positions skip it)"
+            if supervised_logits else f"every position ({type(model).__name__} takes no logits_to_keep mask)",
+        )
     if model_args.lora_r:
         try:
             model = add_lora(model, model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout,
@@ -461,7 +471,7 @@ def train(argv: Optional[Sequence[str]] = None) -> transformers.Trainer:
     with training_args.main_process_first(local=True, desc="tokenizing the training data"):
         data_module = make_supervised_data_module(
             tokenizer=tokenizer, data_args=data_args, records=records, training_args=training_args,
-            eval_records=eval_records,
+            eval_records=eval_records, supervised_logits_only=supervised_logits,
         )
     trainer = transformers.Trainer(model=model, processing_class=tokenizer, args=training_args, **data_module)
     logger.info(

@@ -27,11 +27,20 @@ switches packed training to `packed_sdpa` below: sdpa called once per example, o
 block only, which is what flash-attention's variable-length kernels do on GPU (where transformers
 uses them from the same position ids). That epoch then ran 1.38x. Eager attention was no faster
 than sdpa. Loss and logits are the same either way (tests/test_packing.py checks both).
+
+The LM head, last: in Alpaca's examples about 70% of the positions are prompt, whose next token is
+not in the loss, yet a causal LM projects every position onto the vocabulary. Packed batches therefore
+carry transformers' `logits_to_keep` (a boolean mask of the loss-bearing positions) and `shift_labels`,
+and the head and the softmax run on those positions only; the loss and its gradients are unchanged.
+On the same epoch this took packing from 1.37x to 1.63x (`bench/bench_train_modes.py`, modes packed_all_logits
+and packed); the smaller the share of the head in the model (under 2% of a 7B LLaMA's weights, over 20% of
+SmolLM2-135M's), the smaller the gain in time, but the logits' memory shrinks the same everywhere.
 """
 
 from __future__ import annotations
 
 import bisect
+import inspect
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -114,10 +123,16 @@ class DataCollatorForPackedRows:
     position ids that start again at 0, so the padding forms its own block that no real token attends to.
     A plain example (no `position_ids`, e.g. from the evaluation set) is a row of one example, so the
     evaluation loss is computed with the same masking as in the padded path.
+
+    With `supervised_logits_only`, the batch also carries `logits_to_keep` (a boolean mask of the positions
+    whose next token is in the loss) and `shift_labels` (those next tokens): the model then projects only
+    those positions onto the vocabulary, and the loss, the same sum over the same tokens, skips the prompt.
+    See `supports_supervised_logits`.
     """
 
-    def __init__(self, pad_token_id: int):
+    def __init__(self, pad_token_id: int, supervised_logits_only: bool = False):
         self.pad_token_id = pad_token_id
+        self.supervised_logits_only = supervised_logits_only
 
     def __call__(self, instances: Sequence[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
         width = max(len(x["input_ids"]) for x in instances)
@@ -131,7 +146,23 @@ class DataCollatorForPackedRows:
             labels[r, :k] = x["labels"]
             position_ids[r, :k] = x["position_ids"] if "position_ids" in x else torch.arange(k)
             position_ids[r, k:] = torch.arange(width - k)
-        return dict(input_ids=input_ids, labels=labels, position_ids=position_ids)
+        batch = dict(input_ids=input_ids, labels=labels, position_ids=position_ids)
+        if self.supervised_logits_only:
+            batch.update(supervised_positions(labels))
+        return batch
+
+
+def supervised_positions(labels: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """`logits_to_keep` and `shift_labels` for a causal LM: the positions whose next label is in the loss.
+
+    Position t predicts label t+1 (the shift every causal LM loss makes), so the mask is that of the labels
+    shifted left by one; `shift_labels` holds those labels, flat, in the order the model gathers the
+    positions (row by row), as transformers' `slice_logits_to_keep` and `ForCausalLMLoss` expect.
+    """
+    shifted = torch.full_like(labels, IGNORE_INDEX)
+    shifted[:, :-1] = labels[:, 1:]
+    keep = shifted != IGNORE_INDEX
+    return dict(logits_to_keep=keep, shift_labels=shifted[keep])
 
 
 def prepare_model_for_packing(model, probe: bool = True) -> Optional[bool]:
@@ -187,6 +218,51 @@ def prepare_model_for_packing(model, probe: bool = True) -> Optional[bool]:
             "(LLaMA, Mistral, Qwen2, Gemma, ...) or drop --packing (--group_by_length True cuts most padding)."
         )
     return previous
+
+
+def supports_supervised_logits(model, probe: bool = True) -> bool:
+    """Whether `model` gives the same loss when it projects only the supervised positions onto the vocabulary.
+
+    In Alpaca's examples most tokens are prompt, masked out of the loss, yet a causal LM computes logits
+    (hidden size x vocabulary multiply-adds per token, then a softmax over the vocabulary) at every
+    position. transformers' causal LMs take `logits_to_keep` as a boolean mask and the loss takes
+    `shift_labels`, so the packed path hands both over and the prompt positions skip the LM head: the loss
+    is the same sum over the same tokens. A model whose forward has no `logits_to_keep`, or that gives
+    another loss with it on a probe row, keeps computing every logit.
+
+    Args:
+        model: the causal LM as it will train.
+        probe: compare the two losses on a short row (False where the weights are sharded across
+            processes and cannot run alone; the forward's signature then decides).
+    """
+    if "logits_to_keep" not in inspect.signature(model.forward).parameters:
+        return False
+    if not probe:
+        return True
+    config = model.config
+    vocab = config.get_text_config().vocab_size if hasattr(config, "get_text_config") else config.vocab_size
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(3, vocab, (1, 12), generator=gen)
+    labels = input_ids.clone()
+    labels[0, :5] = IGNORE_INDEX
+    labels[0, 8] = IGNORE_INDEX
+    position_ids = torch.arange(12)[None]
+    batch = dict(input_ids=input_ids, labels=labels, position_ids=position_ids)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            full = model(**{k: v.to(device) for k, v in batch.items()}).loss
+            batch.update(supervised_positions(labels))
+            kept = model(**{k: v.to(device) for k, v in batch.items()})
+    except (TypeError, ValueError, RuntimeError, IndexError):
+        return False
+    finally:
+        model.train(was_training)
+    if kept.loss is None or kept.logits.shape[-2] != int(batch["logits_to_keep"].sum()):
+        return False
+    return bool(torch.isclose(kept.loss.float(), full.float(), rtol=1e-4, atol=1e-5))
 
 
 PACKED_SDPA = "packed_sdpa"

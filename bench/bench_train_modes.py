@@ -11,7 +11,9 @@ of 8,000 tokens trained on the data) trains one epoch over the same examples of 
 - faithful: the original recipe's random padded batches of 4;
 - group_by_length: the same, batches of 4 examples of similar length (`--group_by_length True`);
 - packed: `--packing True --per_device_train_batch_size 1`, one padding-free row of up to 512 tokens per
-  step (about as many examples per step as the batches of 4 hold).
+  step (about as many examples per step as the batches of 4 hold);
+- packed_all_logits: the same, with the LM head run on every position as in the padded modes (packed
+  training runs it on the loss-bearing positions only): how much of packing's gain comes from that.
 
 Part 2 (memory): a ~170M-parameter LLaMA (hidden 1024, 12 layers) takes a few optimizer steps with full
 fine-tuning and with `--lora_r 8`; at that size the weights, gradients and AdamW state dominate memory, as
@@ -45,7 +47,9 @@ THROUGHPUT_MODES = {
     "faithful": ["--per_device_train_batch_size", "4"],
     "group_by_length": ["--per_device_train_batch_size", "4", "--group_by_length", "True"],
     "packed": ["--per_device_train_batch_size", "1", "--packing", "True"],
+    "packed_all_logits": ["--per_device_train_batch_size", "1", "--packing", "True"],
 }
+ALL_LOGITS_ENV = "BENCH_PACKED_ALL_LOGITS"  # set for the packed_all_logits child only
 MEMORY_MODES = {
     "full": [],
     "lora": ["--lora_r", "8", "--lora_alpha", "16", "--lora_dropout", "0.05"],
@@ -78,6 +82,8 @@ def _child(argv_json: str) -> None:
             self.add_callback(Clock())
 
     train.transformers.Trainer = TimedTrainer  # this child process only: time trainer.train() alone
+    if os.environ.get(ALL_LOGITS_ENV):
+        train.supports_supervised_logits = lambda model, probe=True: False
     trainer = train.train(argv)
     # One more pass of the data loader (no model) counts the tokens each step computed, padding included.
     computed = loss_tokens = steps = 0
@@ -98,6 +104,9 @@ def _child(argv_json: str) -> None:
 
 def _run_child(argv, log_dir: Path, name: str) -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env.pop(ALL_LOGITS_ENV, None)
+    if name == "packed_all_logits":
+        env[ALL_LOGITS_ENV] = "1"
     proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(argv)], capture_output=True, text=True,
                           env=env, cwd=log_dir)
     (log_dir / f"{name}.log").write_text(proc.stdout + proc.stderr)
@@ -177,18 +186,18 @@ def main() -> None:
         base = best["faithful"]
         print(f"\nthroughput: {best['faithful']['params'] / 1e6:.1f}M-parameter LLaMA, one epoch over "
               f"{len(subset)} examples, model_max_length 512, best of {args.repeat} round(s)")
-        print(f"{'mode':<16}{'steps':>6}{'computed tok':>13}{'loss tok':>10}{'wall s':>8}{'loss tok/s':>11}"
+        print(f"{'mode':<18}{'steps':>6}{'computed tok':>13}{'loss tok':>10}{'wall s':>8}{'loss tok/s':>11}"
               f"{'x faithful':>11}{'tok/CPU-s':>10}{'x faithful':>11}{'peak RSS MB':>12}{'train loss':>11}")
         for mode, r in best.items():
             tps, cps = r["loss_tokens"] / r["wall"], r["loss_tokens"] / r["cpu"]
-            print(f"{mode:<16}{r['steps']:>6}{r['computed']:>13}{r['loss_tokens']:>10}{r['wall']:>8.1f}{tps:>11.0f}"
+            print(f"{mode:<18}{r['steps']:>6}{r['computed']:>13}{r['loss_tokens']:>10}{r['wall']:>8.1f}{tps:>11.0f}"
                   f"{tps / (base['loss_tokens'] / base['wall']):>11.2f}{cps:>10.0f}"
                   f"{cps / (base['loss_tokens'] / base['cpu']):>11.2f}{r['peak_rss_mb']:>12.0f}"
                   f"{r['train_loss'] or float('nan'):>11.4f}")
             if r["cuda"]:
                 flops = 6 * r["params"] * r["computed"] / r["wall"]
                 mfu = f", MFU {flops / (args.peak_tflops * 1e12):.1%}" if args.peak_tflops else ""
-                print(f"{'':<16}model FLOP/s {flops / 1e12:.2f} T{mfu}")
+                print(f"{'':<18}model FLOP/s {flops / 1e12:.2f} T{mfu}")
         ratio = (best["packed"]["loss_tokens"] / best["packed"]["wall"]) / (base["loss_tokens"] / base["wall"])
         print(f"packed vs faithful: {ratio:.2f}x loss-bearing tokens/s (target >= 1.4x: "
               f"{'met' if ratio >= 1.4 else 'not met'})", flush=True)

@@ -20,6 +20,8 @@ from alpaca_lib.packing import (
     PackedDataset,
     pack_rows,
     prepare_model_for_packing,
+    supervised_positions,
+    supports_supervised_logits,
     use_packed_sdpa,
 )
 from conftest import REPO_ROOT
@@ -176,6 +178,62 @@ def test_no_token_attends_across_an_example_boundary(dataset, tokenizer, model):
     assert (leaky_after[k:] - leaky_before[k:]).abs().max() > 1e-2
 
 
+def test_supervised_positions_select_the_next_label_of_each_position():
+    labels = torch.tensor([[-100, -100, 5, 6, -100, -100, 7], [-100, 8, 9, -100, -100, -100, -100]])
+    out = supervised_positions(labels)
+    # Position t predicts label t+1: row 0 keeps 1, 2 (labels 5, 6) and 5 (label 7); row 1 keeps 0, 1.
+    assert out["logits_to_keep"].tolist() == [
+        [False, True, True, False, False, True, False], [True, True, False, False, False, False, False]]
+    assert out["shift_labels"].tolist() == [5, 6, 7, 8, 9]
+
+
+def test_supervised_logits_give_the_same_loss_and_gradients(dataset, tokenizer, model):
+    rows = list(PackedDataset(dataset, dataset.lengths, 400))
+    full = DataCollatorForPackedRows(tokenizer.pad_token_id)(rows)
+    kept = DataCollatorForPackedRows(tokenizer.pad_token_id, supervised_logits_only=True)(rows)
+    assert set(kept) == {"input_ids", "labels", "position_ids", "logits_to_keep", "shift_labels"}
+    loss_tokens = int((full["labels"][:, 1:] != IGNORE_INDEX).sum())
+    assert int(kept["logits_to_keep"].sum()) == len(kept["shift_labels"]) == loss_tokens
+    assert loss_tokens < 0.6 * full["input_ids"].numel()  # most positions are prompt (or padding)
+    model.train()
+    grads = []
+    for batch in (full, kept):
+        model.zero_grad()
+        out = model(**batch)
+        out.loss.backward()
+        grads.append((out.loss.item(), out.logits.shape, [p.grad.clone() for p in model.parameters()]))
+    (loss_full, shape_full, g_full), (loss_kept, shape_kept, g_kept) = grads
+    assert shape_full == (*full["input_ids"].shape, len(tokenizer))
+    assert shape_kept == (loss_tokens, len(tokenizer))  # the LM head ran on the loss-bearing positions only
+    assert loss_kept == pytest.approx(loss_full, abs=1e-6)
+    for a, b in zip(g_full, g_kept):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-7)
+    assert supports_supervised_logits(model) is True
+
+
+def test_supervised_logits_are_not_used_where_the_model_cannot_take_them(tiny_llama_dir):
+    from transformers import AutoModelForCausalLM
+
+    inner = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+
+    class NoKeepArgument(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner, self.config = inner, inner.config
+
+        def forward(self, input_ids=None, labels=None, position_ids=None, **kwargs):
+            return self.inner(input_ids=input_ids, labels=labels, position_ids=position_ids)
+
+    class IgnoresKeep(NoKeepArgument):
+        def forward(self, input_ids=None, labels=None, position_ids=None, logits_to_keep=0, shift_labels=None):
+            return self.inner(input_ids=input_ids, labels=labels, position_ids=position_ids)
+
+    assert supports_supervised_logits(NoKeepArgument()) is False
+    assert supports_supervised_logits(IgnoresKeep()) is False  # it returned every position's logits
+    assert supports_supervised_logits(IgnoresKeep(), probe=False) is True  # the signature alone says yes
+    assert supports_supervised_logits(inner) is True
+
+
 def test_model_that_ignores_packed_positions_is_refused():
     from transformers import OPTConfig, OPTForCausalLM
 
@@ -211,6 +269,10 @@ def test_packed_training_sees_every_example_once_per_epoch_and_learns(tiny_llama
     assert len(batches) == trainer.state.max_steps == -(-len(packed) // 2)
     assert sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches) == examples.encoded.stats["loss_tokens"]
     assert all("attention_mask" not in b for b in batches)
+    for b in batches:  # the LM head gets the loss-bearing positions only
+        assert torch.equal(b["logits_to_keep"], supervised_positions(b["labels"])["logits_to_keep"])
+        assert torch.equal(b["shift_labels"], b["labels"][:, 1:][b["labels"][:, 1:] != IGNORE_INDEX])
+    assert "packing: the LM head runs on the loss-bearing positions only" in caplog.text
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert losses[-1] < losses[0] - 0.5, losses
     assert "packing: 254 examples into" in caplog.text
