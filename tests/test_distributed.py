@@ -115,3 +115,32 @@ def test_lora_under_torchrun_matches_one_process(setup, tiny_llama_dir):
     assert (out / "adapter" / "adapter_model.safetensors").exists()
     vocab = json.loads((tiny_llama_dir / "config.json").read_text())["vocab_size"] + 1
     _check_saved_model(out, vocab)
+
+
+@pytest.mark.parametrize(
+    "mode, launcher, extra",
+    [
+        ("ddp", [], []),
+        ("deepspeed", [str(REPO_ROOT / "tests" / "cpu_dist_launch.py")],
+         ["--deepspeed", str(REPO_ROOT / "configs" / "default_offload_opt_param.json")]),
+    ],
+)
+def test_packing_under_torchrun_matches_one_process(setup, tiny_llama_dir, mode, launcher, extra):
+    root, data, _ = setup
+    # These 4 examples fill rows of 192 tokens one each: 4 rows, 2 steps of 2 rows.
+    packing = ["--packing", "True", "--max_steps", "2"]
+    single = _run([sys.executable, str(REPO_ROOT / "train.py"),
+                   *_train_args(tiny_llama_dir, data, root / f"packed-single-{mode}", root / "cache", 2, packing)],
+                  cwd=root)
+    out = root / f"packed-{mode}"
+    log = _run([*TORCHRUN, "--standalone", "--nproc_per_node=2", *launcher, str(REPO_ROOT / "train.py"),
+                *_train_args(tiny_llama_dir, data, out, root / "cache", 1, [*packing, *extra])], cwd=root)
+    assert "packing: 4 examples into 4 rows" in log
+    # ZeRO-3 shards the weights before any forward can run, so there the forward's signature decides.
+    assert "packing: the LM head runs on the loss-bearing positions only" in log
+    single_losses, losses = _logged_losses(single), _logged_losses(log)
+    assert len(losses) == len(single_losses) == 2
+    # A global batch of the same 2 rows: the same loss, summed over the same tokens, on step 1.
+    assert losses[0] == pytest.approx(single_losses[0], abs=2e-3)
+    vocab = json.loads((tiny_llama_dir / "config.json").read_text())["vocab_size"] + 1
+    _check_saved_model(out, vocab)
