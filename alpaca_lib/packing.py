@@ -32,9 +32,10 @@ The LM head, last: in Alpaca's examples about 70% of the positions are prompt, w
 not in the loss, yet a causal LM projects every position onto the vocabulary. Packed batches therefore
 carry transformers' `logits_to_keep` (a boolean mask of the loss-bearing positions) and `shift_labels`,
 and the head and the softmax run on those positions only; the loss and its gradients are unchanged.
-On the same epoch this took packing from 1.37x to 1.63x (`bench/bench_train_modes.py`, modes packed_all_logits
-and packed); the smaller the share of the head in the model (under 2% of a 7B LLaMA's weights, over 20% of
-SmolLM2-135M's), the smaller the gain in time, but the logits' memory shrinks the same everywhere.
+On the same epoch this took packing from 1.37-1.53x to 1.63-1.87x over several runs
+(`bench/bench_train_modes.py`, modes packed_all_logits and packed). The smaller the head's share of the
+model (under 2% of a 7B LLaMA's weights, over 20% of SmolLM2-135M's), the smaller the gain in time;
+the logits' memory shrinks alike everywhere.
 """
 
 from __future__ import annotations
