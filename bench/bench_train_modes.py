@@ -1,6 +1,6 @@
 """Training throughput and peak memory of train.py's modes: faithful, group_by_length, packed, LoRA.
 
-    .venv/bin/python bench/bench_train_modes.py                  # ~4 minutes on 2 CPU cores
+    .venv/bin/python bench/bench_train_modes.py                  # ~2 minutes on 2 CPU cores (--repeat 3: ~5)
     .venv/bin/python bench/bench_train_modes.py --examples 240 --repeat 2 --skip_lora
 
 Part 1 (throughput): a 7M-parameter LLaMA (hidden 256, 4 layers, built on the fly with a BPE tokenizer
