@@ -69,6 +69,7 @@ from alpaca_lib.packing import (
     supports_supervised_logits,
     use_packed_sdpa,
 )
+from alpaca_lib.saving import save_final
 from alpaca_lib.split import hold_out
 from utils import PROMPT_DICT
 
@@ -354,15 +355,21 @@ def make_supervised_data_module(
 
 
 def safe_save_model_for_hf_trainer(trainer: transformers.Trainer, output_dir: str) -> None:
-    """Saves a complete model (gathered from FSDP/DeepSpeed shards) and the tokenizer to `output_dir`."""
-    trainer.save_model(output_dir)
-    if trainer.args.should_save:
-        names = os.listdir(output_dir)
+    """Saves a complete model (gathered from FSDP/DeepSpeed shards) and the tokenizer to `output_dir`.
+
+    The files are written to a staging folder first and moved into place only once all of them are
+    there and include the weights (`alpaca_lib.saving`).
+    """
+
+    def check(staging):
+        names = sorted(os.listdir(staging)) if staging.is_dir() else []
         if not any(n.endswith((".safetensors", ".bin")) and "optim" not in n for n in names):
             raise RuntimeError(
-                f"{output_dir}: no model weights were written (only {sorted(names)}). With DeepSpeed ZeRO-3 set "
+                f"{output_dir}: no model weights were written (only {names}). With DeepSpeed ZeRO-3 set "
                 "\"stage3_gather_16bit_weights_on_model_save\": true in the config (configs/ has it)."
             )
+
+    save_final(trainer, output_dir, trainer.save_model, check)
 
 
 class FlagError(ValueError):

@@ -16,6 +16,8 @@ from typing import List, Union
 
 import torch
 
+from alpaca_lib.saving import save_final
+
 logger = logging.getLogger(__name__)
 
 ADAPTER_SUBDIR = "adapter"
@@ -130,16 +132,20 @@ def save_adapter_and_merged(trainer, output_dir: str, tokenizer, load_full_preci
             tokenizer's added tokens): merging into 4-bit weights would round them, so the adapter is
             merged into a fresh full-precision copy instead.
     """
-    adapter_dir = os.path.join(output_dir, ADAPTER_SUBDIR)
-    trainer.save_model(adapter_dir)  # the Trainer saves only the adapter of a PeftModel (on the main process)
-    if trainer.args.should_save:
-        peft_model = trainer.accelerator.unwrap_model(trainer.model)
-        if load_full_precision_base is not None:
-            from peft import PeftModel
 
-            peft_model = PeftModel.from_pretrained(load_full_precision_base(), adapter_dir)
-        merged = peft_model.merge_and_unload()
-        merged.save_pretrained(output_dir, safe_serialization=True)
-        tokenizer.save_pretrained(output_dir)
-        logger.info("saved the LoRA adapter to %s and the merged model to %s", adapter_dir, output_dir)
-    trainer.accelerator.wait_for_everyone()
+    def save(staging: str) -> None:
+        adapter_dir = os.path.join(staging, ADAPTER_SUBDIR)
+        trainer.save_model(adapter_dir)  # the Trainer saves only the adapter of a PeftModel (on the main process)
+        if trainer.args.should_save:
+            peft_model = trainer.accelerator.unwrap_model(trainer.model)
+            if load_full_precision_base is not None:
+                from peft import PeftModel
+
+                peft_model = PeftModel.from_pretrained(load_full_precision_base(), adapter_dir)
+            merged = peft_model.merge_and_unload()
+            merged.save_pretrained(staging, safe_serialization=True)
+            tokenizer.save_pretrained(staging)
+
+    save_final(trainer, output_dir, save)  # written whole to a staging folder, then moved into place
+    logger.info("saved the LoRA adapter to %s and the merged model to %s",
+                os.path.join(output_dir, ADAPTER_SUBDIR), output_dir)

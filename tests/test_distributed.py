@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from alpaca_lib.saving import STAGING_NAME
 from conftest import REPO_ROOT
 
 # --standalone lets torchrun pick a free port itself: no race between choosing a port and binding it.
@@ -62,6 +63,7 @@ def setup(tiny_llama_dir, tmp_path_factory):
 def _check_saved_model(out: Path, vocab: int):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    assert not (out / STAGING_NAME).exists()  # the staged final save was moved into place
     model = AutoModelForCausalLM.from_pretrained(out)
     tok = AutoTokenizer.from_pretrained(out)
     assert model.config.vocab_size == vocab == len(tok)
