@@ -147,5 +147,6 @@ def save_adapter_and_merged(trainer, output_dir: str, tokenizer, load_full_preci
             tokenizer.save_pretrained(staging)
 
     save_final(trainer, output_dir, save)  # written whole to a staging folder, then moved into place
-    logger.info("saved the LoRA adapter to %s and the merged model to %s",
-                os.path.join(output_dir, ADAPTER_SUBDIR), output_dir)
+    if trainer.args.should_save:
+        logger.info("saved the LoRA adapter to %s and the merged model to %s",
+                    os.path.join(output_dir, ADAPTER_SUBDIR), output_dir)

@@ -41,8 +41,9 @@ the logits' memory shrinks alike everywhere.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import inspect
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -166,6 +167,24 @@ def supervised_positions(labels: torch.Tensor) -> Dict[str, torch.Tensor]:
     return dict(logits_to_keep=keep, shift_labels=shifted[keep])
 
 
+@contextlib.contextmanager
+def _probe(model) -> Iterator[Tuple[Callable[[int], torch.Tensor], torch.device]]:
+    """Runs a check's forwards in eval mode without gradients, then restores the training mode.
+
+    Yields a function giving n seeded random token ids (above the usual special ids 0-2) and the model's device.
+    """
+    config = model.config
+    vocab = config.get_text_config().vocab_size if hasattr(config, "get_text_config") else config.vocab_size
+    gen = torch.Generator().manual_seed(0)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield (lambda n: torch.randint(3, vocab, (n,), generator=gen)), next(model.parameters()).device
+    finally:
+        model.train(was_training)
+
+
 def prepare_model_for_packing(model, probe: bool = True) -> Optional[bool]:
     """Makes `model` keep packed examples apart, and checks that it does: a row [A, B] gives B the logits
     of B alone.
@@ -189,17 +208,11 @@ def prepare_model_for_packing(model, probe: bool = True) -> Optional[bool]:
     if not probe:
         return previous
     impl = getattr(config, "_attn_implementation", None)
-    vocab = config.get_text_config().vocab_size if hasattr(config, "get_text_config") else config.vocab_size
-    device = next(model.parameters()).device
-    gen = torch.Generator().manual_seed(0)
-    a = torch.randint(3, vocab, (7,), generator=gen)
-    b = torch.randint(3, vocab, (5,), generator=gen)
-    packed = torch.cat([a, b])[None].to(device)
-    positions = torch.cat([torch.arange(7), torch.arange(5)])[None].to(device)
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with _probe(model) as (random_ids, device):
+            a, b = random_ids(7), random_ids(5)
+            packed = torch.cat([a, b])[None].to(device)
+            positions = torch.cat([torch.arange(7), torch.arange(5)])[None].to(device)
             alone = model(input_ids=b[None].to(device)).logits[0].float()
             together = model(input_ids=packed, position_ids=positions).logits[0, 7:].float()
     except TypeError as e:
@@ -207,8 +220,6 @@ def prepare_model_for_packing(model, probe: bool = True) -> Optional[bool]:
             f"--packing: {type(model).__name__}.forward does not take position_ids ({e}); packing needs a model "
             "whose attention restarts at each example (LLaMA, Mistral, Qwen2, Gemma, ...). Drop --packing."
         ) from None
-    finally:
-        model.train(was_training)
     scale = alone.abs().max().clamp_min(1e-6)
     if ((together - alone).abs().max() / scale).item() > 1e-2:
         config.use_cache = previous
@@ -240,27 +251,18 @@ def supports_supervised_logits(model, probe: bool = True) -> bool:
         return False
     if not probe:
         return True
-    config = model.config
-    vocab = config.get_text_config().vocab_size if hasattr(config, "get_text_config") else config.vocab_size
-    device = next(model.parameters()).device
-    gen = torch.Generator().manual_seed(0)
-    input_ids = torch.randint(3, vocab, (1, 12), generator=gen)
-    labels = input_ids.clone()
-    labels[0, :5] = IGNORE_INDEX
-    labels[0, 8] = IGNORE_INDEX
-    position_ids = torch.arange(12)[None]
-    batch = dict(input_ids=input_ids, labels=labels, position_ids=position_ids)
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with _probe(model) as (random_ids, device):
+            input_ids = random_ids(12)[None]
+            labels = input_ids.clone()
+            labels[0, :5] = IGNORE_INDEX
+            labels[0, 8] = IGNORE_INDEX
+            batch = dict(input_ids=input_ids, labels=labels, position_ids=torch.arange(12)[None])
             full = model(**{k: v.to(device) for k, v in batch.items()}).loss
             batch.update(supervised_positions(labels))
             kept = model(**{k: v.to(device) for k, v in batch.items()})
     except (TypeError, ValueError, RuntimeError, IndexError):
         return False
-    finally:
-        model.train(was_training)
     if kept.loss is None or kept.logits.shape[-2] != int(batch["logits_to_keep"].sum()):
         return False
     return bool(torch.isclose(kept.loss.float(), full.float(), rtol=1e-4, atol=1e-5))
