@@ -18,6 +18,9 @@ Beyond the original recipe, all opt-in (the defaults train exactly as above):
     --lora_r 8 [--lora_alpha 16 --lora_dropout 0.05 --lora_target_modules q_proj,v_proj] [--load_in_4bit True]
                                 LoRA adapters (alpaca_lib/lora.py): output_dir/adapter + merged model in output_dir
     --eval_data_path F | --val_set_size N   evaluation set, with --evaluation_strategy steps --eval_steps K
+
+Killed? Run the same command again: it resumes from the newest complete checkpoint in --output_dir
+(alpaca_lib/checkpoints.py); --overwrite_output_dir True starts afresh. SIGTERM saves a checkpoint first.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import dataclasses
 import json
 import logging
 import os
+import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Sequence
@@ -36,6 +40,14 @@ import transformers
 from torch.utils.data import Dataset
 from transformers.integrations import is_deepspeed_zero3_enabled
 
+from alpaca_lib.checkpoints import (
+    PREEMPTED_EXIT_CODE,
+    ResumableTrainer,
+    ResumeError,
+    StopOnSigterm,
+    checkpoint_to_resume,
+    delete_checkpoints,
+)
 from alpaca_lib.data import (
     DataError,
     EncodedData,
@@ -77,7 +89,8 @@ __all__ = [
     "PROMPT_DICT", "IGNORE_INDEX", "DEFAULT_PAD_TOKEN", "DEFAULT_EOS_TOKEN", "DEFAULT_BOS_TOKEN",
     "DEFAULT_UNK_TOKEN", "ModelArguments", "DataArguments", "TrainingArguments",
     "smart_tokenizer_and_embedding_resize", "preprocess", "SupervisedDataset",
-    "DataCollatorForSupervisedDataset", "make_supervised_data_module", "train", "FlagError", "ADAPTER_SUBDIR",
+    "DataCollatorForSupervisedDataset", "make_supervised_data_module", "train", "FlagError", "Preempted",
+    "ADAPTER_SUBDIR",
 ]
 
 logger = logging.getLogger("train")
@@ -142,6 +155,11 @@ class TrainingArguments(transformers.TrainingArguments):
     )
     group_by_length: bool = field(
         default=False, metadata={"help": "Old flag: batch examples of similar length (--train_sampling_strategy group_by_length)."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start afresh even if --output_dir holds checkpoints of an earlier run (they are deleted). "
+                          "Without it, a run whose --output_dir has a complete checkpoint resumes from the newest."},
     )
     packing: bool = field(
         default=False,
@@ -376,6 +394,10 @@ class FlagError(ValueError):
     """Command-line flags that do not work together; the message says which and what to do."""
 
 
+class Preempted(Exception):
+    """Training stopped early on SIGTERM, after saving a checkpoint to resume from."""
+
+
 def _check_flags(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments) -> None:
     if data_args.eval_data_path and data_args.val_set_size:
         raise FlagError("--eval_data_path and --val_set_size both given; evaluate on one of them.")
@@ -447,7 +469,16 @@ def train(argv: Optional[Sequence[str]] = None) -> transformers.Trainer:
     # Check the data before spending minutes loading a model.
     records = load_records(data_args.data_path)
     eval_records = load_records(data_args.eval_data_path) if data_args.eval_data_path else None
+    try:
+        resume_from = checkpoint_to_resume(
+            training_args.output_dir, training_args.resume_from_checkpoint, training_args.overwrite_output_dir
+        )
+    except ResumeError as e:
+        raise FlagError(str(e)) from None
 
+    # Seeded before the model loads, so that whatever it initialises (LoRA adapters, resized embeddings)
+    # is the same in every run with this --seed: a resumed run then repeats the interrupted one exactly.
+    transformers.set_seed(training_args.seed)
     model, tokenizer = _load_model_and_tokenizer(model_args, training_args)
     base_model, use_cache, attn_implementation = model, model.config.use_cache, None
     supervised_logits = False
@@ -480,12 +511,22 @@ def train(argv: Optional[Sequence[str]] = None) -> transformers.Trainer:
             tokenizer=tokenizer, data_args=data_args, records=records, training_args=training_args,
             eval_records=eval_records, supervised_logits_only=supervised_logits,
         )
-    trainer = transformers.Trainer(model=model, processing_class=tokenizer, args=training_args, **data_module)
+    sigterm = StopOnSigterm()
+    trainer = ResumableTrainer(model=model, processing_class=tokenizer, args=training_args, callbacks=[sigterm],
+                               **data_module)
     logger.info(
         "training with %s over %d process(es) on %s", trainer.accelerator.distributed_type.value,
         training_args.world_size, training_args.device,
     )
-    trainer.train()
+    if training_args.overwrite_output_dir and training_args.should_save:
+        delete_checkpoints(training_args.output_dir)
+    trainer.accelerator.wait_for_everyone()
+    trainer.train(resume_from_checkpoint=resume_from)
+    if sigterm.stopped_at is not None:
+        raise Preempted(
+            f"stopped by SIGTERM: saved {training_args.output_dir}/checkpoint-{sigterm.stopped_at} at step "
+            f"{sigterm.stopped_at}. Run the same command again to resume from it."
+        )
     trainer.save_state()
     # Packing may have switched these for training; the saved model generates with the usual ones.
     base_model.config.use_cache = use_cache
@@ -509,6 +550,10 @@ def main() -> None:
         train()
     except (DataError, FlagError) as e:
         raise SystemExit(f"error: {e}") from None
+    except Preempted as e:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"train.py: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(PREEMPTED_EXIT_CODE) from None
 
 
 if __name__ == "__main__":
