@@ -14,16 +14,12 @@ re-running the same command, and token/cost accounting.
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from alpaca_lib.selfinstruct import postprocess as _pp
-
-PROMPT_PATH = Path(__file__).with_name("prompt.txt")
-SEED_TASKS_PATH = Path(__file__).with_name("seed_tasks.jsonl")
-# text-davinci-003, the original default, is retired; this is OpenAI's remaining completions model.
-DEFAULT_MODEL = "gpt-3.5-turbo-instruct"
+from alpaca_lib.selfinstruct.config import PROMPT_PATH, GenerateConfig, cli_docstring, cli_signature
 
 find_word_in_string = _pp.find_word_in_string
 
@@ -49,103 +45,17 @@ def post_process_gpt3_response(
     return _pp.post_process_gpt3_response(num_prompt_instructions, response, stats)
 
 
-def generate_instruction_following_data(
-    output_dir: str = "./",
-    seed_tasks_path: str = str(SEED_TASKS_PATH),
-    num_instructions_to_generate: int = 100,
-    model_name: str = DEFAULT_MODEL,
-    num_prompt_instructions: int = 3,
-    request_batch_size: int = 5,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    num_cpus: int = 16,
-    api_style: str = "auto",
-    base_url: str | None = None,
-    api_key: str | None = None,
-    organization: str | None = None,
-    max_concurrency: int | None = None,
-    prompts_per_request: int = 1,
-    seed: int | None = None,
-    max_tokens: int = 3072,
-    logit_bias: Any = "auto",
-    send_seed: bool = True,
-    request_timeout: float = 300.0,
-    max_retries: int = 6,
-    price_table: Any = None,
-    max_batches: int | None = None,
-    save_every_s: float = 60.0,
-) -> None:
-    """Generates instruction-following data into output_dir/regen.json (resumes if run again).
+def generate_instruction_following_data(**settings: Any) -> None:
+    from alpaca_lib.selfinstruct.runner import run_generation
 
-    Args:
-        output_dir: where regen.json and the journal regen.journal.jsonl go.
-        seed_tasks_path: self-instruct seed tasks (JSON lines); default: seed_tasks.jsonl next to this script.
-        num_instructions_to_generate: stop once this many items are kept.
-        model_name: the model the server knows.
-        num_prompt_instructions: seed examples shown in each prompt.
-        request_batch_size: prompts per batch (sent concurrently; decided together).
-        temperature, top_p: sampling settings.
-        num_cpus: threads for the ROUGE-L dedup (capped at the machine's cores).
-        api_style: "auto" (completions for *-instruct, davinci-002, babbage-002, text-*; chat
-            otherwise), "completions" or "chat".
-        base_url: an OpenAI-compatible server, e.g. http://localhost:8000/v1; default OPENAI_BASE_URL or OpenAI.
-        api_key: default OPENAI_API_KEY (not needed for a local server).
-        organization: default OPENAI_ORG, then OPENAI_ORG_ID.
-        max_concurrency: requests in flight at once; default request_batch_size.
-        prompts_per_request: completions API only: prompts sent in one request (the original sent
-            the whole batch in one; many local servers take one).
-        seed: makes prompt sampling (and per-request server seeds) reproducible; default: random,
-            recorded in the journal so a resumed run continues the same sequence.
-        max_tokens: starting max_tokens; shrunk by 0.8 on a context-length error.
-        logit_bias: "auto" (ban <|endoftext|> on OpenAI completion models only), "none", or a dict.
-        send_seed: send a per-request `seed` to the server.
-        request_timeout: seconds before a request times out (then it is retried).
-        max_retries: retries per request for 429/5xx/timeouts/connection errors.
-        price_table: {model: [prompt, completion] USD per 1M tokens} (JSON or a path to JSON),
-            merged over the built-in table, for the cost estimate.
-        max_batches: stop after this many batches in this invocation (re-run to continue).
-        save_every_s: rewrite regen.json at most this often (the journal is always current; the
-            file is also written at the end).
-    """
-    from alpaca_lib.selfinstruct.runner import GenerateConfig, run_generation
+    run_generation(GenerateConfig(**settings))
 
-    if isinstance(logit_bias, str) and logit_bias.lower() in ("none", "null", ""):
-        logit_bias = None
-    elif isinstance(logit_bias, str) and logit_bias != "auto":
-        import json
 
-        try:
-            logit_bias = json.loads(logit_bias)
-        except json.JSONDecodeError:
-            raise ValueError(f"--logit_bias must be auto, none, or a JSON object like '{{\"50256\": -100}}'; got {logit_bias!r}") from None
-    cfg = GenerateConfig(
-        output_dir=str(output_dir),
-        seed_tasks_path=str(seed_tasks_path),
-        prompt_path=str(PROMPT_PATH),
-        num_instructions_to_generate=num_instructions_to_generate,
-        model_name=model_name,
-        num_prompt_instructions=num_prompt_instructions,
-        request_batch_size=request_batch_size,
-        temperature=temperature,
-        top_p=top_p,
-        num_cpus=num_cpus,
-        api_style=api_style,
-        base_url=base_url,
-        api_key=api_key,
-        organization=organization,
-        max_concurrency=max_concurrency,
-        prompts_per_request=prompts_per_request,
-        seed=seed,
-        max_tokens=max_tokens,
-        logit_bias=logit_bias,
-        send_seed=send_seed,
-        request_timeout=request_timeout,
-        max_retries=max_retries,
-        price_table=price_table,
-        max_batches=max_batches,
-        save_every_s=save_every_s,
-    )
-    run_generation(cfg)
+# The flags, their defaults and their help come from GenerateConfig (alpaca_lib/selfinstruct/config.py).
+generate_instruction_following_data.__signature__ = cli_signature(GenerateConfig)
+generate_instruction_following_data.__doc__ = cli_docstring(
+    GenerateConfig, "Generates instruction-following data into output_dir/regen.json (resumes if run again)."
+)
 
 
 def to_alpaca(input_path: str = "./", output_path: str = "alpaca_data.json") -> None:
@@ -161,17 +71,15 @@ def to_alpaca(input_path: str = "./", output_path: str = "alpaca_data.json") -> 
 
 
 def main() -> None:
-    import sys
-
     import fire
 
+    from alpaca_lib.errors import UsageError, exit_with
     from alpaca_lib.selfinstruct.client import GenerationError
 
     try:
         fire.Fire({"generate_instruction_following_data": generate_instruction_following_data, "to_alpaca": to_alpaca})
-    except (ValueError, FileNotFoundError, GenerationError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    except (UsageError, GenerationError) as e:  # a mistake to fix, or a server that kept failing: no traceback
+        exit_with(e)
     except KeyboardInterrupt:
         print("interrupted; everything kept so far is in the journal: re-run the same command to resume", file=sys.stderr)
         sys.exit(130)

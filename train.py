@@ -25,6 +25,7 @@ Killed? Run the same command again: it resumes from the newest complete checkpoi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -43,11 +44,11 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 from alpaca_lib.checkpoints import (
     PREEMPTED_EXIT_CODE,
     ResumableTrainer,
-    ResumeError,
     StopOnSigterm,
     checkpoint_to_resume,
     delete_checkpoints,
 )
+from alpaca_lib.errors import UsageError, exit_with
 from alpaca_lib.data import (
     DataError,
     EncodedData,
@@ -74,13 +75,7 @@ from alpaca_lib.modeling import (
     missing_special_tokens,
     smart_tokenizer_and_embedding_resize,
 )
-from alpaca_lib.packing import (
-    DataCollatorForPackedRows,
-    PackedDataset,
-    prepare_model_for_packing,
-    supports_supervised_logits,
-    use_packed_sdpa,
-)
+from alpaca_lib.packing import DataCollatorForPackedRows, PackedDataset, packing_mode
 from alpaca_lib.saving import save_final
 from alpaca_lib.split import hold_out
 from utils import PROMPT_DICT
@@ -94,6 +89,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger("train")
+
+
+class FlagError(UsageError):
+    """Command-line flags that are out of range or do not work together; the message says which and what to do."""
 
 
 @dataclass
@@ -176,16 +175,16 @@ class TrainingArguments(transformers.TrainingArguments):
         if self.evaluation_strategy is not None:
             current = str(getattr(self.eval_strategy, "value", self.eval_strategy))
             if current not in ("no", str(self.evaluation_strategy)):
-                raise ValueError(
+                raise FlagError(
                     f"--evaluation_strategy {self.evaluation_strategy} conflicts with --eval_strategy {current}; "
                     "give only one of them."
                 )
             self.eval_strategy = self.evaluation_strategy
         if self.warmup_ratio is not None:
             if not 0 <= self.warmup_ratio < 1:
-                raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}.")
+                raise FlagError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}.")
             if self.warmup_steps not in (0, None):
-                raise ValueError("--warmup_ratio and --warmup_steps both given; keep one of them.")
+                raise FlagError("--warmup_ratio and --warmup_steps both given; keep one of them.")
             # transformers 5 reads a float below 1 in warmup_steps as a ratio of the total steps.
             self.warmup_steps = self.warmup_ratio
         if self.fsdp_transformer_layer_cls_to_wrap:
@@ -204,7 +203,7 @@ class TrainingArguments(transformers.TrainingArguments):
         if self.group_by_length:
             self.train_sampling_strategy = "group_by_length"
         if self.packing and self.train_sampling_strategy == "group_by_length":
-            raise ValueError(
+            raise FlagError(
                 "--packing True and --group_by_length True (--train_sampling_strategy group_by_length) both given; "
                 "packed rows are already full, so keep only one of them."
             )
@@ -350,10 +349,7 @@ def make_supervised_data_module(
     eval_dataset = None
     if getattr(data_args, "val_set_size", 0):
         seed = training_args.seed if training_args is not None else 42
-        try:
-            train_part, eval_part = hold_out(train_dataset.encoded, data_args.val_set_size, seed)
-        except ValueError as e:
-            raise FlagError(str(e)) from None
+        train_part, eval_part = hold_out(train_dataset.encoded, data_args.val_set_size, seed)
         train_dataset = SupervisedDataset(f"{data_args.data_path} (training part)", tokenizer, encoded=train_part)
         eval_dataset = SupervisedDataset(f"{data_args.data_path} (held out)", tokenizer, encoded=eval_part)
     elif getattr(data_args, "eval_data_path", None):
@@ -388,10 +384,6 @@ def safe_save_model_for_hf_trainer(trainer: transformers.Trainer, output_dir: st
             )
 
     save_final(trainer, output_dir, trainer.save_model, check)
-
-
-class FlagError(ValueError):
-    """Command-line flags that do not work together; the message says which and what to do."""
 
 
 class Preempted(Exception):
@@ -458,53 +450,60 @@ def train(argv: Optional[Sequence[str]] = None) -> transformers.Trainer:
     parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    # Everything that can be checked without the model is, before minutes go into loading it.
     if data_args.data_path is None:
         raise DataError("--data_path is required: an Alpaca JSON list or a JSON Lines file.")
     _check_flags(model_args, data_args, training_args)
     if model_args.load_in_4bit:
-        try:
-            check_qlora_available()
-        except ValueError as e:
-            raise FlagError(str(e)) from None
-    # Check the data before spending minutes loading a model.
+        check_qlora_available()
     records = load_records(data_args.data_path)
     eval_records = load_records(data_args.eval_data_path) if data_args.eval_data_path else None
-    try:
-        resume_from = checkpoint_to_resume(
-            training_args.output_dir, training_args.resume_from_checkpoint, training_args.overwrite_output_dir
-        )
-    except ResumeError as e:
-        raise FlagError(str(e)) from None
+    resume_from = checkpoint_to_resume(
+        training_args.output_dir, training_args.resume_from_checkpoint, training_args.overwrite_output_dir
+    )
 
     # Seeded before the model loads, so that whatever it initialises (LoRA adapters, resized embeddings)
     # is the same in every run with this --seed: a resumed run then repeats the interrupted one exactly.
     transformers.set_seed(training_args.seed)
     model, tokenizer = _load_model_and_tokenizer(model_args, training_args)
-    base_model, use_cache, attn_implementation = model, model.config.use_cache, None
-    supervised_logits = False
+    # The Trainer switches the KV cache off for training (--use_cache); the saved model keeps the loaded setting.
+    use_cache = model.config.use_cache
+    packing = contextlib.nullcontext(False)
     if training_args.packing:
         # Under DeepSpeed ZeRO-3 each process holds a shard of the weights: no forward can run before the
-        # engine gathers them, so the probe is skipped there.
-        probe = not is_deepspeed_zero3_enabled()
-        try:
-            prepare_model_for_packing(model, probe=probe)
-            if training_args.device.type == "cpu" and model.config._attn_implementation == "sdpa":
-                # On CPU, sdpa per example beats sdpa over the masked square of the row (alpaca_lib/packing.py).
-                attn_implementation = use_packed_sdpa(model)
-                prepare_model_for_packing(model, probe=probe)
-        except ValueError as e:
-            raise FlagError(str(e)) from None
-        supervised_logits = supports_supervised_logits(model, probe=probe)
-        logger.info(
-            "packing: the LM head runs on %s", "the loss-bearing positions only (prompt positions skip it)"
-            if supervised_logits else f"every position ({type(model).__name__} takes no logits_to_keep mask)",
+        # engine gathers them, so the probes are skipped there. On CPU, sdpa per example beats sdpa over
+        # the masked square of the row (alpaca_lib/packing.py).
+        packing = packing_mode(model, probe=not is_deepspeed_zero3_enabled(),
+                               per_example_sdpa=training_args.device.type == "cpu")
+    with packing as supervised_logits:  # the model is back to its usual attention and cache afterwards
+        if training_args.packing:
+            logger.info(
+                "packing: the LM head runs on %s", "the loss-bearing positions only (prompt positions skip it)"
+                if supervised_logits else f"every position ({type(model).__name__} takes no logits_to_keep mask)",
+            )
+        trainer, sigterm = _make_trainer(model, tokenizer, model_args, data_args, training_args, records,
+                                         eval_records, supervised_logits)
+        if training_args.overwrite_output_dir and training_args.should_save:
+            delete_checkpoints(training_args.output_dir)
+        trainer.accelerator.wait_for_everyone()
+        trainer.train(resume_from_checkpoint=resume_from)
+    if sigterm.stopped_at is not None:
+        raise Preempted(
+            f"stopped by SIGTERM: saved {training_args.output_dir}/checkpoint-{sigterm.stopped_at} at step "
+            f"{sigterm.stopped_at}. Run the same command again to resume from it."
         )
+    trainer.save_state()
+    model.config.use_cache = use_cache
+    _save_final_model(trainer, tokenizer, model_args, training_args)
+    return trainer
+
+
+def _make_trainer(model, tokenizer, model_args, data_args, training_args, records, eval_records,
+                  supervised_logits: bool):
+    """Adds LoRA adapters when asked, tokenizes the data and builds the Trainer; returns it and its SIGTERM hook."""
     if model_args.lora_r:
-        try:
-            model = add_lora(model, model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout,
-                             model_args.lora_target_modules, training_args.gradient_checkpointing)
-        except ValueError as e:
-            raise FlagError(str(e)) from None
+        model = add_lora(model, model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout,
+                         model_args.lora_target_modules, training_args.gradient_checkpointing)
     # One process per machine tokenizes (and fills the cache); the others then read its result.
     with training_args.main_process_first(local=True, desc="tokenizing the training data"):
         data_module = make_supervised_data_module(
@@ -518,38 +517,26 @@ def train(argv: Optional[Sequence[str]] = None) -> transformers.Trainer:
         "training with %s over %d process(es) on %s", trainer.accelerator.distributed_type.value,
         training_args.world_size, training_args.device,
     )
-    if training_args.overwrite_output_dir and training_args.should_save:
-        delete_checkpoints(training_args.output_dir)
-    trainer.accelerator.wait_for_everyone()
-    trainer.train(resume_from_checkpoint=resume_from)
-    if sigterm.stopped_at is not None:
-        raise Preempted(
-            f"stopped by SIGTERM: saved {training_args.output_dir}/checkpoint-{sigterm.stopped_at} at step "
-            f"{sigterm.stopped_at}. Run the same command again to resume from it."
-        )
-    trainer.save_state()
-    # Packing may have switched these for training; the saved model generates with the usual ones.
-    base_model.config.use_cache = use_cache
-    if attn_implementation is not None:
-        base_model.set_attn_implementation(attn_implementation)
-    if model_args.lora_r:
-        reload_base = None
-        if model_args.load_in_4bit:
-            def reload_base():
-                # Merging into 4-bit weights would round them: merge into an unquantized copy of the base.
-                base, _ = _load_model_and_tokenizer(dataclasses.replace(model_args, load_in_4bit=False), training_args)
-                return base
-        save_adapter_and_merged(trainer, training_args.output_dir, tokenizer, reload_base)
-    else:
+    return trainer, sigterm
+
+
+def _save_final_model(trainer, tokenizer, model_args, training_args) -> None:
+    if not model_args.lora_r:
         safe_save_model_for_hf_trainer(trainer=trainer, output_dir=training_args.output_dir)
-    return trainer
+        return
+    reload_base = None
+    if model_args.load_in_4bit:
+        # Merging into 4-bit weights would round them: merge into an unquantized copy of the base.
+        unquantized = dataclasses.replace(model_args, load_in_4bit=False)
+        reload_base = lambda: _load_model_and_tokenizer(unquantized, training_args)[0]  # noqa: E731
+    save_adapter_and_merged(trainer, training_args.output_dir, tokenizer, reload_base)
 
 
 def main() -> None:
     try:
         train()
-    except (DataError, FlagError) as e:
-        raise SystemExit(f"error: {e}") from None
+    except UsageError as e:
+        exit_with(e)
     except Preempted as e:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"train.py: {e}", file=sys.stderr, flush=True)

@@ -1,4 +1,4 @@
-"""Shared helpers: the Alpaca prompt templates, JSON I/O and atomic file writes.
+"""Shared helpers: the Alpaca prompt templates and JSON I/O (written atomically).
 
     >>> from utils import PROMPT_DICT, format_prompt, jload
     >>> format_prompt({"instruction": "Say hi.", "input": ""})
@@ -9,13 +9,13 @@ heavy or optional imports (no torch, no openai).
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
+
+from alpaca_lib.fileio import atomic_write  # noqa: F401  (kept importable from here, where users look)
 
 # The two Alpaca prompt templates, byte for byte as released with Stanford Alpaca. Every caller
 # (training, inference, the weight-diff smoke test, the tests) formats them from here.
@@ -44,27 +44,6 @@ def format_prompt(example: Mapping[str, Any]) -> str:
     if example.get("input", "") != "":
         return PROMPT_DICT["prompt_input"].format_map(example)
     return PROMPT_DICT["prompt_no_input"].format_map(example)
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[io.IOBase]:
-    """Opens a temporary file beside `path` and renames it into place only if the block succeeds.
-
-    A crash or an exception inside the block leaves `path` as it was (absent or the old content).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def jdump(obj: Any, f: str | os.PathLike | io.IOBase, mode: str = "w", indent: int = 4, default=str) -> None:

@@ -17,17 +17,11 @@ what to do; `.bin` checkpoints are read with `torch.load(weights_only=True)`.
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from typing import Optional
 
-from alpaca_lib.diffing import (
-    WeightDiffError,
-    smoke_test,
-    stream_make_diff,
-    stream_recover,
-)
-from alpaca_lib.weights import CheckpointError
+from alpaca_lib.diffing import smoke_test, stream_make_diff, stream_recover
+from alpaca_lib.errors import UsageError, exit_with
 
 
 def make_diff(
@@ -109,9 +103,8 @@ def main() -> None:
 
     try:
         fire.Fire({"make_diff": make_diff, "recover": recover})
-    except (WeightDiffError, CheckpointError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    except UsageError as e:
+        exit_with(e)
 
 
 if __name__ == "__main__":

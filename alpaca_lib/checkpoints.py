@@ -40,7 +40,8 @@ import torch
 import transformers
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from utils import atomic_write
+from alpaca_lib.errors import UsageError
+from alpaca_lib.fileio import atomic_write, fsync_path
 
 logger = logging.getLogger(__name__)
 
@@ -54,24 +55,16 @@ PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM
 # ---- complete checkpoints ----
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_manifest(folder: Path, step: int) -> None:
     """Marks `folder` complete: syncs its files to disk, then writes the list of files and sizes atomically."""
     files: Dict[str, int] = {}
     for path in sorted(folder.rglob("*")):
         if path.is_file() and path.name != MANIFEST_NAME:
-            _fsync(path)
+            fsync_path(path)
             files[path.relative_to(folder).as_posix()] = path.stat().st_size
     with atomic_write(folder / MANIFEST_NAME) as f:
         json.dump({"step": step, "files": files}, f, indent=1)
-    _fsync(folder)
+    fsync_path(folder)
 
 
 def problem_with(folder: Path) -> Optional[str]:
@@ -136,7 +129,7 @@ def rotate(output_dir: str | os.PathLike, keep: Optional[int], protect: Optional
 # ---- which checkpoint a run resumes from ----
 
 
-class ResumeError(ValueError):
+class ResumeError(UsageError):
     """A resume that cannot go ahead as asked; the message says why and what to do."""
 
 

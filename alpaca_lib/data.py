@@ -23,7 +23,9 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from alpaca_lib.modeling import IGNORE_INDEX
-from utils import atomic_write, format_prompt
+from alpaca_lib.errors import UsageError
+from alpaca_lib.fileio import atomic_write
+from utils import format_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -34,23 +36,23 @@ CACHE_FORMAT_VERSION = 1
 TOKENIZE_BATCH_SIZE = 1024
 
 
-class DataError(ValueError):
+class DataError(UsageError):
     """A training file that cannot be used as it is; the message says where and how to fix it."""
 
 
-def _check_record(path: str, index: int, record: Any, where: str) -> dict:
+def _expected(required: Sequence[str], optional: Sequence[str]) -> str:
+    names = " and ".join(f"'{k}'" for k in required)
+    return names + (f" (and optionally {', '.join(repr(k) for k in optional)})" if optional else "")
+
+
+def _check_record(path: str, record: Any, where: str, required: Sequence[str], optional: Sequence[str]) -> dict:
+    expected = _expected(required, optional)
     if not isinstance(record, dict):
-        raise DataError(
-            f"{path}: {where} is a {type(record).__name__}, expected an object with 'instruction' and 'output' "
-            f"(and optionally 'input')."
-        )
-    missing = [k for k in REQUIRED_KEYS if k not in record]
+        raise DataError(f"{path}: {where} is a {type(record).__name__}, expected an object with {expected}.")
+    missing = [k for k in required if k not in record]
     if missing:
-        raise DataError(
-            f"{path}: {where} has keys {sorted(record)}; expected 'instruction' and 'output' "
-            f"(and optionally 'input'). Missing: {', '.join(missing)}."
-        )
-    for key in REQUIRED_KEYS + OPTIONAL_KEYS:
+        raise DataError(f"{path}: {where} has keys {sorted(record)}; expected {expected}. Missing: {', '.join(missing)}.")
+    for key in (*required, *optional):
         if key in record and not isinstance(record[key], str):
             raise DataError(
                 f"{path}: {where} field '{key}' is a {type(record[key]).__name__} ({record[key]!r:.60}), "
@@ -59,14 +61,22 @@ def _check_record(path: str, index: int, record: Any, where: str) -> dict:
     return record
 
 
-def load_records(path: str | os.PathLike) -> List[dict]:
+def load_records(
+    path: str | os.PathLike,
+    required: Sequence[str] = REQUIRED_KEYS,
+    optional: Sequence[str] = OPTIONAL_KEYS,
+    flag: str = "--data_path",
+) -> List[dict]:
     """Reads and checks an Alpaca training file: a JSON list of records, or JSON Lines.
 
     Args:
         path: `.json` holding a list of {"instruction", "input", "output"} objects, or JSON Lines
             (one object per line; chosen by content, not by extension).
+        required, optional: the string fields each record must have, and those it may have (other keys
+            are kept as they are). The defaults are a training file's.
+        flag: the command-line flag that named the file, for the messages.
     Returns:
-        The records, each with string 'instruction' and 'output' (and 'input' when present).
+        The records, each with the required fields (and any optional one) as strings.
     Raises:
         DataError: naming the file, the record index or line, and the problem.
     """
@@ -75,7 +85,7 @@ def load_records(path: str | os.PathLike) -> List[dict]:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except FileNotFoundError:
-        raise DataError(f"{path}: no such file. Pass --data_path pointing to an Alpaca JSON or JSONL file.") from None
+        raise DataError(f"{path}: no such file. Pass {flag} pointing to an Alpaca JSON or JSONL file.") from None
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e}). Save the file as UTF-8 JSON.") from None
     stripped = text.lstrip()
@@ -89,7 +99,7 @@ def load_records(path: str | os.PathLike) -> List[dict]:
             raise DataError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}.") from None
         if not data:
             raise DataError(f"{path}: the list holds no records.")
-        return [_check_record(path, i, r, f"record {i}") for i, r in enumerate(data)]
+        return [_check_record(path, r, f"record {i}", required, optional) for i, r in enumerate(data)]
 
     records = []
     for lineno, line in enumerate(text.splitlines(), start=1):
@@ -100,7 +110,8 @@ def load_records(path: str | os.PathLike) -> List[dict]:
         except json.JSONDecodeError as e:
             hint = " (a JSON file must be one list: [ {...}, {...} ])" if lineno == 1 else ""
             raise DataError(f"{path}: invalid JSON on line {lineno}, column {e.colno}: {e.msg}{hint}.") from None
-        records.append(_check_record(path, len(records), record, f"record {len(records)} (line {lineno})"))
+        where = f"record {len(records)} (line {lineno})"
+        records.append(_check_record(path, record, where, required, optional))
     return records
 
 
@@ -269,10 +280,12 @@ def tokenizer_fingerprint(tokenizer) -> str:
     h = hashlib.sha256()
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        # Truncation and padding are set anew by each call; the ids of a call do not depend on the last one's.
-        backend.no_truncation()
-        backend.no_padding()
-        h.update(backend.to_str().encode())
+        # Truncation and padding are set anew by each call (the ids of a call do not depend on the last
+        # one's), so they are left out of the digest; the tokenizer itself is not touched.
+        state = json.loads(backend.to_str())
+        state.pop("truncation", None)
+        state.pop("padding", None)
+        h.update(json.dumps(state, sort_keys=True).encode())
     else:
         h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
     h.update(type(tokenizer).__name__.encode())

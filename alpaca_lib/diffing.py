@@ -26,7 +26,9 @@ from typing import Callable
 import torch
 
 from alpaca_lib.modeling import missing_special_tokens, smart_tokenizer_and_embedding_resize
-from alpaca_lib.weights import Checkpoint, CheckpointError, SafetensorsWriter, parse_size, sha256_tensor, staging_dir
+from alpaca_lib.errors import UsageError
+from alpaca_lib.fileio import staging_dir
+from alpaca_lib.weights import Checkpoint, CheckpointError, SafetensorsWriter, parse_size, sha256_tensor
 from utils import format_prompt, jdump, jload
 
 MANIFEST_NAME = "weight_diff_manifest.json"
@@ -40,7 +42,7 @@ DERIVED_BUFFER_SUFFIXES = (".rotary_emb.inv_freq",)
 SMOKE_TEST_INSTRUCTION = "List three technologies that make life easier."
 
 
-class WeightDiffError(ValueError):
+class WeightDiffError(UsageError):
     """The inputs do not fit together or a check failed; the message names the tensors and the fix."""
 
 

@@ -16,6 +16,8 @@ from typing import List, Union
 
 import torch
 
+from alpaca_lib.errors import UsageError
+
 from alpaca_lib.saving import save_final
 
 logger = logging.getLogger(__name__)
@@ -33,7 +35,7 @@ def parse_target_modules(spec: str) -> Union[List[str], str]:
         return spec
     names = [name.strip() for name in spec.split(",") if name.strip()]
     if not names:
-        raise ValueError("--lora_target_modules is empty; give layer names such as q_proj,v_proj, or all-linear.")
+        raise UsageError("--lora_target_modules is empty; give layer names such as q_proj,v_proj, or all-linear.")
     return names
 
 
@@ -49,7 +51,7 @@ def check_qlora_available() -> None:
     """Raises a clear error unless 4-bit loading can work here (bitsandbytes installed and a CUDA GPU).
 
     Raises:
-        ValueError: saying which of the two is missing and what to do instead.
+        UsageError: saying which of the two is missing and what to do instead.
     """
     missing = []
     if not torch.cuda.is_available():
@@ -57,7 +59,7 @@ def check_qlora_available() -> None:
     if importlib.util.find_spec("bitsandbytes") is None:
         missing.append("the bitsandbytes package (pip install 'bitsandbytes>=0.45')")
     if missing:
-        raise ValueError(
+        raise UsageError(
             "--load_in_4bit (QLoRA) needs " + " and ".join(missing) + ". Drop --load_in_4bit to train LoRA "
             "adapters on the unquantized model (--lora_r N alone)."
         )
@@ -88,21 +90,21 @@ def add_lora(model, r: int, alpha: float, dropout: float, target_modules: str, g
     Returns:
         The `peft.PeftModel`.
     Raises:
-        ValueError: a bad rank or dropout, or target names the model does not have (the message lists the
+        UsageError: a bad rank or dropout, or target names the model does not have (the message lists the
             names it has).
     """
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if r <= 0:
-        raise ValueError(f"--lora_r must be a positive rank to train LoRA adapters, got {r}.")
+        raise UsageError(f"--lora_r must be a positive rank to train LoRA adapters, got {r}.")
     if not 0 <= dropout < 1:
-        raise ValueError(f"--lora_dropout must be in [0, 1), got {dropout}.")
+        raise UsageError(f"--lora_dropout must be in [0, 1), got {dropout}.")
     targets = parse_target_modules(target_modules)
     if isinstance(targets, list):
         available = _linear_layer_names(model)
         unknown = [t for t in targets if t not in available]
         if unknown:
-            raise ValueError(
+            raise UsageError(
                 f"--lora_target_modules: {type(model).__name__} has no linear layer named {', '.join(unknown)}; "
                 f"its linear layers are {', '.join(available)} (or use all-linear)."
             )

@@ -43,6 +43,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import inspect
+import logging
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -51,7 +52,10 @@ from torch.utils.data import Dataset
 from transformers import AttentionInterface, DataCollatorWithFlattening
 from transformers.masking_utils import AttentionMaskInterface
 
+from alpaca_lib.errors import UsageError
 from alpaca_lib.modeling import IGNORE_INDEX
+
+logger = logging.getLogger(__name__)
 
 
 def pack_rows(lengths: Sequence[int], row_tokens: int) -> List[List[int]]:
@@ -186,28 +190,41 @@ def _probe(model) -> Iterator[Tuple[Callable[[int], torch.Tensor], torch.device]
 
 
 def prepare_model_for_packing(model, probe: bool = True) -> Optional[bool]:
-    """Makes `model` keep packed examples apart, and checks that it does: a row [A, B] gives B the logits
-    of B alone.
+    """Makes `model` keep packed examples apart, and checks that it does (`check_keeps_examples_apart`).
 
     transformers reads packed position ids only when the forward builds no key/value cache, and a model
     whose config says `use_cache=True` (LLaMA's does) builds one on every forward, in training too; the
     examples of a row would then attend to each other. So the cache is switched off here, for training.
 
     Args:
-        model: the causal LM as it will train (attention implementation already chosen).
+        model: the causal LM as it will train.
         probe: run the check (False where the weights are sharded across processes and cannot run alone).
     Returns:
         The previous `model.config.use_cache`, to restore before saving the model.
     Raises:
-        ValueError: the model still lets tokens attend across example boundaries (or takes no position
-            ids), naming its class and attention implementation.
+        UsageError: the model still lets tokens attend across example boundaries (the cache setting is
+            then left as it was).
     """
     config = model.config
     previous = getattr(config, "use_cache", None)
     config.use_cache = False
-    if not probe:
-        return previous
-    impl = getattr(config, "_attn_implementation", None)
+    if probe:
+        try:
+            check_keeps_examples_apart(model)
+        except UsageError:
+            config.use_cache = previous
+            raise
+    return previous
+
+
+def check_keeps_examples_apart(model) -> None:
+    """Checks on a probe row [A, B] that B gets the logits of B alone.
+
+    Raises:
+        UsageError: the model lets tokens attend across packed example boundaries, or takes no position
+            ids; the message names its class and attention implementation.
+    """
+    impl = getattr(model.config, "_attn_implementation", None)
     try:
         with _probe(model) as (random_ids, device):
             a, b = random_ids(7), random_ids(5)
@@ -216,20 +233,51 @@ def prepare_model_for_packing(model, probe: bool = True) -> Optional[bool]:
             alone = model(input_ids=b[None].to(device)).logits[0].float()
             together = model(input_ids=packed, position_ids=positions).logits[0, 7:].float()
     except TypeError as e:
-        raise ValueError(
+        raise UsageError(
             f"--packing: {type(model).__name__}.forward does not take position_ids ({e}); packing needs a model "
             "whose attention restarts at each example (LLaMA, Mistral, Qwen2, Gemma, ...). Drop --packing."
         ) from None
     scale = alone.abs().max().clamp_min(1e-6)
     if ((together - alone).abs().max() / scale).item() > 1e-2:
-        config.use_cache = previous
-        raise ValueError(
+        raise UsageError(
             f"--packing: {type(model).__name__} with attn_implementation={impl!r} lets tokens attend across "
             "packed example boundaries (it builds its attention mask without the position ids), so packed "
             "training would leak between examples. Use a model family that honours packed position ids "
             "(LLaMA, Mistral, Qwen2, Gemma, ...) or drop --packing (--group_by_length True cuts most padding)."
         )
-    return previous
+
+
+@contextlib.contextmanager
+def packing_mode(model, probe: bool = True, per_example_sdpa: bool = False) -> Iterator[bool]:
+    """Switches `model` to packed training for the block, and back when the block ends.
+
+    Inside the block the model builds no key/value cache (`prepare_model_for_packing`) and, with
+    `per_example_sdpa` and a model on sdpa, runs attention once per example (`use_packed_sdpa`); each
+    step is checked on a probe row. Afterwards the cache setting and the attention implementation are
+    what they were, so the saved model generates as usual.
+
+    Args:
+        model: the causal LM before any wrapping (LoRA adapters may be added inside the block).
+        probe: run the checks (False under DeepSpeed ZeRO-3, whose sharded weights cannot run a forward
+            before the engine starts; the forward's signature then decides about the LM head).
+        per_example_sdpa: use per-example sdpa (train.py asks for it on CPU).
+    Yields:
+        Whether the LM head can run on the loss-bearing positions only (`supports_supervised_logits`).
+    Raises:
+        UsageError: the model cannot keep packed examples apart.
+    """
+    use_cache = prepare_model_for_packing(model, probe)
+    attn_implementation = None
+    try:
+        if per_example_sdpa and model.config._attn_implementation == "sdpa":
+            attn_implementation = use_packed_sdpa(model)
+            if probe:
+                check_keeps_examples_apart(model)
+        yield supports_supervised_logits(model, probe)
+    finally:
+        model.config.use_cache = use_cache
+        if attn_implementation is not None:
+            model.set_attn_implementation(attn_implementation)
 
 
 def supports_supervised_logits(model, probe: bool = True) -> bool:
@@ -261,7 +309,10 @@ def supports_supervised_logits(model, probe: bool = True) -> bool:
             full = model(**{k: v.to(device) for k, v in batch.items()}).loss
             batch.update(supervised_positions(labels))
             kept = model(**{k: v.to(device) for k, v in batch.items()})
-    except (TypeError, ValueError, RuntimeError, IndexError):
+    except (TypeError, ValueError, RuntimeError, IndexError) as e:
+        # A probe of a capability: a forward that rejects the mask means "no", said in the log, not a failure.
+        logger.warning("packing: %s fails with logits_to_keep as a mask (%s: %s); the LM head runs on every "
+                       "position.", type(model).__name__, type(e).__name__, e)
         return False
     if kept.loss is None or kept.logits.shape[-2] != int(batch["logits_to_keep"].sum()):
         return False
@@ -312,7 +363,7 @@ def use_packed_sdpa(model) -> str:
     Why: sdpa over a whole packed row computes (and masks) the full square. On CPU that square cost
     a 7M LLaMA 16% of its packed step time at rows of 512 tokens; per-example calls compute only the
     causal blocks, as flash-attention's variable-length kernels do on GPU (where transformers uses them
-    directly, so this is for CPU only). The probe of `prepare_model_for_packing` is rerun after the switch.
+    directly, so this is for CPU only). `packing_mode` reruns its probe after the switch.
     """
     AttentionInterface.register(PACKED_SDPA, _packed_sdpa_attention)
     AttentionMaskInterface.register(PACKED_SDPA, _no_mask)

@@ -12,17 +12,13 @@ has finished, and passed its check, does the main process move each file into pl
 
 from __future__ import annotations
 
-import os
-import re
 import shutil
 from pathlib import Path
 from typing import Callable, Optional
 
+from alpaca_lib.fileio import publish
+
 STAGING_NAME = ".final-model.partial"
-_WEIGHT_FILE = re.compile(
-    r"^(model|pytorch_model|adapter_model)(-\d+-of-\d+)?\.(safetensors|bin)$"
-    r"|^(model|pytorch_model)\.(safetensors|bin)\.index\.json$"
-)
 
 
 def save_final(trainer, output_dir: str, save: Callable[[str], None],
@@ -54,28 +50,3 @@ def save_final(trainer, output_dir: str, save: Callable[[str], None],
         if main:
             shutil.rmtree(staging, ignore_errors=True)
     accelerator.wait_for_everyone()
-
-
-def publish(src: Path, dst: Path) -> None:
-    """Moves every file under `src` to the same place under `dst`, each by an atomic rename.
-
-    Weight files in `dst` (or its subfolders that `src` has) that `src` does not have are then removed.
-    """
-    dst.mkdir(parents=True, exist_ok=True)
-    new = set()
-    for entry in sorted(src.iterdir()):
-        if entry.is_dir():
-            publish(entry, dst / entry.name)
-            continue
-        with open(entry, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(entry, dst / entry.name)
-        new.add(entry.name)
-    for old in dst.iterdir():
-        if old.is_file() and _WEIGHT_FILE.match(old.name) and old.name not in new:
-            old.unlink()
-    fd = os.open(dst, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

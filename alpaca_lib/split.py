@@ -13,6 +13,7 @@ from typing import Sequence, Tuple
 import numpy as np
 
 from alpaca_lib.data import EncodedData
+from alpaca_lib.errors import UsageError
 
 
 def select_examples(encoded: EncodedData, indices: Sequence[int]) -> EncodedData:
@@ -56,11 +57,11 @@ def hold_out(encoded: EncodedData, val_set_size: int, seed: int) -> Tuple[Encode
     Returns:
         (train, eval), each keeping the original order of its examples.
     Raises:
-        ValueError: `val_set_size` leaves no training or no evaluation example.
+        UsageError: `val_set_size` leaves no training or no evaluation example.
     """
     n = len(encoded)
     if not 0 < val_set_size < n:
-        raise ValueError(
+        raise UsageError(
             f"--val_set_size {val_set_size}: the training file has {n} usable examples; hold out between 1 and "
             f"{n - 1} of them (or pass --eval_data_path)."
         )

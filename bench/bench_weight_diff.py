@@ -30,11 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchutil import peak_rss_mb
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+from benchutil import REPO_ROOT, peak_rss_mb
 
 
 def _child(method: str, path_raw: str, path_diff: str, path_out: str) -> None:
@@ -181,11 +177,15 @@ def main() -> None:
             print(f"{label:14s}: {r['seconds']:6.1f} s   peak RSS {r['peak_rss_mb']:7.0f} MB")
         print(f"(process baseline after importing torch+transformers: {stream['baseline_mb']:.0f} MB)")
         print(f"peak memory streaming/whole: {stream['peak_rss_mb'] / whole['peak_rss_mb']:.2f} "
-              f"(with manifest check {manifest['peak_rss_mb'] / whole['peak_rss_mb']:.2f}; target <= 0.33)")
+              f"(with manifest check {manifest['peak_rss_mb'] / whole['peak_rss_mb']:.2f})")
         print(f"speed-up whole/streaming: {whole['seconds'] / stream['seconds']:.2f}x "
-              f"(with manifest check {whole['seconds'] / manifest['seconds']:.2f}x; target >= 1)")
+              f"(with manifest check {whole['seconds'] / manifest['seconds']:.2f}x)")
         same = _same_weights(work / "out_whole", work / "out_stream") and _same_weights(work / "out_whole", work / "out_manifest")
         print(f"outputs bit-identical to whole-model: {same}")
+        print(f"RESULT params_m={n_params / 1e6:.0f} whole_s={whole['seconds']:.1f} stream_s={stream['seconds']:.1f} "
+              f"verify_s={manifest['seconds']:.1f} whole_mb={whole['peak_rss_mb']:.0f} stream_mb={stream['peak_rss_mb']:.0f} "
+              f"verify_mb={manifest['peak_rss_mb']:.0f} rss_ratio={stream['peak_rss_mb'] / whole['peak_rss_mb']:.2f} "
+              f"speedup={whole['seconds'] / stream['seconds']:.2f} identical={same}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -1,9 +1,19 @@
-"""Helpers shared by the benchmark scripts in this folder."""
+"""Helpers shared by the benchmark scripts in this folder: peak memory, and the data they run on.
+
+Every bench runs on data the repository ships (alpaca_data.json, seed_tasks.jsonl) or on data
+synthesized from it here, deterministically, so a fresh clone reproduces the README's figures.
+"""
 
 from __future__ import annotations
 
+import json
+import random
 import resource
 from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ALPACA_DATA = REPO_ROOT / "alpaca_data.json"  # 254 records, about 40% with an input
+SEED_TASKS = REPO_ROOT / "seed_tasks.jsonl"  # 175 seed tasks of the self-instruct generator
 
 
 def peak_rss_mb() -> float:
@@ -19,3 +29,43 @@ def peak_rss_mb() -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def bundled_records() -> list[dict]:
+    """The records of the bundled alpaca_data.json, each with 'instruction', 'input' and 'output'."""
+    from alpaca_lib.data import load_records
+
+    return [{k: r.get(k, "") for k in ("instruction", "input", "output")} for r in load_records(ALPACA_DATA)]
+
+
+def bundled_instructions() -> list[str]:
+    """The distinct instructions of alpaca_data.json and seed_tasks.jsonl, sorted."""
+    with open(SEED_TASKS, encoding="utf-8") as f:
+        seeds = [json.loads(line)["instruction"] for line in f if line.strip()]
+    return sorted({r["instruction"] for r in bundled_records()} | set(seeds))
+
+
+def synthesize_records(n: int, seed: int = 0) -> list[dict]:
+    """`n` Alpaca records of realistic length, recombined from the bundled alpaca_data.json.
+
+    Each takes the instruction of one real record and the output of another; 40% also take the input
+    of a third (the 52K release has an input in about 40% of its records). Field lengths thus follow
+    the real records' distributions, and the same `n` and `seed` always give the same records.
+
+    Args:
+        n: how many records to make.
+        seed: seeds the choice of records.
+    Returns:
+        A list of {"instruction", "input", "output"} dicts.
+    """
+    base = bundled_records()
+    with_input = [r for r in base if r["input"]]
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        a, b = rng.choice(base), rng.choice(base)
+        record = {"instruction": a["instruction"], "input": "", "output": b["output"]}
+        if rng.random() < 0.4:
+            record["input"] = rng.choice(with_input)["input"]
+        out.append(record)
+    return out

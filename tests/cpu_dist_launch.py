@@ -55,5 +55,4 @@ if __name__ == "__main__":
     _allow_deepspeed_on_cpu()
     script = sys.argv[1]
     sys.argv = sys.argv[1:]
-    sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
     runpy.run_path(script, run_name="__main__")

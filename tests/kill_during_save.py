@@ -17,8 +17,7 @@ import sys
 
 import transformers
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import alpaca_lib.checkpoints as checkpoints  # noqa: E402
+import alpaca_lib.checkpoints as checkpoints
 
 
 def _kill() -> None:
@@ -54,5 +53,4 @@ if __name__ == "__main__":
     _arm(int(step), where)
     script = sys.argv[1]
     sys.argv = sys.argv[1:]
-    sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
     runpy.run_path(script, run_name="__main__")

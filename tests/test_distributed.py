@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import pytest
 import torch
 
 from alpaca_lib.saving import STAGING_NAME
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_script, write_alpaca_subset
 
 # --standalone lets torchrun pick a free port itself: no race between choosing a port and binding it.
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
@@ -37,13 +36,6 @@ def _train_args(model_dir, data, out, cache, per_device, extra=()):
     ]
 
 
-def _run(cmd, cwd):
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=900)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-6000:]
-    return log
-
-
 def _logged_losses(log: str):
     return [float(x) for x in re.findall(r"'loss': '([0-9.]+)'", log)]
 
@@ -51,11 +43,9 @@ def _logged_losses(log: str):
 @pytest.fixture(scope="module")
 def setup(tiny_llama_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("dist")
-    records = json.loads((REPO_ROOT / "alpaca_data.json").read_text())[:4]
-    data = root / "four.json"
-    data.write_text(json.dumps(records))
+    data = write_alpaca_subset(root / "four.json", slice(4))
     out = root / "single"
-    log = _run([sys.executable, str(REPO_ROOT / "train.py"),
+    log = run_script([sys.executable, str(REPO_ROOT / "train.py"),
                 *_train_args(tiny_llama_dir, data, out, root / "cache", per_device=4)], cwd=root)
     return root, data, _logged_losses(log)
 
@@ -88,7 +78,7 @@ def test_torchrun_two_processes(setup, tiny_llama_dir, mode, launcher, extra, ex
     out = root / mode
     cmd = [*TORCHRUN, "--standalone", "--nproc_per_node=2", *launcher,
            str(REPO_ROOT / "train.py"), *_train_args(tiny_llama_dir, data, out, root / "cache", 2, extra)]
-    log = _run(cmd, cwd=root)
+    log = run_script(cmd, cwd=root)
     assert f"training with {expected_type} over 2 process(es)" in log
     losses = _logged_losses(log)
     assert len(losses) == len(single_losses) == 2
@@ -103,10 +93,10 @@ def test_torchrun_two_processes(setup, tiny_llama_dir, mode, launcher, extra, ex
 def test_lora_under_torchrun_matches_one_process(setup, tiny_llama_dir):
     root, data, _ = setup
     lora = ["--lora_r", "4", "--lora_alpha", "8", "--lora_dropout", "0"]
-    single = _run([sys.executable, str(REPO_ROOT / "train.py"),
+    single = run_script([sys.executable, str(REPO_ROOT / "train.py"),
                    *_train_args(tiny_llama_dir, data, root / "lora-single", root / "cache", 4, lora)], cwd=root)
     out = root / "lora-ddp"
-    log = _run([*TORCHRUN, "--standalone", "--nproc_per_node=2", str(REPO_ROOT / "train.py"),
+    log = run_script([*TORCHRUN, "--standalone", "--nproc_per_node=2", str(REPO_ROOT / "train.py"),
                 *_train_args(tiny_llama_dir, data, out, root / "cache", 2, lora)], cwd=root)
     assert "training with MULTI_CPU over 2 process(es)" in log
     single_losses, losses = _logged_losses(single), _logged_losses(log)
@@ -131,11 +121,11 @@ def test_packing_under_torchrun_matches_one_process(setup, tiny_llama_dir, mode,
     root, data, _ = setup
     # These 4 examples fill rows of 192 tokens one each: 4 rows, 2 steps of 2 rows.
     packing = ["--packing", "True", "--max_steps", "2"]
-    single = _run([sys.executable, str(REPO_ROOT / "train.py"),
+    single = run_script([sys.executable, str(REPO_ROOT / "train.py"),
                    *_train_args(tiny_llama_dir, data, root / f"packed-single-{mode}", root / "cache", 2, packing)],
                   cwd=root)
     out = root / f"packed-{mode}"
-    log = _run([*TORCHRUN, "--standalone", "--nproc_per_node=2", *launcher, str(REPO_ROOT / "train.py"),
+    log = run_script([*TORCHRUN, "--standalone", "--nproc_per_node=2", *launcher, str(REPO_ROOT / "train.py"),
                 *_train_args(tiny_llama_dir, data, out, root / "cache", 1, [*packing, *extra])], cwd=root)
     assert "packing: 4 examples into 4 rows" in log
     # ZeRO-3 shards the weights before any forward can run, so there the forward's signature decides.

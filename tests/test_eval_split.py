@@ -5,8 +5,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -14,20 +12,11 @@ import torch
 import train
 from alpaca_lib.data import tokenize_records
 from alpaca_lib.split import hold_out, select_examples
-from conftest import REPO_ROOT, run_train_expecting_error
-
-
-@pytest.fixture()
-def tokenizer(tiny_llama_dir):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tiny_llama_dir, model_max_length=256, padding_side="right")
-    tok.add_special_tokens({"pad_token": "[PAD]"})
-    return tok
+from conftest import REPO_ROOT, alpaca_records, run_train_expecting_error, write_alpaca_subset
 
 
 def test_hold_out_is_a_seeded_disjoint_split(tokenizer):
-    records = json.loads((REPO_ROOT / "alpaca_data.json").read_text())[:40]
+    records = alpaca_records()[:40]
     enc = tokenize_records(records, tokenizer)
     train_part, eval_part = hold_out(enc, 7, seed=0)
     assert (len(train_part), len(eval_part)) == (len(enc) - 7, 7)
@@ -37,19 +26,24 @@ def test_hold_out_is_a_seeded_disjoint_split(tokenizer):
     assert sorted(seen) == sorted(everything)
     assert eval_part.stats["tokens"] + train_part.stats["tokens"] == enc.stats["tokens"]
     assert eval_part.stats["loss_tokens"] + train_part.stats["loss_tokens"] == enc.stats["loss_tokens"]
-    held = np.sort(np.random.default_rng(0).permutation(len(enc))[:7])
-    assert [eval_part.example(i)[0].tolist() for i in range(7)] == [enc.example(int(j))[0].tolist() for j in held]
+
+    def held_out(seed):  # the examples a seeded permutation holds out, in dataset order
+        return [enc.example(int(j))[0].tolist() for j in np.sort(np.random.default_rng(seed).permutation(len(enc))[:7])]
+
+    assert [eval_part.example(i)[0].tolist() for i in range(7)] == held_out(0)
     again = hold_out(enc, 7, seed=0)[1]
     other = hold_out(enc, 7, seed=1)[1]
     assert np.array_equal(again.input_ids, eval_part.input_ids)
-    assert not np.array_equal(other.offsets, eval_part.offsets) or not np.array_equal(other.input_ids, eval_part.input_ids)
+    # Another seed holds out other examples: exactly the ones its own permutation picks.
+    assert held_out(1) != held_out(0)
+    assert [other.example(i)[0].tolist() for i in range(7)] == held_out(1)
     for bad in (0, len(enc)):
         with pytest.raises(ValueError, match=f"--val_set_size {bad}: the training file has {len(enc)} usable examples"):
             hold_out(enc, bad, seed=0)
 
 
 def test_select_examples_keeps_arrays_exact(tokenizer):
-    records = json.loads((REPO_ROOT / "alpaca_data.json").read_text())[:5]
+    records = alpaca_records()[:5]
     enc = tokenize_records(records, tokenizer)
     sub = select_examples(enc, [3, 0])
     assert sub.offsets.tolist() == [0, enc.offsets[4] - enc.offsets[3], enc.offsets[4] - enc.offsets[3] + enc.offsets[1]]
@@ -96,9 +90,7 @@ def test_val_set_size_reports_eval_loss_with_the_training_masking(tiny_llama_dir
 
 
 def test_eval_data_path_is_scored(tiny_llama_dir, tmp_path):
-    records = json.loads((REPO_ROOT / "alpaca_data.json").read_text())[-6:]
-    eval_path = tmp_path / "eval.json"
-    eval_path.write_text(json.dumps(records))
+    eval_path = write_alpaca_subset(tmp_path / "eval.json", slice(-6, None))
     extra = ["--eval_data_path", str(eval_path), "--evaluation_strategy", "steps", "--eval_steps", "4"]
     trainer = train.train(_train_args(tiny_llama_dir, tmp_path / "out", tmp_path / "cache", extra))
     evals = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]

@@ -102,7 +102,7 @@ def test_retries_are_bounded():
 
 def test_timeout_is_retried():
     with OpenAIStub([Step(body=completion(["late"]).body, delay_s=3.0), completion(["ok"])]) as stub:
-        reply = _client(stub, timeout=0.3).complete(["p"])
+        reply = _client(stub, request_timeout=0.3).complete(["p"])
     assert reply.choices[0].text == "ok" and reply.attempts == 2
 
 
@@ -135,6 +135,7 @@ def test_non_retryable_errors_stop_at_once_with_a_hint():
     with OpenAIStub([error(404, "The model `nope` does not exist")]) as stub:
         with pytest.raises(GenerationError, match="check --model_name"):
             _client(stub, model="nope").complete(["p"])
+    assert len(stub.requests) == 1
     with OpenAIStub([error(400, "Invalid value for temperature")]) as stub:
         with pytest.raises(GenerationError, match="rejected the request"):
             _client(stub).complete(["p"])

@@ -13,9 +13,10 @@ from collections import Counter
 
 import pytest
 
-from conftest import REPO_ROOT, SHARED_DATA
+from conftest import REPO_ROOT, seed_task
 
 import generate_instruction as gi
+from alpaca_lib.errors import UsageError
 from alpaca_lib.selfinstruct.client import default_logit_bias, infer_api_style
 from alpaca_lib.selfinstruct.postprocess import (
     STOP_SEQUENCES,
@@ -167,19 +168,10 @@ def test_stop_sequences_and_api_style_table():
     assert default_logit_bias("gpt-4o-mini", "chat") is None
 
 
-def _write_seeds(path, tasks):
-    path.write_text("".join(json.dumps(t) + "\n" for t in tasks), encoding="utf-8")
-    return path
-
-
-def _task(i, instruction, task_input="", output="out"):
-    return {"id": f"seed_task_{i}", "name": f"t{i}", "instruction": instruction, "instances": [{"input": task_input, "output": output}], "is_classification": False}
-
-
 def test_seed_loader_reads_first_instance_and_skips_blank_lines(tmp_path):
     p = tmp_path / "seeds.jsonl"
-    p.write_text(json.dumps(_task(0, "Add the numbers.", "1 2", "3")) + "\n\n" + json.dumps(
-        {**_task(1, "Name a colour."), "instances": [{"input": "", "output": "Red"}, {"input": "x", "output": "y"}]}
+    p.write_text(json.dumps(seed_task(0, "Add the numbers.", "1 2", "3")) + "\n\n" + json.dumps(
+        {**seed_task(1, "Name a colour."), "instances": [{"input": "", "output": "Red"}, {"input": "x", "output": "y"}]}
     ) + "\n", encoding="utf-8")
     assert load_seed_tasks(p) == [
         {"instruction": "Add the numbers.", "input": "1 2", "output": "3"},
@@ -199,31 +191,35 @@ def test_seed_loader_reads_first_instance_and_skips_blank_lines(tmp_path):
 )
 def test_malformed_seed_line_is_named(tmp_path, line, message):
     p = tmp_path / "seeds.jsonl"
-    p.write_text(json.dumps(_task(0, "Fine task here.")) + "\n" + line + "\n", encoding="utf-8")
+    p.write_text(json.dumps(seed_task(0, "Fine task here.")) + "\n" + line + "\n", encoding="utf-8")
     with pytest.raises(ValueError, match=message):
         load_seed_tasks(p)
 
 
 def test_missing_or_empty_seed_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="seed_tasks_path"):
+    with pytest.raises(UsageError, match="seed_tasks_path"):
         load_seed_tasks(tmp_path / "nope.jsonl")
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(ValueError, match="no seed tasks"):
         load_seed_tasks(tmp_path / "empty.jsonl")
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "self_instruct_seed_tasks.jsonl").exists(), reason="original seed file not present in ../shared/data")
-def test_original_self_instruct_seed_file_loads_unchanged():
-    records = load_seed_tasks(SHARED_DATA / "self_instruct_seed_tasks.jsonl")
+def test_shipped_seed_file_loads_unchanged():
+    path = REPO_ROOT / "seed_tasks.jsonl"
+    records = load_seed_tasks(path)
     assert len(records) == 175
     assert records[1] == {
-        "instruction": "What is the relation between the given pairs?",
-        "input": "Night : Day :: Right : Left",
-        "output": "The relation between the given pairs is that they are opposites.",
+        "instruction": "Explain photosynthesis to a ten-year-old in three or four sentences.",
+        "input": "",
+        "output": "Plants make their own food using sunlight. Their leaves catch light and use its energy to combine "
+        "water from the roots with carbon dioxide from the air. This makes a kind of sugar that the plant uses to "
+        "grow, and it gives off oxygen as a leftover. That oxygen is part of the air we breathe.",
     }
+    # Every record is its line's instruction and first instance, byte for byte (no stripping or rewriting).
+    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    assert records == [{"instruction": t["instruction"], **t["instances"][0]} for t in lines]
 
 
-@pytest.mark.skipif(not (REPO_ROOT / "seed_tasks.jsonl").exists(), reason="project seed_tasks.jsonl not written yet")
 def test_project_seed_file_loads():
     records = load_seed_tasks(REPO_ROOT / "seed_tasks.jsonl")
     assert len(records) == 175

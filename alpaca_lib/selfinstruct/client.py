@@ -1,7 +1,7 @@
 """Requests to an OpenAI-compatible server (OpenAI, vLLM, llama.cpp, Ollama, `transformers serve`).
 
-    >>> client = CompletionClient(model="gpt-3.5-turbo-instruct")   # key from OPENAI_API_KEY
-    >>> reply = client.complete(["...4. Instruction:"], seeds=[1])
+    >>> client = CompletionClient("gpt-3.5-turbo-instruct")   # key from OPENAI_API_KEY; settings: ClientConfig
+    >>> reply = client.complete(["...4. Instruction:"], seed=1)
     >>> reply.choices[0].text, reply.choices[0].finish_reason, reply.usage
 
 Both API styles go through the `openai` client (>= 1.x), imported when the first client is made,
@@ -27,10 +27,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from .config import ClientConfig, client_settings
+
 # OpenAI's address; with any other base_url a missing key is not an error (local servers need none).
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
-# The original asked for the most the model could give and let context errors shrink it.
-DEFAULT_MAX_TOKENS = 3072
 # GPT-2/GPT-3 (r50k/p50k) id of <|endoftext|>; the original banned it so replies run to the 20th item.
 GPT2_ENDOFTEXT_BIAS = {"50256": -100}
 # The same ban for the cl100k completion models (gpt-3.5-turbo-instruct, davinci-002, babbage-002).
@@ -117,67 +117,57 @@ class CompletionClient:
 
     Args:
         model: the model name the server knows.
-        api_style: "completions", "chat", or "auto" (from the model name; see infer_api_style).
-        base_url / api_key / organization: None reads OPENAI_BASE_URL / OPENAI_API_KEY /
-            OPENAI_ORG (then OPENAI_ORG_ID) now.
-        max_tokens: the starting max_tokens (the original's 3072).
-        temperature, top_p: sampling settings sent with every request.
         stop: stop sequences (the original's by default).
-        logit_bias: "auto" (see default_logit_bias), None for none, or a dict to send.
-        send_seed: send a per-prompt `seed` so servers that honour it reply reproducibly.
-        timeout: seconds before one request counts as timed out.
-        max_retries: retries of one request after retryable failures.
-        backoff_s / backoff_max_s: the first wait and the cap of the doubling wait.
         sleep: the wait function (tests pass a recorder).
+        backoff_max_s: the cap of the doubling wait between retries.
+        settings: any other `ClientConfig` field (api_style, base_url, api_key, organization, max_tokens,
+            temperature, top_p, logit_bias, send_seed, request_timeout, max_retries, backoff_s); their
+            defaults are the config's. base_url / api_key / organization left None read
+            OPENAI_BASE_URL / OPENAI_API_KEY / OPENAI_ORG (then OPENAI_ORG_ID) now.
+    Raises:
+        UsageError: a setting out of range.
     """
 
     def __init__(
         self,
         model: str,
-        api_style: str = "auto",
-        base_url: str | None = None,
-        api_key: str | None = None,
-        organization: str | None = None,
-        max_tokens: int = DEFAULT_MAX_TOKENS,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
+        *,
         stop: Sequence[str] | None = None,
-        logit_bias: dict[str, int] | str | None = "auto",
-        send_seed: bool = True,
-        timeout: float = 300.0,
-        max_retries: int = 6,
-        backoff_s: float = 1.0,
-        backoff_max_s: float = 60.0,
         sleep: Callable[[float], None] = time.sleep,
+        backoff_max_s: float = 60.0,
+        **settings: Any,
     ):
         from .postprocess import STOP_SEQUENCES
 
-        if api_style not in ("auto", "completions", "chat"):
-            raise ValueError(f"api_style must be 'auto', 'completions' or 'chat'; got {api_style!r}")
-        if max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1; got {max_tokens}")
-        if max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0; got {max_retries}")
+        config = ClientConfig(model_name=model, **settings)
+        config.check()
         self.model = model
-        self.api_style = infer_api_style(model) if api_style == "auto" else api_style
-        self.logit_bias = default_logit_bias(model, self.api_style) if logit_bias == "auto" else logit_bias
-        self.max_tokens = int(max_tokens)
-        self.temperature = temperature
-        self.top_p = top_p
+        self.api_style = infer_api_style(model) if config.api_style == "auto" else config.api_style
+        self.logit_bias = default_logit_bias(model, self.api_style) if config.logit_bias == "auto" else config.logit_bias
+        self.max_tokens = int(config.max_tokens)
+        self.temperature = config.temperature
+        self.top_p = config.top_p
         self.stop = list(STOP_SEQUENCES if stop is None else stop)
-        self.send_seed = send_seed
-        self.max_retries = int(max_retries)
-        self.backoff_s = backoff_s
+        self.send_seed = config.send_seed
+        self.max_retries = int(config.max_retries)
+        self.backoff_s = config.backoff_s
         self.backoff_max_s = backoff_max_s
         self._sleep = sleep
         self._lock = threading.Lock()
-        self._client = self._make_openai_client(base_url, api_key, organization, timeout)
+        self._client = self._make_openai_client(config.base_url, config.api_key, config.organization,
+                                                config.request_timeout)
+
+    @classmethod
+    def from_config(cls, config: ClientConfig, **kw: Any) -> "CompletionClient":
+        """A client with `config`'s settings (a `GenerateConfig` gives its client part)."""
+        settings = client_settings(config)
+        return cls(settings.pop("model_name"), **settings, **kw)
 
     @staticmethod
     def _make_openai_client(base_url, api_key, organization, timeout):
         try:
             import openai
-        except ImportError as e:  # pragma: no cover - openai is in requirements.txt
+        except ImportError as e:  # pragma: no cover - openai is a dependency in pyproject.toml
             raise GenerationError("the `openai` package is needed to generate data: pip install 'openai>=1.40'") from e
         base_url = base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_DEFAULT_BASE_URL
         api_key = api_key or os.environ.get("OPENAI_API_KEY")
@@ -199,7 +189,9 @@ class CompletionClient:
         return str(self._client.base_url)
 
     def _request(self, prompts: Sequence[str], seed: int | None, max_tokens: int) -> Any:
-        args: dict[str, Any] = dict(model=self.model, temperature=self.temperature, top_p=self.top_p, stop=self.stop)
+        args: dict[str, Any] = dict(model=self.model, temperature=self.temperature, top_p=self.top_p)
+        if self.stop:
+            args["stop"] = self.stop
         args["max_tokens"] = max_tokens
         if self.logit_bias:
             args["logit_bias"] = self.logit_bias

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from alpaca_lib.errors import UsageError
+
 JOURNAL_NAME = "regen.journal.jsonl"
 
 
@@ -47,7 +49,8 @@ class JournalState:
     batches: list[dict] = field(default_factory=list)
 
 
-def _iter_records(path: Path, repair: bool) -> Iterator[tuple[int, dict]]:
+def iter_records(path: Path, repair: bool) -> Iterator[tuple[int, dict]]:
+    """Yields (line number, record) of a JSON Lines journal; `repair` cuts off a partial last line first."""
     data = path.read_bytes()
     end = data.rfind(b"\n") + 1
     if end < len(data) and repair:
@@ -60,12 +63,12 @@ def _iter_records(path: Path, repair: bool) -> Iterator[tuple[int, dict]]:
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ValueError(
+            raise UsageError(
                 f"{path}:{lineno}: journal line is not valid JSON ({e.msg}); the file was edited or damaged. "
                 "Remove that line (and any after it) to resume from the batches before it."
             ) from None
         if not isinstance(rec, dict) or "t" not in rec:
-            raise ValueError(f"{path}:{lineno}: not a journal record (expected an object with a 't' field)")
+            raise UsageError(f"{path}:{lineno}: not a journal record (expected an object with a 't' field)")
         yield lineno, rec
 
 
@@ -81,7 +84,7 @@ def read_journal(path: str | os.PathLike, repair: bool = False) -> JournalState:
     path = Path(path)
     state = JournalState()
     pending_batch = None
-    for _, rec in _iter_records(path, repair):
+    for _, rec in iter_records(path, repair):
         kind = rec["t"]
         if kind == "start":
             state.starts.append(rec)

@@ -21,6 +21,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from alpaca_lib.errors import UsageError
+
 # Stop sequences of the original request: the prompt asks for 20 tasks, so "20" marks the end.
 STOP_SEQUENCES = ["\n20", "20.", "20."]
 
@@ -183,7 +185,7 @@ def load_seed_tasks(path: str | Path) -> list[dict[str, str]]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise UsageError(
             f"seed tasks file {path} not found; pass --seed_tasks_path=PATH to a self-instruct seed file (JSON lines)"
         )
     records = []
@@ -195,23 +197,23 @@ def load_seed_tasks(path: str | Path) -> list[dict[str, str]]:
             try:
                 task = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); each line must be one JSON object") from None
+                raise UsageError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); each line must be one JSON object") from None
             if not isinstance(task, dict):
-                raise ValueError(f"{where}: expected a JSON object, found {type(task).__name__}")
+                raise UsageError(f"{where}: expected a JSON object, found {type(task).__name__}")
             if not isinstance(task.get("instruction"), str) or not task["instruction"].strip():
-                raise ValueError(f"{where}: 'instruction' must be a non-empty string; found keys {sorted(task)}")
+                raise UsageError(f"{where}: 'instruction' must be a non-empty string; found keys {sorted(task)}")
             instances = task.get("instances")
             if not isinstance(instances, list) or not instances or not isinstance(instances[0], dict):
-                raise ValueError(
+                raise UsageError(
                     f"{where}: 'instances' must be a non-empty list of {{\"input\": ..., \"output\": ...}} objects"
                 )
             first = instances[0]
             for key in ("input", "output"):
                 if not isinstance(first.get(key), str):
-                    raise ValueError(f"{where}: instances[0].{key} must be a string; found {first.get(key)!r}")
+                    raise UsageError(f"{where}: instances[0].{key} must be a string; found {first.get(key)!r}")
             records.append({"instruction": task["instruction"], "input": first["input"], "output": first["output"]})
     if not records:
-        raise ValueError(f"{path}: no seed tasks found; the file is empty")
+        raise UsageError(f"{path}: no seed tasks found; the file is empty")
     return records
 
 

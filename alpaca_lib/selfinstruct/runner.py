@@ -19,14 +19,17 @@ import random
 import sys
 import time
 from collections import Counter
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from alpaca_lib.errors import UsageError
 from utils import jdump, jload
 
 from .accounting import format_summary, load_price_table, summarize
+from .client import CompletionClient, GenerationError
+from .config import GenerateConfig
 from .journal import JOURNAL_NAME, Journal, JournalState, read_journal
 from .postprocess import encode_prompt, load_seed_tasks, post_process_gpt3_response, sha256_of, strip_repeated_header
 from .rouge import RougeLPool
@@ -34,60 +37,6 @@ from .rouge import RougeLPool
 REGEN_NAME = "regen.json"
 ROUGE_THRESHOLD = 0.7  # the original's "> 0.7 is a near-duplicate"
 MOST_SIMILAR_K = 10
-
-
-@dataclass
-class GenerateConfig:
-    """Settings of one run; generate_instruction.py documents each one."""
-
-    output_dir: str
-    seed_tasks_path: str
-    prompt_path: str
-    num_instructions_to_generate: int = 100
-    model_name: str = "gpt-3.5-turbo-instruct"
-    num_prompt_instructions: int = 3
-    request_batch_size: int = 5
-    temperature: float = 1.0
-    top_p: float = 1.0
-    num_cpus: int = 16
-    api_style: str = "auto"
-    base_url: str | None = None
-    api_key: str | None = None
-    organization: str | None = None
-    max_concurrency: int | None = None
-    prompts_per_request: int = 1
-    seed: int | None = None
-    max_tokens: int = 3072
-    logit_bias: Any = "auto"
-    send_seed: bool = True
-    request_timeout: float = 300.0
-    max_retries: int = 6
-    backoff_s: float = 1.0
-    price_table: Any = None
-    max_batches: int | None = None
-    save_every_s: float = 60.0
-
-    def check(self) -> None:
-        """Raises ValueError naming the first setting out of range."""
-        positive = {
-            "num_instructions_to_generate": self.num_instructions_to_generate,
-            "num_prompt_instructions": self.num_prompt_instructions,
-            "request_batch_size": self.request_batch_size,
-            "num_cpus": self.num_cpus,
-            "prompts_per_request": self.prompts_per_request,
-            "max_tokens": self.max_tokens,
-        }
-        if self.max_concurrency is not None:
-            positive["max_concurrency"] = self.max_concurrency
-        if self.max_batches is not None:
-            positive["max_batches"] = self.max_batches
-        for name, value in positive.items():
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"--{name} must be a positive integer; got {value!r}")
-        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
-            raise ValueError(f"--seed must be an integer; got {self.seed!r}")
-        if self.api_style not in ("auto", "completions", "chat"):
-            raise ValueError(f"--api_style must be auto, completions or chat; got {self.api_style!r}")
 
 
 def batch_prompt_ids(seed: int, batch: int, size: int, n_seeds: int, k: int) -> list[list[int]]:
@@ -105,10 +54,10 @@ def request_seed(seed: int, batch: int, slot: int) -> int:
 def _load_legacy_regen(path: Path) -> list[dict]:
     items = jload(path)
     if not isinstance(items, list):
-        raise ValueError(f"{path}: expected a JSON list of generated items; found {type(items).__name__}")
+        raise UsageError(f"{path}: expected a JSON list of generated items; found {type(items).__name__}")
     for i, it in enumerate(items):
         if not isinstance(it, dict) or not all(isinstance(it.get(k), str) for k in ("instruction", "input", "output")):
-            raise ValueError(
+            raise UsageError(
                 f"{path}: item {i} needs string 'instruction', 'input' and 'output'; "
                 f"found {sorted(it) if isinstance(it, dict) else type(it).__name__}. Fix or move the file to start afresh."
             )
@@ -128,7 +77,7 @@ def _resolve_seed(cfg: GenerateConfig, state: JournalState, seeds_sha: str, prom
         checks.append(("seed", prev.get("seed"), cfg.seed, "--seed"))
     for what, before, now, fix in checks:
         if before != now:
-            raise ValueError(
+            raise UsageError(
                 f"{journal_path} belongs to a run with a different {what} ({before!r}, now {now!r}); "
                 f"resume with the same {fix}, or pass a new --output_dir to start another run"
             )
@@ -151,19 +100,17 @@ def run_generation(cfg: GenerateConfig, client: Any = None, progress: bool | Non
     """
     from tqdm import tqdm
 
-    from .client import CompletionClient, GenerationError
-
     cfg.check()
     out = Path(cfg.output_dir)
     seeds = load_seed_tasks(cfg.seed_tasks_path)
     k = cfg.num_prompt_instructions
     if k > len(seeds):
-        raise ValueError(
+        raise UsageError(
             f"--num_prompt_instructions={k} but {cfg.seed_tasks_path} holds only {len(seeds)} seed tasks; use a smaller value"
         )
     prompt_path = Path(cfg.prompt_path)
     if not prompt_path.is_file():
-        raise FileNotFoundError(f"meta-prompt {prompt_path} not found; it ships next to generate_instruction.py")
+        raise UsageError(f"meta-prompt {prompt_path} not found; it ships next to generate_instruction.py")
     prompt_text = prompt_path.read_text(encoding="utf-8")
     prices = load_price_table(cfg.price_table)
     seeds_sha = sha256_of(Path(cfg.seed_tasks_path).read_bytes())
@@ -175,24 +122,8 @@ def run_generation(cfg: GenerateConfig, client: Any = None, progress: bool | Non
     state = read_journal(jpath, repair=True) if jpath.exists() else JournalState()
     seed = _resolve_seed(cfg, state, seeds_sha, prompt_sha, jpath)
     if client is None:
-        client = CompletionClient(
-            model=cfg.model_name,
-            api_style=cfg.api_style,
-            base_url=cfg.base_url,
-            api_key=cfg.api_key,
-            organization=cfg.organization,
-            max_tokens=cfg.max_tokens,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            logit_bias=cfg.logit_bias,
-            send_seed=cfg.send_seed,
-            timeout=cfg.request_timeout,
-            max_retries=cfg.max_retries,
-            backoff_s=cfg.backoff_s,
-        )
+        client = CompletionClient.from_config(cfg)
     chat = client.api_style == "chat"
-    per_request = 1 if chat else cfg.prompts_per_request
-    concurrency = cfg.max_concurrency or cfg.request_batch_size
 
     journal = Journal(jpath)
     try:
@@ -235,7 +166,7 @@ def run_generation(cfg: GenerateConfig, client: Any = None, progress: bool | Non
         last_save = time.monotonic()
         unsaved = False
         batches_run = 0
-        executor = ThreadPoolExecutor(max_workers=concurrency)
+        executor = ThreadPoolExecutor(max_workers=cfg.max_concurrency or cfg.request_batch_size)
         try:
             while len(state.items) < target:
                 if cfg.max_batches is not None and batches_run >= cfg.max_batches:
@@ -245,74 +176,24 @@ def run_generation(cfg: GenerateConfig, client: Any = None, progress: bool | Non
                 size = state.pending_size or cfg.request_batch_size
                 ids = batch_prompt_ids(seed, b, size, len(seeds), k)
                 prompts = [encode_prompt([seeds[i] for i in row], prompt_text) for row in ids]
-                replies = dict(state.pending)
-                state.pending, state.pending_size = {}, 0
-                missing = [s for s in range(size) if s not in replies]
-                groups = [missing[i : i + per_request] for i in range(0, len(missing), per_request)]
+
+                def on_reply(reply):
+                    counts["tokens"] += reply.usage.get("total_tokens", 0)
+                    show()
+
                 t0 = time.monotonic()
-                futures = {
-                    executor.submit(client.complete, [prompts[s] for s in g], request_seed(seed, b, g[0])): g for g in groups
-                }
-                errors = []
-                pending_futures = set(futures)
-                while pending_futures:
-                    done, pending_futures = wait(pending_futures, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        g = futures[fut]
-                        try:
-                            reply = fut.result()
-                        except GenerationError as e:
-                            errors.append(e)
-                            continue
-                        rec = {
-                            "t": "request",
-                            "batch": b,
-                            "batch_size": size,
-                            "slots": g,
-                            "seed_ids": [ids[s] for s in g],
-                            "model": client.model,
-                            "api_style": client.api_style,
-                            "max_tokens": reply.max_tokens,
-                            "attempts": reply.attempts,
-                            "latency_s": round(reply.latency_s, 3),
-                            "usage": reply.usage,
-                            "choices": [
-                                {"slot": s, "text": c.text, "finish_reason": c.finish_reason} for s, c in zip(g, reply.choices)
-                            ],
-                        }
-                        journal.append(rec)
-                        state.requests.append(rec)
-                        counts["tokens"] += reply.usage.get("total_tokens", 0)
-                        for s, c in zip(g, reply.choices):
-                            replies[s] = {"text": c.text, "finish_reason": c.finish_reason}
-                        show()
-                if errors:
-                    raise errors[0]
+                replies = request_batch(client, executor, journal, state, b, ids, prompts,
+                                        1 if chat else cfg.prompts_per_request, seed, on_reply)
                 request_s = time.monotonic() - t0
 
                 t1 = time.monotonic()
-                stats: Counter = Counter()
-                candidates: list[dict] = []
-                for s in range(size):
-                    r = replies[s]
-                    text = strip_repeated_header(r["text"], k) if chat else r["text"]
-                    candidates += post_process_gpt3_response(k, {"text": text, "finish_reason": r["finish_reason"]}, stats)
-                decisions = pool.filter_batch([c["instruction"] for c in candidates], ROUGE_THRESHOLD, MOST_SIMILAR_K)
-                kept_items = []
-                for c, d in zip(candidates, decisions):
-                    if not d.kept:
-                        stats["similar"] += 1
-                        continue
-                    c["most_similar_instructions"] = d.most_similar_instructions
-                    c["avg_similarity_score"] = d.avg_similarity_score
-                    kept_items.append(c)
-                raw_items = sum(stats.values()) + len(kept_items)
+                kept_items, stats, raw_items, n_candidates = decide_batch(replies, k, chat, pool)
                 rec = {
                     "t": "batch",
                     "batch": b,
                     "prompts": size,
                     "raw_items": raw_items,
-                    "candidates": len(candidates),
+                    "candidates": n_candidates,
                     "kept": len(kept_items),
                     "discarded": dict(stats),
                     "items": kept_items,
@@ -349,6 +230,84 @@ def run_generation(cfg: GenerateConfig, client: Any = None, progress: bool | Non
     return summary
 
 
+def request_batch(client, executor, journal: Journal, state: JournalState, batch: int, ids: list[list[int]],
+                  prompts: list[str], per_request: int, seed: int, on_reply) -> dict[int, dict]:
+    """Phase one of a batch: gets a reply for every prompt, journaling each as it arrives.
+
+    Replies an interrupted run already saved (`state.pending`) are reused, not asked for again; the rest
+    are sent concurrently on `executor`, `per_request` prompts per request.
+
+    Returns:
+        {slot: {"text", "finish_reason"}} for every prompt of the batch.
+    Raises:
+        GenerationError: a request that failed for good (its siblings' replies are journaled first).
+    """
+    size = len(prompts)
+    replies = dict(state.pending)
+    state.pending, state.pending_size = {}, 0
+    missing = [s for s in range(size) if s not in replies]
+    groups = [missing[i : i + per_request] for i in range(0, len(missing), per_request)]
+    futures = {
+        executor.submit(client.complete, [prompts[s] for s in g], request_seed(seed, batch, g[0])): g for g in groups
+    }
+    errors = []
+    for fut in as_completed(futures):
+        g = futures[fut]
+        try:
+            reply = fut.result()
+        except GenerationError as e:
+            errors.append(e)
+            continue
+        rec = {
+            "t": "request",
+            "batch": batch,
+            "batch_size": size,
+            "slots": g,
+            "seed_ids": [ids[s] for s in g],
+            "model": client.model,
+            "api_style": client.api_style,
+            "max_tokens": reply.max_tokens,
+            "attempts": reply.attempts,
+            "latency_s": round(reply.latency_s, 3),
+            "usage": reply.usage,
+            "choices": [{"slot": s, "text": c.text, "finish_reason": c.finish_reason} for s, c in zip(g, reply.choices)],
+        }
+        journal.append(rec)
+        state.requests.append(rec)
+        for s, c in zip(g, reply.choices):
+            replies[s] = {"text": c.text, "finish_reason": c.finish_reason}
+        on_reply(reply)
+    if errors:
+        raise errors[0]
+    return replies
+
+
+def decide_batch(replies: dict[int, dict], k: int, chat: bool, pool: RougeLPool) -> tuple[list[dict], Counter, int, int]:
+    """Phase two of a batch: splits the replies into items with the original filters, then keeps those whose
+    ROUGE-L against the pool (and the items kept before them in the batch) is at most 0.7.
+
+    Returns:
+        (kept items with their most similar instructions and mean similarity, discard counts by reason,
+        items parsed before any filter, candidates that reached the ROUGE-L check).
+    """
+    stats: Counter = Counter()
+    candidates: list[dict] = []
+    for s in range(len(replies)):
+        r = replies[s]
+        text = strip_repeated_header(r["text"], k) if chat else r["text"]
+        candidates += post_process_gpt3_response(k, {"text": text, "finish_reason": r["finish_reason"]}, stats)
+    decisions = pool.filter_batch([c["instruction"] for c in candidates], ROUGE_THRESHOLD, MOST_SIMILAR_K)
+    kept = []
+    for c, d in zip(candidates, decisions):
+        if not d.kept:
+            stats["similar"] += 1
+            continue
+        c["most_similar_instructions"] = d.most_similar_instructions
+        c["avg_similarity_score"] = d.avg_similarity_score
+        kept.append(c)
+    return kept, stats, sum(stats.values()) + len(kept), len(candidates)
+
+
 def export_alpaca(input_path: str | Path, output_path: str | Path) -> int:
     """Writes Alpaca training data (instruction, input, output only) from a run's output.
 
@@ -363,7 +322,7 @@ def export_alpaca(input_path: str | Path, output_path: str | Path) -> int:
     if src.is_dir():
         src = src / JOURNAL_NAME if (src / JOURNAL_NAME).exists() else src / REGEN_NAME
     if not src.is_file():
-        raise FileNotFoundError(
+        raise UsageError(
             f"{src} not found; pass --input_path=OUTPUT_DIR (or its regen.json / {JOURNAL_NAME})"
         )
     if src.suffix == ".jsonl":
@@ -371,14 +330,14 @@ def export_alpaca(input_path: str | Path, output_path: str | Path) -> int:
     else:
         items = jload(src)
         if not isinstance(items, list):
-            raise ValueError(f"{src}: expected a JSON list of items; found {type(items).__name__}")
+            raise UsageError(f"{src}: expected a JSON list of items; found {type(items).__name__}")
     records = []
     for i, it in enumerate(items):
         if not isinstance(it, dict):
-            raise ValueError(f"{src}: item {i} is {type(it).__name__}, expected an object")
+            raise UsageError(f"{src}: item {i} is {type(it).__name__}, expected an object")
         bad = [key for key in ("instruction", "input", "output") if not isinstance(it.get(key, "" if key == "input" else None), str)]
         if bad:
-            raise ValueError(f"{src}: item {i} has no string {bad[0]!r} (keys {sorted(it)}); expected instruction, input, output")
+            raise UsageError(f"{src}: item {i} has no string {bad[0]!r} (keys {sorted(it)}); expected instruction, input, output")
         records.append({"instruction": it["instruction"], "input": it.get("input", ""), "output": it["output"]})
     jdump(records, output_path)
     print(f"wrote {len(records)} records to {output_path}", file=sys.stderr)

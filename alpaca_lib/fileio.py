@@ -1,0 +1,130 @@
+"""Writes that a crash cannot leave half done: atomic files, staged folders, moves into place.
+
+    with atomic_write("out/regen.json") as f:
+        f.write(text)                      # out/regen.json is the old file or the new one, never a mix
+    with staging_dir("out/model") as tmp:
+        save_files(tmp)                    # out/model appears only once everything is in it
+
+Every output of the project goes through these: the preprocessing cache, generated data, weight diffs,
+the final model (`publish`, file by file, since its folder also holds checkpoints) and checkpoint
+manifests. Data is synced to disk before the rename that makes it visible, so a power cut cannot leave
+a name pointing at missing bytes either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from alpaca_lib.errors import UsageError
+
+
+class OutputExistsError(UsageError, FileExistsError):
+    """An output folder that is already there, and replacing it was not asked for."""
+
+
+def fsync_path(path: str | os.PathLike) -> None:
+    """Flushes a file's data, or a folder's entries (renames in it), to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[io.IOBase]:
+    """Opens a temporary file beside `path` and renames it into place only if the block succeeds.
+
+    A crash or an exception inside the block leaves `path` as it was (absent or the old content).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def staging_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yields a fresh hidden folder beside `final`; renames it to `final` only if the block succeeds.
+
+    On any exception (or Ctrl-C) the staging folder is deleted and `final` is untouched. Even a hard
+    kill leaves only a hidden `.NAME.partial-*` folder, never one that looks like a finished output.
+
+    Args:
+        final: the output folder.
+        overwrite: replace `final` if it already exists and is not empty (otherwise that is an error,
+            raised before any work starts).
+    Raises:
+        OutputExistsError: `final` is there, not empty, and `overwrite` is False.
+    """
+    final = Path(final).absolute()
+    if final.exists() and (not final.is_dir() or any(final.iterdir())) and not overwrite:
+        raise OutputExistsError(
+            f"{final} already exists and is not empty; choose another output path or pass --overwrite=True to replace it"
+        )
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the finished folder gets normal permissions
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for f in tmp.iterdir():
+        if f.is_file():
+            fsync_path(f)
+    old = None
+    if final.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+        os.rename(final, old / final.name)
+    os.rename(tmp, final)
+    with contextlib.suppress(OSError):
+        fsync_path(final.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+_WEIGHT_FILE = re.compile(
+    r"^(model|pytorch_model|adapter_model)(-\d+-of-\d+)?\.(safetensors|bin)$"
+    r"|^(model|pytorch_model)\.(safetensors|bin)\.index\.json$"
+)
+
+
+def publish(src: Path, dst: Path) -> None:
+    """Moves every file under `src` to the same place under `dst`, each by an atomic rename.
+
+    For a folder that holds more than the files moved (a run's output folder also holds checkpoints), so
+    it cannot be swapped whole. Weight files in `dst` (or its subfolders that `src` has) that `src` does
+    not have are then removed, as `save_pretrained` does: shards of an earlier, larger model.
+    """
+    dst.mkdir(parents=True, exist_ok=True)
+    new = set()
+    for entry in sorted(src.iterdir()):
+        if entry.is_dir():
+            publish(entry, dst / entry.name)
+            continue
+        fsync_path(entry)
+        os.replace(entry, dst / entry.name)
+        new.add(entry.name)
+    for old in dst.iterdir():
+        if old.is_file() and _WEIGHT_FILE.match(old.name) and old.name not in new:
+            old.unlink()
+    fsync_path(dst)
