@@ -3,13 +3,15 @@
     python -m alpaca_lib.infer --model_dir runs/demo --instruction "Give three tips for staying healthy."
     python -m alpaca_lib.infer --model_dir runs/demo --instruction "Translate to French." --input "Good night."
     python -m alpaca_lib.infer --model_dir runs/demo --data_path alpaca_data.json --num_examples 3
+    python -m alpaca_lib.infer --model_dir runs/demo --chat       # or: python eval_model.py chat --model_dir ...
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import sys
+from typing import Optional, Sequence, TextIO
 
-from utils import format_prompt
+from alpaca_lib.outputs import GenerationSettings, LocalModel, prompt_of
 
 
 def generate_responses(
@@ -18,8 +20,9 @@ def generate_responses(
     examples: Sequence[dict],
     max_new_tokens: int = 128,
     do_sample: bool = False,
+    batch_size: int = 8,
 ) -> list[str]:
-    """Generates a response for each {"instruction", "input"} record, one prompt at a time.
+    """Generates a response for each {"instruction", "input"} record (batched, in the records' order).
 
     Args:
         model: a causal LM.
@@ -27,25 +30,55 @@ def generate_responses(
         examples: records with "instruction" and optionally "input".
         max_new_tokens: generation budget per response.
         do_sample: sample instead of greedy decoding.
+        batch_size: prompts generated together.
     Returns:
         The decoded responses (the text after "### Response:", special tokens removed, stripped).
     """
-    import torch
-
-    responses = []
-    for example in examples:
-        inputs = tokenizer(format_prompt(example), return_tensors="pt").to(model.device)
-        with torch.no_grad():
-            out = model.generate(
-                **inputs,
-                max_new_tokens=max_new_tokens,
-                do_sample=do_sample,
-                pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-        new_tokens = out[0, inputs["input_ids"].shape[1]:]
-        responses.append(tokenizer.decode(new_tokens, skip_special_tokens=True).strip())
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, do_sample=do_sample)
+    responses: list[str] = [""] * len(examples)
+    for idx, answers in LocalModel(model, tokenizer).answer([prompt_of(e) for e in examples], settings, batch_size):
+        for i, a in zip(idx, answers):
+            responses[i] = a.output
     return responses
+
+
+def chat_loop(model_dir: str, gguf_file: Optional[str] = None, max_new_tokens: int = 512, do_sample: bool = False,
+         temperature: float = 0.7, top_p: float = 1.0, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout,
+         stderr: TextIO = sys.stderr) -> None:
+    """An interactive loop: reads an instruction, then an optional input (an empty line for none), and streams
+    the answer. Ends at end of input (Ctrl-D). Prompts go to stderr, answers to stdout (one turn per line).
+    """
+    import torch
+    from transformers import TextStreamer
+
+    lm = LocalModel.load(model_dir, gguf_file)
+    sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if do_sample else \
+        dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+
+    class _Streamer(TextStreamer):
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            stdout.write(text if not stream_end else text.rstrip("\n") + "\n")
+            stdout.flush()
+
+    print("Alpaca chat: an instruction per turn, then an optional input (Enter for none); Ctrl-D quits.",
+          file=stderr, flush=True)
+    while True:
+        print("Instruction: ", end="", file=stderr, flush=True)
+        instruction = stdin.readline()
+        if not instruction:
+            break
+        if not instruction.strip():
+            continue
+        print("Input (optional): ", end="", file=stderr, flush=True)
+        input_text = stdin.readline()
+        record = {"instruction": instruction.rstrip("\n"), "input": input_text.rstrip("\n")}
+        batch = lm.tokenizer(prompt_of(record), return_tensors="pt").to(lm.device)
+        with torch.no_grad():
+            lm.model.generate(**batch, max_new_tokens=max_new_tokens, eos_token_id=lm.eos_ids, pad_token_id=lm.pad_id,
+                              streamer=_Streamer(lm.tokenizer, skip_prompt=True, skip_special_tokens=True), **sampling)
+        if not input_text:
+            break
+    print("", file=stderr, flush=True)
 
 
 def main(
@@ -56,8 +89,9 @@ def main(
     num_examples: int = 3,
     max_new_tokens: int = 128,
     gguf_file: Optional[str] = None,
+    chat: bool = False,
 ) -> None:
-    """Prints the model's answer to one instruction, or to the first records of an Alpaca file.
+    """Prints the model's answer to one instruction, or to the first records of an Alpaca file; or chats.
 
     Args:
         model_dir: a saved model and tokenizer (e.g. train.py's --output_dir).
@@ -66,21 +100,23 @@ def main(
             show each record's reference output beside the model's.
         max_new_tokens: generation budget per response.
         gguf_file: a GGUF file inside `model_dir` to load instead of safetensors.
+        chat: talk to the model turn by turn instead (see `chat_loop`).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from alpaca_lib.data import load_records
+    from alpaca_lib.errors import UsageError
 
+    if chat:
+        chat_loop(model_dir, gguf_file, max_new_tokens)
+        return
     if instruction:
         examples = [{"instruction": instruction, "input": input}]
     elif data_path:
         examples = load_records(data_path)[:num_examples]
     else:
-        raise SystemExit("error: give --instruction TEXT (and optionally --input TEXT), or --data_path FILE.")
-    extra = {"gguf_file": gguf_file} if gguf_file else {}
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, **extra)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, **extra).eval()
-    for example, response in zip(examples, generate_responses(model, tokenizer, examples, max_new_tokens)):
+        raise UsageError("give --instruction TEXT (and optionally --input TEXT), --data_path FILE, or --chat.")
+    lm = LocalModel.load(model_dir, gguf_file)
+    responses = generate_responses(lm.model, lm.tokenizer, examples, max_new_tokens)
+    for example, response in zip(examples, responses):
         print(f"### Instruction:\n{example['instruction']}")
         if example.get("input"):
             print(f"### Input:\n{example['input']}")
@@ -93,4 +129,9 @@ def main(
 if __name__ == "__main__":
     import fire
 
-    fire.Fire(main)
+    from alpaca_lib.errors import UsageError, exit_with
+
+    try:
+        fire.Fire(main)
+    except UsageError as e:
+        exit_with(e)

@@ -1,0 +1,316 @@
+"""A model's answers to an evaluation set, written in AlpacaEval's format: batched, resumable, checked.
+
+    python eval_model.py outputs --model_dir runs/demo --instructions_path eval_instructions.json \
+        --output_path runs/demo/model_outputs.json
+
+Each record of the input (AlpacaEval's JSON, or Alpaca JSON / JSON Lines) is formatted with the Alpaca
+template (`utils.format_prompt`: its input variant when the record has an `input`), exactly as in
+training, and answered either by a local model (`LocalModel`: batched generation, prompts sorted by
+length, left padding, the KV cache on) or by an OpenAI-compatible server (`ServedModel`, through the
+generator's `CompletionClient`: bounded retries, concurrency). The output is a JSON list in input order:
+`instruction` (unchanged), `input` and `dataset` when the input had them, `output` (the response only),
+`generator`, and two keys AlpacaEval ignores: `n_tokens` (generated tokens, the EOS included) and
+`stop_reason` (`eos`, or `length` when the `max_new_tokens` budget ran out).
+
+Every answer is journaled as it is made (`<output>.journal.jsonl` beside the output), so a killed run
+continues where it stopped when the same command is run again; a journal written with another model,
+another input file or other generation settings is refused instead of mixed in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sys
+import time
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+from alpaca_lib.data import load_records
+from alpaca_lib.errors import UsageError
+from alpaca_lib.fileio import atomic_write
+from alpaca_lib.selfinstruct.journal import Journal, iter_records
+from utils import format_prompt
+
+INSTRUCTION_FIELDS = ("instruction",)
+OPTIONAL_FIELDS = ("input", "output", "dataset", "generator")
+EOS, LENGTH = "eos", "length"
+
+
+@dataclass
+class GenerationSettings:
+    """How each answer is generated; part of a run's identity (a resumed run must use the same)."""
+
+    max_new_tokens: int = field(default=512, metadata={"help": "Most tokens generated per answer."})
+    do_sample: bool = field(default=False, metadata={"help": "Sample instead of greedy decoding."})
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (with --do_sample True)."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling top_p (with --do_sample True)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the sampling (with --do_sample True)."})
+
+    def check(self) -> None:
+        if not isinstance(self.max_new_tokens, int) or isinstance(self.max_new_tokens, bool) or self.max_new_tokens < 1:
+            raise UsageError(f"--max_new_tokens must be a positive integer; got {self.max_new_tokens!r}")
+        if self.do_sample and not self.temperature > 0:
+            raise UsageError(f"--temperature must be > 0 when sampling; got {self.temperature!r}")
+        if not 0 < self.top_p <= 1:
+            raise UsageError(f"--top_p must be in (0, 1]; got {self.top_p!r}")
+
+
+@dataclass
+class Answer:
+    """One generated response."""
+
+    output: str
+    n_tokens: int
+    stop_reason: str  # EOS or LENGTH
+
+
+def load_instructions(path: str) -> list[dict]:
+    """Reads an evaluation set: AlpacaEval JSON or Alpaca JSON / JSON Lines; only `instruction` is required.
+
+    Raises:
+        DataError: the file, the record (and line) and what is wrong, as for training data.
+    """
+    return load_records(path, required=INSTRUCTION_FIELDS, optional=OPTIONAL_FIELDS, flag="--instructions_path")
+
+
+def prompt_of(record: dict) -> str:
+    """The Alpaca prompt for a record: the one training used."""
+    return format_prompt(record)
+
+
+# ---- local model ----
+
+
+class LocalModel:
+    """A causal LM and its tokenizer on this machine, answering prompts in length-sorted batches.
+
+    Args:
+        model: the causal LM (on the device it should run on).
+        tokenizer: its tokenizer.
+        model_dir: where it was loaded from (for `fingerprint`).
+    """
+
+    def __init__(self, model, tokenizer, model_dir: Optional[str] = None, gguf_file: Optional[str] = None):
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.model_dir = Path(model_dir) if model_dir is not None else None
+        self.gguf_file = gguf_file
+        self.device = next(model.parameters()).device
+        eos = model.generation_config.eos_token_id
+        eos = [eos] if isinstance(eos, int) else list(eos or [])
+        if tokenizer.eos_token_id is not None:
+            eos.append(tokenizer.eos_token_id)
+        self.eos_ids = sorted(set(eos))
+        if not self.eos_ids:
+            raise UsageError(f"{model_dir}: the tokenizer and generation config name no EOS token; answers cannot end.")
+        # Without a pad token (e.g. a base model), pad with EOS: the attention mask hides padding anyway.
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+
+    @classmethod
+    def load(cls, model_dir: str, gguf_file: Optional[str] = None, dtype: str = "auto") -> "LocalModel":
+        """Loads a saved model (train.py's --output_dir) or a GGUF file inside `model_dir`.
+
+        Args:
+            dtype: "auto" (bfloat16 on a GPU, float32 on CPU), or a torch dtype name.
+        """
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        extra = {"gguf_file": gguf_file} if gguf_file else {}
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        if dtype == "auto":
+            dtype = "bfloat16" if device == "cuda" else "float32"
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, **extra)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype), **extra).to(device)
+        return cls(model, tokenizer, model_dir, gguf_file)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What identifies the weights: the config's digest and each weight file's name, size and mtime."""
+        files = sorted(p for p in self.model_dir.iterdir()
+                       if p.suffix in (".safetensors", ".bin", ".gguf") or p.name == "config.json")
+        h = hashlib.sha256()
+        for p in files:
+            st = p.stat()
+            h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+        return {"model": str(self.model_dir.resolve()), "gguf_file": self.gguf_file, "weights": h.hexdigest()}
+
+    def answer(self, prompts: Sequence[str], settings: GenerationSettings, batch_size: int) -> Iterator[
+            tuple[list[int], list[Answer]]]:
+        """Answers `prompts`, longest first, `batch_size` at a time; yields (prompt indices, answers) per batch.
+
+        Greedy answers do not depend on `batch_size`: the tests compare batches with one prompt at a time.
+        """
+        import torch
+
+        encoded = self.tokenizer(list(prompts))["input_ids"]
+        order = sorted(range(len(prompts)), key=lambda i: (-len(encoded[i]), i))
+        if settings.do_sample:
+            torch.manual_seed(settings.seed)
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            batch = self._left_padded([encoded[i] for i in idx])
+            sampling = dict(do_sample=True, temperature=settings.temperature, top_p=settings.top_p) \
+                if settings.do_sample else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+            with torch.no_grad():
+                out = self.model.generate(
+                    **batch, max_new_tokens=settings.max_new_tokens, use_cache=True,
+                    eos_token_id=self.eos_ids, pad_token_id=self.pad_id, **sampling,
+                )
+            new = out[:, batch["input_ids"].shape[1]:].tolist()
+            yield idx, [self._answer(tokens, settings.max_new_tokens) for tokens in new]
+
+    def _left_padded(self, rows: list[list[int]]) -> dict:
+        """Left padding (a tokenizer without a pad token works too): each prompt's answer follows it directly."""
+        import torch
+
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for k, r in enumerate(rows):
+            ids[k, width - len(r):] = torch.tensor(r, dtype=torch.long)
+            mask[k, width - len(r):] = 1
+        return {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
+
+    def _answer(self, tokens: list[int], budget: int) -> Answer:
+        eos = set(self.eos_ids)
+        end = next((k for k, t in enumerate(tokens) if t in eos), None)
+        if end is None:
+            kept, n, reason = tokens[:budget], min(len(tokens), budget), LENGTH
+        else:
+            kept, n, reason = tokens[:end], end + 1, EOS
+        return Answer(self.tokenizer.decode(kept, skip_special_tokens=True).strip(), n, reason)
+
+
+# ---- served model ----
+
+
+class ServedModel:
+    """A model behind an OpenAI-compatible server, asked through the generator's `CompletionClient`.
+
+    With the completions API the prompt is the Alpaca template as text, as for a local model; with the
+    chat API (`api_style="chat"`, for chat models) the user message is the instruction, followed by the
+    input after a blank line when there is one.
+    """
+
+    def __init__(self, client, max_concurrency: int = 8):
+        self.client = client
+        self.max_concurrency = max_concurrency
+
+    def fingerprint(self) -> dict[str, Any]:
+        # A password in the address (user:password@host) must not reach the journal.
+        server = urllib.parse.urlsplit(self.client.base_url)
+        server = server._replace(netloc=server.netloc.rpartition("@")[2]).geturl()
+        return {"server": server, "model": self.client.model, "api_style": self.client.api_style}
+
+    def text_of(self, record: dict) -> str:
+        if self.client.api_style == "chat":
+            return record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
+        return prompt_of(record)
+
+    def answer(self, records: Sequence[dict], settings: GenerationSettings) -> Iterator[tuple[list[int], list[Answer]]]:
+        with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
+            futures = {pool.submit(self.client.complete, [self.text_of(r)],
+                                   settings.seed + i if settings.do_sample else None): i
+                       for i, r in enumerate(records)}
+            try:
+                for fut in as_completed(futures):
+                    reply = fut.result()
+                    choice = reply.choices[0]
+                    n = int(reply.usage.get("completion_tokens", 0))
+                    reason = LENGTH if choice.finish_reason == "length" else EOS
+                    yield [futures[fut]], [Answer(choice.text.strip(), n, reason)]
+            finally:
+                for fut in futures:
+                    fut.cancel()
+
+
+# ---- the run ----
+
+
+def journal_path(output_path: str | Path) -> Path:
+    output_path = Path(output_path)
+    return output_path.with_name(output_path.stem + ".journal.jsonl")
+
+
+def _read_done(path: Path, run: dict) -> dict[int, dict]:
+    """The answers an earlier run with the same identity journaled; refuses a journal of another run."""
+    done: dict[int, dict] = {}
+    for lineno, rec in iter_records(path, repair=True):
+        if rec["t"] == "start":
+            before = rec.get("run", {})
+            changed = sorted(k for k in set(before) | set(run) if before.get(k) != run.get(k))
+            if changed:
+                what = "; ".join(f"{k} was {before.get(k)!r}, now {run.get(k)!r}" for k in changed)
+                raise UsageError(
+                    f"{path} holds outputs of another run ({what}). Run with the same settings to continue it, "
+                    "or pass another --output_path (or delete the journal) to start afresh."
+                )
+        elif rec["t"] == "output":
+            done[int(rec["i"])] = rec
+    return done
+
+
+def write_outputs(
+    records: Sequence[dict],
+    answer_batches: Callable[[list[int]], Iterator[tuple[list[int], list[Answer]]]],
+    output_path: str,
+    generator: str,
+    run: dict,
+    progress: Optional[bool] = None,
+) -> list[dict]:
+    """Answers the records not yet journaled, then writes the output file (atomically, in input order).
+
+    Args:
+        records: the evaluation set.
+        answer_batches: given the indices still to answer, yields (indices, answers) as they are made.
+        output_path: the AlpacaEval-format JSON to write.
+        generator: the `generator` of every record.
+        run: what identifies the run (model, input file, settings); checked against the journal.
+        progress: show the progress bar (None: only on a terminal).
+    Returns:
+        The records written.
+    """
+    from tqdm import tqdm
+
+    jpath = journal_path(output_path)
+    done = _read_done(jpath, run) if jpath.exists() else {}
+    todo = [i for i in range(len(records)) if i not in done]
+    if done:
+        print(f"{jpath}: {len(done)} of {len(records)} answers already made; continuing with the other {len(todo)}",
+              file=sys.stderr, flush=True)
+    bar = tqdm(total=len(records), initial=len(done), unit="answer", dynamic_ncols=True,
+               disable=(not progress) if progress is not None else None)
+    t0, tokens = time.monotonic(), 0
+    with Journal(jpath) as journal:
+        journal.append({"t": "start", "time": time.time(), "run": run}, sync=True)
+        for idx, answers in answer_batches(todo):
+            for k, (i, a) in enumerate(zip(idx, answers)):
+                rec = {"t": "output", "i": i, **dataclasses.asdict(a)}
+                journal.append(rec, sync=k == len(idx) - 1)  # on disk once per batch
+                done[i] = rec
+                tokens += a.n_tokens
+            bar.update(len(idx))
+            bar.set_postfix(tokens_per_s=f"{tokens / max(1e-9, time.monotonic() - t0):.1f}", refresh=False)
+    bar.close()
+    out = []
+    for i, r in enumerate(records):
+        row = {"instruction": r["instruction"]}
+        if "input" in r:
+            row["input"] = r["input"]
+        row.update(output=done[i]["output"], generator=generator)
+        if "dataset" in r:
+            row["dataset"] = r["dataset"]
+        row.update(n_tokens=done[i]["n_tokens"], stop_reason=done[i]["stop_reason"])
+        out.append(row)
+    with atomic_write(output_path) as f:
+        json.dump(out, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+    return out
+
+
+def file_digest(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
