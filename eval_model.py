@@ -13,6 +13,7 @@ OpenAI-compatible server for a served one, a journal that makes a killed run con
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -109,6 +110,98 @@ def outputs(
           + (f" ({stopped} hit --max_new_tokens {max_new_tokens})" if stopped else ""))
 
 
+def judge(
+    model_outputs: str,
+    reference_outputs: str,
+    judge_model: str,
+    output_dir: str,
+    base_url: Optional[str] = None,
+    api_key: Optional[str] = None,
+    api_style: str = "chat",
+    max_concurrency: int = 8,
+    logprobs: bool = True,
+    max_unreadable_retries: int = 2,
+    price_table: Optional[str] = None,
+) -> None:
+    """Judges model outputs against reference outputs pairwise: win rate, summary, report, leaderboard.
+
+    Args:
+        model_outputs: the model's outputs (`eval_model.py outputs`, or any AlpacaEval-format JSON).
+        reference_outputs: the outputs it is compared with, on the same instructions.
+        judge_model: the judge's name on the server.
+        output_dir: summary.json, annotations.json, report.md, judge.png and the journal; leaderboard.csv
+            goes beside it.
+        base_url: an OpenAI-compatible server; default OPENAI_BASE_URL, else OpenAI.
+        api_key: default OPENAI_API_KEY (a local server needs none).
+        api_style: chat or completions.
+        max_concurrency: requests in flight at once.
+        logprobs: ask for the verdict letter's log probabilities (weighting used when every reply has them).
+        max_unreadable_retries: asks again this often when a reply names no letter, then leaves the pair out.
+        price_table: {model: [prompt, completion] USD per 1M tokens} (JSON or a path) for the cost estimate.
+    """
+    import json
+
+    from alpaca_lib.errors import UsageError
+    from alpaca_lib.fileio import atomic_write
+    from alpaca_lib.judge import PROMPT_VERSION, judge_pairs, pair_records, record_on_leaderboard, summarize
+    from alpaca_lib.outputs import file_digest
+    from alpaca_lib.report import CHART_NAME, draw_chart, write_report
+    from alpaca_lib.selfinstruct.accounting import load_price_table
+    from alpaca_lib.data import load_records
+    from alpaca_lib.selfinstruct.client import CompletionClient
+
+    fields = dict(required=("instruction", "output"), optional=("input", "dataset", "generator"))
+    model = load_records(model_outputs, flag="--model_outputs", **fields)
+    reference = load_records(reference_outputs, flag="--reference_outputs", **fields)
+    pairing = pair_records(model, reference)
+    if not pairing.pairs:
+        raise UsageError(f"{model_outputs} and {reference_outputs} share no instruction: nothing to judge. "
+                         f"{pairing.report()}")
+    note = pairing.report()
+    if note:
+        print(f"pairing: {note}")
+    prices = load_price_table(price_table)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    client = CompletionClient(judge_model, base_url=base_url, api_key=api_key, api_style=api_style,
+                              max_tokens=4, temperature=0.0, logit_bias=None, stop=[])
+    # What a resumed run must share (not the server's address: a local server may come back on another port).
+    run = {"judge_model": judge_model, "api_style": api_style, "prompt_version": PROMPT_VERSION,
+           "model_outputs_sha256": file_digest(model_outputs),
+           "reference_outputs_sha256": file_digest(reference_outputs)}
+    result = judge_pairs(client, pairing, out, run, max_concurrency, max_unreadable_retries, 5 if logprobs else 0)
+    weighting = "logprobs" if logprobs and result["all_logprobs"] else "discrete"
+    summary = {
+        "model": _name_of(model, model_outputs), "reference": _name_of(reference, reference_outputs),
+        **summarize(result["verdicts"], weighting, len(result["unreadable"])),
+        "judge_model": judge_model, "prompt_version": PROMPT_VERSION, "usage": result["usage"],
+        "n_only_in_model": len(pairing.only_model), "n_only_in_reference": len(pairing.only_reference),
+        "n_duplicated": len(pairing.duplicated),
+    }
+    price = prices.get(judge_model)
+    summary["cost_usd"] = None if price is None else (
+        result["usage"]["prompt_tokens"] * price[0] + result["usage"]["completion_tokens"] * price[1]) / 1e6
+    if summary["n_pairs"] == 0:
+        raise UsageError(f"no pair got a readable verdict from {judge_model} ({summary['n_unreadable']} unreadable); "
+                         "check that the judge answers with a letter (see annotations.json).")
+    with atomic_write(out / "summary.json") as f:
+        json.dump(summary, f, indent=2)
+    with atomic_write(out / "annotations.json") as f:
+        json.dump(result["verdicts"] + result["unreadable"], f, indent=2, ensure_ascii=False)
+    board = record_on_leaderboard(out.parent / "leaderboard.csv", {**summary, "updated": time.strftime("%Y-%m-%d %H:%M")})
+    draw_chart(out / CHART_NAME, board, [len(v["output_model"]) for v in result["verdicts"]],
+               [len(v["output_reference"]) for v in result["verdicts"]], summary["model"], summary["reference"])
+    write_report(out, summary, result["verdicts"], note)
+    se = summary["standard_error"] or 0.0
+    print(f"win rate of {summary['model']} vs {summary['reference']}: {summary['win_rate']:.1f}% ± {se:.1f} "
+          f"({summary['n_pairs']} pairs, {weighting}); report: {out / 'report.md'}")
+
+
+def _name_of(records: list, path: str) -> str:
+    """A side's name: its records' `generator`, else its file's name."""
+    return records[0].get("generator") or Path(path).stem
+
+
 def chat(model_dir: str, gguf_file: Optional[str] = None, max_new_tokens: int = 512, do_sample: bool = False,
          temperature: float = GenerationSettings.temperature, top_p: float = GenerationSettings.top_p) -> None:
     """Talk to a model through the Alpaca template: an instruction (and optionally an input) per turn.
@@ -131,7 +224,7 @@ def main() -> None:
     from alpaca_lib.selfinstruct.client import GenerationError
 
     try:
-        fire.Fire({"outputs": outputs, "chat": chat})
+        fire.Fire({"outputs": outputs, "judge": judge, "chat": chat})
     except (UsageError, GenerationError) as e:
         exit_with(e)
 

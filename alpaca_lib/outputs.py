@@ -24,7 +24,6 @@ import hashlib
 import json
 import sys
 import time
-import urllib.parse
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,10 +200,8 @@ class ServedModel:
         self.max_concurrency = max_concurrency
 
     def fingerprint(self) -> dict[str, Any]:
-        # A password in the address (user:password@host) must not reach the journal.
-        server = urllib.parse.urlsplit(self.client.base_url)
-        server = server._replace(netloc=server.netloc.rpartition("@")[2]).geturl()
-        return {"server": server, "model": self.client.model, "api_style": self.client.api_style}
+        # The model, not the server's address: a local server may come back on another port.
+        return {"model": self.client.model, "api_style": self.client.api_style}
 
     def text_of(self, record: dict) -> str:
         if self.client.api_style == "chat":

@@ -99,6 +99,8 @@ class Choice:
 
     text: str
     finish_reason: str | None
+    # {token: logprob} of the reply's first token, when asked for (`complete(..., logprobs=k)`) and sent.
+    first_logprobs: dict[str, float] | None = None
 
 
 @dataclass
@@ -188,7 +190,7 @@ class CompletionClient:
     def base_url(self) -> str:
         return str(self._client.base_url)
 
-    def _request(self, prompts: Sequence[str], seed: int | None, max_tokens: int) -> Any:
+    def _request(self, prompts: Sequence[str], seed: int | None, max_tokens: int, logprobs: int = 0) -> Any:
         args: dict[str, Any] = dict(model=self.model, temperature=self.temperature, top_p=self.top_p)
         if self.stop:
             args["stop"] = self.stop
@@ -197,6 +199,10 @@ class CompletionClient:
             args["logit_bias"] = self.logit_bias
         if self.send_seed and seed is not None:
             args["seed"] = seed
+        if logprobs and self.api_style == "completions":
+            args["logprobs"] = logprobs
+        elif logprobs:
+            args.update(logprobs=True, top_logprobs=logprobs)
         if self.api_style == "completions":
             prompt: Any = prompts[0] if len(prompts) == 1 else list(prompts)
             return self._client.completions.create(prompt=prompt, **args)
@@ -221,13 +227,25 @@ class CompletionClient:
                     text = ""  # a chat reply with no content (e.g. refused) parses to nothing
             if not isinstance(text, str):
                 raise _BadReply("a choice has no text")
-            out.append(Choice(text=text, finish_reason=getattr(c, "finish_reason", None)))
+            out.append(Choice(text=text, finish_reason=getattr(c, "finish_reason", None),
+                              first_logprobs=self._first_logprobs(c)))
         usage = {}
         u = getattr(resp, "usage", None)
         for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
             value = getattr(u, key, None) if u is not None else None
             usage[key] = int(value) if isinstance(value, (int, float)) else 0
         return out, usage
+
+    def _first_logprobs(self, choice: Any) -> dict[str, float] | None:
+        """{token: logprob} of the first generated token's top alternatives, if the server sent them."""
+        lp = getattr(choice, "logprobs", None)
+        try:
+            if self.api_style == "completions":
+                top = lp.top_logprobs[0]
+                return {str(k): float(v) for k, v in dict(top).items()}
+            return {str(t.token): float(t.logprob) for t in lp.content[0].top_logprobs}
+        except (AttributeError, IndexError, TypeError, ValueError):
+            return None
 
     def _wait(self, attempt: int, exc: BaseException | None) -> None:
         delay = min(self.backoff_max_s, self.backoff_s * (2**attempt)) * (0.5 + random.random() / 2)
@@ -240,12 +258,14 @@ class CompletionClient:
                 pass
         self._sleep(delay)
 
-    def complete(self, prompts: Sequence[str], seed: int | None = None) -> Reply:
+    def complete(self, prompts: Sequence[str], seed: int | None = None, logprobs: int = 0) -> Reply:
         """Sends one request for `prompts` (several only with the completions API) and returns the reply.
 
         Args:
             prompts: the prompt texts.
             seed: a per-request seed sent to the server (if send_seed).
+            logprobs: ask for this many top alternatives of each generated token (0: none); the first
+                token's come back in `Choice.first_logprobs`.
         Returns:
             A Reply with one Choice per prompt, in prompt order, and the usage the server reported.
         Raises:
@@ -261,7 +281,7 @@ class CompletionClient:
             with self._lock:
                 max_tokens = self.max_tokens
             try:
-                resp = self._request(prompts, seed, max_tokens)
+                resp = self._request(prompts, seed, max_tokens, logprobs)
                 choices, usage = self._parse(resp, len(prompts))
                 return Reply(choices, usage, attempts, time.monotonic() - start, max_tokens)
             except openai.BadRequestError as e:
