@@ -82,13 +82,14 @@ def outputs(
     records = load_instructions(instructions_path)
     run = {"instructions_sha256": file_digest(instructions_path), **{k: v for k, v in vars(settings).items()}}
     if model_dir is not None:
-        model = LocalModel.load(model_dir, gguf_file, dtype)
         prompts = [prompt_of(r) for r in records]
 
-        def answer_batches(todo):
+        def answer_batches(todo):  # the model loads only when there is something left to answer
+            model = LocalModel.load(model_dir, gguf_file, dtype)
             for idx, answers in model.answer([prompts[i] for i in todo], settings, batch_size):
                 yield [todo[i] for i in idx], answers
 
+        identity = LocalModel.fingerprint(model_dir, gguf_file)
         generator = generator or Path(model_dir).resolve().name
     else:
         from alpaca_lib.selfinstruct.client import CompletionClient
@@ -97,13 +98,14 @@ def outputs(
                                   max_tokens=max_new_tokens, temperature=temperature if do_sample else 0.0,
                                   top_p=top_p if do_sample else 1.0, logit_bias=None, stop=[])
         model = ServedModel(client, max_concurrency)
+        identity = model.fingerprint()
 
         def answer_batches(todo):
             for idx, answers in model.answer([records[i] for i in todo], settings):
                 yield [todo[i] for i in idx], answers
 
         generator = generator or model_name
-    run.update(model.fingerprint(), generator=generator)
+    run.update(identity, generator=generator)
     written = write_outputs(records, answer_batches, output_path, generator, run)
     stopped = sum(r["stop_reason"] == "length" for r in written)
     print(f"wrote {len(written)} outputs of {generator} to {output_path}"

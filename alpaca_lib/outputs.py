@@ -91,13 +91,10 @@ class LocalModel:
     Args:
         model: the causal LM (on the device it should run on).
         tokenizer: its tokenizer.
-        model_dir: where it was loaded from (for `fingerprint`).
     """
 
-    def __init__(self, model, tokenizer, model_dir: Optional[str] = None, gguf_file: Optional[str] = None):
+    def __init__(self, model, tokenizer):
         self.model, self.tokenizer = model.eval(), tokenizer
-        self.model_dir = Path(model_dir) if model_dir is not None else None
-        self.gguf_file = gguf_file
         self.device = next(model.parameters()).device
         eos = model.generation_config.eos_token_id
         eos = [eos] if isinstance(eos, int) else list(eos or [])
@@ -105,7 +102,7 @@ class LocalModel:
             eos.append(tokenizer.eos_token_id)
         self.eos_ids = sorted(set(eos))
         if not self.eos_ids:
-            raise UsageError(f"{model_dir}: the tokenizer and generation config name no EOS token; answers cannot end.")
+            raise UsageError("the tokenizer and generation config name no EOS token; answers cannot end.")
         # Without a pad token (e.g. a base model), pad with EOS: the attention mask hides padding anyway.
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
 
@@ -125,17 +122,20 @@ class LocalModel:
             dtype = "bfloat16" if device == "cuda" else "float32"
         tokenizer = AutoTokenizer.from_pretrained(model_dir, **extra)
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype), **extra).to(device)
-        return cls(model, tokenizer, model_dir, gguf_file)
+        return cls(model, tokenizer)
 
-    def fingerprint(self) -> dict[str, Any]:
-        """What identifies the weights: the config's digest and each weight file's name, size and mtime."""
-        files = sorted(p for p in self.model_dir.iterdir()
+    @staticmethod
+    def fingerprint(model_dir: str, gguf_file: Optional[str] = None) -> dict[str, Any]:
+        """What identifies a saved model without loading it: its folder and each weight file's name, size
+        and mtime (retraining into the same folder changes it)."""
+        folder = Path(model_dir)
+        files = sorted(p for p in folder.iterdir()
                        if p.suffix in (".safetensors", ".bin", ".gguf") or p.name == "config.json")
         h = hashlib.sha256()
         for p in files:
             st = p.stat()
             h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
-        return {"model": str(self.model_dir.resolve()), "gguf_file": self.gguf_file, "weights": h.hexdigest()}
+        return {"model": str(folder.resolve()), "gguf_file": gguf_file, "weights": h.hexdigest()}
 
     def answer(self, prompts: Sequence[str], settings: GenerationSettings, batch_size: int) -> Iterator[
             tuple[list[int], list[Answer]]]:
@@ -145,6 +145,8 @@ class LocalModel:
         """
         import torch
 
+        if not prompts:
+            return
         encoded = self.tokenizer(list(prompts))["input_ids"]
         order = sorted(range(len(prompts)), key=lambda i: (-len(encoded[i]), i))
         if settings.do_sample:
@@ -284,7 +286,7 @@ def write_outputs(
     t0, tokens = time.monotonic(), 0
     with Journal(jpath) as journal:
         journal.append({"t": "start", "time": time.time(), "run": run}, sync=True)
-        for idx, answers in answer_batches(todo):
+        for idx, answers in answer_batches(todo) if todo else ():
             for k, (i, a) in enumerate(zip(idx, answers)):
                 rec = {"t": "output", "i": i, **dataclasses.asdict(a)}
                 journal.append(rec, sync=k == len(idx) - 1)  # on disk once per batch

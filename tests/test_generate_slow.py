@@ -44,24 +44,9 @@ def _gguf_dir() -> Path | None:
 
 def _plain_checkpoint(gguf_dir: Path) -> Path:
     """A safetensors checkpoint of the GGUF model (dequantized), made once and cached."""
-    if (CACHE_DIR / "config.json").exists() and (CACHE_DIR / "model.safetensors").exists():
-        return CACHE_DIR
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from alpaca_lib.modeling import save_dense_copy
 
-    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=GGUF_NAME, dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=GGUF_NAME)
-    # The GGUF config names no architecture and marks the weights as GGUF-quantized; once loaded
-    # they are plain tensors, saved as such.
-    model.config.architectures = [type(model).__name__]
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    tmp = CACHE_DIR.with_name(CACHE_DIR.name + ".tmp")
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    tmp.rename(CACHE_DIR)
-    return CACHE_DIR
+    return Path(save_dense_copy(str(gguf_dir), GGUF_NAME, str(CACHE_DIR)))
 
 
 def _free_port() -> int:

