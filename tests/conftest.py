@@ -89,3 +89,21 @@ def run_train_expecting_error(tmp_path: Path, args: list[str]) -> str:
     assert proc.returncode != 0, proc.stdout[-2000:]
     assert not (tmp_path / "out").exists()
     return proc.stderr
+
+
+def kill_when_journaled(cmd: list[str], cwd: Path, journal: Path, marker: str, count: int) -> None:
+    """Starts `cmd` and SIGKILLs it once `journal` holds `count` lines containing `marker` (a kill mid-run).
+
+    Asserts that the process was still running then, so the kill really interrupted it.
+    """
+    import signal
+    import time
+
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        while proc.poll() is None and not (journal.exists() and journal.read_text().count(marker) >= count):
+            time.sleep(0.005)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"

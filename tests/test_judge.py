@@ -12,9 +12,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,7 +20,7 @@ import pytest
 
 import eval_model
 from alpaca_lib.judge import JOURNAL_NAME, length_controlled_win_rate, read_verdict
-from conftest import REPO_ROOT, run_script
+from conftest import REPO_ROOT, kill_when_journaled, run_script
 from openai_stub import OpenAIStub, Request, Step, chat_body, error
 
 EVAL_MODEL = str(REPO_ROOT / "eval_model.py")
@@ -128,14 +125,7 @@ def test_killed_judge_resumes_without_paying_twice_and_refuses_another_judge(tmp
            "--judge_model", "judge-m", "--output_dir", str(out), "--max_concurrency", "1"]
     journal = out / JOURNAL_NAME
     with OpenAIStub(default=_judge(delay_s=0.1)) as stub:
-        proc = subprocess.Popen([*cmd, "--base_url", stub.base_url], cwd=tmp_path, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        try:
-            while proc.poll() is None and not (journal.exists() and journal.read_text().count('"verdict"') >= 5):
-                pass
-        finally:
-            proc.send_signal(signal.SIGKILL)
-        assert proc.wait() == -signal.SIGKILL
+        kill_when_journaled([*cmd, "--base_url", stub.base_url], tmp_path, journal, '"t": "verdict"', 5)
         first = len(stub.requests)
         verdicts = [json.loads(line) for line in journal.read_text().splitlines() if '"t": "verdict"' in line]
         assert 5 <= len(verdicts) < 14 and not (out / "summary.json").exists()

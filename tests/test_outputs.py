@@ -13,8 +13,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +21,7 @@ import pytest
 
 import eval_model
 from alpaca_lib.outputs import EOS, LENGTH, GenerationSettings, LocalModel, journal_path, load_instructions, prompt_of
-from conftest import REPO_ROOT, run_script
+from conftest import REPO_ROOT, kill_when_journaled, run_script
 from openai_stub import OpenAIStub, Request, Step, chat_body, completion_body, error
 from utils import PROMPT_DICT
 
@@ -108,15 +106,8 @@ def test_killed_run_resumes_without_losing_or_repeating_an_answer(tiny_llama_dir
     run_script(_outputs(tmp_path, tiny_llama_dir, ref, ["--batch_size", "1"]), tmp_path)
     out = tmp_path / "killed" / "outputs.json"
     cmd = _outputs(tmp_path, tiny_llama_dir, out, ["--batch_size", "1"])
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
     journal = journal_path(out)
-    try:
-        while proc.poll() is None and not (journal.exists() and journal.read_text().count('"t": "output"') >= 10):
-            pass
-    finally:
-        proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL
+    kill_when_journaled(cmd, tmp_path, journal, '"t": "output"', 10)
     assert not out.exists()
     killed_at = journal.read_text().count('"t": "output"')
     assert 10 <= killed_at < 40
