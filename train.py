@@ -48,7 +48,6 @@ from alpaca_lib.checkpoints import (
     checkpoint_to_resume,
     delete_checkpoints,
 )
-from alpaca_lib.errors import UsageError, exit_with
 from alpaca_lib.data import (
     DataError,
     EncodedData,
@@ -58,6 +57,7 @@ from alpaca_lib.data import (
     labels_for,
     load_records,
 )
+from alpaca_lib.errors import UsageError, exit_with
 from alpaca_lib.lora import (
     ADAPTER_SUBDIR,
     DEFAULT_TARGET_MODULES,
