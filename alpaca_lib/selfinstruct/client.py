@@ -24,6 +24,7 @@ import random
 import re
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -49,6 +50,14 @@ _RETRY_STATUS = {408, 409, 429}
 def _base_name(model: str) -> str:
     # "openai/gpt-3.5-turbo-instruct" and "gpt-3.5-turbo-instruct" name the same model.
     return model.rsplit("/", 1)[-1]
+
+
+def redact_url(url: str | None) -> str | None:
+    """`url` without the `user:password@` part: what may be written to a journal, a log or a report."""
+    if not url:
+        return url
+    parts = urllib.parse.urlsplit(url)
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
 def infer_api_style(model: str) -> str:
@@ -188,7 +197,8 @@ class CompletionClient:
 
     @property
     def base_url(self) -> str:
-        return str(self._client.base_url)
+        """The server's address, without a password it may carry (for messages)."""
+        return redact_url(str(self._client.base_url))
 
     def _request(self, prompts: Sequence[str], seed: int | None, max_tokens: int, logprobs: int = 0) -> Any:
         args: dict[str, Any] = dict(model=self.model, temperature=self.temperature, top_p=self.top_p)

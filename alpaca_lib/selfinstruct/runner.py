@@ -28,7 +28,7 @@ from alpaca_lib.errors import UsageError
 from utils import jdump, jload
 
 from .accounting import format_summary, load_price_table, summarize
-from .client import CompletionClient, GenerationError
+from .client import CompletionClient, GenerationError, redact_url
 from .config import GenerateConfig
 from .journal import JOURNAL_NAME, Journal, JournalState, read_journal
 from .postprocess import encode_prompt, load_seed_tasks, post_process_gpt3_response, sha256_of, strip_repeated_header
@@ -136,7 +136,9 @@ def run_generation(cfg: GenerateConfig, client: Any = None, progress: bool | Non
             state.batches.append({k_: v for k_, v in rec.items() if k_ != "items"})
         if state.items:
             print(f"Loaded {len(state.items)} machine-generated instructions")
+        # No secret reaches the journal: the key is left out, a password in the address is cut.
         settings = {k_: v for k_, v in asdict(cfg).items() if k_ != "api_key"}
+        settings["base_url"] = redact_url(cfg.base_url)
         journal.append(
             {
                 "t": "start",
