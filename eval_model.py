@@ -80,7 +80,7 @@ def outputs(
     if Path(output_path).resolve() == Path(instructions_path).resolve():
         raise UsageError("--output_path is the --instructions_path file; write the outputs to another file.")
     records = load_instructions(instructions_path)
-    run = {"instructions_sha256": file_digest(instructions_path), **{k: v for k, v in vars(settings).items()}}
+    run = {"instructions_sha256": file_digest(instructions_path), **vars(settings)}
     if model_dir is not None:
         prompts = [prompt_of(r) for r in records]
 

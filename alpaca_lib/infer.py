@@ -52,8 +52,7 @@ def chat_loop(model_dir: str, gguf_file: Optional[str] = None, max_new_tokens: i
     from transformers import TextStreamer
 
     lm = LocalModel.load(model_dir, gguf_file)
-    sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if do_sample else \
-        dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+    sampling = GenerationSettings(do_sample=do_sample, temperature=temperature, top_p=top_p).sampling_kwargs()
 
     class _Streamer(TextStreamer):
         def on_finalized_text(self, text: str, stream_end: bool = False) -> None:

@@ -29,8 +29,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from alpaca_lib.errors import UsageError
-from alpaca_lib.selfinstruct.journal import Journal, iter_records
+from alpaca_lib.selfinstruct.journal import Journal, records_of_run
 
 PROMPT_VERSION = "pairwise-v1"
 JUDGE_PROMPT = """You are judging two AI assistants' responses to the same request from a user.
@@ -206,17 +205,9 @@ def judge_pairs(client, pairing: Pairing, output_dir: Path, run: dict, max_concu
     from tqdm import tqdm
 
     jpath = output_dir / JOURNAL_NAME
-    done: dict[tuple[int, int], dict] = {}
-    if jpath.exists():
-        for _, rec in iter_records(jpath, repair=True):
-            if rec["t"] == "start":
-                changed = sorted(k for k in set(rec["run"]) | set(run) if rec["run"].get(k) != run.get(k))
-                if changed:
-                    what = "; ".join(f"{k} was {rec['run'].get(k)!r}, now {run.get(k)!r}" for k in changed)
-                    raise UsageError(f"{jpath} belongs to another judging run ({what}). Use the same settings to "
-                                     "continue it, or another --output_dir to start afresh.")
-            elif rec["t"] == "verdict":
-                done[(rec["pair"], rec["order"])] = rec
+    earlier = records_of_run(jpath, run, "belongs to another judging run|Use the same settings to continue it, "
+                             "or another --output_dir to start afresh.")
+    done = {(rec["pair"], rec["order"]): rec for rec in earlier if rec["t"] == "verdict"}
     tasks = [(i, o) for i in range(len(pairing.pairs)) for o in (0, 1) if (i, o) not in done]
     bar = tqdm(total=2 * len(pairing.pairs), initial=2 * len(pairing.pairs) - len(tasks), unit="verdict",
                dynamic_ncols=True, disable=(not progress) if progress is not None else None)

@@ -59,14 +59,14 @@ def save_dense_copy(model_dir: str, gguf_file: str, out_dir: str) -> str:
         python -c "from alpaca_lib.modeling import save_dense_copy; save_dense_copy(DIR, 'm.gguf', 'out')"
 
     `transformers serve` and other tools cannot start from a GGUF file whose config names no architecture;
-    the copy can. It is written to a temporary folder and renamed, so a killed export leaves no half copy.
+    the copy can. It is written to a staging folder and renamed, so a killed export leaves no half copy.
     """
-    import shutil
-    import tempfile
     from pathlib import Path
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from alpaca_lib.fileio import staging_dir
 
     out = Path(out_dir)
     if (out / "config.json").exists() and (out / "model.safetensors").exists():
@@ -78,13 +78,7 @@ def save_dense_copy(model_dir: str, gguf_file: str, out_dir: str) -> str:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with staging_dir(out, overwrite=True) as tmp:  # a half copy left by a killed export is replaced
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return str(out)

@@ -32,7 +32,8 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 from alpaca_lib.data import load_records
 from alpaca_lib.errors import UsageError
 from alpaca_lib.fileio import atomic_write
-from alpaca_lib.selfinstruct.journal import Journal, iter_records
+from alpaca_lib.selfinstruct.journal import Journal, records_of_run
+from alpaca_lib.selfinstruct.postprocess import sha256_of
 from utils import format_prompt
 
 INSTRUCTION_FIELDS = ("instruction",)
@@ -49,6 +50,12 @@ class GenerationSettings:
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (with --do_sample True)."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling top_p (with --do_sample True)."})
     seed: int = field(default=0, metadata={"help": "Seed of the sampling (with --do_sample True)."})
+
+    def sampling_kwargs(self) -> dict[str, Any]:
+        """`generate`'s sampling arguments: sampled, or greedy with the model's own sampling defaults off."""
+        if self.do_sample:
+            return dict(do_sample=True, temperature=self.temperature, top_p=self.top_p)
+        return dict(do_sample=False, temperature=None, top_p=None, top_k=None)
 
     def check(self) -> None:
         if not isinstance(self.max_new_tokens, int) or isinstance(self.max_new_tokens, bool) or self.max_new_tokens < 1:
@@ -154,12 +161,10 @@ class LocalModel:
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             batch = self._left_padded([encoded[i] for i in idx])
-            sampling = dict(do_sample=True, temperature=settings.temperature, top_p=settings.top_p) \
-                if settings.do_sample else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
             with torch.no_grad():
                 out = self.model.generate(
                     **batch, max_new_tokens=settings.max_new_tokens, use_cache=True,
-                    eos_token_id=self.eos_ids, pad_token_id=self.pad_id, **sampling,
+                    eos_token_id=self.eos_ids, pad_token_id=self.pad_id, **settings.sampling_kwargs(),
                 )
             new = out[:, batch["input_ids"].shape[1]:].tolist()
             yield idx, [self._answer(tokens, settings.max_new_tokens) for tokens in new]
@@ -235,24 +240,6 @@ def journal_path(output_path: str | Path) -> Path:
     return output_path.with_name(output_path.stem + ".journal.jsonl")
 
 
-def _read_done(path: Path, run: dict) -> dict[int, dict]:
-    """The answers an earlier run with the same identity journaled; refuses a journal of another run."""
-    done: dict[int, dict] = {}
-    for lineno, rec in iter_records(path, repair=True):
-        if rec["t"] == "start":
-            before = rec.get("run", {})
-            changed = sorted(k for k in set(before) | set(run) if before.get(k) != run.get(k))
-            if changed:
-                what = "; ".join(f"{k} was {before.get(k)!r}, now {run.get(k)!r}" for k in changed)
-                raise UsageError(
-                    f"{path} holds outputs of another run ({what}). Run with the same settings to continue it, "
-                    "or pass another --output_path (or delete the journal) to start afresh."
-                )
-        elif rec["t"] == "output":
-            done[int(rec["i"])] = rec
-    return done
-
-
 def write_outputs(
     records: Sequence[dict],
     answer_batches: Callable[[list[int]], Iterator[tuple[list[int], list[Answer]]]],
@@ -276,7 +263,9 @@ def write_outputs(
     from tqdm import tqdm
 
     jpath = journal_path(output_path)
-    done = _read_done(jpath, run) if jpath.exists() else {}
+    earlier = records_of_run(jpath, run, "holds outputs of another run|Run with the same settings to continue it, "
+                             "or pass another --output_path (or delete the journal) to start afresh.")
+    done = {int(rec["i"]): rec for rec in earlier if rec["t"] == "output"}
     todo = [i for i in range(len(records)) if i not in done]
     if done:
         print(f"{jpath}: {len(done)} of {len(records)} answers already made; continuing with the other {len(todo)}",
@@ -312,4 +301,4 @@ def write_outputs(
 
 
 def file_digest(path: str) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return sha256_of(Path(path).read_bytes())

@@ -8,6 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from alpaca_lib.fileio import atomic_write
+
 CHART_NAME = "judge.png"
 REPORT_NAME = "report.md"
 
@@ -41,10 +43,9 @@ def draw_chart(path: Path, leaderboard: Sequence[dict], len_model: Sequence[int]
     ax2.set_title("Output lengths")
     ax2.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def _quote(text: str, limit: int = 400) -> str:
@@ -54,8 +55,6 @@ def _quote(text: str, limit: int = 400) -> str:
 
 def write_report(output_dir: Path, summary: dict, verdicts: Sequence[dict], pairing_note: str, n_lost: int = 3) -> None:
     """report.md: the headline numbers, how they were made, and the pairs the model lost most clearly."""
-    from alpaca_lib.fileio import atomic_write
-
     s = summary
     lc = s["length_controlled_win_rate"]
     lines = [

@@ -72,6 +72,33 @@ def iter_records(path: Path, repair: bool) -> Iterator[tuple[int, dict]]:
         yield lineno, rec
 
 
+def records_of_run(path: Path, run: dict[str, Any], mismatch: str) -> list[dict]:
+    """The records of a journal whose "start" records all carry `run` (what identifies the run).
+
+    Args:
+        path: the journal (absent: no records).
+        run: the identity this run would write in its "start" record.
+        mismatch: how the refusal reads: "PATH <mismatch> (what changed). <the rest>", e.g.
+            "holds outputs of another run|Run with the same settings ...".
+    Raises:
+        UsageError: an earlier run with another identity wrote to this journal; the message names each
+            setting that changed, with its old and new value.
+    """
+    if not path.exists():
+        return []
+    what, fix = mismatch.split("|")
+    records = []
+    for _, rec in iter_records(path, repair=True):
+        if rec["t"] == "start":
+            before = rec.get("run", {})
+            changed = sorted(k for k in set(before) | set(run) if before.get(k) != run.get(k))
+            if changed:
+                diff = "; ".join(f"{k} was {before.get(k)!r}, now {run.get(k)!r}" for k in changed)
+                raise UsageError(f"{path} {what} ({diff}). {fix}")
+        records.append(rec)
+    return records
+
+
 def read_journal(path: str | os.PathLike, repair: bool = False) -> JournalState:
     """Rebuilds the run's state from a journal.
 
