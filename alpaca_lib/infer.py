@@ -43,13 +43,15 @@ def generate_responses(
 
 
 def chat_loop(model_dir: str, gguf_file: Optional[str] = None, max_new_tokens: int = 512, do_sample: bool = False,
-         temperature: float = 0.7, top_p: float = 1.0, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout,
-         stderr: TextIO = sys.stderr) -> None:
+              temperature: float = 0.7, top_p: float = 1.0, stdin: Optional[TextIO] = None,
+              stdout: Optional[TextIO] = None, stderr: Optional[TextIO] = None) -> None:
     """An interactive loop: reads an instruction, then an optional input (an empty line for none), and streams
     the answer. Ends at end of input (Ctrl-D). Prompts go to stderr, answers to stdout (one turn per line).
     """
     import torch
     from transformers import TextStreamer
+
+    stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
 
     lm = LocalModel.load(model_dir, gguf_file)
     sampling = GenerationSettings(do_sample=do_sample, temperature=temperature, top_p=top_p).sampling_kwargs()
