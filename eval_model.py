@@ -38,6 +38,8 @@ def outputs(
     top_p: float = GenerationSettings.top_p,
     seed: int = GenerationSettings.seed,
     dtype: str = "auto",
+    request_timeout: float = 300.0,
+    max_retries: int = 6,
 ) -> None:
     """Writes the model's answer to every instruction of an evaluation set, in AlpacaEval's format.
 
@@ -56,8 +58,11 @@ def outputs(
         max_new_tokens: most tokens per answer.
         do_sample: sample instead of greedy decoding (then --temperature, --top_p, --seed).
         dtype: a local model's weights: auto (bfloat16 on a GPU, float32 on CPU), float32, bfloat16, float16.
+        request_timeout: seconds before a request to the server counts as failed (it is then retried).
+        max_retries: retries of one request after 429/5xx/timeouts/connection errors.
     """
     from alpaca_lib.errors import UsageError
+    from alpaca_lib.preflight import check_model_source, check_output_file
     from alpaca_lib.outputs import (
         LocalModel,
         ServedModel,
@@ -75,10 +80,9 @@ def outputs(
         raise UsageError("--base_url needs --model_name: the name the server knows the model by.")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise UsageError(f"--batch_size must be a positive integer; got {batch_size!r}")
-    if model_dir is not None and not Path(model_dir).is_dir():
-        raise UsageError(f"--model_dir {model_dir}: no such folder (a saved model, e.g. train.py's --output_dir).")
-    if Path(output_path).resolve() == Path(instructions_path).resolve():
-        raise UsageError("--output_path is the --instructions_path file; write the outputs to another file.")
+    if model_dir is not None:
+        check_model_source(model_dir, gguf_file, flag="--model_dir")
+    check_output_file(output_path, "--output_path", {"--instructions_path": instructions_path})
     records = load_instructions(instructions_path)
     run = {"instructions_sha256": file_digest(instructions_path), **vars(settings)}
     if model_dir is not None:
@@ -96,7 +100,8 @@ def outputs(
 
         client = CompletionClient(model_name, base_url=base_url, api_key=api_key, api_style=api_style,
                                   max_tokens=max_new_tokens, temperature=temperature if do_sample else 0.0,
-                                  top_p=top_p if do_sample else 1.0, logit_bias=None, stop=[])
+                                  top_p=top_p if do_sample else 1.0, logit_bias=None, stop=[],
+                                  request_timeout=request_timeout, max_retries=max_retries)
         model = ServedModel(client, max_concurrency)
         identity = model.fingerprint()
 
@@ -124,6 +129,8 @@ def judge(
     logprobs: bool = True,
     max_unreadable_retries: int = 2,
     price_table: Optional[str] = None,
+    request_timeout: float = 300.0,
+    max_retries: int = 6,
 ) -> None:
     """Judges model outputs against reference outputs pairwise: win rate, summary, report, leaderboard.
 
@@ -140,6 +147,8 @@ def judge(
         logprobs: ask for the verdict letter's log probabilities (weighting used when every reply has them).
         max_unreadable_retries: asks again this often when a reply names no letter, then leaves the pair out.
         price_table: {model: [prompt, completion] USD per 1M tokens} (JSON or a path) for the cost estimate.
+        request_timeout: seconds before a request counts as failed (it is then retried).
+        max_retries: retries of one request after 429/5xx/timeouts/connection errors.
     """
     import json
 
@@ -152,6 +161,11 @@ def judge(
     from alpaca_lib.data import load_records
     from alpaca_lib.selfinstruct.client import CompletionClient
 
+    from alpaca_lib.preflight import check_not_an_input, check_output_dir
+
+    check_output_dir(output_dir, "--output_dir")
+    check_not_an_input(output_dir, "--output_dir", {"--model_outputs": model_outputs,
+                                                    "--reference_outputs": reference_outputs})
     fields = dict(required=("instruction", "output"), optional=("input", "dataset", "generator"))
     model = load_records(model_outputs, flag="--model_outputs", **fields)
     reference = load_records(reference_outputs, flag="--reference_outputs", **fields)
@@ -163,10 +177,11 @@ def judge(
     if note:
         print(f"pairing: {note}")
     prices = load_price_table(price_table)
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     client = CompletionClient(judge_model, base_url=base_url, api_key=api_key, api_style=api_style,
-                              max_tokens=4, temperature=0.0, logit_bias=None, stop=[])
+                              max_tokens=4, temperature=0.0, logit_bias=None, stop=[],
+                              request_timeout=request_timeout, max_retries=max_retries)
+    out = Path(output_dir)  # made only once everything above has passed
+    out.mkdir(parents=True, exist_ok=True)
     # What a resumed run must share (not the server's address: a local server may come back on another port).
     run = {"judge_model": judge_model, "api_style": api_style, "prompt_version": PROMPT_VERSION,
            "model_outputs_sha256": file_digest(model_outputs),
@@ -219,14 +234,22 @@ def chat(model_dir: str, gguf_file: Optional[str] = None, max_new_tokens: int = 
     chat_loop(model_dir, gguf_file, max_new_tokens, do_sample, temperature, top_p)
 
 
-def main() -> None:
+COMMANDS = {"outputs": outputs, "judge": judge, "chat": chat}
+
+
+def main(argv: Optional[list] = None) -> None:
+    import sys
+
     import fire
 
     from alpaca_lib.errors import UsageError, exit_with
+    from alpaca_lib.preflight import check_fire_flags
     from alpaca_lib.selfinstruct.client import GenerationError
 
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        fire.Fire({"outputs": outputs, "judge": judge, "chat": chat})
+        check_fire_flags(argv, COMMANDS, "eval_model.py")
+        fire.Fire(COMMANDS, command=argv)
     except (UsageError, GenerationError) as e:
         exit_with(e)
 

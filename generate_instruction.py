@@ -74,10 +74,13 @@ def main() -> None:
     import fire
 
     from alpaca_lib.errors import UsageError, exit_with
+    from alpaca_lib.preflight import check_fire_flags
     from alpaca_lib.selfinstruct.client import GenerationError
 
+    commands = {"generate_instruction_following_data": generate_instruction_following_data, "to_alpaca": to_alpaca}
     try:
-        fire.Fire({"generate_instruction_following_data": generate_instruction_following_data, "to_alpaca": to_alpaca})
+        check_fire_flags(sys.argv[1:], commands, "generate_instruction.py")
+        fire.Fire(commands)
     except (UsageError, GenerationError) as e:  # a mistake to fix, or a server that kept failing: no traceback
         exit_with(e)
     except KeyboardInterrupt:

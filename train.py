@@ -47,6 +47,7 @@ from alpaca_lib.checkpoints import (
     StopOnSigterm,
     checkpoint_to_resume,
     delete_checkpoints,
+    run_identity,
 )
 from alpaca_lib.data import (
     DataError,
@@ -76,6 +77,13 @@ from alpaca_lib.modeling import (
     smart_tokenizer_and_embedding_resize,
 )
 from alpaca_lib.packing import DataCollatorForPackedRows, PackedDataset, packing_mode
+from alpaca_lib.preflight import (
+    check_model_source,
+    check_not_an_input,
+    check_output_dir,
+    check_report_to,
+    unknown_flags_error,
+)
 from alpaca_lib.saving import save_final
 from alpaca_lib.split import hold_out
 from utils import PROMPT_DICT
@@ -390,7 +398,62 @@ class Preempted(Exception):
     """Training stopped early on SIGTERM, after saving a checkpoint to resume from."""
 
 
+class _FlagParser(transformers.HfArgumentParser):
+    """HfArgumentParser whose mistakes are `FlagError`s: one line, not a traceback or a page of usage."""
+
+    def error(self, message: str):
+        raise FlagError(f"{message}. See `python train.py --help`.")
+
+
+def parse_flags(argv: Optional[Sequence[str]] = None):
+    """Parses the command line into (ModelArguments, DataArguments, TrainingArguments).
+
+    Raises:
+        FlagError: an unknown flag (with the nearest known one), a value of the wrong type, or flags that
+            transformers' own checks refuse.
+    """
+    types = (ModelArguments, DataArguments, TrainingArguments)
+    parser = _FlagParser(types)
+    try:
+        *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    except UsageError:
+        raise
+    except ValueError as e:  # a check in transformers' TrainingArguments.__post_init__
+        raise FlagError(str(e)) from None
+    if unknown:
+        known = [f"--{f.name}" for t in types for f in dataclasses.fields(t)]
+        flags = [a.split("=", 1)[0] for a in unknown if a.startswith("-")] or [f"(value) {unknown[0]}"]
+        raise unknown_flags_error(flags, known, "train.py")
+    return parsed
+
+
+def _ranges(model_args: ModelArguments, training_args: TrainingArguments):
+    """(flag, value, in range, what is expected) for the numeric flags whose wrong values would fail only
+    after the model has loaded, or silently train nothing."""
+    t, m = training_args, model_args
+    return [
+        ("--per_device_train_batch_size", t.per_device_train_batch_size, t.per_device_train_batch_size >= 1, ">= 1"),
+        ("--per_device_eval_batch_size", t.per_device_eval_batch_size, t.per_device_eval_batch_size >= 1, ">= 1"),
+        ("--gradient_accumulation_steps", t.gradient_accumulation_steps, t.gradient_accumulation_steps >= 1, ">= 1"),
+        ("--model_max_length", t.model_max_length, t.model_max_length >= 2,
+         ">= 2 tokens (room for a prompt token and a response token)"),
+        ("--learning_rate", t.learning_rate, t.learning_rate > 0, "> 0"),
+        ("--weight_decay", t.weight_decay, t.weight_decay >= 0, ">= 0"),
+        ("--warmup_steps", t.warmup_steps, t.warmup_steps >= 0, ">= 0 (steps, or a ratio below 1)"),
+        ("--logging_steps", t.logging_steps, t.logging_steps > 0, "> 0"),
+        ("--save_steps", t.save_steps, t.save_steps > 0, "> 0"),
+        ("--max_steps", t.max_steps, t.max_steps >= 1 or t.max_steps == -1,
+         ">= 1, or -1 (the default) to train for --num_train_epochs"),
+        ("--num_train_epochs", t.num_train_epochs, t.num_train_epochs > 0 or t.max_steps >= 1, "> 0 (or set --max_steps)"),
+        ("--lora_alpha", m.lora_alpha, m.lora_alpha > 0, "> 0"),
+        ("--lora_dropout", m.lora_dropout, 0 <= m.lora_dropout < 1, "a probability in [0, 1)"),
+    ]
+
+
 def _check_flags(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments) -> None:
+    for flag, value, in_range, expected in _ranges(model_args, training_args):
+        if not in_range:
+            raise FlagError(f"{flag} {value} is out of range: expected {expected}.")
     if data_args.eval_data_path and data_args.val_set_size:
         raise FlagError("--eval_data_path and --val_set_size both given; evaluate on one of them.")
     if data_args.val_set_size < 0:
@@ -413,6 +476,14 @@ def _check_flags(model_args: ModelArguments, data_args: DataArguments, training_
             "sharded training does not hold. LoRA needs little memory: train it on one device or with plain DDP "
             "(torchrun without --fsdp/--deepspeed)."
         )
+
+
+def _check_paths(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments) -> None:
+    check_model_source(model_args.model_name_or_path, model_args.gguf_file, cache_dir=training_args.cache_dir)
+    check_output_dir(training_args.output_dir)
+    # The final save writes config.json and the weights into --output_dir: never into the base model's folder.
+    check_not_an_input(training_args.output_dir, "--output_dir", {"--model_name_or_path": model_args.model_name_or_path,
+                                                                  "--data_path": data_args.data_path})
 
 
 def _load_model_and_tokenizer(model_args: ModelArguments, training_args: TrainingArguments):
@@ -447,19 +518,22 @@ def _load_model_and_tokenizer(model_args: ModelArguments, training_args: Trainin
 
 def train(argv: Optional[Sequence[str]] = None) -> transformers.Trainer:
     """Parses the command line, fine-tunes, and saves the model and tokenizer to --output_dir."""
-    parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    model_args, data_args, training_args = parse_flags(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    # Everything that can be checked without the model is, before minutes go into loading it.
+    # Everything that can be checked without the model is, before minutes go into loading it; nothing is
+    # created before these checks pass.
     if data_args.data_path is None:
         raise DataError("--data_path is required: an Alpaca JSON list or a JSON Lines file.")
     _check_flags(model_args, data_args, training_args)
+    _check_paths(model_args, data_args, training_args)
+    check_report_to(training_args.report_to or [])
     if model_args.load_in_4bit:
         check_qlora_available()
     records = load_records(data_args.data_path)
     eval_records = load_records(data_args.eval_data_path) if data_args.eval_data_path else None
+    identity = run_identity(model_args.model_name_or_path, model_args.gguf_file, data_args.data_path)
     resume_from = checkpoint_to_resume(
-        training_args.output_dir, training_args.resume_from_checkpoint, training_args.overwrite_output_dir
+        training_args.output_dir, training_args.resume_from_checkpoint, training_args.overwrite_output_dir, identity
     )
 
     # Seeded before the model loads, so that whatever it initialises (LoRA adapters, resized embeddings)
@@ -483,6 +557,7 @@ def train(argv: Optional[Sequence[str]] = None) -> transformers.Trainer:
             )
         trainer, sigterm = _make_trainer(model, tokenizer, model_args, data_args, training_args, records,
                                          eval_records, supervised_logits)
+        trainer.run_identity = identity
         if training_args.overwrite_output_dir and training_args.should_save:
             delete_checkpoints(training_args.output_dir)
         trainer.accelerator.wait_for_everyone()

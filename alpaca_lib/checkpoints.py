@@ -27,6 +27,7 @@ same order as the interrupted one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -55,15 +56,19 @@ PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM
 # ---- complete checkpoints ----
 
 
-def write_manifest(folder: Path, step: int) -> None:
-    """Marks `folder` complete: syncs its files to disk, then writes the list of files and sizes atomically."""
+def write_manifest(folder: Path, step: int, run: Optional[dict] = None) -> None:
+    """Marks `folder` complete: syncs its files to disk, then writes the list of files and sizes atomically.
+
+    `run` (see `run_identity`) records what the checkpoint was trained from, so that a later resume with
+    another model or other data is refused instead of mixing the two runs.
+    """
     files: Dict[str, int] = {}
     for path in sorted(folder.rglob("*")):
         if path.is_file() and path.name != MANIFEST_NAME:
             fsync_path(path)
             files[path.relative_to(folder).as_posix()] = path.stat().st_size
     with atomic_write(folder / MANIFEST_NAME) as f:
-        json.dump({"step": step, "files": files}, f, indent=1)
+        json.dump({"step": step, "files": files, **({"run": run} if run else {})}, f, indent=1)
     fsync_path(folder)
 
 
@@ -129,11 +134,44 @@ def rotate(output_dir: str | os.PathLike, keep: Optional[int], protect: Optional
 # ---- which checkpoint a run resumes from ----
 
 
+def run_identity(model: str, gguf_file: Optional[str], data_path: str) -> dict:
+    """What a run trains from: the base model (a resolved local path, or a hub id) and the training data
+    (a file is known by its content's sha256, so a renamed copy is the same data and an edited file is not)."""
+    model_path = Path(model).expanduser()
+    data = Path(data_path).expanduser()
+    identity = {"model": str(model_path.resolve()) if model_path.exists() else model, "gguf_file": gguf_file}
+    if data.is_file():
+        digest = hashlib.sha256()
+        with open(data, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        identity["data_sha256"] = digest.hexdigest()
+    else:
+        identity["data"] = str(data.resolve()) if data.exists() else data_path
+    return identity
+
+
+def _other_run(path: Path, identity: Optional[dict]) -> Optional[str]:
+    """How the run that wrote checkpoint `path` differs from `identity`, or None if it does not (or is unknown)."""
+    try:
+        recorded = json.loads((path / MANIFEST_NAME).read_text(encoding="utf-8")).get("run")
+    except (OSError, ValueError):
+        return None
+    if not identity or not recorded:
+        return None
+    names = {"model": "--model_name_or_path", "gguf_file": "--gguf_file", "data_sha256": "--data_path (content)",
+             "data": "--data_path"}
+    differs = [f"{names.get(k, k)} {recorded.get(k)!s:.80} then, {identity.get(k)!s:.80} now"
+               for k in sorted(set(recorded) | set(identity)) if recorded.get(k) != identity.get(k)]
+    return "; ".join(differs) or None
+
+
 class ResumeError(UsageError):
     """A resume that cannot go ahead as asked; the message says why and what to do."""
 
 
-def checkpoint_to_resume(output_dir: str, resume_from_checkpoint: Optional[str], overwrite: bool) -> Optional[str]:
+def checkpoint_to_resume(output_dir: str, resume_from_checkpoint: Optional[str], overwrite: bool,
+                         identity: Optional[dict] = None) -> Optional[str]:
     """Decides where training starts; called before the model loads, so a bad path costs nothing.
 
     Args:
@@ -141,6 +179,8 @@ def checkpoint_to_resume(output_dir: str, resume_from_checkpoint: Optional[str],
         resume_from_checkpoint: --resume_from_checkpoint: None (resume if `output_dir` has a complete
             checkpoint), "True" (the newest complete one, which must exist) or a checkpoint folder.
         overwrite: --overwrite_output_dir: start afresh (the caller deletes the old checkpoints).
+        identity: this run's `run_identity`; a checkpoint found in `output_dir` that another model or other
+            data wrote is refused (one named by --resume_from_checkpoint is used, with a warning).
     Returns:
         The checkpoint folder to resume from, or None to train from the start.
     Raises:
@@ -176,6 +216,9 @@ def checkpoint_to_resume(output_dir: str, resume_from_checkpoint: Optional[str],
                 )
             logger.warning("%s has no %s (written by another tool, or interrupted?); resuming from it as it is.",
                            asked, MANIFEST_NAME)
+        other = _other_run(path, identity)
+        if other:
+            logger.warning("%s was trained from something else (%s); resuming from it as asked.", asked, other)
         logger.info("resuming from %s (--resume_from_checkpoint)", asked)
         return str(path)
     if overwrite:
@@ -190,6 +233,13 @@ def checkpoint_to_resume(output_dir: str, resume_from_checkpoint: Optional[str],
                 "Drop the flag to train from the start."
             )
         return None
+    other = _other_run(path, identity)
+    if other:
+        raise ResumeError(
+            f"--output_dir {output_dir} holds {path.name} of another run ({other}); resuming would mix the two. "
+            "Fix: pass another --output_dir, or --overwrite_output_dir True to delete its checkpoints and start "
+            "afresh (or --resume_from_checkpoint PATH to continue from it anyway)."
+        )
     step = json.loads((path / MANIFEST_NAME).read_text(encoding="utf-8"))["step"]
     logger.info(
         "resuming from %s (step %d)%s; to start afresh instead, pass --overwrite_output_dir True "
@@ -233,6 +283,8 @@ class ResumableTrainer(transformers.Trainer):
     `_get_train_sampler`); tests/test_resume.py pins what they rely on.
     """
 
+    run_identity: Optional[dict] = None  # `run_identity(...)` of the run, recorded in each checkpoint's manifest
+
     def _get_train_sampler(self, train_dataset=None):
         sampler = super()._get_train_sampler(train_dataset)
         if type(sampler) is LengthGroupedSampler:
@@ -254,7 +306,7 @@ class ResumableTrainer(transformers.Trainer):
             self.args.save_total_limit = limit
         self.accelerator.wait_for_everyone()  # every process has written its part
         if self.args.should_save:
-            write_manifest(folder, self.state.global_step)
+            write_manifest(folder, self.state.global_step, self.run_identity)
             rotate(run_dir, limit, self.state.best_model_checkpoint)
         self.accelerator.wait_for_everyone()
 

@@ -14,10 +14,12 @@ a name pointing at missing bytes either.
 from __future__ import annotations
 
 import contextlib
+import glob
 import io
 import os
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -74,12 +76,13 @@ def staging_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[P
         OutputExistsError: `final` is there, not empty, and `overwrite` is False.
     """
     final = Path(final).absolute()
+    clean_leftovers(final)
     if final.exists() and (not final.is_dir() or any(final.iterdir())) and not overwrite:
         raise OutputExistsError(
             f"{final} already exists and is not empty; choose another output path or pass --overwrite=True to replace it"
         )
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-{os.getpid()}-", dir=final.parent))
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the finished folder gets normal permissions
@@ -93,13 +96,54 @@ def staging_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[P
             fsync_path(f)
     old = None
     if final.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-{os.getpid()}-", dir=final.parent))
         os.rename(final, old / final.name)
     os.rename(tmp, final)
     with contextlib.suppress(OSError):
         fsync_path(final.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def clean_leftovers(final: str | os.PathLike) -> list[str]:
+    """Removes what a killed `staging_dir(final)` left beside `final`, and says so on stderr.
+
+    A `.NAME.partial-PID-*` folder of a process that is gone is deleted. A `.NAME.old-PID-*` folder holds
+    the previous `final` while the new one is renamed into place: if `final` is missing, the kill came
+    between the two renames, and the previous folder is put back; otherwise it is deleted.
+
+    Returns:
+        What was done, one line per leftover.
+    """
+    final = Path(final).absolute()
+    done = []
+    if not final.parent.is_dir():
+        return done
+    for entry in sorted(final.parent.glob(f".{glob.escape(final.name)}.*-*")):
+        m = re.fullmatch(rf"\.{re.escape(final.name)}\.(partial|old)-(\d+)-[^/]+", entry.name)
+        if not m or not entry.is_dir() or _alive(int(m.group(2))):
+            continue
+        kept = entry / final.name
+        if m.group(1) == "old" and not final.exists() and kept.is_dir():
+            os.rename(kept, final)
+            done.append(f"{final}: put back the previous folder, which an interrupted replace had set aside in {entry}")
+        else:
+            what = "unfinished output" if m.group(1) == "partial" else "previous folder, already replaced"
+            done.append(f"{final}: removed {entry}, the {what} of an interrupted run (process {m.group(2)})")
+        shutil.rmtree(entry, ignore_errors=True)
+    for line in done:
+        print(line, file=sys.stderr, flush=True)
+    return done
 
 
 _WEIGHT_FILE = re.compile(

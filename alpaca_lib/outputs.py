@@ -123,6 +123,9 @@ class LocalModel:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from alpaca_lib.preflight import check_model_source
+
+        check_model_source(model_dir, gguf_file, flag="--model_dir")
         extra = {"gguf_file": gguf_file} if gguf_file else {}
         device = "cuda" if torch.cuda.is_available() else "cpu"
         if dtype == "auto":

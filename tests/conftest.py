@@ -76,18 +76,26 @@ def run_script(cmd: list[str], cwd: Path, expect: int = 0, timeout: float = 900)
     return log
 
 
-def run_train_expecting_error(tmp_path: Path, args: list[str]) -> str:
-    """Runs `train.py ARGS --output_dir tmp/out` (model: a path that does not exist) and returns stderr.
+def run_train_expecting_error(tmp_path: Path, args: list[str], output_dir: Path | None = None) -> str:
+    """Runs `train.py ARGS --output_dir tmp/out` and returns stderr; asserts it failed before loading a model.
 
-    Asserts that it failed and wrote no output folder: the error came before any model was loaded.
+    The model is a folder whose config.json cannot be loaded: it passes the path checks, but any attempt
+    to load it would end in a traceback instead of the expected `error: ...` line. Asserts that the run
+    failed, wrote no output folder and printed no traceback.
     """
+    model = tmp_path / "unloadable-model"
+    model.mkdir(exist_ok=True)
+    (model / "config.json").write_text("not a config: loading this model is a bug in the test")
+    output_dir = output_dir or tmp_path / "out"
+    existed = output_dir.exists()
     proc = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "train.py"), "--model_name_or_path", str(tmp_path / "no-such-model"),
-         "--output_dir", str(tmp_path / "out"), *args],
+        [sys.executable, str(REPO_ROOT / "train.py"), "--model_name_or_path", str(model),
+         "--output_dir", str(output_dir), *args],
         capture_output=True, text=True, cwd=tmp_path, timeout=300,
     )
-    assert proc.returncode != 0, proc.stdout[-2000:]
-    assert not (tmp_path / "out").exists()
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-4000:]
+    assert existed or not output_dir.exists()
     return proc.stderr
 
 

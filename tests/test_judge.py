@@ -139,11 +139,12 @@ def test_killed_judge_resumes_without_paying_twice_and_refuses_another_judge(tmp
 
 def test_judge_survives_server_faults(tmp_path):
     model, ref = _files(tmp_path)
-    script = [error(429, "slow down", headers={"retry-after": "0"}), error(500, "boom"), error(503, "busy")]
+    script = [error(429, "slow down", headers={"retry-after": "0"}), error(500, "boom"), error(503, "busy"),
+              Step(body=chat_body("a"), delay_s=5.0)]  # answered after --request_timeout: retried
     with OpenAIStub(script=script, default=_judge()) as stub:
         eval_model.judge(str(model), str(ref), "judge-m", str(tmp_path / "j" / "f"), base_url=stub.base_url,
-                         max_concurrency=1)
-        assert len(stub.requests) == 18 + 3
+                         max_concurrency=1, request_timeout=0.5, max_retries=4)
+        assert len(stub.requests) == 18 + 4
     assert json.loads((tmp_path / "j" / "f" / "summary.json").read_text())["n_pairs"] == 6
 
 

@@ -189,7 +189,8 @@ def test_served_model_survives_server_errors(tmp_path):
         ('[{"instruction": 3}]', [], "eval.json: record 0 field 'instruction' is a int (3), expected a string."),
         ('{"instruction": "a"}\n{"instruction": ', [], "eval.json: invalid JSON on line 2"),
         ("", [], "eval.json: the file is empty"),
-        ('[{"instruction": "a"}]', ["--model_dir", "no-such-dir"], "--model_dir no-such-dir: no such folder"),
+        ('[{"instruction": "a"}]', ["--model_dir", "./no-such-dir"], "--model_dir ./no-such-dir: no such folder"),
+        ('[{"instruction": "a"}]', ["--model_dir", "."], "--model_dir .: the folder holds no config.json"),
         ('[{"instruction": "a"}]', ["--base_url", "http://127.0.0.1:9/v1"], "--base_url needs --model_name"),
         ('[{"instruction": "a"}]', ["--model_dir", ".", "--max_new_tokens", "0"],
          "--max_new_tokens must be a positive integer; got 0"),
@@ -197,7 +198,10 @@ def test_served_model_survives_server_errors(tmp_path):
 )
 def test_bad_input_gets_a_clear_error_before_any_model_loads(tmp_path, content, extra, message):
     (tmp_path / "eval.json").write_text(content, encoding="utf-8")
-    args = extra if any(a in ("--model_dir", "--base_url") for a in extra) else ["--model_dir", str(tmp_path)]
+    model = tmp_path / "model"  # passes the path checks; loading it would end in a traceback
+    model.mkdir()
+    (model / "config.json").write_text("not a config")
+    args = extra if any(a in ("--model_dir", "--base_url") for a in extra) else ["--model_dir", str(model)]
     proc = subprocess.run([sys.executable, EVAL_MODEL, "outputs", "--instructions_path", "eval.json",
                            "--output_path", "out/o.json", *args], capture_output=True, text=True, cwd=tmp_path,
                           timeout=120)

@@ -1,0 +1,191 @@
+"""Users' mistakes through the command line: each gets one `error: ...` line, before any model loads,
+and leaves nothing behind.
+
+    .venv/bin/python -m pytest tests/test_bad_input.py -q
+
+`run_train_expecting_error` (conftest) gives train.py a model folder that passes the path checks but
+cannot be loaded, so a check that ran too late shows up as a traceback instead of the expected message.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO_ROOT, run_script, run_train_expecting_error, write_alpaca_subset
+
+
+def _data(tmp_path: Path) -> Path:
+    return write_alpaca_subset(tmp_path / "data.json", slice(0, 8))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--lerning_rate", "1e-4"],
+         "error: train.py: unknown flag --lerning_rate (did you mean --learning_rate?). See `train.py --help`."),
+        (["--learning_rate", "fast"],
+         "error: argument --learning_rate/--learning-rate: invalid float value: 'fast'. See `python train.py --help`."),
+        (["--per_device_train_batch_size", "0"], "error: --per_device_train_batch_size 0 is out of range: expected >= 1."),
+        (["--gradient_accumulation_steps", "0"], "error: --gradient_accumulation_steps 0 is out of range: expected >= 1."),
+        (["--learning_rate", "-0.5"], "error: --learning_rate -0.5 is out of range: expected > 0."),
+        (["--num_train_epochs", "0"], "error: --num_train_epochs 0.0 is out of range: expected > 0 (or set --max_steps)."),
+        (["--max_steps", "-5"],
+         "error: --max_steps -5 is out of range: expected >= 1, or -1 (the default) to train for --num_train_epochs."),
+        (["--model_max_length", "1"],
+         "error: --model_max_length 1 is out of range: expected >= 2 tokens (room for a prompt token and a response token)."),
+        (["--lora_r", "8", "--lora_dropout", "1.5"],
+         "error: --lora_dropout 1.5 is out of range: expected a probability in [0, 1)."),
+        (["--load_best_model_at_end", "True"],
+         "error: --load_best_model_at_end requires the save and eval strategy to match"),
+    ],
+)
+def test_train_flag_mistakes(tmp_path, args, message):
+    stderr = run_train_expecting_error(tmp_path, ["--data_path", str(_data(tmp_path)), *args])
+    assert message in stderr
+
+
+def test_train_tracker_that_is_not_installed(tmp_path):
+    if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
+        pytest.skip("tensorboard is installed here")
+    stderr = run_train_expecting_error(tmp_path, ["--data_path", str(_data(tmp_path)), "--report_to", "tensorboard"])
+    assert ("error: --report_to tensorboard: the tensorboard package is not installed. Fix: pip install tensorboard "
+            "(in this environment), or pass --report_to none.") in stderr
+
+
+def test_train_model_paths(tmp_path):
+    data = str(_data(tmp_path))
+    stderr = run_train_expecting_error(tmp_path, ["--data_path", data, "--model_name_or_path", "./models/llama-7b"])
+    assert (f"error: --model_name_or_path ./models/llama-7b: no such folder ({tmp_path}/models/llama-7b). Check the "
+            "path, or pass a Hugging Face hub id such as owner/model.") in stderr
+    # A folder that exists but holds no model: named, with what it holds.
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "notes.txt").write_text("")
+    stderr = run_train_expecting_error(tmp_path, ["--data_path", data, "--model_name_or_path", "weights"])
+    assert ("error: --model_name_or_path weights: the folder holds no config.json, so it is not a Hugging Face model "
+            "folder; it holds notes.txt.") in stderr
+    # A hub id, offline, not in the cache (the tests run with HF_HUB_OFFLINE=1, as scripts/test.sh sets).
+    stderr = run_train_expecting_error(tmp_path, ["--data_path", data, "--model_name_or_path", "nobody/no-such-model"])
+    assert ("error: --model_name_or_path nobody/no-such-model: not a local folder, and the Hugging Face hub is offline "
+            "(HF_HUB_OFFLINE=1) with no cached copy of config.json.") in stderr
+    stderr = run_train_expecting_error(tmp_path, ["--data_path", data, "--model_name_or_path", "weights",
+                                                  "--gguf_file", "model.gguf"])
+    assert "error: --model_name_or_path weights: the folder has no GGUF file model.gguf (--gguf_file)" in stderr
+
+
+def test_train_output_paths(tmp_path):
+    data = str(_data(tmp_path))
+    (tmp_path / "taken").write_text("a file, not a folder")
+    stderr = run_train_expecting_error(tmp_path, ["--data_path", data], output_dir=tmp_path / "taken")
+    assert "error: --output_dir " + str(tmp_path / "taken") + ": this is a file; pass a folder" in stderr
+    assert (tmp_path / "taken").read_text() == "a file, not a folder"
+    stderr = run_train_expecting_error(tmp_path, ["--data_path", data], output_dir=tmp_path / "taken" / "run1")
+    assert f"error: --output_dir {tmp_path}/taken/run1: {tmp_path}/taken is a file" in stderr
+    # The base model's own folder: the final save would overwrite the model being trained.
+    model = tmp_path / "unloadable-model"
+    stderr = run_train_expecting_error(tmp_path, ["--data_path", data], output_dir=model)
+    assert f"error: --output_dir {model} is --model_name_or_path {model}: writing it would destroy an input." in stderr
+    assert sorted(p.name for p in model.iterdir()) == ["config.json"]
+
+
+def test_train_refuses_to_resume_another_runs_checkpoint(tmp_path, tiny_llama_dir):
+    """A checkpoint records the model and the data it was trained from; the same --output_dir with other
+    data is refused (nothing changed in it), and --overwrite_output_dir starts afresh."""
+    first, second = write_alpaca_subset(tmp_path / "a.json", slice(0, 8)), write_alpaca_subset(tmp_path / "b.json", slice(8, 16))
+    out = tmp_path / "out"
+    base = [sys.executable, str(REPO_ROOT / "train.py"), "--model_name_or_path", str(tiny_llama_dir),
+            "--output_dir", str(out), "--per_device_train_batch_size", "4", "--save_strategy", "steps",
+            "--save_steps", "1", "--report_to", "none", "--model_max_length", "256", "--preprocessing_cache_dir", ""]
+    run_script([*base, "--data_path", str(first), "--max_steps", "1"], tmp_path)
+    manifest = json.loads((out / "checkpoint-1" / "checkpoint_manifest.json").read_text())
+    assert manifest["run"]["model"] == str(tiny_llama_dir.resolve()) and len(manifest["run"]["data_sha256"]) == 64
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+
+    log = run_script([*base, "--data_path", str(second), "--max_steps", "2"], tmp_path, expect=1)
+    assert (f"error: --output_dir {out} holds checkpoint-1 of another run (--data_path (content) "
+            f"{manifest['run']['data_sha256']} then,") in log
+    assert "Fix: pass another --output_dir, or --overwrite_output_dir True" in log
+    assert "Traceback" not in log and {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+    # The same data under another name is the same run: it resumes.
+    copy = tmp_path / "a-copy.json"
+    copy.write_bytes(first.read_bytes())
+    log = run_script([*base, "--data_path", str(copy), "--max_steps", "2"], tmp_path)
+    assert f"resuming from {out}/checkpoint-1 (step 1), found in --output_dir" in log
+    log = run_script([*base, "--data_path", str(second), "--max_steps", "1", "--overwrite_output_dir", "True"], tmp_path)
+    assert "resuming" not in log
+    assert json.loads((out / "checkpoint-1" / "checkpoint_manifest.json").read_text())["run"]["data_sha256"] != \
+        manifest["run"]["data_sha256"]
+
+
+def _fails(cmd: list[str], cwd: Path) -> str:
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return proc.stderr.strip().splitlines()[-1]
+
+
+def test_unknown_flags_of_the_fire_commands_name_the_nearest_known_one(tmp_path):
+    """fire would run the command first (or pass the flag into **kwargs): the check comes before anything."""
+    py = sys.executable
+    cases = [
+        ([py, "-m", "generate_instruction", "generate_instruction_following_data", "--output_dir", "g",
+          "--num_instructions_to_generat", "5"],
+         "error: generate_instruction.py generate_instruction_following_data: unknown flag "
+         "--num_instructions_to_generat (did you mean --num_instructions_to_generate?). "
+         "See `generate_instruction.py generate_instruction_following_data --help`."),
+        ([py, "-m", "generate_instruction", "to_alpaca", "--input-pth", "g"],
+         "error: generate_instruction.py to_alpaca: unknown flag --input-pth (did you mean --input_path?). "
+         "See `generate_instruction.py to_alpaca --help`."),
+        ([py, str(REPO_ROOT / "weight_diff.py"), "recover", "--path_raw", "r", "--path_diff", "d", "--path_tunned", "t"],
+         "error: weight_diff.py recover: unknown flag --path_tunned (did you mean --path_tuned?). "
+         "See `weight_diff.py recover --help`."),
+        ([py, str(REPO_ROOT / "eval_model.py"), "outputs", "--instructions_path", "i.json", "--output_path", "o.json",
+          "--model_dir", "m", "--max_new_tokns", "5", "--colour=red"],
+         "error: eval_model.py outputs: unknown flags --max_new_tokns (did you mean --max_new_tokens?); --colour. "
+         "See `eval_model.py outputs --help`."),
+        ([py, str(REPO_ROOT / "eval_model.py"), "judge", "--model_outputs", "a", "--reference_outputs", "b",
+          "--judge_model", "j", "--output_dir", "o", "--max_concurency", "2"],
+         "error: eval_model.py judge: unknown flag --max_concurency (did you mean --max_concurrency?). "
+         "See `eval_model.py judge --help`."),
+        ([py, "-m", "alpaca_lib.infer", "m", "--instructon", "hi"],
+         "error: python -m alpaca_lib.infer: unknown flag --instructon (did you mean --instruction?). "
+         "See `python -m alpaca_lib.infer --help`."),
+    ]
+    for cmd, message in cases:
+        assert _fails(cmd, tmp_path) == message
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_outputs_that_would_destroy_an_input_are_refused(tmp_path):
+    py = sys.executable
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (tmp_path / "eval.json").write_text('[{"instruction": "a"}]')
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    cases = [
+        ([py, str(REPO_ROOT / "weight_diff.py"), "make_diff", "--path_raw", "model", "--path_tuned", "tuned",
+          "--path_diff", "model", "--overwrite", "True"],
+         "error: --path_diff model is --path_raw model: writing it would destroy an input. Pick another --path_diff."),
+        ([py, str(REPO_ROOT / "weight_diff.py"), "recover", "--path_raw", "model", "--path_diff", "diff",
+          "--path_tuned", ".", "--overwrite", "True"],
+         "error: --path_tuned . holds --path_raw model: writing it would destroy an input. Pick another --path_tuned."),
+        ([py, str(REPO_ROOT / "eval_model.py"), "outputs", "--instructions_path", "eval.json",
+          "--output_path", "./eval.json", "--model_dir", "model"],
+         "error: --output_path ./eval.json is --instructions_path eval.json: writing it would destroy an input. "
+         "Pick another --output_path."),
+        ([py, str(REPO_ROOT / "eval_model.py"), "judge", "--model_outputs", "eval.json", "--reference_outputs",
+          "eval.json", "--judge_model", "j", "--output_dir", "eval.json"],
+         "error: --output_dir eval.json: this is a file; pass a folder (it is created if it does not exist)."),
+        ([py, str(REPO_ROOT / "eval_model.py"), "chat", "--model_dir", "./no-such-model"],
+         f"error: --model_dir ./no-such-model: no such folder ({tmp_path}/no-such-model). Check the path, or pass a "
+         "Hugging Face hub id such as owner/model."),
+    ]
+    for cmd, message in cases:
+        assert _fails(cmd, tmp_path) == message
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
