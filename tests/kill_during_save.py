@@ -38,10 +38,10 @@ def _arm(step: int, where: str) -> None:
     elif where == "manifest":
         original = checkpoints.write_manifest
 
-        def write_manifest(folder, at_step):
+        def write_manifest(folder, at_step, run=None):
             if at_step == step:
                 _kill()
-            original(folder, at_step)
+            original(folder, at_step, run)
 
         checkpoints.write_manifest = write_manifest
     else:
