@@ -19,7 +19,8 @@ written deterministically from the request's prompt and seed:
 The generator runs in this process through `generate_instruction.generate_instruction_following_data`
 with its defaults except the target, `--request_batch_size` (20 prompts: 320 candidates a batch) and
 `--num_cpus`. Time spent in ROUGE-L (building the pool and filtering), in journal writes and reads, in
-writing regen.json and in waiting for replies is summed by wrapping those functions. Peak RSS is this
+writing regen.json and in waiting for replies is summed by wrapping those functions, in wall time and
+in this process's CPU time (which other work on a shared machine disturbs less). Peak RSS is this
 process's (the server's is its own).
 """
 
@@ -120,21 +121,23 @@ def serve() -> None:
 
 
 class Timers:
-    """Sums the time spent inside wrapped functions, by name."""
+    """Sums the wall time and this process's CPU time spent inside wrapped functions, by name."""
 
     def __init__(self):
         self.seconds = Counter()
+        self.cpu = Counter()
 
     def wrap(self, owner, attr: str, name: str) -> None:
         fn = getattr(owner, attr)
 
         @functools.wraps(fn)
         def timed(*a, **kw):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             try:
                 return fn(*a, **kw)
             finally:
                 self.seconds[name] += time.perf_counter() - t
+                self.cpu[name] += time.process_time() - c
 
         setattr(owner, attr, timed)
 
@@ -159,7 +162,7 @@ def main() -> None:
     timers.wrap(rouge.RougeLPool, "filter_batch", "rouge")
     timers.wrap(journal.Journal, "append", "journal")
     timers.wrap(runner, "read_journal", "journal")
-    timers.wrap(runner, "_save_regen", "regen")
+    timers.wrap(runner.RegenFile, "save", "regen")
     timers.wrap(runner, "request_batch", "requests")
 
     server = subprocess.Popen([sys.executable, __file__, "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -176,7 +179,7 @@ def main() -> None:
               f"{os.cpu_count()} cores; load average before: {os.getloadavg()[0]:.2f}", flush=True)
         out.mkdir(parents=True, exist_ok=True)
         log = out / "bench.log"  # the run's own output
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with open(log, "w") as f, _redirect_stdout(f):
             if args.profile:
                 import cProfile
@@ -186,9 +189,11 @@ def main() -> None:
                                 args.profile)
             else:
                 generate_instruction.generate_instruction_following_data(**settings)
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         rss = peak_rss_mb()
-        summary = json.loads((out / journal.JOURNAL_NAME).read_text(encoding="utf-8").splitlines()[-1])["summary"]
+        with open(out / journal.JOURNAL_NAME, "rb") as f:  # the summary is in the last record
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 65536))
+            summary = json.loads(f.read().splitlines()[-1])["summary"]
         regen_mb = (out / runner.REGEN_NAME).stat().st_size / 1e6
         journal_mb = (out / journal.JOURNAL_NAME).stat().st_size / 1e6
     finally:
@@ -196,17 +201,17 @@ def main() -> None:
         server.wait(10)
         if not args.output_dir:
             shutil.rmtree(out, ignore_errors=True)
-    s = timers.seconds
-    own = wall - s["requests"]
+    s, c = timers.seconds, timers.cpu
     print(f"kept {summary['kept']:,} of {summary['candidates']:,} candidates ({summary['raw_items']:,} parsed) in "
           f"{summary['requests']:,} requests; regen.json {regen_mb:.1f} MB, journal {journal_mb:.1f} MB")
-    print(f"wall {wall:.1f} s: waiting for replies {s['requests']:.1f} s (the client and the server), "
-          f"ROUGE-L {s['rouge']:.1f} s, journal {s['journal']:.1f} s, regen.json {s['regen']:.1f} s; "
-          f"peak RSS {rss:.0f} MB; load average after: {os.getloadavg()[0]:.2f}")
+    print(f"wall {wall:.1f} s (CPU {cpu:.1f} s): waiting for replies {s['requests']:.1f} s (client and server), "
+          f"ROUGE-L {s['rouge']:.1f} s (CPU {c['rouge']:.1f} s), journal {s['journal']:.1f} s, "
+          f"regen.json {s['regen']:.1f} s; peak RSS {rss:.0f} MB; load average after: {os.getloadavg()[0]:.2f}")
     print(f"RESULT kept={summary['kept']} wall_s={wall:.1f} peak_rss_mb={rss:.0f} rouge_s={s['rouge']:.1f} "
           f"journal_s={s['journal']:.1f} regen_write_s={s['regen']:.1f} requests_s={s['requests']:.1f} "
-          f"not_requests_s={own:.1f} candidates={summary['candidates']} requests={summary['requests']} "
-          f"regen_mb={regen_mb:.0f} journal_mb={journal_mb:.0f}")
+          f"not_requests_s={wall - s['requests']:.1f} cpu_s={cpu:.1f} rouge_cpu_s={c['rouge']:.1f} "
+          f"journal_cpu_s={c['journal']:.1f} regen_write_cpu_s={c['regen']:.1f} candidates={summary['candidates']} "
+          f"requests={summary['requests']} regen_mb={regen_mb:.0f} journal_mb={journal_mb:.0f}")
 
 
 def _redirect_stdout(f):

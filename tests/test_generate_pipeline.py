@@ -322,3 +322,23 @@ def test_exported_file_loads_with_the_training_loader(tmp_path, seeds):
     records = load_records(tmp_path / "alpaca_data.json")
     assert len(records) == n == len(_regen(out))
     assert records[0]["instruction"] == _regen(out)[0]["instruction"]
+
+
+def test_regen_json_is_written_as_jdump_writes_it(tmp_path):
+    from alpaca_lib.selfinstruct.runner import RegenFile
+    from utils import jdump
+
+    items = [
+        {"instruction": "Say \"hi\"\n\tto them.", "input": "", "output": "Hi! 你好 \u2028 \\ end",
+         "most_similar_instructions": {"A \u00e9": 0.30769230769230765, "B": 0.0, "C": 1.0}, "avg_similarity_score": 1e-17},
+        {"instruction": "Imported from the original script.", "input": "x", "output": "y"},
+        {"instruction": "Odd values.", "input": "", "output": "", "most_similar_instructions": {},
+         "avg_similarity_score": 3, "extra": [1, [], {"k": None}, True, float("nan")]},
+    ]
+    regen = RegenFile(tmp_path / "regen.json")
+    regen.save([])
+    assert (tmp_path / "regen.json").read_text() == "[]"
+    for n in (1, 3):  # the second save encodes only the items added since the first
+        regen.save(items[:n])
+        jdump(items[:n], tmp_path / "reference.json")
+        assert (tmp_path / "regen.json").read_bytes() == (tmp_path / "reference.json").read_bytes()

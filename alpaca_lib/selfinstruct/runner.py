@@ -10,11 +10,17 @@ items kept earlier in the same batch), and keep the rest. The run ends once
 
 Sampling is reproducible: batch b draws its prompts from `random.Random(f"selfinstruct:{seed}:{b}")`,
 so a resumed run sends exactly the prompts the uninterrupted run would have.
+
+Nothing here grows with the data faster than the data: the ROUGE-L pool is built once and grows by
+each batch's kept items, the journal is read once at start and then only appended to, and regen.json
+is rewritten (at most every `save_every_s`) from items encoded once each.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import random
 import sys
 import time
@@ -25,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from alpaca_lib.errors import UsageError
+from alpaca_lib.fileio import atomic_write
 from utils import jdump, jload
 
 from .accounting import format_summary, load_price_table, summarize
@@ -70,8 +77,11 @@ def _resolve_seed(cfg: GenerateConfig, state: JournalState, seeds_sha: str, prom
     prev = state.starts[-1]
     checks = [
         ("seed tasks file", prev.get("seed_tasks_sha256"), seeds_sha, "--seed_tasks_path"),
-        ("prompt.txt", prev.get("prompt_sha256"), prompt_sha, "prompt.txt"),
+        ("meta-prompt", prev.get("prompt_sha256"), prompt_sha, "--prompt_path (and file content)"),
         ("num_prompt_instructions", prev.get("num_prompt_instructions"), cfg.num_prompt_instructions, "--num_prompt_instructions"),
+        # Journals from before these settings existed ran with their defaults.
+        ("keep_other_scripts", prev.get("keep_other_scripts", False), cfg.keep_other_scripts, "--keep_other_scripts"),
+        ("rouge_tokenizer", prev.get("rouge_tokenizer", "words"), cfg.rouge_tokenizer, "--rouge_tokenizer"),
     ]
     if cfg.seed is not None:
         checks.append(("seed", prev.get("seed"), cfg.seed, "--seed"))
@@ -84,8 +94,57 @@ def _resolve_seed(cfg: GenerateConfig, state: JournalState, seeds_sha: str, prom
     return int(prev["seed"])
 
 
-def _save_regen(path: Path, items: list[dict]) -> None:
-    jdump(items, path)  # atomic: temporary file, then rename
+class RegenFile:
+    """regen.json: the kept items, as the original's `jdump(items)` writes them, byte for byte.
+
+    Each save rewrites the file atomically (temporary file, then rename), but each item is encoded
+    only once, the first time it is saved: a save costs one write of the file, not an encoding of
+    every item kept so far (52K items are 70 MB).
+
+    Args:
+        path: the file.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._encoded: list[str] = []  # items[i] as it appears in the file; items are only ever appended
+
+    def save(self, items: list[dict]) -> None:
+        """Writes `items` (the list saved before, with more appended) to the file."""
+        encoded = self._encoded
+        encoded.extend(_json_indented(it, 1) for it in items[len(encoded) :])
+        with atomic_write(self.path) as f:
+            if not encoded:
+                f.write("[]")
+                return
+            f.write("[\n    ")
+            f.write(encoded[0])
+            for text in encoded[1:]:
+                f.write(",\n    ")
+                f.write(text)
+            f.write("\n]")
+
+
+def _json_indented(obj: Any, level: int) -> str:
+    """`obj` as `json.dump(obj, indent=4, ensure_ascii=False, default=str)` writes it at nesting `level`.
+
+    For JSON data with string keys. Strings go through the json module's own C encoder.
+    """
+    if isinstance(obj, str):
+        return _encode_str(obj)
+    if isinstance(obj, float) and math.isfinite(obj):
+        return float.__repr__(obj)
+    if isinstance(obj, dict) and obj:
+        pad = "\n" + "    " * (level + 1)
+        body = ("," + pad).join(_encode_str(key) + ": " + _json_indented(value, level + 1) for key, value in obj.items())
+        return "{" + pad + body + "\n" + "    " * level + "}"
+    if isinstance(obj, (list, tuple)) and obj:
+        pad = "\n" + "    " * (level + 1)
+        return "[" + pad + ("," + pad).join(_json_indented(value, level + 1) for value in obj) + "\n" + "    " * level + "]"
+    return json.dumps(obj, ensure_ascii=False, default=str)
+
+
+_encode_str = json.encoder.encode_basestring  # what json.dump(..., ensure_ascii=False) writes a str as
 
 
 def run_generation(cfg: GenerateConfig, client: Any = None, progress: bool | None = None) -> dict[str, Any]:
@@ -98,10 +157,7 @@ def run_generation(cfg: GenerateConfig, client: Any = None, progress: bool | Non
     Returns:
         The summary (also printed, and written to the journal's "end" record).
     """
-    from tqdm import tqdm
-
     cfg.check()
-    out = Path(cfg.output_dir)
     seeds = load_seed_tasks(cfg.seed_tasks_path)
     k = cfg.num_prompt_instructions
     if k > len(seeds):
@@ -110,20 +166,32 @@ def run_generation(cfg: GenerateConfig, client: Any = None, progress: bool | Non
         )
     prompt_path = Path(cfg.prompt_path)
     if not prompt_path.is_file():
-        raise UsageError(f"meta-prompt {prompt_path} not found; it ships next to generate_instruction.py")
+        raise UsageError(
+            f"meta-prompt {prompt_path} not found; pass --prompt_path=FILE, or leave it out for the prompt.txt that "
+            "ships next to generate_instruction.py"
+        )
     prompt_text = prompt_path.read_text(encoding="utf-8")
     prices = load_price_table(cfg.price_table)
+    print(f"Loaded {len(seeds)} human-written seed instructions")
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    return _generate(cfg, seeds, prompt_text, prices, client, progress)
+
+
+def _generate(cfg: GenerateConfig, seeds: list[dict], prompt_text: str, prices: dict, client: Any,
+              progress: bool | None) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    out = Path(cfg.output_dir)
+    k = cfg.num_prompt_instructions
     seeds_sha = sha256_of(Path(cfg.seed_tasks_path).read_bytes())
     prompt_sha = sha256_of(prompt_text)
-    print(f"Loaded {len(seeds)} human-written seed instructions")
-
-    out.mkdir(parents=True, exist_ok=True)
     jpath, regen_path = out / JOURNAL_NAME, out / REGEN_NAME
     state = read_journal(jpath, repair=True) if jpath.exists() else JournalState()
     seed = _resolve_seed(cfg, state, seeds_sha, prompt_sha, jpath)
     if client is None:
         client = CompletionClient.from_config(cfg)
     chat = client.api_style == "chat"
+    regen = RegenFile(regen_path)
 
     journal = Journal(jpath)
     try:
@@ -136,6 +204,9 @@ def run_generation(cfg: GenerateConfig, client: Any = None, progress: bool | Non
             state.batches.append({k_: v for k_, v in rec.items() if k_ != "items"})
         if state.items:
             print(f"Loaded {len(state.items)} machine-generated instructions")
+        if cfg.keep_other_scripts and cfg.rouge_tokenizer == "words":
+            print("Note: with --rouge_tokenizer=words an instruction with no [a-z0-9] in it scores 0 against every "
+                  "other, so none is dropped as similar; --rouge_tokenizer=chars compares them character by character")
         # No secret reaches the journal: the key is left out, a password in the address is cut.
         settings = {k_: v for k_, v in asdict(cfg).items() if k_ != "api_key"}
         settings["base_url"] = redact_url(cfg.base_url)
@@ -147,6 +218,8 @@ def run_generation(cfg: GenerateConfig, client: Any = None, progress: bool | Non
                 "seed_tasks_sha256": seeds_sha,
                 "prompt_sha256": prompt_sha,
                 "num_prompt_instructions": k,
+                "keep_other_scripts": cfg.keep_other_scripts,
+                "rouge_tokenizer": cfg.rouge_tokenizer,
                 "api_style": client.api_style,
                 "resumed": bool(state.starts),
                 "settings": settings,
@@ -154,7 +227,8 @@ def run_generation(cfg: GenerateConfig, client: Any = None, progress: bool | Non
             sync=True,
         )
         state.starts.append({"seed": seed})
-        pool = RougeLPool([s["instruction"] for s in seeds] + [it["instruction"] for it in state.items], workers=cfg.num_cpus)
+        pool = RougeLPool([s["instruction"] for s in seeds] + [it["instruction"] for it in state.items],
+                          workers=cfg.num_cpus, tokenizer=cfg.rouge_tokenizer)
         target = cfg.num_instructions_to_generate
         bar = tqdm(total=target, initial=min(len(state.items), target), disable=(not progress) if progress is not None else None, dynamic_ncols=True)
         totals = summarize(state.requests, state.batches, prices)
@@ -168,6 +242,7 @@ def run_generation(cfg: GenerateConfig, client: Any = None, progress: bool | Non
         last_save = time.monotonic()
         unsaved = False
         batches_run = 0
+        stopped = True  # until the loop ends on its own
         executor = ThreadPoolExecutor(max_workers=cfg.max_concurrency or cfg.request_batch_size)
         try:
             while len(state.items) < target:
@@ -189,7 +264,7 @@ def run_generation(cfg: GenerateConfig, client: Any = None, progress: bool | Non
                 request_s = time.monotonic() - t0
 
                 t1 = time.monotonic()
-                kept_items, stats, raw_items, n_candidates = decide_batch(replies, k, chat, pool)
+                kept_items, stats, raw_items, n_candidates = decide_batch(replies, k, chat, pool, cfg.keep_other_scripts)
                 rec = {
                     "t": "batch",
                     "batch": b,
@@ -215,13 +290,17 @@ def run_generation(cfg: GenerateConfig, client: Any = None, progress: bool | Non
                     f"generated {raw_items} instructions, kept {len(kept_items)}"
                 )
                 if time.monotonic() - last_save >= cfg.save_every_s:
-                    _save_regen(regen_path, state.items)
+                    regen.save(state.items)
                     last_save, unsaved = time.monotonic(), False
+            stopped = False
         finally:
             executor.shutdown(wait=False, cancel_futures=True)
             bar.close()
             if unsaved or not regen_path.exists():
-                _save_regen(regen_path, state.items)
+                regen.save(state.items)
+            if stopped:  # an error or Ctrl-C: what the file holds now, before the error is reported
+                print(f"{len(state.items)} instructions in {regen_path} (the same as in the journal); "
+                      "re-run the same command to resume")
         summary = summarize(state.requests, state.batches, prices)
         summary["machine_instructions"] = len(state.items)
         journal.append({"t": "end", "time": time.time(), "summary": summary}, sync=True)
@@ -284,9 +363,12 @@ def request_batch(client, executor, journal: Journal, state: JournalState, batch
     return replies
 
 
-def decide_batch(replies: dict[int, dict], k: int, chat: bool, pool: RougeLPool) -> tuple[list[dict], Counter, int, int]:
+def decide_batch(replies: dict[int, dict], k: int, chat: bool, pool: RougeLPool,
+                 keep_other_scripts: bool = False) -> tuple[list[dict], Counter, int, int]:
     """Phase two of a batch: splits the replies into items with the original filters, then keeps those whose
     ROUGE-L against the pool (and the items kept before them in the batch) is at most 0.7.
+
+    `keep_other_scripts` relaxes the filters for instructions in other scripts (post_process_gpt3_response).
 
     Returns:
         (kept items with their most similar instructions and mean similarity, discard counts by reason,
@@ -297,7 +379,8 @@ def decide_batch(replies: dict[int, dict], k: int, chat: bool, pool: RougeLPool)
     for s in range(len(replies)):
         r = replies[s]
         text = strip_repeated_header(r["text"], k) if chat else r["text"]
-        candidates += post_process_gpt3_response(k, {"text": text, "finish_reason": r["finish_reason"]}, stats)
+        candidates += post_process_gpt3_response(k, {"text": text, "finish_reason": r["finish_reason"]}, stats,
+                                                  keep_other_scripts)
     decisions = pool.filter_batch([c["instruction"] for c in candidates], ROUGE_THRESHOLD, MOST_SIMILAR_K)
     kept = []
     for c, d in zip(candidates, decisions):
