@@ -5,8 +5,11 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +22,7 @@ from conftest import REPO_ROOT, seed_task, write_seed_tasks
 from openai_stub import OpenAIStub, Step, chat, completion, fake_model, fake_reply
 
 from alpaca_lib.data import load_records
+from alpaca_lib.locking import LOCK_NAME
 from alpaca_lib.selfinstruct.client import GenerationError
 from alpaca_lib.selfinstruct.journal import JOURNAL_NAME, read_journal
 from alpaca_lib.selfinstruct.runner import GenerateConfig, export_alpaca, run_generation
@@ -185,11 +189,45 @@ def _cli(out, seeds, base_url, *extra) -> list[str]:
     ]
 
 
-def test_kill_mid_run_and_resume_loses_and_repeats_nothing(tmp_path, seeds):
-    # Reference: an uninterrupted run.
+def _reference_run(tmp_path, seeds) -> tuple[bytes, int]:
+    """regen.json of an uninterrupted run with _cli's settings, and the requests it took."""
     with OpenAIStub() as stub:
         run_generation(_cfg(tmp_path / "ref", seeds, stub, num_instructions_to_generate=60, seed=3, num_cpus=1), progress=False)
-        ref_requests = len(stub.requests)
+        return (tmp_path / "ref" / "regen.json").read_bytes(), len(stub.requests)
+
+
+def _journaled_requests(journal: Path) -> int:
+    return sum('"t": "request"' in line for line in journal.read_text().splitlines()) if journal.exists() else 0
+
+
+def _wait_until(condition, what: str, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.02)
+
+
+def _summary_counts(stdout: str) -> tuple[int, int]:
+    """(kept, instructions in regen.json) from the summary lines a run prints."""
+    kept = int(re.search(r"^items parsed: \d+, kept: (\d+) ", stdout, flags=re.MULTILINE).group(1))
+    return kept, _file_count(stdout)
+
+
+def _file_count(stdout: str) -> int:
+    return int(re.search(r"^(\d+) instructions in \S*regen.json", stdout, flags=re.MULTILINE).group(1))
+
+
+def _exports(tmp_path, out) -> list[list[dict]]:
+    """What to_alpaca makes of the folder, its regen.json and its journal."""
+    got = []
+    for i, src in enumerate((out, out / "regen.json", out / JOURNAL_NAME)):
+        export_alpaca(src, tmp_path / f"export{i}.json")
+        got.append(json.loads((tmp_path / f"export{i}.json").read_text()))
+    return got
+
+
+def test_kill_mid_run_and_resume_loses_and_repeats_nothing(tmp_path, seeds):
+    ref_regen, ref_requests = _reference_run(tmp_path, seeds)
     out = tmp_path / "out"
     journal = out / JOURNAL_NAME
     # Killed: the server answers 7 requests (2 whole batches of 3 and 1 of the third), then hangs.
@@ -197,10 +235,7 @@ def test_kill_mid_run_and_resume_loses_and_repeats_nothing(tmp_path, seeds):
         proc = subprocess.Popen(_cli(out, seeds, stub.base_url), cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             assert stub.hung.wait(60), "the run never reached the 8th request"
-            deadline = time.time() + 30
-            while sum('"t": "request"' in line for line in journal.read_text().splitlines()) < 7:
-                assert time.time() < deadline
-                time.sleep(0.02)
+            _wait_until(lambda: _journaled_requests(journal) >= 7, "7 requests are journaled")
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
@@ -208,6 +243,7 @@ def test_kill_mid_run_and_resume_loses_and_repeats_nothing(tmp_path, seeds):
     assert state.next_batch == 2 and len(state.pending) == 1 and state.pending_size == 3
     kept_before = [it["instruction"] for it in state.items]
     assert kept_before  # two batches were committed
+    assert (out / LOCK_NAME).exists()  # left by the killed run, but no longer locked
     # Resumed: the same command.
     with OpenAIStub() as stub:
         done = subprocess.run(_cli(out, seeds, stub.base_url), cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
@@ -218,8 +254,79 @@ def test_kill_mid_run_and_resume_loses_and_repeats_nothing(tmp_path, seeds):
     assert [it["instruction"] for it in items[: len(kept_before)]] == kept_before
     assert len({it["instruction"] for it in items}) == len(items)
     # Same data as the uninterrupted run, and no request paid for twice.
-    assert (out / "regen.json").read_bytes() == (tmp_path / "ref" / "regen.json").read_bytes()
+    assert (out / "regen.json").read_bytes() == ref_regen
     assert resumed_requests == ref_requests - 7
+    # What the summary reports is what the file holds, and every way of exporting gives the same records.
+    assert _summary_counts(done.stdout) == (len(items), len(items))
+    from_folder, from_regen, from_journal = _exports(tmp_path, out)
+    assert from_folder == from_regen == from_journal and len(from_folder) == len(items)
+    assert not (out / LOCK_NAME).exists()
+
+
+def _gated_stub(after: int) -> tuple[OpenAIStub, threading.Event]:
+    """A stub whose fake model answers the first `after` requests, then holds each later one until the event is set."""
+    gate = threading.Event()
+    count = itertools.count(1)
+
+    def answer(req):
+        if next(count) > after:
+            gate.wait(60)
+        return fake_model(req)
+
+    return OpenAIStub(default=answer), gate
+
+
+def test_a_second_concurrent_run_is_refused_naming_the_holder_and_changes_nothing(tmp_path, seeds):
+    ref_regen, _ = _reference_run(tmp_path, seeds)
+    out = tmp_path / "out"
+    stub, gate = _gated_stub(after=4)  # batch 0 and the first request of batch 1 are answered, then it waits
+    with stub:
+        first = subprocess.Popen(_cli(out, seeds, stub.base_url), cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        try:
+            _wait_until(lambda: _journaled_requests(out / JOURNAL_NAME) >= 4 and len(stub.requests) >= 6,
+                        "the first run waits for its 5th and 6th replies")
+            before = {p.name: p.read_bytes() for p in out.iterdir()}
+            second = subprocess.run(_cli(out, seeds, stub.base_url), cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+            assert second.returncode == 1
+            holder = json.loads((out / LOCK_NAME).read_text())
+            assert second.stderr.startswith(
+                f"error: {out} is in use by pid {first.pid} on {socket.gethostname()} (generate_instruction "
+                f"generate_instruction_following_data, started {holder['started']}); only one run may write"
+            ), second.stderr
+            assert "run this command again to resume, or choose another output folder" in second.stderr
+            assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+            assert len(stub.requests) == 6  # the refused run asked the server nothing
+        finally:
+            gate.set()
+        stdout, stderr = first.communicate(timeout=120)
+    assert first.returncode == 0, stderr
+    assert (out / "regen.json").read_bytes() == ref_regen
+    assert [json.loads(line)["t"] for line in (out / JOURNAL_NAME).read_text().splitlines()].count("start") == 1
+    assert sorted(p.name for p in out.iterdir()) == [JOURNAL_NAME, "regen.json"]
+
+
+def test_ctrl_c_reports_what_the_file_holds(tmp_path, seeds):
+    out = tmp_path / "out"
+    stub, gate = _gated_stub(after=4)
+    with stub:
+        run = subprocess.Popen(_cli(out, seeds, stub.base_url), cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+        try:
+            _wait_until(lambda: _journaled_requests(out / JOURNAL_NAME) >= 4 and len(stub.requests) >= 6,
+                        "the run waits for its 5th and 6th replies")
+            run.send_signal(signal.SIGINT)
+            time.sleep(0.5)
+        finally:
+            gate.set()  # the replies in flight end, so the interrupted process can exit
+        stdout, stderr = run.communicate(timeout=60)
+    assert run.returncode == 130, stderr
+    assert "interrupted" in stderr
+    items = _regen(out)
+    assert len(items) == len(read_journal(out / JOURNAL_NAME).items) > 0
+    assert f"{len(items)} instructions in {out / 'regen.json'} (the same as in the journal); re-run the same command to resume" in stdout
+    from_folder, from_regen, from_journal = _exports(tmp_path, out)
+    assert from_folder == from_regen == from_journal
 
 
 def test_torn_last_journal_line_is_cut_off_on_resume(tmp_path, seeds):

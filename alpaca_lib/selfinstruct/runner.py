@@ -11,6 +11,9 @@ items kept earlier in the same batch), and keep the rest. The run ends once
 Sampling is reproducible: batch b draws its prompts from `random.Random(f"selfinstruct:{seed}:{b}")`,
 so a resumed run sends exactly the prompts the uninterrupted run would have.
 
+One run at a time writes to an output folder (`alpaca_lib.locking.output_lock`): a second one is refused
+before it reads or writes anything there.
+
 Nothing here grows with the data faster than the data: the ROUGE-L pool is built once and grows by
 each batch's kept items, the journal is read once at start and then only appended to, and regen.json
 is rewritten (at most every `save_every_s`) from items encoded once each.
@@ -32,6 +35,7 @@ from typing import Any
 
 from alpaca_lib.errors import UsageError
 from alpaca_lib.fileio import atomic_write
+from alpaca_lib.locking import output_lock
 from utils import jdump, jload
 
 from .accounting import format_summary, load_price_table, summarize
@@ -42,6 +46,7 @@ from .postprocess import encode_prompt, load_seed_tasks, post_process_gpt3_respo
 from .rouge import RougeLPool
 
 REGEN_NAME = "regen.json"
+LOCK_COMMAND = "generate_instruction generate_instruction_following_data"  # how a refused run names the holder
 ROUGE_THRESHOLD = 0.7  # the original's "> 0.7 is a near-duplicate"
 MOST_SIMILAR_K = 10
 
@@ -148,7 +153,7 @@ _encode_str = json.encoder.encode_basestring  # what json.dump(..., ensure_ascii
 
 
 def run_generation(cfg: GenerateConfig, client: Any = None, progress: bool | None = None) -> dict[str, Any]:
-    """Runs (or resumes) generation into cfg.output_dir.
+    """Runs (or resumes) generation into cfg.output_dir, holding the folder's lock throughout.
 
     Args:
         cfg: the run's settings.
@@ -156,6 +161,8 @@ def run_generation(cfg: GenerateConfig, client: Any = None, progress: bool | Non
         progress: show the progress bar (None: only on a terminal).
     Returns:
         The summary (also printed, and written to the journal's "end" record).
+    Raises:
+        OutputLockedError: another run is writing to cfg.output_dir.
     """
     cfg.check()
     seeds = load_seed_tasks(cfg.seed_tasks_path)
@@ -173,8 +180,8 @@ def run_generation(cfg: GenerateConfig, client: Any = None, progress: bool | Non
     prompt_text = prompt_path.read_text(encoding="utf-8")
     prices = load_price_table(cfg.price_table)
     print(f"Loaded {len(seeds)} human-written seed instructions")
-    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-    return _generate(cfg, seeds, prompt_text, prices, client, progress)
+    with output_lock(cfg.output_dir, LOCK_COMMAND):
+        return _generate(cfg, seeds, prompt_text, prices, client, progress)
 
 
 def _generate(cfg: GenerateConfig, seeds: list[dict], prompt_text: str, prices: dict, client: Any,
