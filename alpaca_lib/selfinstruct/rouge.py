@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -96,6 +97,11 @@ def rouge_l_fmeasure(lcs: np.ndarray, cand_len: int, pool_lens: np.ndarray) -> n
     return out
 
 
+def _code_point(i: int) -> str:
+    """The i-th usable code point (surrogates cannot stand alone in a str)."""
+    return chr(i if i < _SURROGATES_START else i + _SURROGATES_LEN)
+
+
 @dataclass
 class Decision:
     """What the dedup step decided for one candidate.
@@ -133,6 +139,7 @@ class RougeLPool:
         # F-measure tables by candidate length (see _table); valid while no text is longer than _width - 1.
         self._tables: dict[int, np.ndarray] = {}
         self._width = 1
+        self._recoded_at = 0  # pool size when the codes were last ordered by frequency
         self.extend(instructions)
 
     def __len__(self) -> int:
@@ -148,8 +155,7 @@ class RougeLPool:
                 n = len(vocab)
                 if n >= _MAX_VOCAB:
                     raise RuntimeError(f"more than {_MAX_VOCAB} distinct tokens in the ROUGE pool")
-                ch = chr(n if n < _SURROGATES_START else n + _SURROGATES_LEN)
-                vocab[tok] = ch
+                ch = vocab[tok] = _code_point(n)
             chars.append(ch)
         return "".join(chars)
 
@@ -164,6 +170,22 @@ class RougeLPool:
         self._codes.extend(codes)
         self._lens = np.concatenate([self._lens, lens])
         self._widen(lens)
+        if len(self._codes) >= 2 * self._recoded_at + 256:
+            self._recode()
+
+    def _recode(self) -> None:
+        """Gives the most frequent tokens the lowest code points; done each time the pool has doubled.
+
+        rapidfuzz looks characters below 256 up in an array and the others in a hash map, so the LCS
+        runs faster when most of them are low; which code a token has changes no LCS length.
+        """
+        counts = Counter(ch for code in self._codes for ch in code)
+        by_frequency = sorted(self._vocab.values(), key=lambda ch: -counts[ch])
+        new = {old: _code_point(i) for i, old in enumerate(by_frequency)}
+        table = {ord(old): ch for old, ch in new.items()}
+        self._codes = [code.translate(table) for code in self._codes]
+        self._vocab = {tok: new[ch] for tok, ch in self._vocab.items()}
+        self._recoded_at = len(self._codes)
 
     def _widen(self, lens: np.ndarray) -> None:
         width = int(lens.max(initial=0)) + 1
