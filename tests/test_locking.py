@@ -18,6 +18,8 @@ import sys
 
 import pytest
 
+from conftest import REPO_ROOT
+
 from alpaca_lib import locking
 from alpaca_lib.errors import UsageError
 from alpaca_lib.locking import LOCK_NAME, OutputLockedError, output_lock
@@ -49,7 +51,7 @@ def test_a_killed_holder_leaves_no_lock(tmp_path):
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from alpaca_lib.locking import output_lock\n"
          f"with output_lock({str(tmp_path)!r}, 'holder'):\n    print('locked', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT,
     )
     try:
         assert holder.stdout.readline() == "locked\n"
