@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import json
 import re
 import signal
@@ -306,7 +307,8 @@ def test_a_second_concurrent_run_is_refused_naming_the_holder_and_changes_nothin
     assert sorted(p.name for p in out.iterdir()) == [JOURNAL_NAME, "regen.json"]
 
 
-def test_ctrl_c_reports_what_the_file_holds(tmp_path, seeds):
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_or_sigterm_saves_and_reports_what_the_file_holds(tmp_path, seeds, signum, status):
     out = tmp_path / "out"
     stub, gate = _gated_stub(after=4)
     with stub:
@@ -315,13 +317,13 @@ def test_ctrl_c_reports_what_the_file_holds(tmp_path, seeds):
         try:
             _wait_until(lambda: _journaled_requests(out / JOURNAL_NAME) >= 4 and len(stub.requests) >= 6,
                         "the run waits for its 5th and 6th replies")
-            run.send_signal(signal.SIGINT)
+            run.send_signal(signum)
             time.sleep(0.5)
         finally:
             gate.set()  # the replies in flight end, so the interrupted process can exit
         stdout, stderr = run.communicate(timeout=60)
-    assert run.returncode == 130, stderr
-    assert "interrupted" in stderr
+    assert run.returncode == status, stderr
+    assert ("interrupted; everything kept so far is in the journal" in stderr) == (signum == signal.SIGINT)
     items = _regen(out)
     assert len(items) == len(read_journal(out / JOURNAL_NAME).items) > 0
     assert f"{len(items)} instructions in {out / 'regen.json'} (the same as in the journal); re-run the same command to resume" in stdout
@@ -449,3 +451,22 @@ def test_regen_json_is_written_as_jdump_writes_it(tmp_path):
         regen.save(items[:n])
         jdump(items[:n], tmp_path / "reference.json")
         assert (tmp_path / "regen.json").read_bytes() == (tmp_path / "reference.json").read_bytes()
+
+
+@pytest.mark.parametrize("signum, raised", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, SystemExit)])
+def test_a_signal_during_a_batch_commit_takes_effect_after_it(signum, raised):
+    from alpaca_lib.selfinstruct.runner import _StopSignals
+
+    signals, committed = _StopSignals(), []
+    signals.install()
+    try:
+        with pytest.raises(raised) as stop:
+            with signals.deferred():
+                os.kill(os.getpid(), signum)
+                time.sleep(0.05)  # the handler has run by now, and must not have stopped this block
+                committed.append("journal line and state")
+        assert committed == ["journal line and state"]
+        assert raised is KeyboardInterrupt or stop.value.code == 143
+    finally:
+        signals.restore()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

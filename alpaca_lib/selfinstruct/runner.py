@@ -21,17 +21,20 @@ is rewritten (at most every `save_every_s`) from items encoded once each.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import random
+import signal
 import sys
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from alpaca_lib.errors import UsageError
 from alpaca_lib.fileio import atomic_write
@@ -152,6 +155,57 @@ def _json_indented(obj: Any, level: int) -> str:
 _encode_str = json.encoder.encode_basestring  # what json.dump(..., ensure_ascii=False) writes a str as
 
 
+class _StopSignals:
+    """Ctrl-C (SIGINT) and SIGTERM stop a run cleanly, and never in the middle of committing a batch.
+
+    SIGTERM stops it as Ctrl-C does (regen.json saved, what it holds printed), with exit status 143.
+    A signal that arrives while a batch is committed (its journal line written, the in-memory items
+    updated) takes effect right after, so regen.json is always saved with what the journal holds.
+    Signals whose handling someone changed (ignored, say) are left alone, and so is every signal
+    outside the main thread, where Python cannot handle them.
+    """
+
+    def __init__(self):
+        self._previous: dict[int, Any] = {}
+        self._deferring = False
+        self._pending: int | None = None
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+            if signal.getsignal(signum) is default:
+                self._previous[signum] = signal.signal(signum, self._handle)
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self._deferring:
+            self._pending = signum
+        else:
+            _stop(signum)
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+        if self._pending is not None:
+            signum, self._pending = self._pending, None
+            _stop(signum)
+
+
+def _stop(signum: int) -> None:
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise SystemExit(128 + signum)
+
+
 def run_generation(cfg: GenerateConfig, client: Any = None, progress: bool | None = None) -> dict[str, Any]:
     """Runs (or resumes) generation into cfg.output_dir, holding the folder's lock throughout.
 
@@ -251,7 +305,9 @@ def _generate(cfg: GenerateConfig, seeds: list[dict], prompt_text: str, prices: 
         batches_run = 0
         stopped = True  # until the loop ends on its own
         executor = ThreadPoolExecutor(max_workers=cfg.max_concurrency or cfg.request_batch_size)
+        signals = _StopSignals()
         try:
+            signals.install()
             while len(state.items) < target:
                 if cfg.max_batches is not None and batches_run >= cfg.max_batches:
                     print(f"Stopped after --max_batches={cfg.max_batches} batches; re-run to continue")
@@ -282,10 +338,11 @@ def _generate(cfg: GenerateConfig, seeds: list[dict], prompt_text: str, prices: 
                     "discarded": dict(stats),
                     "items": kept_items,
                 }
-                journal.append(rec, sync=True)
-                state.items.extend(kept_items)
-                state.batches.append({k_: v for k_, v in rec.items() if k_ != "items"})
-                state.next_batch = b + 1
+                with signals.deferred():  # the journal line and the state that regen.json is saved from agree
+                    journal.append(rec, sync=True)
+                    state.items.extend(kept_items)
+                    state.batches.append({k_: v for k_, v in rec.items() if k_ != "items"})
+                    state.next_batch = b + 1
                 batches_run += 1
                 unsaved = True
                 counts["raw"] += raw_items
@@ -301,11 +358,12 @@ def _generate(cfg: GenerateConfig, seeds: list[dict], prompt_text: str, prices: 
                     last_save, unsaved = time.monotonic(), False
             stopped = False
         finally:
+            signals.restore()
             executor.shutdown(wait=False, cancel_futures=True)
             bar.close()
             if unsaved or not regen_path.exists():
                 regen.save(state.items)
-            if stopped:  # an error or Ctrl-C: what the file holds now, before the error is reported
+            if stopped:  # an error, Ctrl-C or SIGTERM: what the file holds now, before the error is reported
                 print(f"{len(state.items)} instructions in {regen_path} (the same as in the journal); "
                       "re-run the same command to resume")
         summary = summarize(state.requests, state.batches, prices)
