@@ -59,6 +59,12 @@ def output_lock(folder: str | os.PathLike, command: str) -> Iterator[Path]:
             holder = _read_holder(fd)
             os.close(fd)
             raise OutputLockedError(_refusal(folder, holder, path)) from None
+        except OSError as e:
+            os.close(fd)
+            raise UsageError(
+                f"cannot lock {path} ({e.strerror}): the file system of {folder} does not support flock; "
+                "choose an output folder on a local disk"
+            ) from None
         except BaseException:
             os.close(fd)
             raise

@@ -95,3 +95,16 @@ def test_a_lock_file_removed_between_open_and_flock_is_not_shared(tmp_path, monk
     with output_lock(tmp_path, "me") as path:
         assert len(opened) == 2 and os.stat(path).st_ino == opened[1]
         assert json.loads(path.read_text())["command"] == "me"
+
+
+def test_a_file_system_without_flock_is_a_usage_error(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(UsageError, match=rf"cannot lock {tmp_path / LOCK_NAME} \(No locks available\): the file system"):
+        with output_lock(tmp_path, "me"):
+            pass
