@@ -44,7 +44,7 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from benchutil import REPO_ROOT, bundled_instructions, bundled_records, peak_rss_mb
+from benchutil import bundled_instructions, bundled_records, peak_rss_mb
 
 NEAR_COPY_SHARE = 0.04  # items that re-use one of the recurring instructions
 RECURRING = 1000  # how many recurring instructions there are
@@ -147,12 +147,14 @@ def main() -> None:
     ap.add_argument("--target", type=int, default=52_002, help="instructions to keep (Alpaca's 52,002)")
     ap.add_argument("--request_batch_size", type=int, default=20, help="prompts per batch (16 candidates each)")
     ap.add_argument("--num_cpus", type=int, default=2, help="threads for the ROUGE-L dedup")
-    ap.add_argument("--output_dir", default=None, help="keep the run's folder here (default: a temporary one, removed)")
+    ap.add_argument("--output_dir", default=None, help="a new folder to keep the run's files in (default: a temporary one, removed)")
     ap.add_argument("--profile", default=None, help="write a cProfile of the run to this file")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
         return serve()
+    if args.output_dir and Path(args.output_dir).exists() and any(Path(args.output_dir).iterdir()):
+        ap.error(f"--output_dir {args.output_dir} is not empty (a run there would resume, not start); pass a new folder")
 
     import generate_instruction
     from alpaca_lib.selfinstruct import journal, rouge, runner
