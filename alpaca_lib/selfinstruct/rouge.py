@@ -248,6 +248,7 @@ class RougeLPool:
         cand_lens = np.fromiter(map(len, codes), np.intp, n)
         self._widen(cand_lens)
         itype = np.int32 if self._width**2 <= np.iinfo(np.int32).max else np.intp  # table indices fit
+        pool_lens = self._lens.astype(itype)
         # Table index of each (candidate, other candidate) pair, for the candidates kept before each.
         vs_batch = self._lcs_matrix(codes, codes) + cand_lens[None, :] * (cand_lens[:, None] + 1)
         offsets: dict[int, np.ndarray] = {}  # candidate length c -> pool lengths * (c + 1)
@@ -262,7 +263,7 @@ class RougeLPool:
                 c = int(cand_lens[i])
                 table = self._table(c)
                 if c not in offsets:
-                    offsets[c] = (self._lens * (c + 1)).astype(itype)
+                    offsets[c] = pool_lens * itype(c + 1)
                 index += offsets[c]  # the LCS lengths become table indices
                 np.take(table, index, out=row[:pool_n], mode="clip")
                 n_all = pool_n + n_kept
