@@ -470,3 +470,26 @@ def test_a_signal_during_a_batch_commit_takes_effect_after_it(signum, raised):
     finally:
         signals.restore()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_each_item_is_encoded_once_and_the_journal_read_once(tmp_path, seeds, monkeypatch):
+    # What grows with the data is done once per item: with regen.json saved after every batch
+    # (save_every_s=0), each kept item is still encoded only once, and the journal is read once, at start.
+    from alpaca_lib.selfinstruct import runner
+
+    encoded, reads = [], []
+    real_encode, real_read = runner._json_indented, runner.read_journal
+    monkeypatch.setattr(runner, "_json_indented", lambda obj, level: (level == 1 and encoded.append(obj["instruction"]),
+                                                                       real_encode(obj, level))[1])
+    monkeypatch.setattr(runner, "read_journal", lambda *a, **kw: (reads.append(a[0]), real_read(*a, **kw))[1])
+    out = tmp_path / "out"
+    with OpenAIStub() as stub:
+        run_generation(_cfg(out, seeds, stub, num_instructions_to_generate=500, max_batches=3), progress=False)
+        first = len(_regen(out))
+        run_generation(_cfg(out, seeds, stub, num_instructions_to_generate=500, max_batches=3), progress=False)
+    items = _regen(out)
+    assert len(read_journal(out / JOURNAL_NAME).batches) == 6 and len(items) > first > 0
+    assert reads == [out / JOURNAL_NAME]  # the first run found no journal; the resumed one read it once
+    # regen.json was saved after each of the 6 batches, yet each item was encoded once per run: the first
+    # run's items by it, then all of them by the resumed run, which starts from the journal.
+    assert encoded == [it["instruction"] for it in items[:first]] + [it["instruction"] for it in items]
