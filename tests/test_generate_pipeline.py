@@ -5,8 +5,12 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import json
+import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +23,7 @@ from conftest import REPO_ROOT, seed_task, write_seed_tasks
 from openai_stub import OpenAIStub, Step, chat, completion, fake_model, fake_reply
 
 from alpaca_lib.data import load_records
+from alpaca_lib.locking import LOCK_NAME
 from alpaca_lib.selfinstruct.client import GenerationError
 from alpaca_lib.selfinstruct.journal import JOURNAL_NAME, read_journal
 from alpaca_lib.selfinstruct.runner import GenerateConfig, export_alpaca, run_generation
@@ -185,11 +190,45 @@ def _cli(out, seeds, base_url, *extra) -> list[str]:
     ]
 
 
-def test_kill_mid_run_and_resume_loses_and_repeats_nothing(tmp_path, seeds):
-    # Reference: an uninterrupted run.
+def _reference_run(tmp_path, seeds) -> tuple[bytes, int]:
+    """regen.json of an uninterrupted run with _cli's settings, and the requests it took."""
     with OpenAIStub() as stub:
         run_generation(_cfg(tmp_path / "ref", seeds, stub, num_instructions_to_generate=60, seed=3, num_cpus=1), progress=False)
-        ref_requests = len(stub.requests)
+        return (tmp_path / "ref" / "regen.json").read_bytes(), len(stub.requests)
+
+
+def _journaled_requests(journal: Path) -> int:
+    return sum('"t": "request"' in line for line in journal.read_text().splitlines()) if journal.exists() else 0
+
+
+def _wait_until(condition, what: str, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.02)
+
+
+def _summary_counts(stdout: str) -> tuple[int, int]:
+    """(kept, instructions in regen.json) from the summary lines a run prints."""
+    kept = int(re.search(r"^items parsed: \d+, kept: (\d+) ", stdout, flags=re.MULTILINE).group(1))
+    return kept, _file_count(stdout)
+
+
+def _file_count(stdout: str) -> int:
+    return int(re.search(r"^(\d+) instructions in \S*regen.json", stdout, flags=re.MULTILINE).group(1))
+
+
+def _exports(tmp_path, out) -> list[list[dict]]:
+    """What to_alpaca makes of the folder, its regen.json and its journal."""
+    got = []
+    for i, src in enumerate((out, out / "regen.json", out / JOURNAL_NAME)):
+        export_alpaca(src, tmp_path / f"export{i}.json")
+        got.append(json.loads((tmp_path / f"export{i}.json").read_text()))
+    return got
+
+
+def test_kill_mid_run_and_resume_loses_and_repeats_nothing(tmp_path, seeds):
+    ref_regen, ref_requests = _reference_run(tmp_path, seeds)
     out = tmp_path / "out"
     journal = out / JOURNAL_NAME
     # Killed: the server answers 7 requests (2 whole batches of 3 and 1 of the third), then hangs.
@@ -197,10 +236,7 @@ def test_kill_mid_run_and_resume_loses_and_repeats_nothing(tmp_path, seeds):
         proc = subprocess.Popen(_cli(out, seeds, stub.base_url), cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             assert stub.hung.wait(60), "the run never reached the 8th request"
-            deadline = time.time() + 30
-            while sum('"t": "request"' in line for line in journal.read_text().splitlines()) < 7:
-                assert time.time() < deadline
-                time.sleep(0.02)
+            _wait_until(lambda: _journaled_requests(journal) >= 7, "7 requests are journaled")
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
@@ -208,6 +244,7 @@ def test_kill_mid_run_and_resume_loses_and_repeats_nothing(tmp_path, seeds):
     assert state.next_batch == 2 and len(state.pending) == 1 and state.pending_size == 3
     kept_before = [it["instruction"] for it in state.items]
     assert kept_before  # two batches were committed
+    assert (out / LOCK_NAME).exists()  # left by the killed run, but no longer locked
     # Resumed: the same command.
     with OpenAIStub() as stub:
         done = subprocess.run(_cli(out, seeds, stub.base_url), cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
@@ -218,8 +255,80 @@ def test_kill_mid_run_and_resume_loses_and_repeats_nothing(tmp_path, seeds):
     assert [it["instruction"] for it in items[: len(kept_before)]] == kept_before
     assert len({it["instruction"] for it in items}) == len(items)
     # Same data as the uninterrupted run, and no request paid for twice.
-    assert (out / "regen.json").read_bytes() == (tmp_path / "ref" / "regen.json").read_bytes()
+    assert (out / "regen.json").read_bytes() == ref_regen
     assert resumed_requests == ref_requests - 7
+    # What the summary reports is what the file holds, and every way of exporting gives the same records.
+    assert _summary_counts(done.stdout) == (len(items), len(items))
+    from_folder, from_regen, from_journal = _exports(tmp_path, out)
+    assert from_folder == from_regen == from_journal and len(from_folder) == len(items)
+    assert not (out / LOCK_NAME).exists()
+
+
+def _gated_stub(after: int) -> tuple[OpenAIStub, threading.Event]:
+    """A stub whose fake model answers the first `after` requests, then holds each later one until the event is set."""
+    gate = threading.Event()
+    count = itertools.count(1)
+
+    def answer(req):
+        if next(count) > after:
+            gate.wait(60)
+        return fake_model(req)
+
+    return OpenAIStub(default=answer), gate
+
+
+def test_a_second_concurrent_run_is_refused_naming_the_holder_and_changes_nothing(tmp_path, seeds):
+    ref_regen, _ = _reference_run(tmp_path, seeds)
+    out = tmp_path / "out"
+    stub, gate = _gated_stub(after=4)  # batch 0 and the first request of batch 1 are answered, then it waits
+    with stub:
+        first = subprocess.Popen(_cli(out, seeds, stub.base_url), cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        try:
+            _wait_until(lambda: _journaled_requests(out / JOURNAL_NAME) >= 4 and len(stub.requests) >= 6,
+                        "the first run waits for its 5th and 6th replies")
+            before = {p.name: p.read_bytes() for p in out.iterdir()}
+            second = subprocess.run(_cli(out, seeds, stub.base_url), cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+            assert second.returncode == 1
+            holder = json.loads((out / LOCK_NAME).read_text())
+            assert second.stderr.startswith(
+                f"error: {out} is in use by pid {first.pid} on {socket.gethostname()} (generate_instruction "
+                f"generate_instruction_following_data, started {holder['started']}); only one run may write"
+            ), second.stderr
+            assert "run this command again to resume, or choose another output folder" in second.stderr
+            assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+            assert len(stub.requests) == 6  # the refused run asked the server nothing
+        finally:
+            gate.set()
+        stdout, stderr = first.communicate(timeout=120)
+    assert first.returncode == 0, stderr
+    assert (out / "regen.json").read_bytes() == ref_regen
+    assert [json.loads(line)["t"] for line in (out / JOURNAL_NAME).read_text().splitlines()].count("start") == 1
+    assert sorted(p.name for p in out.iterdir()) == [JOURNAL_NAME, "regen.json"]
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_or_sigterm_saves_and_reports_what_the_file_holds(tmp_path, seeds, signum, status):
+    out = tmp_path / "out"
+    stub, gate = _gated_stub(after=4)
+    with stub:
+        run = subprocess.Popen(_cli(out, seeds, stub.base_url), cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+        try:
+            _wait_until(lambda: _journaled_requests(out / JOURNAL_NAME) >= 4 and len(stub.requests) >= 6,
+                        "the run waits for its 5th and 6th replies")
+            run.send_signal(signum)
+            time.sleep(0.5)
+        finally:
+            gate.set()  # the replies in flight end, so the interrupted process can exit
+        stdout, stderr = run.communicate(timeout=60)
+    assert run.returncode == status, stderr
+    assert ("interrupted; everything kept so far is in the journal" in stderr) == (signum == signal.SIGINT)
+    items = _regen(out)
+    assert len(items) == len(read_journal(out / JOURNAL_NAME).items) > 0
+    assert f"{len(items)} instructions in {out / 'regen.json'} (the same as in the journal); re-run the same command to resume" in stdout
+    from_folder, from_regen, from_journal = _exports(tmp_path, out)
+    assert from_folder == from_regen == from_journal
 
 
 def test_torn_last_journal_line_is_cut_off_on_resume(tmp_path, seeds):
@@ -322,3 +431,65 @@ def test_exported_file_loads_with_the_training_loader(tmp_path, seeds):
     records = load_records(tmp_path / "alpaca_data.json")
     assert len(records) == n == len(_regen(out))
     assert records[0]["instruction"] == _regen(out)[0]["instruction"]
+
+
+def test_regen_json_is_written_as_jdump_writes_it(tmp_path):
+    from alpaca_lib.selfinstruct.runner import RegenFile
+    from utils import jdump
+
+    items = [
+        {"instruction": "Say \"hi\"\n\tto them.", "input": "", "output": "Hi! 你好 \u2028 \\ end",
+         "most_similar_instructions": {"A \u00e9": 0.30769230769230765, "B": 0.0, "C": 1.0}, "avg_similarity_score": 1e-17},
+        {"instruction": "Imported from the original script.", "input": "x", "output": "y"},
+        {"instruction": "Odd values.", "input": "", "output": "", "most_similar_instructions": {},
+         "avg_similarity_score": 3, "extra": [1, [], {"k": None}, True, float("nan")]},
+    ]
+    regen = RegenFile(tmp_path / "regen.json")
+    regen.save([])
+    assert (tmp_path / "regen.json").read_text() == "[]"
+    for n in (1, 3):  # the second save encodes only the items added since the first
+        regen.save(items[:n])
+        jdump(items[:n], tmp_path / "reference.json")
+        assert (tmp_path / "regen.json").read_bytes() == (tmp_path / "reference.json").read_bytes()
+
+
+@pytest.mark.parametrize("signum, raised", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, SystemExit)])
+def test_a_signal_during_a_batch_commit_takes_effect_after_it(signum, raised):
+    from alpaca_lib.selfinstruct.runner import _StopSignals
+
+    signals, committed = _StopSignals(), []
+    signals.install()
+    try:
+        with pytest.raises(raised) as stop:
+            with signals.deferred():
+                os.kill(os.getpid(), signum)
+                time.sleep(0.05)  # the handler has run by now, and must not have stopped this block
+                committed.append("journal line and state")
+        assert committed == ["journal line and state"]
+        assert raised is KeyboardInterrupt or stop.value.code == 143
+    finally:
+        signals.restore()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_each_item_is_encoded_once_and_the_journal_read_once(tmp_path, seeds, monkeypatch):
+    # What grows with the data is done once per item: with regen.json saved after every batch
+    # (save_every_s=0), each kept item is still encoded only once, and the journal is read once, at start.
+    from alpaca_lib.selfinstruct import runner
+
+    encoded, reads = [], []
+    real_encode, real_read = runner._json_indented, runner.read_journal
+    monkeypatch.setattr(runner, "_json_indented", lambda obj, level: (level == 1 and encoded.append(obj["instruction"]),
+                                                                       real_encode(obj, level))[1])
+    monkeypatch.setattr(runner, "read_journal", lambda *a, **kw: (reads.append(a[0]), real_read(*a, **kw))[1])
+    out = tmp_path / "out"
+    with OpenAIStub() as stub:
+        run_generation(_cfg(out, seeds, stub, num_instructions_to_generate=500, max_batches=3), progress=False)
+        first = len(_regen(out))
+        run_generation(_cfg(out, seeds, stub, num_instructions_to_generate=500, max_batches=3), progress=False)
+    items = _regen(out)
+    assert len(read_journal(out / JOURNAL_NAME).batches) == 6 and len(items) > first > 0
+    assert reads == [out / JOURNAL_NAME]  # the first run found no journal; the resumed one read it once
+    # regen.json was saved after each of the 6 batches, yet each item was encoded once per run: the first
+    # run's items by it, then all of them by the resumed run, which starts from the journal.
+    assert encoded == [it["instruction"] for it in items[:first]] + [it["instruction"] for it in items]

@@ -9,11 +9,14 @@ import json
 import random
 
 import numpy as np
-from rouge_score import rouge_scorer
+import pytest
+from rapidfuzz.distance import LCSseq
+from rouge_score import rouge_scorer, scoring
 
 from conftest import REPO_ROOT, alpaca_records
 
-from alpaca_lib.selfinstruct.rouge import RougeLPool, rouge_tokenize, top_k_desc
+from alpaca_lib.selfinstruct import rouge
+from alpaca_lib.selfinstruct.rouge import RougeLPool, rouge_tokenize, rouge_tokenize_chars
 
 SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
 WORDS = "the a of to write list give explain name short story poem two three summarize each sentence word".split()
@@ -25,12 +28,27 @@ def _reference_scores(candidate: str, pool: list[str]) -> np.ndarray:
     return np.array([rouge_scorer._score_lcs(cand, SCORER._tokenizer.tokenize(p)).fmeasure for p in pool], dtype=np.float64)
 
 
-def _reference_filter(pool: list[str], candidates: list[str]):
+def _fast_reference_scores(candidate: str, pool: list[str], tokenize=SCORER._tokenizer.tokenize) -> np.ndarray:
+    """rouge_scorer._score_lcs's arithmetic (precision over the pool item, scoring.fmeasure) with the LCS
+    length from rapidfuzz over the token lists instead of its Python table: the same floats, fast enough
+    for pools of thousands. `test_fast_reference_is_rouge_score` checks it against _score_lcs itself."""
+    cand = tokenize(candidate)
+    out = []
+    for tokens in map(tokenize, pool):
+        if not cand or not tokens:
+            out.append(0.0)
+            continue
+        lcs = LCSseq.similarity(cand, tokens)
+        out.append(scoring.fmeasure(lcs / len(tokens), lcs / len(cand)))
+    return np.array(out, dtype=np.float64)
+
+
+def _reference_filter(pool: list[str], candidates: list[str], score=_reference_scores):
     """The original generator's per-candidate loop (stable tie order for the top 10)."""
     pool = list(pool)
     out = []
     for c in candidates:
-        scores = _reference_scores(c, pool)
+        scores = score(c, pool)
         if scores.max() > 0.7:
             out.append((False, float(scores.max()), None, None))
             continue
@@ -127,13 +145,6 @@ def test_sequential_semantics_and_pool_growth():
     assert pool.filter_batch(["name two rivers in africa today"])[0].kept is False
 
 
-def test_top_k_matches_stable_argsort_with_ties():
-    rng = np.random.default_rng(3)
-    for n in (1, 5, 10, 11, 50, 1000):
-        scores = rng.integers(0, 4, size=n) / 4.0  # many ties
-        assert top_k_desc(scores, 10).tolist() == np.argsort(scores, kind="stable")[-10:][::-1].tolist()
-
-
 def test_empty_pool_keeps_with_zero_scores():
     d = RougeLPool([]).filter_batch(["Anything at all goes here."])
     assert d[0].kept and d[0].max_score == 0.0 and d[0].most_similar_instructions == {} and d[0].avg_similarity_score == 0.0
@@ -145,3 +156,87 @@ def test_real_seed_instructions_against_each_other():
     p = RougeLPool(seeds[:100])
     for c in seeds[100:]:
         assert np.array_equal(p.scores(c), _reference_scores(c, seeds[:100]))
+
+
+def _assert_same_decisions(got, ref):
+    assert len(got) == len(ref)
+    for g, (kept, max_score, top, avg) in zip(got, ref):
+        assert g.kept == kept and g.max_score == max_score
+        if kept:
+            assert list(g.most_similar_instructions.items()) == list(top.items())
+            assert g.avg_similarity_score == avg
+
+
+def test_fast_reference_is_rouge_score():
+    rng = random.Random(4)
+    pool = _random_texts(rng, 100) + _real_texts()[:100]
+    for c in _random_texts(rng, 10) + _real_texts()[200:210]:
+        assert np.array_equal(_fast_reference_scores(c, pool), _reference_scores(c, pool)), c
+
+
+def test_batches_against_a_pool_of_thousands_match_the_original_loop(monkeypatch):
+    # 5,200 items: the top-10 search narrows each row to the scores reaching its sample's 10th (_top_k_floor);
+    # short random texts over 19 words tie a lot. A small block makes each batch take several cdist blocks.
+    monkeypatch.setattr(rouge, "_BLOCK_PAIRS", 7 * 5_300)
+    rng = random.Random(5)
+    real = _real_texts()
+    pool = _random_texts(rng, 4_800) + real[:400]
+    batches = []
+    for b in range(2):
+        batch = _random_texts(rng, 12) + real[400 + 8 * b : 408 + 8 * b]
+        batch += [batch[2], batch[2] + " again", pool[-1] + " Explain briefly.", pool[100]]
+        batches.append(batch)
+    p = RougeLPool(pool, workers=2)
+    reference_pool = list(pool)
+    for batch in batches:
+        got = p.filter_batch(batch)
+        ref = _reference_filter(reference_pool, batch, _fast_reference_scores)
+        _assert_same_decisions(got, ref)
+        assert sum(not g.kept for g in got) >= 4 and sum(g.kept for g in got) >= 10
+        # Ties at the 10th score are common here, so the order "later item first" is what is checked.
+        tenth = [(c, min(g.most_similar_instructions.values())) for c, g in zip(batch, got) if g.kept][:6]
+        assert sum((_fast_reference_scores(c, reference_pool) >= low).sum() > 10 for c, low in tenth) >= 3
+        reference_pool += [c for c, g in zip(batch, got) if g.kept]
+    assert p.texts == reference_pool
+
+
+def test_chars_tokenizer_keeps_ascii_tokens_and_splits_other_letters():
+    assert rouge_tokenize_chars("Write a POEM, then 3 more.") == rouge_tokenize("Write a POEM, then 3 more.")
+    assert rouge_tokenize_chars("写一首关于秋天的诗。") == list("写一首关于秋天的诗")
+    assert rouge_tokenize_chars("用Python写3个函数") == ["用", "python", "写", "3", "个", "函", "数"]
+    assert rouge_tokenize_chars("Привет, мир_2") == list("привет") + list("мир") + ["2"]
+    assert rouge_tokenize_chars("café naïve") == ["caf", "é", "na", "ï", "ve"]
+    assert rouge_tokenize("写一首关于秋天的诗。") == []  # what rouge_score sees: nothing
+
+
+class _CharTokenizer:
+    def tokenize(self, text):
+        return rouge_tokenize_chars(text)
+
+
+def test_chars_tokenizer_scores_are_rouge_score_with_that_tokenizer():
+    scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=_CharTokenizer())
+    pool = ["写一首关于秋天的诗。", "写一首关于春天的诗。", "解释为什么天空是蓝色的。", "把这句话翻译成英文。",
+            "Write a poem about autumn.", "用三句话总结这篇文章。", "列出五种常见的水果。"]
+    candidates = ["写一首关于秋天的短诗。", "列出三种常见的蔬菜。", "Write a poem about the autumn.", "解释天空为什么是蓝色。"]
+    p = RougeLPool(pool, tokenizer="chars")
+    for c in candidates:
+        # The original's call order: the new instruction is the target, the pool item the prediction.
+        assert p.scores(c).tolist() == [scorer.score(c, x)["rougeL"].fmeasure for x in pool]
+    words = RougeLPool(pool).filter_batch(candidates)
+    chars = RougeLPool(pool, tokenizer="chars").filter_batch(candidates)
+    # rouge_score's tokens see no Chinese: every Chinese candidate is kept with all-zero scores.
+    assert [d.kept for d in words] == [True, True, False, True]
+    assert words[0].max_score == 0.0 and set(words[0].most_similar_instructions.values()) == {0.0}
+    # By character, near-copies of pool items are dropped (an LCS of 9 characters between 10 and 9, of 8
+    # between 10 and 11), "list three common vegetables" is not (6 of 9 against "list five common fruits"),
+    # and English decides as with words.
+    assert [d.kept for d in chars] == [False, True, False, False]
+    assert [d.max_score for d in chars] == [0.9473684210526316, 0.6666666666666666, 0.9090909090909091, 0.761904761904762]
+    assert chars[2].max_score == words[2].max_score
+    _assert_same_decisions(chars, _reference_filter(pool, candidates, lambda c, pl: _fast_reference_scores(c, pl, rouge_tokenize_chars)))
+
+
+def test_unknown_tokenizer_is_refused():
+    with pytest.raises(ValueError, match="tokenizer must be one of"):
+        RougeLPool([], tokenizer="bytes")

@@ -87,7 +87,11 @@ class GenerateConfig(ClientConfig):
     output_dir: str = _help("Where regen.json and the journal regen.journal.jsonl go.", "./")
     seed_tasks_path: str = _help("Self-instruct seed tasks (JSON lines); default: seed_tasks.jsonl next to the script.",
                                  str(SEED_TASKS_PATH))
-    prompt_path: str = _help("The meta-prompt; default: prompt.txt next to the script.", str(PROMPT_PATH))
+    prompt_path: str = _help(
+        "The meta-prompt, e.g. one written in another language (the examples after it keep their numbered "
+        "'Instruction:/Input:/Output:' labels, which the reply parser reads); default: prompt.txt next to the script.",
+        str(PROMPT_PATH),
+    )
     num_instructions_to_generate: int = _help("Stop once this many instructions are kept.", 100)
     num_prompt_instructions: int = _help("Seed tasks shown in each prompt.", 3)
     request_batch_size: int = _help("Prompts per batch (sent concurrently, then decided together).", 5)
@@ -106,6 +110,17 @@ class GenerateConfig(ClientConfig):
         "table, for the cost estimate.", None,
     )
     max_batches: int | None = _help("Stop after this many batches in this invocation (re-run to continue).", None)
+    keep_other_scripts: bool = _help(
+        "Keep instructions in other scripts: one may start with a letter or digit of any script (the original drops "
+        "every instruction that starts with a non-ASCII character), and each Chinese or Japanese character counts as "
+        "a word in the 3 < words <= 150 rule. Off: the original filter.", False,
+    )
+    rouge_tokenizer: str = _help(
+        "Tokens of the ROUGE-L dedup. words: rouge_score's, as the original (lowercase runs of [a-z0-9]: an "
+        "instruction in another script has no tokens, scores 0 against everything and is never dropped as similar). "
+        "chars: the same ASCII runs plus every other letter or digit as a token of its own (character-level ROUGE-L "
+        "for Chinese and Japanese; text in ASCII letters scores exactly as with words).", "words",
+    )
     save_every_s: float = _help(
         "Rewrite regen.json at most this often (the journal is always current; the file is also written at the end).",
         60.0,
@@ -129,6 +144,12 @@ class GenerateConfig(ClientConfig):
                 raise UsageError(f"--{name} must be a positive integer; got {value!r}")
         if self.seed is not None and not _is_int(self.seed):
             raise UsageError(f"--seed must be an integer; got {self.seed!r}")
+        from .rouge import TOKENIZERS
+
+        if self.rouge_tokenizer not in TOKENIZERS:
+            raise UsageError(f"--rouge_tokenizer must be one of {', '.join(TOKENIZERS)}; got {self.rouge_tokenizer!r}")
+        if not isinstance(self.keep_other_scripts, bool):
+            raise UsageError(f"--keep_other_scripts must be True or False; got {self.keep_other_scripts!r}")
 
 
 def _is_int(value: Any) -> bool:

@@ -9,6 +9,10 @@ layout separated by `###`, `<noinput>` for an empty input, dropping the last ite
 by the token limit, the 3 < words <= 150 rule, the whole-word blacklist, "Write a program", and
 instructions that start with punctuation or a non-ASCII character. `stats` (optional) counts why
 each item was discarded, so a run can report it.
+
+`keep_other_scripts=True` (`--keep_other_scripts`) is the one departure, asked for: instructions may
+start with a letter or digit of any script, and each Chinese or Japanese character counts as a word
+in the length rule, since those scripts put no spaces between words.
 """
 
 from __future__ import annotations
@@ -48,6 +52,15 @@ BLACKLIST = [
     "diagram",
 ]
 
+# The blacklist as one pattern: a match of any word, whole, is a match of this (the original searched word by word).
+_BLACKLIST_RE = re.compile(r"\b({0})\b".format("|".join(BLACKLIST)), flags=re.IGNORECASE)
+# Kana and Han ideographs: scripts written without spaces between words, where a character counts as a word.
+_NO_SPACE_LETTERS = "\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f\U00020000-\U0003134f"
+# Their punctuation (。、「」 and the full-width ，！？：), which separates words and is none.
+_NO_SPACE_PUNCTUATION = "\u3000-\u303f\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65"
+# A word, when other scripts are kept: one such letter, or a run of anything but spaces and those.
+_WORD_ANY_SCRIPT = re.compile(f"[{_NO_SPACE_LETTERS}]|[^\\s{_NO_SPACE_LETTERS}{_NO_SPACE_PUNCTUATION}]+")
+
 # Discard reasons, in the order the rules are applied; the run summary reports them by these names.
 DISCARD_REASONS = (
     "truncated",  # last item of a reply that hit the token limit
@@ -57,7 +70,7 @@ DISCARD_REASONS = (
     "blacklist",  # mentions a blacklisted word
     "write_a_program",  # starts with "Write a program"
     "punctuation_start",
-    "non_ascii_start",
+    "non_ascii_start",  # (with keep_other_scripts: a non-ASCII character that is no letter or digit)
     "similar",  # ROUGE-L > 0.7 against an instruction already kept (counted by the dedup step)
 )
 
@@ -112,6 +125,7 @@ def post_process_gpt3_response(
     num_prompt_instructions: int,
     response: Mapping[str, Any] | None,
     stats: Counter | None = None,
+    keep_other_scripts: bool = False,
 ) -> list[dict[str, str]]:
     """Splits one reply into instruction records and applies the original filters.
 
@@ -119,6 +133,8 @@ def post_process_gpt3_response(
         num_prompt_instructions: how many examples the prompt held (the reply starts at k+1).
         response: {"text": ..., "finish_reason": ...}, or None for a failed request.
         stats: if given, incremented by discard reason (see DISCARD_REASONS).
+        keep_other_scripts: keep instructions that start with a non-ASCII letter or digit, and count
+            each Chinese or Japanese character as a word (the original drops them all).
     Returns:
         The records that pass, each {"instruction", "input", "output"}.
     """
@@ -144,14 +160,14 @@ def post_process_gpt3_response(
         task_input = splitted_data[4].strip()
         task_input = "" if task_input.lower() == "<noinput>" else task_input
         output = splitted_data[6].strip()
-        n_words = len(inst.split())
+        n_words = len(_WORD_ANY_SCRIPT.findall(inst)) if keep_other_scripts else len(inst.split())
         if n_words <= 3:
             stats["too_short"] += 1
             continue
         if n_words > 150:
             stats["too_long"] += 1
             continue
-        if any(find_word_in_string(word, inst) for word in BLACKLIST):
+        if _BLACKLIST_RE.search(inst):
             stats["blacklist"] += 1
             continue
         # Models tend to prepend "Write a program" to ordinary tasks, which leaves it unclear
@@ -162,7 +178,7 @@ def post_process_gpt3_response(
         if inst[0] in string.punctuation:
             stats["punctuation_start"] += 1
             continue
-        if not inst[0].isascii():
+        if not inst[0].isascii() and not (keep_other_scripts and inst[0].isalnum()):
             stats["non_ascii_start"] += 1
             continue
         instructions.append({"instruction": inst, "input": task_input, "output": output})

@@ -10,21 +10,35 @@ items kept earlier in the same batch), and keep the rest. The run ends once
 
 Sampling is reproducible: batch b draws its prompts from `random.Random(f"selfinstruct:{seed}:{b}")`,
 so a resumed run sends exactly the prompts the uninterrupted run would have.
+
+One run at a time writes to an output folder (`alpaca_lib.locking.output_lock`): a second one is refused
+before it reads or writes anything there.
+
+Nothing here grows with the data faster than the data: the ROUGE-L pool is built once and grows by
+each batch's kept items, the journal is read once at start and then only appended to, and regen.json
+is rewritten (at most every `save_every_s`) from items encoded once each.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
+import math
 import random
+import signal
 import sys
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from alpaca_lib.errors import UsageError
+from alpaca_lib.fileio import atomic_write
+from alpaca_lib.locking import output_lock
 from utils import jdump, jload
 
 from .accounting import format_summary, load_price_table, summarize
@@ -35,6 +49,7 @@ from .postprocess import encode_prompt, load_seed_tasks, post_process_gpt3_respo
 from .rouge import RougeLPool
 
 REGEN_NAME = "regen.json"
+LOCK_COMMAND = "generate_instruction generate_instruction_following_data"  # how a refused run names the holder
 ROUGE_THRESHOLD = 0.7  # the original's "> 0.7 is a near-duplicate"
 MOST_SIMILAR_K = 10
 
@@ -70,8 +85,11 @@ def _resolve_seed(cfg: GenerateConfig, state: JournalState, seeds_sha: str, prom
     prev = state.starts[-1]
     checks = [
         ("seed tasks file", prev.get("seed_tasks_sha256"), seeds_sha, "--seed_tasks_path"),
-        ("prompt.txt", prev.get("prompt_sha256"), prompt_sha, "prompt.txt"),
+        ("meta-prompt", prev.get("prompt_sha256"), prompt_sha, "--prompt_path (and file content)"),
         ("num_prompt_instructions", prev.get("num_prompt_instructions"), cfg.num_prompt_instructions, "--num_prompt_instructions"),
+        # Journals from before these settings existed ran with their defaults.
+        ("keep_other_scripts", prev.get("keep_other_scripts", False), cfg.keep_other_scripts, "--keep_other_scripts"),
+        ("rouge_tokenizer", prev.get("rouge_tokenizer", "words"), cfg.rouge_tokenizer, "--rouge_tokenizer"),
     ]
     if cfg.seed is not None:
         checks.append(("seed", prev.get("seed"), cfg.seed, "--seed"))
@@ -84,12 +102,112 @@ def _resolve_seed(cfg: GenerateConfig, state: JournalState, seeds_sha: str, prom
     return int(prev["seed"])
 
 
-def _save_regen(path: Path, items: list[dict]) -> None:
-    jdump(items, path)  # atomic: temporary file, then rename
+class RegenFile:
+    """regen.json: the kept items, as the original's `jdump(items)` writes them, byte for byte.
+
+    Each save rewrites the file atomically (temporary file, then rename), but each item is encoded
+    only once, the first time it is saved: a save costs one write of the file, not an encoding of
+    every item kept so far (52K items are 70 MB).
+
+    Args:
+        path: the file.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._encoded: list[str] = []  # items[i] as it appears in the file; items are only ever appended
+
+    def save(self, items: list[dict]) -> None:
+        """Writes `items` (the list saved before, with more appended) to the file."""
+        encoded = self._encoded
+        encoded.extend(_json_indented(it, 1) for it in items[len(encoded) :])
+        with atomic_write(self.path) as f:
+            if not encoded:
+                f.write("[]")
+                return
+            f.write("[\n    ")
+            f.write(encoded[0])
+            for text in encoded[1:]:
+                f.write(",\n    ")
+                f.write(text)
+            f.write("\n]")
+
+
+def _json_indented(obj: Any, level: int) -> str:
+    """`obj` as `json.dump(obj, indent=4, ensure_ascii=False, default=str)` writes it at nesting `level`.
+
+    For JSON data with string keys. Strings go through the json module's own C encoder.
+    """
+    if isinstance(obj, str):
+        return _encode_str(obj)
+    if isinstance(obj, float) and math.isfinite(obj):
+        return float.__repr__(obj)
+    if isinstance(obj, dict) and obj:
+        pad = "\n" + "    " * (level + 1)
+        body = ("," + pad).join(_encode_str(key) + ": " + _json_indented(value, level + 1) for key, value in obj.items())
+        return "{" + pad + body + "\n" + "    " * level + "}"
+    if isinstance(obj, (list, tuple)) and obj:
+        pad = "\n" + "    " * (level + 1)
+        return "[" + pad + ("," + pad).join(_json_indented(value, level + 1) for value in obj) + "\n" + "    " * level + "]"
+    return json.dumps(obj, ensure_ascii=False, default=str)
+
+
+_encode_str = json.encoder.encode_basestring  # what json.dump(..., ensure_ascii=False) writes a str as
+
+
+class _StopSignals:
+    """Ctrl-C (SIGINT) and SIGTERM stop a run cleanly, and never in the middle of committing a batch.
+
+    SIGTERM stops it as Ctrl-C does (regen.json saved, what it holds printed), with exit status 143.
+    A signal that arrives while a batch is committed (its journal line written, the in-memory items
+    updated) takes effect right after, so regen.json is always saved with what the journal holds.
+    Signals whose handling someone changed (ignored, say) are left alone, and so is every signal
+    outside the main thread, where Python cannot handle them.
+    """
+
+    def __init__(self):
+        self._previous: dict[int, Any] = {}
+        self._deferring = False
+        self._pending: int | None = None
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+            if signal.getsignal(signum) is default:
+                self._previous[signum] = signal.signal(signum, self._handle)
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self._deferring:
+            self._pending = signum
+        else:
+            _stop(signum)
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+        if self._pending is not None:
+            signum, self._pending = self._pending, None
+            _stop(signum)
+
+
+def _stop(signum: int) -> None:
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise SystemExit(128 + signum)
 
 
 def run_generation(cfg: GenerateConfig, client: Any = None, progress: bool | None = None) -> dict[str, Any]:
-    """Runs (or resumes) generation into cfg.output_dir.
+    """Runs (or resumes) generation into cfg.output_dir, holding the folder's lock throughout.
 
     Args:
         cfg: the run's settings.
@@ -97,11 +215,10 @@ def run_generation(cfg: GenerateConfig, client: Any = None, progress: bool | Non
         progress: show the progress bar (None: only on a terminal).
     Returns:
         The summary (also printed, and written to the journal's "end" record).
+    Raises:
+        OutputLockedError: another run is writing to cfg.output_dir.
     """
-    from tqdm import tqdm
-
     cfg.check()
-    out = Path(cfg.output_dir)
     seeds = load_seed_tasks(cfg.seed_tasks_path)
     k = cfg.num_prompt_instructions
     if k > len(seeds):
@@ -110,20 +227,32 @@ def run_generation(cfg: GenerateConfig, client: Any = None, progress: bool | Non
         )
     prompt_path = Path(cfg.prompt_path)
     if not prompt_path.is_file():
-        raise UsageError(f"meta-prompt {prompt_path} not found; it ships next to generate_instruction.py")
+        raise UsageError(
+            f"meta-prompt {prompt_path} not found; pass --prompt_path=FILE, or leave it out for the prompt.txt that "
+            "ships next to generate_instruction.py"
+        )
     prompt_text = prompt_path.read_text(encoding="utf-8")
     prices = load_price_table(cfg.price_table)
+    print(f"Loaded {len(seeds)} human-written seed instructions")
+    with output_lock(cfg.output_dir, LOCK_COMMAND):
+        return _generate(cfg, seeds, prompt_text, prices, client, progress)
+
+
+def _generate(cfg: GenerateConfig, seeds: list[dict], prompt_text: str, prices: dict, client: Any,
+              progress: bool | None) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    out = Path(cfg.output_dir)
+    k = cfg.num_prompt_instructions
     seeds_sha = sha256_of(Path(cfg.seed_tasks_path).read_bytes())
     prompt_sha = sha256_of(prompt_text)
-    print(f"Loaded {len(seeds)} human-written seed instructions")
-
-    out.mkdir(parents=True, exist_ok=True)
     jpath, regen_path = out / JOURNAL_NAME, out / REGEN_NAME
     state = read_journal(jpath, repair=True) if jpath.exists() else JournalState()
     seed = _resolve_seed(cfg, state, seeds_sha, prompt_sha, jpath)
     if client is None:
         client = CompletionClient.from_config(cfg)
     chat = client.api_style == "chat"
+    regen = RegenFile(regen_path)
 
     journal = Journal(jpath)
     try:
@@ -136,6 +265,9 @@ def run_generation(cfg: GenerateConfig, client: Any = None, progress: bool | Non
             state.batches.append({k_: v for k_, v in rec.items() if k_ != "items"})
         if state.items:
             print(f"Loaded {len(state.items)} machine-generated instructions")
+        if cfg.keep_other_scripts and cfg.rouge_tokenizer == "words":
+            print("Note: with --rouge_tokenizer=words an instruction with no [a-z0-9] in it scores 0 against every "
+                  "other, so none is dropped as similar; --rouge_tokenizer=chars compares them character by character")
         # No secret reaches the journal: the key is left out, a password in the address is cut.
         settings = {k_: v for k_, v in asdict(cfg).items() if k_ != "api_key"}
         settings["base_url"] = redact_url(cfg.base_url)
@@ -147,6 +279,8 @@ def run_generation(cfg: GenerateConfig, client: Any = None, progress: bool | Non
                 "seed_tasks_sha256": seeds_sha,
                 "prompt_sha256": prompt_sha,
                 "num_prompt_instructions": k,
+                "keep_other_scripts": cfg.keep_other_scripts,
+                "rouge_tokenizer": cfg.rouge_tokenizer,
                 "api_style": client.api_style,
                 "resumed": bool(state.starts),
                 "settings": settings,
@@ -154,7 +288,8 @@ def run_generation(cfg: GenerateConfig, client: Any = None, progress: bool | Non
             sync=True,
         )
         state.starts.append({"seed": seed})
-        pool = RougeLPool([s["instruction"] for s in seeds] + [it["instruction"] for it in state.items], workers=cfg.num_cpus)
+        pool = RougeLPool([s["instruction"] for s in seeds] + [it["instruction"] for it in state.items],
+                          workers=cfg.num_cpus, tokenizer=cfg.rouge_tokenizer)
         target = cfg.num_instructions_to_generate
         bar = tqdm(total=target, initial=min(len(state.items), target), disable=(not progress) if progress is not None else None, dynamic_ncols=True)
         totals = summarize(state.requests, state.batches, prices)
@@ -168,8 +303,11 @@ def run_generation(cfg: GenerateConfig, client: Any = None, progress: bool | Non
         last_save = time.monotonic()
         unsaved = False
         batches_run = 0
+        stopped = True  # until the loop ends on its own
         executor = ThreadPoolExecutor(max_workers=cfg.max_concurrency or cfg.request_batch_size)
+        signals = _StopSignals()
         try:
+            signals.install()
             while len(state.items) < target:
                 if cfg.max_batches is not None and batches_run >= cfg.max_batches:
                     print(f"Stopped after --max_batches={cfg.max_batches} batches; re-run to continue")
@@ -189,7 +327,7 @@ def run_generation(cfg: GenerateConfig, client: Any = None, progress: bool | Non
                 request_s = time.monotonic() - t0
 
                 t1 = time.monotonic()
-                kept_items, stats, raw_items, n_candidates = decide_batch(replies, k, chat, pool)
+                kept_items, stats, raw_items, n_candidates = decide_batch(replies, k, chat, pool, cfg.keep_other_scripts)
                 rec = {
                     "t": "batch",
                     "batch": b,
@@ -200,10 +338,11 @@ def run_generation(cfg: GenerateConfig, client: Any = None, progress: bool | Non
                     "discarded": dict(stats),
                     "items": kept_items,
                 }
-                journal.append(rec, sync=True)
-                state.items.extend(kept_items)
-                state.batches.append({k_: v for k_, v in rec.items() if k_ != "items"})
-                state.next_batch = b + 1
+                with signals.deferred():  # the journal line and the state that regen.json is saved from agree
+                    journal.append(rec, sync=True)
+                    state.items.extend(kept_items)
+                    state.batches.append({k_: v for k_, v in rec.items() if k_ != "items"})
+                    state.next_batch = b + 1
                 batches_run += 1
                 unsaved = True
                 counts["raw"] += raw_items
@@ -215,13 +354,18 @@ def run_generation(cfg: GenerateConfig, client: Any = None, progress: bool | Non
                     f"generated {raw_items} instructions, kept {len(kept_items)}"
                 )
                 if time.monotonic() - last_save >= cfg.save_every_s:
-                    _save_regen(regen_path, state.items)
+                    regen.save(state.items)
                     last_save, unsaved = time.monotonic(), False
+            stopped = False
         finally:
+            signals.restore()
             executor.shutdown(wait=False, cancel_futures=True)
             bar.close()
             if unsaved or not regen_path.exists():
-                _save_regen(regen_path, state.items)
+                regen.save(state.items)
+            if stopped:  # an error, Ctrl-C or SIGTERM: what the file holds now, before the error is reported
+                print(f"{len(state.items)} instructions in {regen_path} (the same as in the journal); "
+                      "re-run the same command to resume")
         summary = summarize(state.requests, state.batches, prices)
         summary["machine_instructions"] = len(state.items)
         journal.append({"t": "end", "time": time.time(), "summary": summary}, sync=True)
@@ -284,9 +428,12 @@ def request_batch(client, executor, journal: Journal, state: JournalState, batch
     return replies
 
 
-def decide_batch(replies: dict[int, dict], k: int, chat: bool, pool: RougeLPool) -> tuple[list[dict], Counter, int, int]:
+def decide_batch(replies: dict[int, dict], k: int, chat: bool, pool: RougeLPool,
+                 keep_other_scripts: bool = False) -> tuple[list[dict], Counter, int, int]:
     """Phase two of a batch: splits the replies into items with the original filters, then keeps those whose
     ROUGE-L against the pool (and the items kept before them in the batch) is at most 0.7.
+
+    `keep_other_scripts` relaxes the filters for instructions in other scripts (post_process_gpt3_response).
 
     Returns:
         (kept items with their most similar instructions and mean similarity, discard counts by reason,
@@ -297,7 +444,8 @@ def decide_batch(replies: dict[int, dict], k: int, chat: bool, pool: RougeLPool)
     for s in range(len(replies)):
         r = replies[s]
         text = strip_repeated_header(r["text"], k) if chat else r["text"]
-        candidates += post_process_gpt3_response(k, {"text": text, "finish_reason": r["finish_reason"]}, stats)
+        candidates += post_process_gpt3_response(k, {"text": text, "finish_reason": r["finish_reason"]}, stats,
+                                                  keep_other_scripts)
     decisions = pool.filter_batch([c["instruction"] for c in candidates], ROUGE_THRESHOLD, MOST_SIMILAR_K)
     kept = []
     for c, d in zip(candidates, decisions):
