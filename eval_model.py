@@ -62,6 +62,7 @@ def outputs(
         max_retries: retries of one request after 429/5xx/timeouts/connection errors.
     """
     from alpaca_lib.errors import UsageError
+    from alpaca_lib.locking import output_lock
     from alpaca_lib.preflight import check_model_source, check_output_file
     from alpaca_lib.outputs import (
         LocalModel,
@@ -111,7 +112,9 @@ def outputs(
 
         generator = generator or model_name
     run.update(identity, generator=generator)
-    written = write_outputs(records, answer_batches, output_path, generator, run)
+    target = Path(output_path)
+    with output_lock(target.parent, f"eval_model.py outputs --output_path {output_path}", name=f".{target.name}.lock"):
+        written = write_outputs(records, answer_batches, output_path, generator, run)
     stopped = sum(r["stop_reason"] == "length" for r in written)
     print(f"wrote {len(written)} outputs of {generator} to {output_path}"
           + (f" ({stopped} hit --max_new_tokens {max_new_tokens})" if stopped else ""))
@@ -154,6 +157,7 @@ def judge(
 
     from alpaca_lib.errors import UsageError
     from alpaca_lib.fileio import atomic_write
+    from alpaca_lib.locking import output_lock
     from alpaca_lib.judge import PROMPT_VERSION, judge_pairs, pair_records, record_on_leaderboard, summarize
     from alpaca_lib.outputs import file_digest
     from alpaca_lib.report import CHART_NAME, draw_chart, write_report
@@ -180,38 +184,38 @@ def judge(
     client = CompletionClient(judge_model, base_url=base_url, api_key=api_key, api_style=api_style,
                               max_tokens=4, temperature=0.0, logit_bias=None, stop=[],
                               request_timeout=request_timeout, max_retries=max_retries)
-    out = Path(output_dir)  # made only once everything above has passed
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(output_dir)  # made (by the lock) only once everything above has passed
     # What a resumed run must share (not the server's address: a local server may come back on another port).
     run = {"judge_model": judge_model, "api_style": api_style, "prompt_version": PROMPT_VERSION,
            "model_outputs_sha256": file_digest(model_outputs),
            "reference_outputs_sha256": file_digest(reference_outputs)}
-    result = judge_pairs(client, pairing, out, run, max_concurrency, max_unreadable_retries, 5 if logprobs else 0)
-    weighting = "logprobs" if logprobs and result["all_logprobs"] else "discrete"
-    summary = {
-        "model": _name_of(model, model_outputs), "reference": _name_of(reference, reference_outputs),
-        **summarize(result["verdicts"], weighting, len(result["unreadable"])),
-        "judge_model": judge_model, "prompt_version": PROMPT_VERSION, "usage": result["usage"],
-        "n_only_in_model": len(pairing.only_model), "n_only_in_reference": len(pairing.only_reference),
-        "n_duplicated": len(pairing.duplicated),
-    }
-    price = prices.get(judge_model)
-    summary["cost_usd"] = None if price is None else (
-        result["usage"]["prompt_tokens"] * price[0] + result["usage"]["completion_tokens"] * price[1]) / 1e6
-    if summary["n_pairs"] == 0:
-        raise UsageError(f"no pair got a readable verdict from {judge_model} ({summary['n_unreadable']} unreadable); "
-                         "check that the judge answers with a letter (see annotations.json).")
-    with atomic_write(out / "summary.json") as f:
-        json.dump(summary, f, indent=2)
-    with atomic_write(out / "annotations.json") as f:
-        json.dump(result["verdicts"] + result["unreadable"], f, indent=2, ensure_ascii=False)
-    board = record_on_leaderboard(out.parent / "leaderboard.csv", {**summary, "updated": time.strftime("%Y-%m-%d %H:%M")})
-    draw_chart(out / CHART_NAME, board, [len(v["output_model"]) for v in result["verdicts"]],
-               [len(v["output_reference"]) for v in result["verdicts"]], summary["model"], summary["reference"])
-    write_report(out, summary, result["verdicts"], note)
-    se = summary["standard_error"] or 0.0
-    print(f"win rate of {summary['model']} vs {summary['reference']}: {summary['win_rate']:.1f}% ± {se:.1f} "
-          f"({summary['n_pairs']} pairs, {weighting}); report: {out / 'report.md'}")
+    with output_lock(out, f"eval_model.py judge --output_dir {output_dir}"):  # one judge run per folder
+        result = judge_pairs(client, pairing, out, run, max_concurrency, max_unreadable_retries, 5 if logprobs else 0)
+        weighting = "logprobs" if logprobs and result["all_logprobs"] else "discrete"
+        summary = {
+            "model": _name_of(model, model_outputs), "reference": _name_of(reference, reference_outputs),
+            **summarize(result["verdicts"], weighting, len(result["unreadable"])),
+            "judge_model": judge_model, "prompt_version": PROMPT_VERSION, "usage": result["usage"],
+            "n_only_in_model": len(pairing.only_model), "n_only_in_reference": len(pairing.only_reference),
+            "n_duplicated": len(pairing.duplicated),
+        }
+        price = prices.get(judge_model)
+        summary["cost_usd"] = None if price is None else (
+            result["usage"]["prompt_tokens"] * price[0] + result["usage"]["completion_tokens"] * price[1]) / 1e6
+        if summary["n_pairs"] == 0:
+            raise UsageError(f"no pair got a readable verdict from {judge_model} ({summary['n_unreadable']} unreadable); "
+                             "check that the judge answers with a letter (see annotations.json).")
+        with atomic_write(out / "summary.json") as f:
+            json.dump(summary, f, indent=2)
+        with atomic_write(out / "annotations.json") as f:
+            json.dump(result["verdicts"] + result["unreadable"], f, indent=2, ensure_ascii=False)
+        board = record_on_leaderboard(out.parent / "leaderboard.csv", {**summary, "updated": time.strftime("%Y-%m-%d %H:%M")})
+        draw_chart(out / CHART_NAME, board, [len(v["output_model"]) for v in result["verdicts"]],
+                   [len(v["output_reference"]) for v in result["verdicts"]], summary["model"], summary["reference"])
+        write_report(out, summary, result["verdicts"], note)
+        se = summary["standard_error"] or 0.0
+        print(f"win rate of {summary['model']} vs {summary['reference']}: {summary['win_rate']:.1f}% ± {se:.1f} "
+              f"({summary['n_pairs']} pairs, {weighting}); report: {out / 'report.md'}")
 
 
 def _name_of(records: list, path: str) -> str:

@@ -34,12 +34,14 @@ class OutputLockedError(UsageError):
 
 
 @contextlib.contextmanager
-def output_lock(folder: str | os.PathLike, command: str) -> Iterator[Path]:
+def output_lock(folder: str | os.PathLike, command: str, name: str = LOCK_NAME) -> Iterator[Path]:
     """Holds the exclusive lock of `folder` (created if absent) for the duration of the block.
 
     Args:
         folder: the output folder the command writes into.
         command: what holds it, for the message another run prints (e.g. "eval_model outputs").
+        name: the lock file's name in `folder`; a command that writes one file of a shared folder locks
+            that file only (e.g. `.model_outputs.json.lock`).
     Yields:
         The lock file's path.
     Raises:
@@ -50,7 +52,7 @@ def output_lock(folder: str | os.PathLike, command: str) -> Iterator[Path]:
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / LOCK_NAME
+    path = folder / name
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:

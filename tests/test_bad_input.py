@@ -189,3 +189,45 @@ def test_outputs_that_would_destroy_an_input_are_refused(tmp_path):
     for cmd, message in cases:
         assert _fails(cmd, tmp_path) == message
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_a_second_writer_of_an_evaluation_output_is_refused(tmp_path):
+    """`eval_model.py outputs` locks its output file and `judge` its folder, as the generator does, so two runs
+    never interleave one journal. The refusal names the holder; nothing of its files changes."""
+    import os
+
+    from alpaca_lib.locking import output_lock
+
+    py = sys.executable
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")  # never loaded: the refusal comes first
+    (tmp_path / "eval.json").write_text('[{"instruction": "a", "output": "b"}]')
+    (tmp_path / "runs").mkdir()
+    with output_lock(tmp_path / "runs", "the test's holder", name=".outputs.json.lock"):
+        last = _fails([py, str(REPO_ROOT / "eval_model.py"), "outputs", "--instructions_path", "eval.json",
+                       "--output_path", "runs/outputs.json", "--model_dir", "model"], tmp_path)
+        # Another output file in the same folder is not held by that lock.
+        with output_lock(tmp_path / "runs", "another output", name=".other.json.lock"):
+            pass
+    assert last.startswith(f"error: runs is in use by pid {os.getpid()} on ") and "(the test's holder, started " in last
+    with output_lock(tmp_path / "judged", "the test's judge"):
+        last = _fails([py, str(REPO_ROOT / "eval_model.py"), "judge", "--model_outputs", "eval.json",
+                       "--reference_outputs", "eval.json", "--judge_model", "j", "--output_dir", "judged",
+                       "--base_url", "http://127.0.0.1:9/v1"], tmp_path)
+        assert sorted(os.listdir(tmp_path / "judged")) == [".alpaca.lock"]
+    assert last.startswith(f"error: judged is in use by pid {os.getpid()} on ") and "(the test's judge, started " in last
+    assert sorted(os.listdir(tmp_path / "runs")) == [] and sorted(os.listdir(tmp_path / "judged")) == []
+
+
+def test_generator_without_a_key_leaves_no_output_folder(tmp_path):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
+    proc = subprocess.run([sys.executable, "-m", "generate_instruction", "generate_instruction_following_data",
+                           "--output_dir", str(tmp_path / "regen"), "--num_instructions_to_generate", "5"],
+                          capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=120)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1] == (
+        "error: no OpenAI API key: set OPENAI_API_KEY (or pass --api_key), or point --base_url / OPENAI_BASE_URL at "
+        "a local OpenAI-compatible server")
+    assert os.listdir(tmp_path) == []

@@ -312,8 +312,10 @@ def test_ctrl_c_or_sigterm_saves_and_reports_what_the_file_holds(tmp_path, seeds
     out = tmp_path / "out"
     stub, gate = _gated_stub(after=4)
     with stub:
+        # SIGINT as on a terminal, even when the tests themselves run in the background (where it is ignored).
         run = subprocess.Popen(_cli(out, seeds, stub.base_url), cwd=REPO_ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             _wait_until(lambda: _journaled_requests(out / JOURNAL_NAME) >= 4 and len(stub.requests) >= 6,
                         "the run waits for its 5th and 6th replies")
@@ -458,6 +460,8 @@ def test_a_signal_during_a_batch_commit_takes_effect_after_it(signum, raised):
     from alpaca_lib.selfinstruct.runner import _StopSignals
 
     signals, committed = _StopSignals(), []
+    # As in a terminal's foreground process, even when the tests run in the background (SIGINT ignored).
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
     signals.install()
     try:
         with pytest.raises(raised) as stop:
@@ -469,7 +473,8 @@ def test_a_signal_during_a_batch_commit_takes_effect_after_it(signum, raised):
         assert raised is KeyboardInterrupt or stop.value.code == 143
     finally:
         signals.restore()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        restored = signal.signal(signal.SIGINT, outer)
+    assert restored is signal.default_int_handler and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
 def test_each_item_is_encoded_once_and_the_journal_read_once(tmp_path, seeds, monkeypatch):

@@ -234,6 +234,8 @@ def run_generation(cfg: GenerateConfig, client: Any = None, progress: bool | Non
     prompt_text = prompt_path.read_text(encoding="utf-8")
     prices = load_price_table(cfg.price_table)
     print(f"Loaded {len(seeds)} human-written seed instructions")
+    if client is None:  # before the lock makes the output folder: a missing key leaves nothing behind
+        client = CompletionClient.from_config(cfg)
     with output_lock(cfg.output_dir, LOCK_COMMAND):
         return _generate(cfg, seeds, prompt_text, prices, client, progress)
 
@@ -249,8 +251,6 @@ def _generate(cfg: GenerateConfig, seeds: list[dict], prompt_text: str, prices: 
     jpath, regen_path = out / JOURNAL_NAME, out / REGEN_NAME
     state = read_journal(jpath, repair=True) if jpath.exists() else JournalState()
     seed = _resolve_seed(cfg, state, seeds_sha, prompt_sha, jpath)
-    if client is None:
-        client = CompletionClient.from_config(cfg)
     chat = client.api_style == "chat"
     regen = RegenFile(regen_path)
 
