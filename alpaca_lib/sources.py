@@ -519,3 +519,47 @@ def _load_hub(source: DataSource):
             f"{path}: no such local file or folder, and not a Hugging Face dataset that could be loaded "
             f"({type(e).__name__}: {e})."
         ) from None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Conversion to Alpaca JSON
+
+
+def word_count(record: dict) -> int:
+    """Whitespace-separated words in the instruction, input and output together."""
+    return sum(len(record.get(k, "").split()) for k in ALPACA_FIELDS)
+
+
+def write_alpaca_json(source: DataSource, output_path: str | os.PathLike, max_words: int = 0) -> Dict[str, int]:
+    """Writes `source`'s records as an Alpaca JSON list (atomically), as `json.dump(records, f, indent=4)` would.
+
+    Args:
+        source: any source (`open_source`), with its column mapping.
+        output_path: the `.json` to write; it appears only once complete.
+        max_words: leave out records of more than this many words (`word_count`); 0 keeps all.
+    Returns:
+        {"records": read, "written": written, "dropped_long": left out for their length}.
+    """
+    from alpaca_lib.fileio import atomic_write
+
+    if Path(output_path).resolve() == Path(source.path).resolve():
+        raise DataError(f"--output_path {output_path} is the --data_path; write the converted data to another file.")
+    read = written = 0
+    with atomic_write(output_path) as f:
+        f.write("[")
+        for batch in source.batches():
+            for record in batch:
+                read += 1
+                if max_words and word_count(record) > max_words:
+                    continue
+                out = {k: record.get(k, "") for k in ALPACA_FIELDS}
+                text = json.dumps(out, indent=4, ensure_ascii=False).replace("\n", "\n    ")
+                f.write(("," if written else "") + "\n    " + text)
+                written += 1
+        if not written:
+            raise DataError(
+                f"{source.describe()}: no record left to write ({read} read, all longer than --max_words {max_words})."
+                if read else f"{source.describe()}: holds no records."
+            )
+        f.write("\n]")
+    return {"records": read, "written": written, "dropped_long": read - written}
