@@ -338,9 +338,9 @@ class CacheDamaged(Exception):
     """A preprocessing cache entry that cannot be trusted (empty, truncated, garbled); it is rebuilt."""
 
 
-# A cache entry is one file: a fixed-size header (magic, JSON with the sizes, a CRC-32 and the stats),
-# then the token ids (int32), the offsets (int64) and the masked lengths (int32). The ids are memory-
-# mapped when read, so a large data set costs page cache, not process memory.
+# A cache entry is one file: a fixed-size header (magic, then the length and CRC-32 of a JSON holding the
+# sizes, the arrays' CRC-32 and the stats), then the token ids (int32), the offsets (int64) and the masked
+# lengths (int32). The ids are memory-mapped when read: a large data set costs page cache, not process memory.
 _CACHE_MAGIC = b"ALPACA-TOKENS\x00\x00\x02"
 _HEADER_SPACE = 1 << 16
 
@@ -360,10 +360,10 @@ def cache_key(source: DataSource | str | os.PathLike, tokenizer, max_length: int
 
 def _write_header(f: BinaryIO, n: int, tokens: int, crc: int, stats: dict) -> None:
     header = json.dumps({"examples": n, "tokens": tokens, "crc32": crc, "stats": stats}).encode()
-    if len(_CACHE_MAGIC) + 8 + len(header) > _HEADER_SPACE:
+    if len(_CACHE_MAGIC) + 12 + len(header) > _HEADER_SPACE:
         raise ValueError("preprocessing cache header too large")
     f.seek(0)
-    f.write(_CACHE_MAGIC + struct.pack("<Q", len(header)) + header)
+    f.write(_CACHE_MAGIC + struct.pack("<QI", len(header), zlib.crc32(header)) + header)
 
 
 def _write_tail(f: BinaryIO, data: EncodedData, crc: int) -> int:
@@ -395,12 +395,15 @@ def load_encoded(path: Path) -> EncodedData:
     with open(path, "rb") as f:
         if size == 0:
             raise CacheDamaged("empty file")
-        head = f.read(len(_CACHE_MAGIC) + 8)
-        if len(head) < len(_CACHE_MAGIC) + 8 or head[: len(_CACHE_MAGIC)] != _CACHE_MAGIC:
+        head = f.read(len(_CACHE_MAGIC) + 12)
+        if len(head) < len(_CACHE_MAGIC) + 12 or head[: len(_CACHE_MAGIC)] != _CACHE_MAGIC:
             raise CacheDamaged("not a cache file of this version")
-        (header_len,) = struct.unpack("<Q", head[len(_CACHE_MAGIC):])
+        header_len, header_crc = struct.unpack("<QI", head[len(_CACHE_MAGIC):])
+        raw_header = f.read(min(header_len, _HEADER_SPACE))
+        if zlib.crc32(raw_header) != header_crc:
+            raise CacheDamaged("header checksum mismatch (garbled bytes)")
         try:
-            header = json.loads(f.read(min(header_len, _HEADER_SPACE)))
+            header = json.loads(raw_header)
             n, tokens, crc, stats = header["examples"], header["tokens"], header["crc32"], header["stats"]
         except (ValueError, KeyError, TypeError) as e:
             raise CacheDamaged(f"unreadable header: {e}") from None
