@@ -465,7 +465,7 @@ def _load_table(source: DataSource):
     import datasets
 
     datasets.disable_progress_bars()
-    path, kind, split = source.path, source.kind, source.split
+    path, kind = source.path, source.kind
     if kind in ("parquet", "csv"):
         # Streamed from the file itself: no converted copy is made, so none can go stale.
         extra = {}
