@@ -50,6 +50,7 @@ from alpaca_lib.checkpoints import (
 )
 from alpaca_lib.data import (
     DataError,
+    DataSource,
     DropOptions,
     EncodedData,
     default_cache_dir,
@@ -289,7 +290,7 @@ class SupervisedDataset(Dataset):
         data_path: str,
         tokenizer: transformers.PreTrainedTokenizer,
         cache_dir: Optional[str] = None,
-        records=None,
+        records: Optional[Sequence[dict] | DataSource] = None,
         encoded: Optional[EncodedData] = None,
         drop: DropOptions = DropOptions(),
     ):
@@ -301,7 +302,6 @@ class SupervisedDataset(Dataset):
                                   records if isinstance(records, list) else None, drop)
         self.encoded: EncodedData = encoded
         stats = self.encoded.stats
-        data_path = getattr(data_path, "path", data_path)
         logger.info(
             "%s: %d examples, %d kept, %d tokens (%d in the loss); preprocessing cache: %s",
             data_path, stats["examples"], stats["kept"], stats["tokens"], stats["loss_tokens"], stats["cache"],
@@ -385,9 +385,9 @@ def make_supervised_data_module(
     Args:
         tokenizer: the training tokenizer (pad token set).
         data_args: `DataArguments`.
-        records: the already loaded records of `data_args.data_path`.
+        records: the already loaded records of `data_args.data_path`, or its checked `DataSource`.
         training_args: `TrainingArguments` (for --packing and --seed); None trains as the original.
-        eval_records: the already loaded records of `data_args.eval_data_path`.
+        eval_records: the same for `data_args.eval_data_path`.
         supervised_logits_only: packed batches ask the model for the logits of loss-bearing positions only
             (`alpaca_lib.packing.supports_supervised_logits`).
     Returns:
