@@ -325,36 +325,42 @@ def test_damaged_cache_entry_is_rebuilt(tmp_path, tokenizer, damage, caplog):
 
 
 def test_training_goes_through_damaged_cache_entries(tmp_path, tiny_llama_dir):
-    """train.py with a truncated, an emptied and a garbled cache entry: each is named, rebuilt, trained through."""
+    """train.py with an emptied, a truncated and a garbled cache entry: each is named, rebuilt, trained through."""
     import sys
 
+    from transformers import AutoTokenizer
+
+    from alpaca_lib.data import cache_key
+    from alpaca_lib.modeling import missing_special_tokens
     from conftest import REPO_ROOT
 
     data, held = tmp_path / "a.json", tmp_path / "eval.json"
     data.write_text(json.dumps(_reference()[:16]), encoding="utf-8")
     held.write_text(json.dumps(_reference()[16:24]), encoding="utf-8")
     cache = tmp_path / "cache"
+    # The training set's entry, where train.py will look for it (its tokenizer set up as train.py does).
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir, model_max_length=128, padding_side="right")
+    tok.add_special_tokens(missing_special_tokens(tok))
+    entry = cache / f"{cache_key(open_source(data), tok, 128)}.bin"
+    cache.mkdir()
+    entry.write_bytes(b"")
     cmd = [sys.executable, str(REPO_ROOT / "train.py"), "--model_name_or_path", str(tiny_llama_dir),
            "--data_path", str(data), "--eval_data_path", str(held), "--output_dir", str(tmp_path / "out"),
            "--max_steps", "1", "--per_device_train_batch_size", "2", "--save_strategy", "no",
            "--report_to", "none", "--model_max_length", "128", "--preprocessing_cache_dir", str(cache),
            "--overwrite_output_dir", "True"]
     first = run_script(cmd, tmp_path)
-    assert first.count("preprocessing cache: miss") == 2
-    entries = sorted(cache.glob("*.bin"), key=lambda p: p.stat().st_size)
-    assert len(entries) == 2
-    small, large = entries  # the evaluation set's, the training set's
-    raw = large.read_bytes()
-    large.write_bytes(raw[: len(raw) - 1000])
-    small.write_bytes(b"")
-    second = run_script(cmd, tmp_path)
-    for entry, why in ((large, "bytes, expected"), (small, "empty file")):
-        assert f"preprocessing cache {entry} is damaged (" in second and why in second
-    assert second.count("preprocessing cache: miss") == 2 and large.read_bytes() == raw
-    garbled = bytearray(raw)
+    assert f"preprocessing cache {entry} is damaged (empty file); rebuilding it" in first
+    assert first.count("preprocessing cache: miss") == 2 and entry.stat().st_size > 0
+    (held_entry,) = [p for p in cache.glob("*.bin") if p != entry]
+    raw, held_raw = entry.read_bytes(), held_entry.read_bytes()
+    entry.write_bytes(raw[: len(raw) - 1000])
+    garbled = bytearray(held_raw)
     garbled[-100] ^= 0xFF  # one bit of the arrays
-    large.write_bytes(bytes(garbled))
-    third = run_script(cmd, tmp_path)
-    assert f"preprocessing cache {large} is damaged (checksum mismatch" in third
-    assert third.count("preprocessing cache: miss") == 1 and third.count("preprocessing cache: hit") == 1
+    held_entry.write_bytes(bytes(garbled))
+    second = run_script(cmd, tmp_path)
+    assert f"preprocessing cache {entry} is damaged ({len(raw) - 1000} bytes, expected {len(raw)}" in second
+    assert f"preprocessing cache {held_entry} is damaged (checksum mismatch (garbled bytes)); rebuilding it" in second
+    assert second.count("preprocessing cache: miss") == 2
+    assert (entry.read_bytes(), held_entry.read_bytes()) == (raw, held_raw)
     assert (tmp_path / "out" / "model.safetensors").exists()
