@@ -51,12 +51,14 @@ from alpaca_lib.checkpoints import (
 )
 from alpaca_lib.data import (
     DataError,
+    DataSource,
+    DropOptions,
     EncodedData,
     default_cache_dir,
     encode_file,
     encode_pairs,
     labels_for,
-    load_records,
+    open_source,
 )
 from alpaca_lib.errors import UsageError, exit_with
 from alpaca_lib.lora import (
@@ -129,13 +131,34 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    data_path: str = field(default=None, metadata={"help": "Path to the training data (Alpaca JSON list or JSON Lines)."})
+    data_path: str = field(
+        default=None,
+        metadata={"help": "Training data: an Alpaca JSON list or JSON Lines file, a .parquet or .csv file, a folder "
+                          "written by datasets' save_to_disk, or a Hugging Face dataset id."},
+    )
+    data_split: str = field(default="train", metadata={"help": "Split of a hub dataset or a saved DatasetDict."})
+    data_columns: Optional[str] = field(
+        default=None,
+        metadata={"help": "Map other column names onto Alpaca's, e.g. instruction=instruction,input=context,"
+                          "output=response (databricks-dolly-15k)."},
+    )
+    drop_truncated_responses: bool = field(
+        default=False,
+        metadata={"help": "Leave out examples whose response is cut at --model_max_length (their EOS is lost); "
+                          "the original trains on them."},
+    )
+    drop_empty_or_duplicate_records: bool = field(
+        default=False,
+        metadata={"help": "Leave out records with an empty output or a blank instruction, and exact repeats of an "
+                          "earlier record; the original trains on them (they are counted in the log either way)."},
+    )
     preprocessing_cache_dir: Optional[str] = field(
         default=str(default_cache_dir()),
         metadata={"help": "Folder for tokenized data, keyed by data file, tokenizer and max length; '' disables it."},
     )
     eval_data_path: Optional[str] = field(
-        default=None, metadata={"help": "Evaluation data (same format as --data_path), scored with the same masking."}
+        default=None, metadata={"help": "Evaluation data (any source --data_path takes, same --data_split and "
+                                        "--data_columns), scored with the same masking."}
     )
     val_set_size: int = field(
         default=0, metadata={"help": "Hold this many examples of --data_path out for evaluation (seeded by --seed)."}
@@ -275,12 +298,16 @@ class SupervisedDataset(Dataset):
         data_path: str,
         tokenizer: transformers.PreTrainedTokenizer,
         cache_dir: Optional[str] = None,
-        records: Optional[Sequence[dict]] = None,
+        records: Optional[Sequence[dict] | DataSource] = None,
         encoded: Optional[EncodedData] = None,
+        drop: DropOptions = DropOptions(),
     ):
         super().__init__()
         if encoded is None:
-            encoded = encode_file(data_path, tokenizer, tokenizer.model_max_length, cache_dir, records)
+            # `records`: the checked records, or the checked `DataSource` of data_path (read in batches).
+            source = records if records is not None and not isinstance(records, list) else data_path
+            encoded = encode_file(source, tokenizer, tokenizer.model_max_length, cache_dir,
+                                  records if isinstance(records, list) else None, drop)
         self.encoded: EncodedData = encoded
         stats = self.encoded.stats
         logger.info(
@@ -300,6 +327,7 @@ class SupervisedDataset(Dataset):
                 "prompt is not a prefix of the tokenized example); the masked length is still the prompt's token "
                 "count, as in the original.", data_path, stats["boundary_merges"],
             )
+        _log_data_quality(data_path, stats, tokenizer.model_max_length)
         if len(self.encoded) == 0:
             raise DataError(f"{data_path}: no example has a response token left after truncation.")
 
@@ -314,6 +342,27 @@ class SupervisedDataset(Dataset):
     @property
     def lengths(self) -> np.ndarray:
         return np.diff(self.encoded.offsets)
+
+
+def _log_data_quality(data_path, stats: Dict, max_length: int) -> None:
+    """Warns about examples that train to little: truncated responses, empty outputs, blank instructions, repeats."""
+    if stats.get("response_truncated"):
+        dropped = stats.get("dropped_truncated", 0)
+        logger.warning(
+            "%s: %d examples have their response cut at model_max_length=%d (the EOS is lost, so they teach the "
+            "model not to stop); %s", data_path, stats["response_truncated"], max_length,
+            f"dropped {dropped} of them (--drop_truncated_responses)." if dropped else
+            "trained on as in the original. --drop_truncated_responses True leaves them out.",
+        )
+    useless = {k: stats.get(k, 0) for k in ("empty_outputs", "blank_instructions", "duplicates")}
+    if any(useless.values()):
+        dropped = stats.get("dropped_empty_or_duplicate", 0)
+        logger.warning(
+            "%s: %d records with an empty output, %d with a blank instruction, %d exact repeats of an earlier "
+            "record; %s", data_path, useless["empty_outputs"], useless["blank_instructions"], useless["duplicates"],
+            f"dropped {dropped} (--drop_empty_or_duplicate_records)." if dropped else
+            "trained on as in the original. --drop_empty_or_duplicate_records True leaves them out.",
+        )
 
 
 @dataclass
@@ -344,16 +393,18 @@ def make_supervised_data_module(
     Args:
         tokenizer: the training tokenizer (pad token set).
         data_args: `DataArguments`.
-        records: the already loaded records of `data_args.data_path`.
+        records: the already loaded records of `data_args.data_path`, or its checked `DataSource`.
         training_args: `TrainingArguments` (for --packing and --seed); None trains as the original.
-        eval_records: the already loaded records of `data_args.eval_data_path`.
+        eval_records: the same for `data_args.eval_data_path`.
         supervised_logits_only: packed batches ask the model for the logits of loss-bearing positions only
             (`alpaca_lib.packing.supports_supervised_logits`).
     Returns:
         dict(train_dataset, eval_dataset, data_collator) for `transformers.Trainer`.
     """
     cache_dir = data_args.preprocessing_cache_dir or None
-    train_dataset = SupervisedDataset(data_args.data_path, tokenizer, cache_dir=cache_dir, records=records)
+    drop = DropOptions(getattr(data_args, "drop_truncated_responses", False),
+                       getattr(data_args, "drop_empty_or_duplicate_records", False))
+    train_dataset = SupervisedDataset(data_args.data_path, tokenizer, cache_dir=cache_dir, records=records, drop=drop)
     eval_dataset = None
     if getattr(data_args, "val_set_size", 0):
         seed = training_args.seed if training_args is not None else 42
@@ -361,7 +412,8 @@ def make_supervised_data_module(
         train_dataset = SupervisedDataset(f"{data_args.data_path} (training part)", tokenizer, encoded=train_part)
         eval_dataset = SupervisedDataset(f"{data_args.data_path} (held out)", tokenizer, encoded=eval_part)
     elif getattr(data_args, "eval_data_path", None):
-        eval_dataset = SupervisedDataset(data_args.eval_data_path, tokenizer, cache_dir=cache_dir, records=eval_records)
+        eval_dataset = SupervisedDataset(data_args.eval_data_path, tokenizer, cache_dir=cache_dir, records=eval_records,
+                                         drop=drop)
 
     if training_args is not None and training_args.packing:
         packed = PackedDataset(train_dataset, train_dataset.lengths, tokenizer.model_max_length)
@@ -523,14 +575,17 @@ def train(argv: Optional[Sequence[str]] = None) -> transformers.Trainer:
     # Everything that can be checked without the model is, before minutes go into loading it; nothing is
     # created before these checks pass.
     if data_args.data_path is None:
-        raise DataError("--data_path is required: an Alpaca JSON list or a JSON Lines file.")
+        raise DataError("--data_path is required: an Alpaca JSON or JSON Lines file, a .parquet or .csv file, a "
+                        "save_to_disk folder, or a Hugging Face dataset id.")
     _check_flags(model_args, data_args, training_args)
     _check_paths(model_args, data_args, training_args)
     check_report_to(training_args.report_to or [])
     if model_args.load_in_4bit:
         check_qlora_available()
-    records = load_records(data_args.data_path)
-    eval_records = load_records(data_args.eval_data_path) if data_args.eval_data_path else None
+    # Read through once (a batch at a time) so that bad data stops the run here; tokenizing reads it again.
+    records = open_source(data_args.data_path, data_args.data_split, data_args.data_columns, "--data_path").check()
+    eval_records = open_source(data_args.eval_data_path, data_args.data_split, data_args.data_columns,
+                               "--eval_data_path").check() if data_args.eval_data_path else None
     identity = run_identity(model_args.model_name_or_path, model_args.gguf_file, data_args.data_path)
     resume_from = checkpoint_to_resume(
         training_args.output_dir, training_args.resume_from_checkpoint, training_args.overwrite_output_dir, identity

@@ -13,52 +13,35 @@ batches (one call per batch instead of two calls per example) and cached on disk
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
+import struct
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, BinaryIO, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
-from alpaca_lib.modeling import IGNORE_INDEX
-from alpaca_lib.errors import UsageError
 from alpaca_lib.fileio import atomic_write
+from alpaca_lib.modeling import IGNORE_INDEX
+from alpaca_lib.sources import (  # noqa: F401  (DataError and the keys are importable from here, where users look)
+    OPTIONAL_KEYS,
+    REQUIRED_KEYS,
+    DataError,
+    DataSource,
+    iter_json_records,
+    open_source,
+)
 from utils import format_prompt
 
 logger = logging.getLogger(__name__)
 
-REQUIRED_KEYS = ("instruction", "output")
-OPTIONAL_KEYS = ("input",)
-# Bump when the cached arrays would change for the same file, tokenizer and max length.
-CACHE_FORMAT_VERSION = 1
+# Bump when the cached arrays would change for the same data, tokenizer and max length.
+CACHE_FORMAT_VERSION = 2
 TOKENIZE_BATCH_SIZE = 1024
-
-
-class DataError(UsageError):
-    """A training file that cannot be used as it is; the message says where and how to fix it."""
-
-
-def _expected(required: Sequence[str], optional: Sequence[str]) -> str:
-    names = " and ".join(f"'{k}'" for k in required)
-    return names + (f" (and optionally {', '.join(repr(k) for k in optional)})" if optional else "")
-
-
-def _check_record(path: str, record: Any, where: str, required: Sequence[str], optional: Sequence[str]) -> dict:
-    expected = _expected(required, optional)
-    if not isinstance(record, dict):
-        raise DataError(f"{path}: {where} is a {type(record).__name__}, expected an object with {expected}.")
-    missing = [k for k in required if k not in record]
-    if missing:
-        raise DataError(f"{path}: {where} has keys {sorted(record)}; expected {expected}. Missing: {', '.join(missing)}.")
-    for key in (*required, *optional):
-        if key in record and not isinstance(record[key], str):
-            raise DataError(
-                f"{path}: {where} field '{key}' is a {type(record[key]).__name__} ({record[key]!r:.60}), "
-                f"expected a string. Convert it to text, or use \"\" for an empty input."
-            )
-    return record
 
 
 def load_records(
@@ -69,6 +52,9 @@ def load_records(
 ) -> List[dict]:
     """Reads and checks an Alpaca training file: a JSON list of records, or JSON Lines.
 
+    The file may be UTF-8 (with or without a BOM), or UTF-16 or UTF-32 with a BOM, as editors save it.
+    Other sources (parquet, CSV, saved datasets, hub ids) are read with `alpaca_lib.sources.open_source`.
+
     Args:
         path: `.json` holding a list of {"instruction", "input", "output"} objects, or JSON Lines
             (one object per line; chosen by content, not by extension).
@@ -78,40 +64,11 @@ def load_records(
     Returns:
         The records, each with the required fields (and any optional one) as strings.
     Raises:
-        DataError: naming the file, the record index or line, and the problem.
+        DataError: naming the file, the record index or line (or byte offset), and the problem.
     """
-    path = str(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file. Pass {flag} pointing to an Alpaca JSON or JSONL file.") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e}). Save the file as UTF-8 JSON.") from None
-    stripped = text.lstrip()
-    if not stripped:
-        raise DataError(f"{path}: the file is empty; expected a JSON list of records or JSON Lines.")
-
-    if stripped[0] == "[":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}.") from None
-        if not data:
-            raise DataError(f"{path}: the list holds no records.")
-        return [_check_record(path, r, f"record {i}", required, optional) for i, r in enumerate(data)]
-
-    records = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            hint = " (a JSON file must be one list: [ {...}, {...} ])" if lineno == 1 else ""
-            raise DataError(f"{path}: invalid JSON on line {lineno}, column {e.colno}: {e.msg}{hint}.") from None
-        where = f"record {len(records)} (line {lineno})"
-        records.append(_check_record(path, record, where, required, optional))
+    records = list(iter_json_records(path, required, optional, flag))
+    if not records:
+        raise DataError(f"{path}: the file holds no records.")
     return records
 
 
@@ -228,44 +185,122 @@ def encode_pairs(
     return example_ids, source_lens, merges
 
 
-def tokenize_records(records: Sequence[dict], tokenizer, max_length: Optional[int] = None) -> EncodedData:
+@dataclass(frozen=True)
+class DropOptions:
+    """Which examples to leave out beyond the original's (prompt fills the max length); all off by default.
+
+    truncated_responses: examples whose response is cut at the max length (their EOS is lost, so the
+        model would learn never to stop on them).
+    empty_or_duplicate: records that train to nothing useful: an empty or whitespace-only output, a
+        blank instruction, or an exact repeat of an earlier record.
+    """
+
+    truncated_responses: bool = False
+    empty_or_duplicate: bool = False
+
+
+class _Encoder:
+    """Tokenizes batches of records as they come, keeping only flat arrays (or writing the ids to a file)."""
+
+    def __init__(self, tokenizer, max_length: int, drop: DropOptions, sink: Optional[BinaryIO] = None):
+        self.tokenizer, self.max_length, self.drop, self.sink = tokenizer, max_length, drop, sink
+        self.eos_id = tokenizer.eos_token_id
+        self.chunks: List[np.ndarray] = []  # in memory when there is no sink
+        self.lengths: List[np.ndarray] = []
+        self.source_lens: List[np.ndarray] = []
+        self.crc = 0
+        self.seen: set = set()
+        self.count = dict(examples=0, dropped_no_response=0, boundary_merges=0, response_truncated=0,
+                          dropped_truncated=0, empty_outputs=0, blank_instructions=0, duplicates=0,
+                          dropped_empty_or_duplicate=0)
+        self.dropped_indices: List[int] = []
+
+    def add(self, records: Sequence[dict]) -> None:
+        count, base = self.count, self.count["examples"]
+        sources, targets = sources_and_targets(records, self.tokenizer.eos_token)
+        example_ids, source_lens, merges = encode_pairs(sources, targets, self.tokenizer, self.max_length)
+        count["examples"] += len(records)
+        count["boundary_merges"] += merges
+        kept_ids, kept_source_lens = [], []
+        for i, (record, ids, source_len) in enumerate(zip(records, example_ids, source_lens)):
+            empty = not record["output"].strip()
+            blank = not record["instruction"].strip()
+            identity = hash((record["instruction"], record.get("input", ""), record["output"]))
+            duplicate = identity in self.seen
+            self.seen.add(identity)
+            count["empty_outputs"] += empty
+            count["blank_instructions"] += blank
+            count["duplicates"] += duplicate
+            if source_len >= len(ids):  # the prompt alone fills the max length: no label to learn (original)
+                count["dropped_no_response"] += 1
+                if len(self.dropped_indices) < 20:
+                    self.dropped_indices.append(base + i)
+                continue
+            if len(ids) >= self.max_length and ids[-1] != self.eos_id:
+                count["response_truncated"] += 1
+                if self.drop.truncated_responses:
+                    count["dropped_truncated"] += 1
+                    continue
+            if self.drop.empty_or_duplicate and (empty or blank or duplicate):
+                count["dropped_empty_or_duplicate"] += 1
+                continue
+            kept_ids.append(ids)
+            kept_source_lens.append(source_len)
+        lengths = np.fromiter((len(x) for x in kept_ids), dtype=np.int64, count=len(kept_ids))
+        flat = np.fromiter(itertools.chain.from_iterable(kept_ids), dtype=np.int32, count=int(lengths.sum()))
+        self.lengths.append(lengths)
+        self.source_lens.append(np.asarray(kept_source_lens, dtype=np.int32))
+        if self.sink is None:
+            self.chunks.append(flat)
+        else:
+            buf = flat.tobytes()
+            self.crc = zlib.crc32(buf, self.crc)
+            self.sink.write(buf)
+
+    def finish(self) -> EncodedData:
+        """The arrays and stats; with a sink, the ids are in the file and `input_ids` is left empty."""
+        lengths = np.concatenate(self.lengths) if self.lengths else np.zeros(0, np.int64)
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        source_lens = np.concatenate(self.source_lens) if self.source_lens else np.zeros(0, np.int32)
+        flat = np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.int32)
+        stats = {
+            **self.count,
+            "kept": len(lengths),
+            "dropped_indices": self.dropped_indices,
+            "tokens": int(offsets[-1]),
+            "loss_tokens": int(offsets[-1] - source_lens.astype(np.int64).sum()),
+        }
+        return EncodedData(flat, offsets, source_lens, stats)
+
+
+def tokenize_records(
+    records: Sequence[dict], tokenizer, max_length: Optional[int] = None, drop: DropOptions = DropOptions()
+) -> EncodedData:
     """Tokenizes records with the prompt masked, dropping examples left with no label to learn.
 
     Args:
         records: checked Alpaca records (see `load_records`).
         tokenizer: the training tokenizer, with its pad token already set.
         max_length: truncation length (default: `tokenizer.model_max_length`).
+        drop: what else to leave out (nothing by default, as the original).
     Returns:
         `EncodedData` with stats: `examples`, `kept`, `dropped_no_response` (prompt fills the max length),
-        `boundary_merges` (the tokenized prompt is not a prefix of the tokenized example).
+        `boundary_merges` (the tokenized prompt is not a prefix of the tokenized example),
+        `response_truncated` (the response is cut at the max length and loses its EOS), `empty_outputs`,
+        `blank_instructions`, `duplicates` (exact repeats of an earlier record), and what `drop` dropped
+        (`dropped_truncated`, `dropped_empty_or_duplicate`).
     """
-    max_length = max_length or tokenizer.model_max_length
-    sources, targets = sources_and_targets(records, tokenizer.eos_token)
-    example_ids, all_source_lens, merges = encode_pairs(sources, targets, tokenizer, max_length)
+    return _encode_batches([records], tokenizer, max_length or tokenizer.model_max_length, drop)
 
-    kept_ids, source_lens, dropped_indices = [], [], []
-    for i, (ids, source_len) in enumerate(zip(example_ids, all_source_lens)):
-        if source_len >= len(ids):
-            dropped_indices.append(i)
-            continue
-        kept_ids.append(ids)
-        source_lens.append(source_len)
 
-    lengths = np.fromiter((len(x) for x in kept_ids), dtype=np.int64, count=len(kept_ids))
-    offsets = np.zeros(len(kept_ids) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    flat = np.fromiter((t for ids in kept_ids for t in ids), dtype=np.int32, count=int(offsets[-1]))
-    source_lens = np.asarray(source_lens, dtype=np.int32)
-    stats = {
-        "examples": len(records),
-        "kept": len(kept_ids),
-        "dropped_no_response": len(dropped_indices),
-        "dropped_indices": dropped_indices[:20],
-        "boundary_merges": int(merges),
-        "tokens": int(offsets[-1]),
-        "loss_tokens": int(offsets[-1] - source_lens.astype(np.int64).sum()),
-    }
-    return EncodedData(flat, offsets, source_lens, stats)
+def _encode_batches(batches: Iterable[Sequence[dict]], tokenizer, max_length: int, drop: DropOptions,
+                    sink: Optional[BinaryIO] = None) -> EncodedData:
+    encoder = _Encoder(tokenizer, max_length, drop, sink)
+    for batch in batches:
+        for start in range(0, len(batch), TOKENIZE_BATCH_SIZE * 4):
+            encoder.add(batch[start : start + TOKENIZE_BATCH_SIZE * 4])
+    return encoder.finish()
 
 
 def labels_for(ids: np.ndarray, source_len: int) -> np.ndarray:
@@ -299,63 +334,153 @@ def default_cache_dir() -> Path:
     return Path(base) / "alpaca" / "preprocess"
 
 
-def cache_key(data_path: str | os.PathLike, tokenizer, max_length: int) -> str:
+class CacheDamaged(Exception):
+    """A preprocessing cache entry that cannot be trusted (empty, truncated, garbled); it is rebuilt."""
+
+
+# A cache entry is one file: a fixed-size header (magic, then the length and CRC-32 of a JSON holding the
+# sizes, the arrays' CRC-32 and the stats), then the token ids (int32), the offsets (int64) and the masked
+# lengths (int32). The ids are memory-mapped when read: a large data set costs page cache, not process memory.
+_CACHE_MAGIC = b"ALPACA-TOKENS\x00\x00\x02"
+_HEADER_SPACE = 1 << 16
+
+
+def cache_key(source: DataSource | str | os.PathLike, tokenizer, max_length: int,
+              drop: DropOptions = DropOptions()) -> str:
+    """A digest of the data (`DataSource.key`: its bytes, split and columns), the tokenizer, the max length
+    and the drop options."""
+    if not isinstance(source, DataSource):
+        source = open_source(source)
     h = hashlib.sha256()
-    with open(data_path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    h.update(source.key().encode())
     h.update(tokenizer_fingerprint(tokenizer).encode())
-    h.update(f"max_length={max_length};format={CACHE_FORMAT_VERSION}".encode())
+    h.update(f"max_length={max_length};format={CACHE_FORMAT_VERSION};drop={drop}".encode())
     return h.hexdigest()[:32]
 
 
+def _write_header(f: BinaryIO, n: int, tokens: int, crc: int, stats: dict) -> None:
+    header = json.dumps({"examples": n, "tokens": tokens, "crc32": crc, "stats": stats}).encode()
+    if len(_CACHE_MAGIC) + 12 + len(header) > _HEADER_SPACE:
+        raise ValueError("preprocessing cache header too large")
+    f.seek(0)
+    f.write(_CACHE_MAGIC + struct.pack("<QI", len(header), zlib.crc32(header)) + header)
+
+
+def _write_tail(f: BinaryIO, data: EncodedData, crc: int) -> int:
+    for array in (data.offsets.astype(np.int64, copy=False), data.source_lens.astype(np.int32, copy=False)):
+        buf = array.tobytes()
+        crc = zlib.crc32(buf, crc)
+        f.write(buf)
+    return crc
+
+
 def save_encoded(path: Path, data: EncodedData) -> None:
+    """Writes `data` as a cache entry (atomically)."""
     with atomic_write(path, "wb") as f:
-        np.savez(f, input_ids=data.input_ids, offsets=data.offsets, source_lens=data.source_lens,
-                 stats=np.frombuffer(json.dumps(data.stats).encode(), dtype=np.uint8))
+        f.write(b"\0" * _HEADER_SPACE)
+        ids = data.input_ids.astype(np.int32, copy=False).tobytes()
+        f.write(ids)
+        crc = _write_tail(f, data, zlib.crc32(ids))
+        _write_header(f, len(data), int(data.offsets[-1]), crc, data.stats)
 
 
 def load_encoded(path: Path) -> EncodedData:
-    with np.load(path) as z:
-        return EncodedData(z["input_ids"], z["offsets"], z["source_lens"], json.loads(z["stats"].tobytes()))
+    """Reads a cache entry, checking its size and CRC; the ids stay memory-mapped.
+
+    Raises:
+        FileNotFoundError: no entry.
+        CacheDamaged: the entry is empty, truncated, garbled or of another format.
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        if size == 0:
+            raise CacheDamaged("empty file")
+        head = f.read(len(_CACHE_MAGIC) + 12)
+        if len(head) < len(_CACHE_MAGIC) + 12 or head[: len(_CACHE_MAGIC)] != _CACHE_MAGIC:
+            raise CacheDamaged("not a cache file of this version")
+        header_len, header_crc = struct.unpack("<QI", head[len(_CACHE_MAGIC):])
+        raw_header = f.read(min(header_len, _HEADER_SPACE))
+        if zlib.crc32(raw_header) != header_crc:
+            raise CacheDamaged("header checksum mismatch (garbled bytes)")
+        try:
+            header = json.loads(raw_header)
+            n, tokens, crc, stats = header["examples"], header["tokens"], header["crc32"], header["stats"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise CacheDamaged(f"unreadable header: {e}") from None
+        expected = _HEADER_SPACE + 4 * tokens + 8 * (n + 1) + 4 * n
+        if size != expected:
+            raise CacheDamaged(f"{size} bytes, expected {expected} (truncated or padded)")
+        f.seek(_HEADER_SPACE)
+        actual = 0
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            actual = zlib.crc32(chunk, actual)
+        if actual != crc:
+            raise CacheDamaged("checksum mismatch (garbled bytes)")
+        f.seek(_HEADER_SPACE + 4 * tokens)
+        offsets = np.fromfile(f, dtype=np.int64, count=n + 1)
+        source_lens = np.fromfile(f, dtype=np.int32, count=n)
+    ids = np.memmap(path, dtype=np.int32, mode="r", offset=_HEADER_SPACE, shape=(tokens,)) if tokens else np.zeros(0, np.int32)
+    if offsets[0] != 0 or offsets[-1] != tokens or np.any(np.diff(offsets) <= 0):
+        raise CacheDamaged("inconsistent offsets")
+    return EncodedData(ids, offsets, source_lens, stats)
+
+
+def _encode_to_cache(path: Path, batches: Iterable[Sequence[dict]], tokenizer, max_length: int,
+                     drop: DropOptions) -> None:
+    with atomic_write(path, "wb") as f:
+        f.write(b"\0" * _HEADER_SPACE)
+        encoder = _Encoder(tokenizer, max_length, drop, sink=f)
+        for batch in batches:
+            encoder.add(batch)
+        data = encoder.finish()
+        crc = _write_tail(f, data, encoder.crc)
+        _write_header(f, len(data), int(data.offsets[-1]), crc, data.stats)
 
 
 def encode_file(
-    data_path: str | os.PathLike,
+    data_path: str | os.PathLike | DataSource,
     tokenizer,
     max_length: Optional[int] = None,
     cache_dir: Optional[str | os.PathLike] = None,
     records: Optional[Sequence[dict]] = None,
+    drop: DropOptions = DropOptions(),
 ) -> EncodedData:
-    """Loads (or reuses from the cache) the tokenized form of a training file.
+    """Loads (or reuses from the cache) the tokenized form of a training data set.
+
+    A cache entry that is empty, truncated or garbled is reported by path and rebuilt.
 
     Args:
-        data_path: the Alpaca JSON/JSONL file.
+        data_path: the data: a path or hub id (`alpaca_lib.sources.open_source`), or a `DataSource`.
         tokenizer: the training tokenizer (pad token set).
         max_length: truncation length (default: `tokenizer.model_max_length`).
         cache_dir: folder for cached arrays; None or "" disables the cache.
         records: the already loaded records of `data_path`, to skip reading it again.
+        drop: examples to leave out beyond the original's (none by default).
     Returns:
         `EncodedData`; `stats["cache"]` says "hit", "miss" or "off".
     """
     max_length = max_length or tokenizer.model_max_length
-    cache_file = None
-    if cache_dir:
-        cache_file = Path(cache_dir) / f"{cache_key(data_path, tokenizer, max_length)}.npz"
-        if cache_file.exists():
-            try:
-                data = load_encoded(cache_file)
-                data.stats["cache"] = "hit"
-                return data
-            except (OSError, ValueError, KeyError) as e:  # a damaged cache is rebuilt, not fatal
-                logger.warning("ignoring unreadable preprocessing cache %s (%s)", cache_file, e)
-    if records is None:
-        records = load_records(data_path)
-    data = tokenize_records(records, tokenizer, max_length)
-    if cache_file is not None:
-        try:
-            save_encoded(cache_file, data)
-        except OSError as e:
-            logger.warning("could not write preprocessing cache %s (%s); going on without it", cache_file, e)
-    data.stats["cache"] = "miss" if cache_file is not None else "off"
+    source = data_path if isinstance(data_path, DataSource) else open_source(data_path)
+    batches = [records] if records is not None else source.batches()
+    if not cache_dir:
+        data = _encode_batches(batches, tokenizer, max_length, drop)
+        data.stats["cache"] = "off"
+        return data
+    cache_file = Path(cache_dir) / f"{cache_key(source, tokenizer, max_length, drop)}.bin"
+    try:
+        data = load_encoded(cache_file)
+        data.stats["cache"] = "hit"
+        return data
+    except FileNotFoundError:
+        pass
+    except (CacheDamaged, OSError) as e:  # a damaged cache is rebuilt, never fatal
+        logger.warning("preprocessing cache %s is damaged (%s); rebuilding it", cache_file, e)
+    try:
+        _encode_to_cache(cache_file, batches, tokenizer, max_length, drop)
+        data = load_encoded(cache_file)
+    except (OSError, CacheDamaged) as e:
+        logger.warning("could not write preprocessing cache %s (%s); going on without it", cache_file, e)
+        batches = [records] if records is not None else source.batches()
+        data = _encode_batches(batches, tokenizer, max_length, drop)
+    data.stats["cache"] = "miss"
     return data

@@ -1,0 +1,104 @@
+"""Bring training data into shape, and check it before training.
+
+    python prepare_data.py convert --data_path databricks/databricks-dolly-15k \
+        --data_columns instruction=instruction,input=context,output=response --max_words 2000 \
+        --output_path dolly_alpaca.json
+    python prepare_data.py report --data_path alpaca_data.json --tokenizer <model_dir> \
+        --model_max_length 512 --output_dir data_report
+
+`convert` writes any source train.py takes (Alpaca JSON/JSONL, .parquet, .csv, a save_to_disk folder,
+a hub dataset id) as an Alpaca JSON list, with the columns mapped and, optionally, records of more
+than --max_words whitespace words left out. `report` prints what training will make of a data set
+and writes OUTPUT_DIR/report.json and OUTPUT_DIR/lengths.png (alpaca_lib/datareport.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+from alpaca_lib.errors import UsageError, exit_with
+from alpaca_lib.sources import DataError, open_source, write_alpaca_json
+
+
+def convert(
+    data_path: str,
+    output_path: str,
+    data_columns: Optional[str] = None,
+    data_split: str = "train",
+    max_words: int = 0,
+) -> dict:
+    """Writes `data_path` as an Alpaca JSON list to `output_path`.
+
+    Args:
+        data_path: any source train.py's --data_path takes.
+        output_path: the Alpaca JSON file to write (atomically).
+        data_columns: FIELD=COLUMN pairs mapping the source's columns onto Alpaca's fields, e.g.
+            instruction=instruction,input=context,output=response for databricks-dolly-15k.
+        data_split: split of a hub dataset or a saved DatasetDict.
+        max_words: leave out records longer than this many whitespace words (instruction, input and
+            output together); 0 keeps all. OpenAlpaca's filter is 2000.
+    Returns:
+        The counts: records read, written, and left out for their length.
+    """
+    if not isinstance(max_words, int) or max_words < 0:
+        raise DataError(f"--max_words must be a whole number of words >= 0 (0: no limit), got {max_words!r}.")
+    counts = write_alpaca_json(open_source(data_path, data_split, data_columns), output_path, max_words)
+    print(f"{output_path}: wrote {counts['written']} of {counts['records']} records"
+          + (f" ({counts['dropped_long']} longer than {max_words} words left out)" if max_words else ""))
+    return counts
+
+
+def report(
+    data_path: str,
+    tokenizer: str,
+    model_max_length: int = 512,
+    output_dir: str = "data_report",
+    data_columns: Optional[str] = None,
+    data_split: str = "train",
+    similarity_threshold: float = 0.7,
+    workers: int = 2,
+) -> None:
+    """Prints the data report and writes `output_dir`/report.json and `output_dir`/lengths.png.
+
+    Args:
+        data_path: any source train.py's --data_path takes.
+        tokenizer: folder of the training tokenizer (e.g. the base model's).
+        model_max_length: training's --model_max_length.
+        output_dir: where the report goes.
+        data_columns, data_split: as train.py's flags.
+        similarity_threshold: ROUGE-L above which an instruction is a near duplicate (the generator's 0.7).
+        workers: threads for the ROUGE-L comparisons.
+    """
+    from transformers import AutoTokenizer
+
+    from alpaca_lib.datareport import build_report, format_report, write_report
+    from alpaca_lib.modeling import missing_special_tokens
+
+    if not isinstance(model_max_length, int) or model_max_length < 1:
+        raise DataError(f"--model_max_length must be a positive number of tokens, got {model_max_length!r}.")
+    source = open_source(data_path, data_split, data_columns)
+    records = source.records()
+    try:
+        tok = AutoTokenizer.from_pretrained(tokenizer, model_max_length=model_max_length, padding_side="right")
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--tokenizer {tokenizer}: could not load a tokenizer from it ({e}). Pass the base model's folder.") from None
+    tok.add_special_tokens(missing_special_tokens(tok))  # as train.py sets it up: [PAD], and any missing EOS/BOS/UNK
+    result = build_report(records, tok, model_max_length, similarity_threshold, workers)
+    paths = write_report(result, output_dir, title=source.describe())
+    print(format_report(result))
+    print("wrote " + ", ".join(str(p) for p in paths))
+
+
+def main() -> None:
+    import fire
+
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    try:
+        fire.Fire({"convert": convert, "report": report})
+    except UsageError as e:
+        exit_with(e)
+
+
+if __name__ == "__main__":
+    main()
