@@ -15,9 +15,11 @@ and writes OUTPUT_DIR/report.json and OUTPUT_DIR/lengths.png (alpaca_lib/datarep
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Optional
 
 from alpaca_lib.errors import UsageError, exit_with
+from alpaca_lib.preflight import check_model_source, check_output_dir, check_output_file
 from alpaca_lib.sources import DataError, open_source, write_alpaca_json
 
 
@@ -43,6 +45,7 @@ def convert(
     """
     if not isinstance(max_words, int) or max_words < 0:
         raise DataError(f"--max_words must be a whole number of words >= 0 (0: no limit), got {max_words!r}.")
+    check_output_file(output_path, "--output_path", {"--data_path": data_path})
     counts = write_alpaca_json(open_source(data_path, data_split, data_columns), output_path, max_words)
     print(f"{output_path}: wrote {counts['written']} of {counts['records']} records"
           + (f" ({counts['dropped_long']} longer than {max_words} words left out)" if max_words else ""))
@@ -77,6 +80,8 @@ def report(
 
     if not isinstance(model_max_length, int) or model_max_length < 1:
         raise DataError(f"--model_max_length must be a positive number of tokens, got {model_max_length!r}.")
+    check_model_source(tokenizer, flag="--tokenizer", config_name="tokenizer_config.json")
+    check_output_dir(output_dir, "--output_dir")
     source = open_source(data_path, data_split, data_columns)
     records = source.records()
     try:
@@ -90,12 +95,18 @@ def report(
     print("wrote " + ", ".join(str(p) for p in paths))
 
 
+COMMANDS = {"convert": convert, "report": report}
+
+
 def main() -> None:
     import fire
 
+    from alpaca_lib.preflight import check_fire_flags
+
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     try:
-        fire.Fire({"convert": convert, "report": report})
+        check_fire_flags(sys.argv[1:], COMMANDS, "prepare_data.py")
+        fire.Fire(COMMANDS)
     except UsageError as e:
         exit_with(e)
 

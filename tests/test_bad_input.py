@@ -152,6 +152,9 @@ def test_unknown_flags_of_the_fire_commands_name_the_nearest_known_one(tmp_path)
           "--judge_model", "j", "--output_dir", "o", "--max_concurency", "2"],
          "error: eval_model.py judge: unknown flag --max_concurency (did you mean --max_concurrency?). "
          "See `eval_model.py judge --help`."),
+        ([py, str(REPO_ROOT / "prepare_data.py"), "convert", "--data_path", "d.json", "--output_pth", "x.json"],
+         "error: prepare_data.py convert: unknown flag --output_pth (did you mean --output_path?). "
+         "See `prepare_data.py convert --help`."),
         ([py, "-m", "alpaca_lib.infer", "m", "--instructon", "hi"],
          "error: python -m alpaca_lib.infer: unknown flag --instructon (did you mean --instruction?). "
          "See `python -m alpaca_lib.infer --help`."),
@@ -182,6 +185,9 @@ def test_outputs_that_would_destroy_an_input_are_refused(tmp_path):
         ([py, str(REPO_ROOT / "eval_model.py"), "judge", "--model_outputs", "eval.json", "--reference_outputs",
           "eval.json", "--judge_model", "j", "--output_dir", "eval.json"],
          "error: --output_dir eval.json: this is a file; pass a folder (it is created if it does not exist)."),
+        ([py, str(REPO_ROOT / "prepare_data.py"), "convert", "--data_path", "eval.json", "--output_path", "eval.json"],
+         "error: --output_path eval.json is --data_path eval.json: writing it would destroy an input. "
+         "Pick another --output_path."),
         ([py, str(REPO_ROOT / "eval_model.py"), "chat", "--model_dir", "./no-such-model"],
          f"error: --model_dir ./no-such-model: no such folder ({tmp_path}/no-such-model). Check the path, or pass a "
          "Hugging Face hub id such as owner/model."),
