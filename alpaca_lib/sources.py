@@ -542,8 +542,6 @@ def write_alpaca_json(source: DataSource, output_path: str | os.PathLike, max_wo
     """
     from alpaca_lib.fileio import atomic_write
 
-    if Path(output_path).resolve() == Path(source.path).resolve():
-        raise DataError(f"--output_path {output_path} is the --data_path; write the converted data to another file.")
     read = written = 0
     with atomic_write(output_path) as f:
         f.write("[")
