@@ -82,7 +82,7 @@ def outputs(
     if not isinstance(batch_size, int) or batch_size < 1:
         raise UsageError(f"--batch_size must be a positive integer; got {batch_size!r}")
     if model_dir is not None:
-        check_model_source(model_dir, gguf_file, flag="--model_dir")
+        check_model_source(model_dir, gguf_file, flag="--model_dir", hub=False)
     check_output_file(output_path, "--output_path", {"--instructions_path": instructions_path})
     records = load_instructions(instructions_path)
     run = {"instructions_sha256": file_digest(instructions_path), **vars(settings)}
@@ -209,7 +209,9 @@ def judge(
             json.dump(summary, f, indent=2)
         with atomic_write(out / "annotations.json") as f:
             json.dump(result["verdicts"] + result["unreadable"], f, indent=2, ensure_ascii=False)
-        board = record_on_leaderboard(out.parent / "leaderboard.csv", {**summary, "updated": time.strftime("%Y-%m-%d %H:%M")})
+        with output_lock(out.parent, "eval_model.py judge (leaderboard)", name=".leaderboard.csv.lock", wait=True):
+            board = record_on_leaderboard(out.parent / "leaderboard.csv",
+                                          {**summary, "updated": time.strftime("%Y-%m-%d %H:%M")})
         draw_chart(out / CHART_NAME, board, [len(v["output_model"]) for v in result["verdicts"]],
                    [len(v["output_reference"]) for v in result["verdicts"]], summary["model"], summary["reference"])
         write_report(out, summary, result["verdicts"], note)

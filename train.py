@@ -305,9 +305,9 @@ class SupervisedDataset(Dataset):
         super().__init__()
         if encoded is None:
             # `records`: the checked records, or the checked `DataSource` of data_path (read in batches).
-            source = records if records is not None and not isinstance(records, list) else data_path
+            source = records if isinstance(records, DataSource) else data_path
             encoded = encode_file(source, tokenizer, tokenizer.model_max_length, cache_dir,
-                                  records if isinstance(records, list) else None, drop)
+                                  None if isinstance(records, DataSource) else records, drop)
         self.encoded: EncodedData = encoded
         stats = self.encoded.stats
         logger.info(
@@ -530,12 +530,13 @@ def _check_flags(model_args: ModelArguments, data_args: DataArguments, training_
         )
 
 
-def _check_paths(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments) -> None:
+def _check_paths(model_args: ModelArguments, training_args: TrainingArguments) -> None:
     check_model_source(model_args.model_name_or_path, model_args.gguf_file, cache_dir=training_args.cache_dir)
     check_output_dir(training_args.output_dir)
-    # The final save writes config.json and the weights into --output_dir: never into the base model's folder.
-    check_not_an_input(training_args.output_dir, "--output_dir", {"--model_name_or_path": model_args.model_name_or_path,
-                                                                  "--data_path": data_args.data_path})
+    # The final save writes into --output_dir, and checkpoint rotation or --overwrite_output_dir delete
+    # folders in it: the base model may be neither that folder nor inside it.
+    check_not_an_input(training_args.output_dir, "--output_dir",
+                       {"--model_name_or_path": model_args.model_name_or_path}, replaces_folder=True)
 
 
 def _load_model_and_tokenizer(model_args: ModelArguments, training_args: TrainingArguments):
@@ -578,7 +579,7 @@ def train(argv: Optional[Sequence[str]] = None) -> transformers.Trainer:
         raise DataError("--data_path is required: an Alpaca JSON or JSON Lines file, a .parquet or .csv file, a "
                         "save_to_disk folder, or a Hugging Face dataset id.")
     _check_flags(model_args, data_args, training_args)
-    _check_paths(model_args, data_args, training_args)
+    _check_paths(model_args, training_args)
     check_report_to(training_args.report_to or [])
     if model_args.load_in_4bit:
         check_qlora_available()
@@ -586,7 +587,7 @@ def train(argv: Optional[Sequence[str]] = None) -> transformers.Trainer:
     records = open_source(data_args.data_path, data_args.data_split, data_args.data_columns, "--data_path").check()
     eval_records = open_source(data_args.eval_data_path, data_args.data_split, data_args.data_columns,
                                "--eval_data_path").check() if data_args.eval_data_path else None
-    identity = run_identity(model_args.model_name_or_path, model_args.gguf_file, data_args.data_path)
+    identity = run_identity(model_args.model_name_or_path, model_args.gguf_file, records.key(), data_args.data_path)
     resume_from = checkpoint_to_resume(
         training_args.output_dir, training_args.resume_from_checkpoint, training_args.overwrite_output_dir, identity
     )

@@ -134,21 +134,28 @@ def rotate(output_dir: str | os.PathLike, keep: Optional[int], protect: Optional
 # ---- which checkpoint a run resumes from ----
 
 
-def run_identity(model: str, gguf_file: Optional[str], data_path: str) -> dict:
-    """What a run trains from: the base model (a resolved local path, or a hub id) and the training data
-    (a file is known by its content's sha256, so a renamed copy is the same data and an edited file is not)."""
-    model_path = Path(model).expanduser()
-    data = Path(data_path).expanduser()
-    identity = {"model": str(model_path.resolve()) if model_path.exists() else model, "gguf_file": gguf_file}
-    if data.is_file():
+def run_identity(model: str, gguf_file: Optional[str], data_key: str, data_name: str) -> dict:
+    """What a run trains from, recorded in each checkpoint so that a resume cannot mix two runs.
+
+    Args:
+        model: --model_name_or_path: a local folder is known by its content (config.json and the weight
+            files' names and sizes), so a copy on another disk is the same model; a hub id by its id.
+        gguf_file: --gguf_file.
+        data_key: a digest of the training data (`DataSource.key()`: its bytes, split and column mapping).
+        data_name: how the data was named (--data_path), for the message only.
+    """
+    folder = Path(model).expanduser()
+    content = model
+    if folder.is_dir():
         digest = hashlib.sha256()
-        with open(data, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-        identity["data_sha256"] = digest.hexdigest()
-    else:
-        identity["data"] = str(data.resolve()) if data.exists() else data_path
-    return identity
+        if (folder / "config.json").is_file():
+            digest.update((folder / "config.json").read_bytes())
+        for path in sorted(folder.iterdir()):
+            if path.suffix in (".safetensors", ".bin", ".gguf") and path.is_file():
+                digest.update(f"{path.name}:{path.stat().st_size}\n".encode())
+        content = "folder:" + digest.hexdigest()
+    return {"model": model, "model_content": content, "gguf_file": gguf_file, "data": data_name,
+            "data_sha256": data_key}
 
 
 def _other_run(path: Path, identity: Optional[dict]) -> Optional[str]:
@@ -159,10 +166,13 @@ def _other_run(path: Path, identity: Optional[dict]) -> Optional[str]:
         return None
     if not identity or not recorded:
         return None
-    names = {"model": "--model_name_or_path", "gguf_file": "--gguf_file", "data_sha256": "--data_path (content)",
-             "data": "--data_path"}
-    differs = [f"{names.get(k, k)} {recorded.get(k)!s:.80} then, {identity.get(k)!s:.80} now"
-               for k in sorted(set(recorded) | set(identity)) if recorded.get(k) != identity.get(k)]
+    differs = []
+    if (recorded.get("model_content"), recorded.get("gguf_file")) != (identity["model_content"], identity["gguf_file"]):
+        differs.append(f"base model {recorded.get('model')} {recorded.get('gguf_file') or ''}then, "
+                       f"{identity['model']} {identity['gguf_file'] or ''}now")
+    if recorded.get("data_sha256") != identity["data_sha256"]:
+        differs.append(f"training data {recorded.get('data')} (sha256 {str(recorded.get('data_sha256'))[:12]}) then, "
+                       f"{identity['data']} (sha256 {identity['data_sha256'][:12]}) now")
     return "; ".join(differs) or None
 
 

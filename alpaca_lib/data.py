@@ -374,16 +374,6 @@ def _write_tail(f: BinaryIO, data: EncodedData, crc: int) -> int:
     return crc
 
 
-def save_encoded(path: Path, data: EncodedData) -> None:
-    """Writes `data` as a cache entry (atomically)."""
-    with atomic_write(path, "wb") as f:
-        f.write(b"\0" * _HEADER_SPACE)
-        ids = data.input_ids.astype(np.int32, copy=False).tobytes()
-        f.write(ids)
-        crc = _write_tail(f, data, zlib.crc32(ids))
-        _write_header(f, len(data), int(data.offsets[-1]), crc, data.stats)
-
-
 def load_encoded(path: Path) -> EncodedData:
     """Reads a cache entry, checking its size and CRC; the ids stay memory-mapped.
 

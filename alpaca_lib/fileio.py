@@ -19,6 +19,7 @@ import io
 import os
 import re
 import shutil
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -82,7 +83,7 @@ def staging_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[P
             f"{final} already exists and is not empty; choose another output path or pass --overwrite=True to replace it"
         )
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-{os.getpid()}-", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-{_owner()}-", dir=final.parent))
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the finished folder gets normal permissions
@@ -96,13 +97,18 @@ def staging_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[P
             fsync_path(f)
     old = None
     if final.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-{os.getpid()}-", dir=final.parent))
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-{_owner()}-", dir=final.parent))
         os.rename(final, old / final.name)
     os.rename(tmp, final)
     with contextlib.suppress(OSError):
         fsync_path(final.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _owner() -> str:
+    """HOST.PID of this process, for the names of staging folders (their cleaner checks the PID on HOST only)."""
+    return f"{socket.gethostname().replace('-', '_').replace('.', '_')}.{os.getpid()}"
 
 
 def _alive(pid: int) -> bool:
@@ -118,7 +124,8 @@ def _alive(pid: int) -> bool:
 def clean_leftovers(final: str | os.PathLike) -> list[str]:
     """Removes what a killed `staging_dir(final)` left beside `final`, and says so on stderr.
 
-    A `.NAME.partial-PID-*` folder of a process that is gone is deleted. A `.NAME.old-PID-*` folder holds
+    A `.NAME.partial-HOST.PID-*` folder of a process of this host that is gone is deleted (another host's
+    are left alone: on shared storage its process cannot be checked from here). A `.NAME.old-HOST.PID-*` folder holds
     the previous `final` while the new one is renamed into place: if `final` is missing, the kill came
     between the two renames, and the previous folder is put back; otherwise it is deleted.
 
@@ -130,8 +137,8 @@ def clean_leftovers(final: str | os.PathLike) -> list[str]:
     if not final.parent.is_dir():
         return done
     for entry in sorted(final.parent.glob(f".{glob.escape(final.name)}.*-*")):
-        m = re.fullmatch(rf"\.{re.escape(final.name)}\.(partial|old)-(\d+)-[^/]+", entry.name)
-        if not m or not entry.is_dir() or _alive(int(m.group(2))):
+        m = re.fullmatch(rf"\.{re.escape(final.name)}\.(partial|old)-([^.]+)\.(\d+)-[^/]+", entry.name)
+        if not m or not entry.is_dir() or m.group(2) != _owner().split(".")[0] or _alive(int(m.group(3))):
             continue
         kept = entry / final.name
         if m.group(1) == "old" and not final.exists() and kept.is_dir():
@@ -139,7 +146,7 @@ def clean_leftovers(final: str | os.PathLike) -> list[str]:
             done.append(f"{final}: put back the previous folder, which an interrupted replace had set aside in {entry}")
         else:
             what = "unfinished output" if m.group(1) == "partial" else "previous folder, already replaced"
-            done.append(f"{final}: removed {entry}, the {what} of an interrupted run (process {m.group(2)})")
+            done.append(f"{final}: removed {entry}, the {what} of an interrupted run (process {m.group(3)})")
         shutil.rmtree(entry, ignore_errors=True)
     for line in done:
         print(line, file=sys.stderr, flush=True)

@@ -34,7 +34,7 @@ class OutputLockedError(UsageError):
 
 
 @contextlib.contextmanager
-def output_lock(folder: str | os.PathLike, command: str, name: str = LOCK_NAME) -> Iterator[Path]:
+def output_lock(folder: str | os.PathLike, command: str, name: str = LOCK_NAME, wait: bool = False) -> Iterator[Path]:
     """Holds the exclusive lock of `folder` (created if absent) for the duration of the block.
 
     Args:
@@ -42,6 +42,8 @@ def output_lock(folder: str | os.PathLike, command: str, name: str = LOCK_NAME) 
         command: what holds it, for the message another run prints (e.g. "eval_model outputs").
         name: the lock file's name in `folder`; a command that writes one file of a shared folder locks
             that file only (e.g. `.model_outputs.json.lock`).
+        wait: wait for the holder to let go instead of refusing (for a short shared update, such as a
+            leaderboard row).
     Yields:
         The lock file's path.
     Raises:
@@ -56,11 +58,12 @@ def output_lock(folder: str | os.PathLike, command: str, name: str = LOCK_NAME) 
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _read_holder(fd)
             os.close(fd)
-            raise OutputLockedError(_refusal(folder, holder, path)) from None
+            what = folder if name == LOCK_NAME else folder / name[1:].removesuffix(".lock")
+            raise OutputLockedError(_refusal(what, holder, path)) from None
         except OSError as e:
             os.close(fd)
             raise UsageError(
@@ -106,11 +109,11 @@ def _read_holder(fd: int) -> dict:
     return {}
 
 
-def _refusal(folder: Path, holder: dict, path: Path) -> str:
+def _refusal(what: Path, holder: dict, path: Path) -> str:
     who = (f"pid {holder.get('pid', '?')} on {holder.get('host', '?')} ({holder.get('command', '?')}, "
            f"started {holder.get('started', '?')})") if holder else "another process (it has not written its details yet)"
     return (
-        f"{folder} is in use by {who}; only one run may write to an output folder at a time. Wait for that "
-        f"run to finish (or stop it), then run this command again to resume, or choose another output folder. "
+        f"{what} is in use by {who}; only one run may write to it at a time. Wait for that "
+        f"run to finish (or stop it), then run this command again to resume, or choose another output. "
         f"The lock ({path}) goes away by itself when that process ends."
     )

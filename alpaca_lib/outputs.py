@@ -125,7 +125,7 @@ class LocalModel:
 
         from alpaca_lib.preflight import check_model_source
 
-        check_model_source(model_dir, gguf_file, flag="--model_dir")
+        check_model_source(model_dir, gguf_file, flag="--model_dir", hub=False)
         extra = {"gguf_file": gguf_file} if gguf_file else {}
         device = "cuda" if torch.cuda.is_available() else "cpu"
         if dtype == "auto":

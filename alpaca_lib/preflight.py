@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import re
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Optional, Sequence
@@ -45,7 +46,7 @@ def _offline() -> bool:
 
 
 def check_model_source(name: str, gguf_file: Optional[str] = None, flag: str = "--model_name_or_path",
-                       cache_dir: Optional[str] = None, config_name: str = "config.json") -> None:
+                       cache_dir: Optional[str] = None, config_name: str = "config.json", hub: bool = True) -> None:
     """Checks that a model named by a local folder or a hub id can be loaded, without loading it.
 
     Args:
@@ -54,6 +55,7 @@ def check_model_source(name: str, gguf_file: Optional[str] = None, flag: str = "
         flag: the flag that named it, for the message.
         cache_dir: the hub cache to look in (`--cache_dir`); None for the default.
         config_name: the file a loadable folder must hold when no GGUF file is named.
+        hub: whether `name` may be a hub id; False for flags that take a local folder only.
     Raises:
         UsageError: a local folder that does not exist or is not a model folder, a file where a folder is
             expected, or (offline) a hub id with no cached copy.
@@ -75,6 +77,9 @@ def check_model_source(name: str, gguf_file: Optional[str] = None, flag: str = "
     if path.exists():
         raise UsageError(f"{flag} {name}: this is a file, not a model folder. Pass the folder that holds it"
                          + (" and name the file with --gguf_file." if name.endswith(".gguf") else "."))
+    if not hub:
+        raise UsageError(f"{flag} {name}: no such folder ({path.resolve()}). Pass a saved model's folder "
+                         "(train.py's --output_dir, for one).")
     if looks_like_local_path(name):
         raise UsageError(
             f"{flag} {name}: no such folder ({path.resolve()}). Check the path, or pass a Hugging Face hub id "
@@ -196,10 +201,10 @@ def check_fire_flags(argv: Sequence[str], commands: Mapping[str, Callable] | Cal
         return
     unknown = []
     for token in args:
-        if not token.startswith("--") or token == "--":
+        if not re.match(r"--?[A-Za-z_]", token):  # fire takes -flag as well as --flag; "-5" is a value
             continue
         flag = token.split("=", 1)[0]
-        spelled = "--" + flag[2:].replace("-", "_")
+        spelled = "--" + flag.lstrip("-").replace("-", "_")
         if spelled not in known and not (spelled.startswith("--no") and "--" + spelled[4:] in known):
             unknown.append(flag)
     if unknown:

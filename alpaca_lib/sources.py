@@ -96,7 +96,7 @@ def _decoded_chunks(path: str, flag: str) -> Iterator[str]:
                 text = decoder.decode(data, final=not chunk)
             except UnicodeDecodeError as e:
                 at = offset - buffered + e.start
-                hint = " It looks like UTF-16 without a BOM" if b"\x00" in data[:64] else ""
+                hint = " It looks like UTF-16 without a BOM." if b"\x00" in data[:64] else ""
                 raise DataError(
                     f"{path}: not valid {encoding.upper()} text at byte offset {at} ({e.reason}).{hint} "
                     "Re-save the file as UTF-8 (in most editors: Save with Encoding -> UTF-8), e.g. "
@@ -303,6 +303,7 @@ class DataSource:
     flag: str = "--data_path"
     num_records: Optional[int] = None  # set by check()
     _dataset: Any = field(default=None, repr=False)
+    _key: Optional[str] = field(default=None, repr=False)
 
     @property
     def mapped(self) -> bool:
@@ -346,6 +347,8 @@ class DataSource:
         cols = self.columns
         required = [cols["instruction"], cols["output"]]
         optional = [cols["input"]]
+        if cols["input"] != "input":  # a column named in --data_columns must be there, as in a table
+            required, optional = required + optional, []
         for record in iter_json_records(self.path, required, optional, self.flag):
             if not self.mapped:
                 yield record
@@ -355,12 +358,27 @@ class DataSource:
                 out["input"] = record[cols["input"]]
             yield out
 
+    def _table_batches(self, batch_size: int) -> Iterator[dict]:
+        """The dataset's batches; a file the library cannot parse is a DataError naming it and the row reached."""
+        rows = 0
+        batches = iter(self.dataset().iter(batch_size=batch_size))
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except (ValueError, UnicodeDecodeError, OSError) as e:  # pandas/pyarrow parser errors are ValueErrors
+                raise DataError(f"{self.describe()}: could not be read after row {rows} ({type(e).__name__}: {e}). "
+                                "Check the file there, or re-save it (UTF-8, one header row).") from None
+            rows += len(next(iter(batch.values()), []))
+            yield batch
+
     def _table_records(self, batch_size: int) -> Iterator[dict]:
         dataset = self.dataset()
         cols = self.columns
-        names = list(dataset.column_names or []) if dataset.column_names is not None else None
+        names = list(dataset.column_names) if dataset.column_names is not None else None
         index = 0
-        for batch in dataset.iter(batch_size=batch_size):
+        for batch in self._table_batches(batch_size):
             if names is None:
                 names = list(batch)
             self._check_columns(names)
@@ -402,15 +420,23 @@ class DataSource:
     # -- identity -----------------------------------------------------------------------------------
 
     def key(self) -> str:
-        """A digest of the data's bytes, the split and the column mapping: changes whenever the records could."""
-        h = hashlib.sha256()
-        h.update(f"kind={self.kind};split={self.split};columns={_columns_spec(self.columns)}\n".encode())
-        for name in self._files():
-            h.update(f"{os.path.basename(name)}\n".encode())
-            with open(name, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-        return h.hexdigest()
+        """A digest of the data's bytes, the split and the column mapping: changes whenever the records could.
+
+        A file's name is not part of it (a renamed copy is the same data); a folder's file names are.
+        Computed once per source.
+        """
+        if self._key is None:
+            h = hashlib.sha256()
+            h.update(f"kind={self.kind};split={self.split};columns={_columns_spec(self.columns)}\n".encode())
+            files = self._files()
+            for name in files:
+                if len(files) > 1:
+                    h.update(f"{os.path.basename(name)}\n".encode())
+                with open(name, "rb") as f:
+                    for chunk in iter(lambda: f.read(1 << 20), b""):
+                        h.update(chunk)
+            self._key = h.hexdigest()
+        return self._key
 
     def _files(self) -> List[str]:
         if self.kind in ("json", "parquet", "csv"):
@@ -469,14 +495,16 @@ def _load_table(source: DataSource):
     if kind in ("parquet", "csv"):
         # Streamed from the file itself: no converted copy is made, so none can go stale.
         extra = {}
-        if kind == "csv":  # every cell stays the text it is ("" stays "", "12" stays "12")
-            with open(path, newline="", encoding="utf-8-sig") as f:
-                header = next(csv.reader(f), [])
-            extra = {"features": datasets.Features({c: datasets.Value("string") for c in header}), "na_filter": False}
         try:
+            if kind == "csv":  # every cell stays the text it is ("" stays "", "12" stays "12")
+                with open(path, newline="", encoding="utf-8-sig") as f:
+                    header = next(csv.reader(f), [])
+                extra = {"features": datasets.Features({c: datasets.Value("string") for c in header}),
+                         "na_filter": False}
             return datasets.load_dataset(kind, data_files=path, split="train", streaming=True, **extra)
         except Exception as e:  # the library's own reading errors
-            raise DataError(f"{path}: could not be read as {kind} ({type(e).__name__}: {e}).") from None
+            raise DataError(f"{path}: could not be read as {kind} ({type(e).__name__}: {e}). Re-save it as UTF-8 "
+                            f"{kind}.") from None
     if kind == "disk":
         try:
             loaded = datasets.load_from_disk(path)
@@ -531,7 +559,7 @@ def word_count(record: dict) -> int:
 
 
 def write_alpaca_json(source: DataSource, output_path: str | os.PathLike, max_words: int = 0) -> Dict[str, int]:
-    """Writes `source`'s records as an Alpaca JSON list (atomically), as `json.dump(records, f, indent=4)` would.
+    """Writes `source`'s records as an Alpaca JSON list (atomically), as `json.dump(records, f, indent=4, ensure_ascii=False)` would.
 
     Args:
         source: any source (`open_source`), with its column mapping.

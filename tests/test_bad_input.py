@@ -9,6 +9,7 @@ cannot be loaded, so a check that ran too late shows up as a traceback instead o
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import subprocess
@@ -91,36 +92,46 @@ def test_train_output_paths(tmp_path):
     stderr = run_train_expecting_error(tmp_path, ["--data_path", data], output_dir=model)
     assert f"error: --output_dir {model} is --model_name_or_path {model}: writing it would destroy an input." in stderr
     assert sorted(p.name for p in model.iterdir()) == ["config.json"]
+    # A folder that holds the base model: rotation or --overwrite_output_dir would delete it.
+    stderr = run_train_expecting_error(tmp_path, ["--data_path", data], output_dir=tmp_path)
+    assert f"error: --output_dir {tmp_path} holds --model_name_or_path {model}: writing it would destroy an input." in stderr
 
 
 def test_train_refuses_to_resume_another_runs_checkpoint(tmp_path, tiny_llama_dir):
     """A checkpoint records the model and the data it was trained from; the same --output_dir with other
-    data is refused (nothing changed in it), and --overwrite_output_dir starts afresh."""
+    data is refused (nothing changed in it), copies of the same model and data resume, and
+    --overwrite_output_dir starts afresh."""
+    import shutil
+
     first, second = write_alpaca_subset(tmp_path / "a.json", slice(0, 8)), write_alpaca_subset(tmp_path / "b.json", slice(8, 16))
     out = tmp_path / "out"
-    base = [sys.executable, str(REPO_ROOT / "train.py"), "--model_name_or_path", str(tiny_llama_dir),
-            "--output_dir", str(out), "--per_device_train_batch_size", "4", "--save_strategy", "steps",
-            "--save_steps", "1", "--report_to", "none", "--model_max_length", "256", "--preprocessing_cache_dir", ""]
-    run_script([*base, "--data_path", str(first), "--max_steps", "1"], tmp_path)
-    manifest = json.loads((out / "checkpoint-1" / "checkpoint_manifest.json").read_text())
-    assert manifest["run"]["model"] == str(tiny_llama_dir.resolve()) and len(manifest["run"]["data_sha256"]) == 64
+    base = [sys.executable, str(REPO_ROOT / "train.py"), "--output_dir", str(out), "--per_device_train_batch_size", "4",
+            "--save_strategy", "steps", "--save_steps", "1", "--report_to", "none", "--model_max_length", "256",
+            "--preprocessing_cache_dir", ""]
+    model = ["--model_name_or_path", str(tiny_llama_dir)]
+    run_script([*base, *model, "--data_path", str(first), "--max_steps", "1"], tmp_path)
+    manifest = json.loads((out / "checkpoint-1" / "checkpoint_manifest.json").read_text())["run"]
+    assert (manifest["model"], manifest["data"], len(manifest["data_sha256"])) == (str(tiny_llama_dir), str(first), 64)
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
 
-    log = run_script([*base, "--data_path", str(second), "--max_steps", "2"], tmp_path, expect=1)
-    assert (f"error: --output_dir {out} holds checkpoint-1 of another run (--data_path (content) "
-            f"{manifest['run']['data_sha256']} then,") in log
-    assert "Fix: pass another --output_dir, or --overwrite_output_dir True" in log
+    log = run_script([*base, *model, "--data_path", str(second), "--max_steps", "2"], tmp_path, expect=1)
+    second_sha = hashlib.sha256(b"kind=json;split=train;columns=instruction=instruction,input=input,output=output\n"
+                                + second.read_bytes()).hexdigest()
+    assert (f"error: --output_dir {out} holds checkpoint-1 of another run (training data {first} (sha256 "
+            f"{manifest['data_sha256'][:12]}) then, {second} (sha256 {second_sha[:12]}) now); resuming would mix the "
+            "two. Fix: pass another --output_dir, or --overwrite_output_dir True") in log
     assert "Traceback" not in log and {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
 
-    # The same data under another name is the same run: it resumes.
-    copy = tmp_path / "a-copy.json"
-    copy.write_bytes(first.read_bytes())
-    log = run_script([*base, "--data_path", str(copy), "--max_steps", "2"], tmp_path)
+    # The same model and data under other names (a copy on another disk) are the same run: it resumes.
+    shutil.copytree(tiny_llama_dir, tmp_path / "model-copy")
+    (tmp_path / "a-copy.json").write_bytes(first.read_bytes())
+    log = run_script([*base, "--model_name_or_path", str(tmp_path / "model-copy"), "--data_path",
+                      str(tmp_path / "a-copy.json"), "--max_steps", "2"], tmp_path)
     assert f"resuming from {out}/checkpoint-1 (step 1), found in --output_dir" in log
-    log = run_script([*base, "--data_path", str(second), "--max_steps", "1", "--overwrite_output_dir", "True"], tmp_path)
+    log = run_script([*base, *model, "--data_path", str(second), "--max_steps", "1", "--overwrite_output_dir", "True"],
+                     tmp_path)
     assert "resuming" not in log
-    assert json.loads((out / "checkpoint-1" / "checkpoint_manifest.json").read_text())["run"]["data_sha256"] != \
-        manifest["run"]["data_sha256"]
+    assert json.loads((out / "checkpoint-1" / "checkpoint_manifest.json").read_text())["run"]["data_sha256"] == second_sha
 
 
 def _fails(cmd: list[str], cwd: Path) -> str:
@@ -147,6 +158,10 @@ def test_unknown_flags_of_the_fire_commands_name_the_nearest_known_one(tmp_path)
         ([py, str(REPO_ROOT / "eval_model.py"), "outputs", "--instructions_path", "i.json", "--output_path", "o.json",
           "--model_dir", "m", "--max_new_tokns", "5", "--colour=red"],
          "error: eval_model.py outputs: unknown flags --max_new_tokns (did you mean --max_new_tokens?); --colour. "
+         "See `eval_model.py outputs --help`."),
+        ([py, str(REPO_ROOT / "eval_model.py"), "outputs", "--instructions_path", "i.json", "--output_path", "o.json",
+          "--model_dir", "m", "-max_new_tokns", "5"],
+         "error: eval_model.py outputs: unknown flag -max_new_tokns (did you mean --max_new_tokens?). "
          "See `eval_model.py outputs --help`."),
         ([py, str(REPO_ROOT / "eval_model.py"), "judge", "--model_outputs", "a", "--reference_outputs", "b",
           "--judge_model", "j", "--output_dir", "o", "--max_concurency", "2"],
@@ -189,8 +204,8 @@ def test_outputs_that_would_destroy_an_input_are_refused(tmp_path):
          "error: --output_path eval.json is --data_path eval.json: writing it would destroy an input. "
          "Pick another --output_path."),
         ([py, str(REPO_ROOT / "eval_model.py"), "chat", "--model_dir", "./no-such-model"],
-         f"error: --model_dir ./no-such-model: no such folder ({tmp_path}/no-such-model). Check the path, or pass a "
-         "Hugging Face hub id such as owner/model."),
+         f"error: --model_dir ./no-such-model: no such folder ({tmp_path}/no-such-model). Pass a saved model's folder "
+         "(train.py's --output_dir, for one)."),
     ]
     for cmd, message in cases:
         assert _fails(cmd, tmp_path) == message
@@ -216,7 +231,7 @@ def test_a_second_writer_of_an_evaluation_output_is_refused(tmp_path):
         # Another output file in the same folder is not held by that lock.
         with output_lock(tmp_path / "runs", "another output", name=".other.json.lock"):
             pass
-    assert last.startswith(f"error: runs is in use by pid {os.getpid()} on ") and "(the test's holder, started " in last
+    assert last.startswith(f"error: runs/outputs.json is in use by pid {os.getpid()} on ") and "(the test's holder, started " in last
     with output_lock(tmp_path / "judged", "the test's judge"):
         last = _fails([py, str(REPO_ROOT / "eval_model.py"), "judge", "--model_outputs", "eval.json",
                        "--reference_outputs", "eval.json", "--judge_model", "j", "--output_dir", "judged",
@@ -237,3 +252,22 @@ def test_generator_without_a_key_leaves_no_output_folder(tmp_path):
         "error: no OpenAI API key: set OPENAI_API_KEY (or pass --api_key), or point --base_url / OPENAI_BASE_URL at "
         "a local OpenAI-compatible server")
     assert os.listdir(tmp_path) == []
+
+
+def test_data_the_reader_cannot_parse_gets_a_clear_error(tmp_path):
+    """Errors that the datasets library raises while streaming a file, and a mapped column that a JSON
+    file lacks, are reported like any other bad record."""
+    py, convert = sys.executable, str(REPO_ROOT / "prepare_data.py")
+    (tmp_path / "quote.csv").write_text('instruction,output\n"a,b\n')
+    (tmp_path / "latin1.csv").write_bytes(b"instruction,output\nx,caf\xe9\n")
+    (tmp_path / "dolly.jsonl").write_text('{"instruction": "a", "context": "c", "response": "b"}\n')
+    assert _fails([py, convert, "convert", "--data_path", "quote.csv", "--output_path", "o.json"], tmp_path) == (
+        "error: quote.csv: could not be read after row 0 (ParserError: Error tokenizing data. C error: EOF inside "
+        "string starting at row 1). Check the file there, or re-save it (UTF-8, one header row).")
+    assert _fails([py, convert, "convert", "--data_path", "latin1.csv", "--output_path", "o.json"], tmp_path).startswith(
+        "error: latin1.csv: could not be read as csv (UnicodeDecodeError: ")
+    assert _fails([py, convert, "convert", "--data_path", "dolly.jsonl", "--output_path", "o.json", "--data_columns",
+                   "input=contxt,output=response"], tmp_path) == (
+        "error: dolly.jsonl: record 0 (line 1) has keys ['context', 'instruction', 'response']; expected 'instruction' "
+        "and 'response' and 'contxt'. Missing: contxt.")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dolly.jsonl", "latin1.csv", "quote.csv"]

@@ -295,7 +295,7 @@ def test_a_second_concurrent_run_is_refused_naming_the_holder_and_changes_nothin
                 f"error: {out} is in use by pid {first.pid} on {socket.gethostname()} (generate_instruction "
                 f"generate_instruction_following_data, started {holder['started']}); only one run may write"
             ), second.stderr
-            assert "run this command again to resume, or choose another output folder" in second.stderr
+            assert "run this command again to resume, or choose another output." in second.stderr
             assert {p.name: p.read_bytes() for p in out.iterdir()} == before
             assert len(stub.requests) == 6  # the refused run asked the server nothing
         finally:

@@ -37,9 +37,9 @@ def test_a_second_lock_is_refused_naming_the_holder_and_the_folder_is_free_after
         assert isinstance(refused.value, UsageError)
         assert str(refused.value) == (
             f"{out} is in use by pid {os.getpid()} on {socket.gethostname()} (generate_instruction "
-            f"generate_instruction_following_data, started {holder['started']}); only one run may write to an output "
-            f"folder at a time. Wait for that run to finish (or stop it), then run this command again to resume, or "
-            f"choose another output folder. The lock ({path}) goes away by itself when that process ends."
+            f"generate_instruction_following_data, started {holder['started']}); only one run may write to it at a "
+            f"time. Wait for that run to finish (or stop it), then run this command again to resume, or "
+            f"choose another output. The lock ({path}) goes away by itself when that process ends."
         )
         assert json.loads(path.read_text()) == holder  # the refused one wrote nothing
     assert not (out / LOCK_NAME).exists()

@@ -189,7 +189,7 @@ def test_served_model_survives_server_errors(tmp_path):
         ('[{"instruction": 3}]', [], "eval.json: record 0 field 'instruction' is a int (3), expected a string."),
         ('{"instruction": "a"}\n{"instruction": ', [], "eval.json: invalid JSON on line 2"),
         ("", [], "eval.json: the file is empty"),
-        ('[{"instruction": "a"}]', ["--model_dir", "./no-such-dir"], "--model_dir ./no-such-dir: no such folder"),
+        ('[{"instruction": "a"}]', ["--model_dir", "no-such-dir"], "--model_dir no-such-dir: no such folder"),
         ('[{"instruction": "a"}]', ["--model_dir", "."], "--model_dir .: the folder holds no config.json"),
         ('[{"instruction": "a"}]', ["--base_url", "http://127.0.0.1:9/v1"], "--base_url needs --model_name"),
         ('[{"instruction": "a"}]', ["--model_dir", ".", "--max_new_tokens", "0"],

@@ -265,6 +265,9 @@ def test_failure_midway_leaves_no_output_folder(tiny, tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
+HOST = __import__("socket").gethostname().replace("-", "_").replace(".", "_")  # as staging folders name it
+
+
 def _dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
@@ -272,14 +275,17 @@ def _dead_pid() -> int:
 
 
 def test_leftovers_of_a_killed_run_are_cleaned_by_the_next_run(tiny, tmp_path):
-    """A hard kill leaves a hidden `.NAME.partial-PID-*` folder; the same command run again removes it and
-    says so. A folder of a process still running (another run writing now) is left alone."""
+    """A hard kill leaves a hidden `.NAME.partial-HOST.PID-*` folder; the same command run again removes it and
+    says so. A folder of a process still running (another run writing now), or of another host (whose
+    processes cannot be checked from here), is left alone."""
     dead, alive = _dead_pid(), os.getpid()
-    partial = tmp_path / f".rec.partial-{dead}-x1"
+    partial = tmp_path / f".rec.partial-{HOST}.{dead}-x1"
     partial.mkdir()
     (partial / "model-00001-of-00002.safetensors").write_bytes(b"half")
-    busy = tmp_path / f".rec.partial-{alive}-x2"
+    busy = tmp_path / f".rec.partial-{HOST}.{alive}-x2"
     busy.mkdir()
+    elsewhere = tmp_path / f".rec.partial-otherhost.{dead}-x3"
+    elsewhere.mkdir()
     proc = subprocess.run(
         [sys.executable, str(REPO_ROOT / "weight_diff.py"), "recover", "--path_raw", str(tiny["raw_st"]),
          "--path_diff", str(tiny["diff_bin"]), "--path_tuned", str(tmp_path / "rec"), "--test_inference", "False",
@@ -287,19 +293,19 @@ def test_leftovers_of_a_killed_run_are_cleaned_by_the_next_run(tiny, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (f"{tmp_path}/rec: removed {partial}, the unfinished output of an interrupted run (process {dead})"
             in proc.stderr)
-    assert sorted(os.listdir(tmp_path)) == [busy.name, "rec"]
+    assert sorted(os.listdir(tmp_path)) == sorted([busy.name, elsewhere.name, "rec"])
 
 
 def test_a_replace_killed_between_its_renames_gets_the_old_folder_back(tmp_path):
     from alpaca_lib.fileio import clean_leftovers
 
     dead = _dead_pid()
-    aside = tmp_path / f".out.old-{dead}-x" / "out"
+    aside = tmp_path / f".out.old-{HOST}.{dead}-x" / "out"
     aside.mkdir(parents=True)
     (aside / "weights.bin").write_bytes(b"previous")
     assert clean_leftovers(tmp_path / "out") == [
         f"{tmp_path}/out: put back the previous folder, which an interrupted replace had set aside in "
-        f"{tmp_path}/.out.old-{dead}-x"]
+        f"{tmp_path}/.out.old-{HOST}.{dead}-x"]
     assert os.listdir(tmp_path) == ["out"] and (tmp_path / "out" / "weights.bin").read_bytes() == b"previous"
     assert clean_leftovers(tmp_path / "out") == []
 
