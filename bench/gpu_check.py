@@ -238,6 +238,7 @@ def _child(spec: dict) -> None:
             # This process only: train.py has no attention flag yet, so the loaded model is switched here.
             train._load_model_and_tokenizer = load_with_varlen
             attention = "varlen flash-attention (torch.nn.attention.varlen.varlen_attn)"
+            VARLEN_CALLS[0] = 0  # count the training forwards only, not the probe's
     if spec["mode"] != "fsdp":
         # The final save is timed in the fsdp run only: the other runs skip writing a 4 GB model.
         train._save_final_model = lambda *args, **kwargs: None
