@@ -1,7 +1,7 @@
 """train.py against TRL's SFTTrainer: same model, data and masking; loss-bearing tokens/s and final loss of each.
 
     pip install "trl>=1.16"                          # optional, for this bench only (pip install -e ".[bench]")
-    .venv/bin/python bench/bench_trl.py              # SmolLM2-135M-Instruct, 48 examples: ~6 minutes on 2 CPU cores
+    .venv/bin/python bench/bench_trl.py              # SmolLM2-135M-Instruct, 48 examples: ~3 minutes on 2 idle CPU cores
     .venv/bin/python bench/bench_trl.py --quick      # a tiny LLaMA: seconds per mode, to check the wiring
     .venv/bin/python bench/bench_trl.py --repeat 2   # two interleaved rounds, the best of each mode kept
 

@@ -1,6 +1,6 @@
 """The GPU check behind bench/gpu_check.sh: train.py's modes on a ~1B LLaMA, timed, then batched generation.
 
-    bash bench/gpu_check.sh              # on one GPU (H200: about 6 minutes); figures in $OUT/gpu_check.json
+    bash bench/gpu_check.sh              # on one GPU (H200: 5 minutes, estimated); figures in $OUT/gpu_check.json
     bash bench/gpu_check.sh --dry-run    # the same steps on CPU with a tiny model, in about a minute
 
 Run it through gpu_check.sh, which checks the prerequisites first. The model is built here from a config
