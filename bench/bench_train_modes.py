@@ -33,10 +33,9 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from benchutil import bundled_records, peak_rss_mb, synthesize_records
+from benchutil import bundled_records, peak_rss_mb, synthesize_records, time_every_trainer
 
 THROUGHPUT_MODES = {
     "faithful": ["--per_device_train_batch_size", "4"],
@@ -55,30 +54,13 @@ MEMORY_MODES = {
 def _child(argv_json: str) -> None:
     """Trains once in this fresh process and prints one JSON line with the figures."""
     import torch
-    import transformers
 
     import alpaca_lib.packing
     import train
     from alpaca_lib.modeling import IGNORE_INDEX
 
     argv = json.loads(argv_json)
-    clock = {}
-
-    class Clock(transformers.TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            clock["wall"], clock["cpu"] = time.perf_counter(), time.process_time()
-
-        def on_train_end(self, args, state, control, **kwargs):
-            clock["wall"], clock["cpu"] = time.perf_counter() - clock["wall"], time.process_time() - clock["cpu"]
-
-    original_init = transformers.Trainer.__init__
-
-    def timed_init(self, *args, **kwargs):
-        original_init(self, *args, **kwargs)
-        self.add_callback(Clock())
-
-    # This child process only: every Trainer (train.py's is a subclass) times trainer.train() alone.
-    transformers.Trainer.__init__ = timed_init
+    clock = time_every_trainer()
     all_logits = bool(os.environ.get(ALL_LOGITS_ENV))
     if all_logits:  # as for a model that takes no logits_to_keep mask
         alpaca_lib.packing.supports_supervised_logits = lambda model, probe=True: False

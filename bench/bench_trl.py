@@ -38,10 +38,9 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from benchutil import REPO_ROOT, peak_rss_mb, synthesize_records
+from benchutil import REPO_ROOT, peak_rss_mb, synthesize_records, time_every_trainer
 
 TRL_MIN_VERSION = "1.16.0"  # the SFTConfig fields used here: completion_only_loss, packing_strategy, padding_free
 TRL_INSTALL = f'pip install "trl>={TRL_MIN_VERSION}"  (or: pip install -e ".[bench]")'
@@ -98,26 +97,8 @@ def _run_trl(model_dir: Path, data: Path, out: Path, mode: str):
 
 def _child(spec_json: str) -> None:
     """Trains once in this fresh process and prints one line of figures."""
-    import transformers
-
     spec = json.loads(spec_json)
-    clock = {}
-
-    class Clock(transformers.TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            clock["wall"], clock["cpu"] = time.perf_counter(), time.process_time()
-
-        def on_train_end(self, args, state, control, **kwargs):
-            clock["wall"], clock["cpu"] = time.perf_counter() - clock["wall"], time.process_time() - clock["cpu"]
-
-    original_init = transformers.Trainer.__init__
-
-    def timed_init(self, *args, **kwargs):
-        original_init(self, *args, **kwargs)
-        self.add_callback(Clock())
-
-    # This child process only: every Trainer (train.py's and TRL's are subclasses) times trainer.train() alone.
-    transformers.Trainer.__init__ = timed_init
+    clock = time_every_trainer()
     mode, model_dir, data, out = spec["mode"], Path(spec["model"]), Path(spec["data"]), Path(spec["out"])
     if mode.startswith("trl_"):
         trainer = _run_trl(model_dir, data, out, mode)

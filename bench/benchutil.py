@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import random
 import resource
+import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -69,3 +70,27 @@ def synthesize_records(n: int, seed: int = 0) -> list[dict]:
             record["input"] = rng.choice(with_input)["input"]
         out.append(record)
     return out
+
+
+def time_every_trainer() -> dict:
+    """For a bench's child process: every transformers Trainer made from now on records the wall and CPU
+    seconds of its train() alone (not loading, not saving) in the returned dict, as "wall" and "cpu"."""
+    import transformers
+
+    clock: dict = {}
+
+    class Clock(transformers.TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            clock["wall"], clock["cpu"] = time.perf_counter(), time.process_time()
+
+        def on_train_end(self, args, state, control, **kwargs):
+            clock["wall"], clock["cpu"] = time.perf_counter() - clock["wall"], time.process_time() - clock["cpu"]
+
+    original_init = transformers.Trainer.__init__
+
+    def timed_init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        self.add_callback(Clock())
+
+    transformers.Trainer.__init__ = timed_init  # subclasses (train.py's, TRL's) included
+    return clock
