@@ -271,3 +271,21 @@ def test_data_the_reader_cannot_parse_gets_a_clear_error(tmp_path):
         "error: dolly.jsonl: record 0 (line 1) has keys ['context', 'instruction', 'response']; expected 'instruction' "
         "and 'response' and 'contxt'. Missing: contxt.")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dolly.jsonl", "latin1.csv", "quote.csv"]
+
+
+def test_a_server_address_that_is_not_one_is_refused_before_any_request(tmp_path):
+    """A --base_url without http(s):// and a host would cost every retry of the first request before failing;
+    it is refused at once, with any password in it left out of the message."""
+    py = sys.executable
+    (tmp_path / "o.json").write_text('[{"instruction": "a", "output": "b"}]')
+    cases = [
+        ([py, "-m", "generate_instruction", "generate_instruction_following_data", "--output_dir", str(tmp_path / "g"),
+          "--base_url", "localhost:8000/v1"], "localhost:8000/v1"),
+        ([py, str(REPO_ROOT / "eval_model.py"), "judge", "--model_outputs", "o.json", "--reference_outputs", "o.json",
+          "--judge_model", "j", "--output_dir", "j", "--base_url", "http://user:s3cret@"], "http://"),
+    ]
+    for cmd, shown in cases:
+        assert _fails(cmd, tmp_path if "judge" in cmd else REPO_ROOT) == (
+            f"error: --base_url {shown} is not an http(s) address with a host; pass the server's API root, "
+            "e.g. http://127.0.0.1:8000/v1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.json"]

@@ -24,11 +24,10 @@ import random
 import re
 import threading
 import time
-import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from .config import ClientConfig, client_settings
+from .config import ClientConfig, client_settings, redact_url  # noqa: F401 (redact_url: public here too)
 
 # OpenAI's address; with any other base_url a missing key is not an error (local servers need none).
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -50,14 +49,6 @@ _RETRY_STATUS = {408, 409, 429}
 def _base_name(model: str) -> str:
     # "openai/gpt-3.5-turbo-instruct" and "gpt-3.5-turbo-instruct" name the same model.
     return model.rsplit("/", 1)[-1]
-
-
-def redact_url(url: str | None) -> str | None:
-    """`url` without the `user:password@` part: what may be written to a journal, a log or a report."""
-    if not url:
-        return url
-    parts = urllib.parse.urlsplit(url)
-    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
 def infer_api_style(model: str) -> str:

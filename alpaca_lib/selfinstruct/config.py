@@ -17,6 +17,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from alpaca_lib.errors import UsageError
 
@@ -30,6 +31,14 @@ API_STYLES = ("auto", "completions", "chat")
 
 def _help(text: str, default: Any = dataclasses.MISSING, **kw) -> Any:
     return field(default=default, metadata={"help": text}, **kw)
+
+
+def redact_url(url: str | None) -> str | None:
+    """`url` without the `user:password@` part: what may be written to a journal, a log or a report."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
 @dataclass
@@ -78,6 +87,15 @@ class ClientConfig:
             raise UsageError(f"--max_tokens must be a positive integer; got {self.max_tokens!r}")
         if not _is_int(self.max_retries) or self.max_retries < 0:
             raise UsageError(f"--max_retries must be an integer >= 0; got {self.max_retries!r}")
+        if not isinstance(self.request_timeout, (int, float)) or not self.request_timeout > 0:
+            raise UsageError(f"--request_timeout must be a number of seconds > 0; got {self.request_timeout!r}")
+        if self.base_url is not None:
+            parts = urlsplit(str(self.base_url))
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise UsageError(
+                    f"--base_url {redact_url(str(self.base_url))} is not an http(s) address with a host; pass the server's API root, "
+                    "e.g. http://127.0.0.1:8000/v1"
+                )
 
 
 @dataclass
