@@ -451,9 +451,12 @@ def encode_file(
     """
     max_length = max_length or tokenizer.model_max_length
     source = data_path if isinstance(data_path, DataSource) else open_source(data_path)
-    batches = [records] if records is not None else source.batches()
+
+    def batches():  # a fresh pass over the data each time (a failed cache write may have used one up)
+        return [records] if records is not None else source.batches()
+
     if not cache_dir:
-        data = _encode_batches(batches, tokenizer, max_length, drop)
+        data = _encode_batches(batches(), tokenizer, max_length, drop)
         data.stats["cache"] = "off"
         return data
     cache_file = Path(cache_dir) / f"{cache_key(source, tokenizer, max_length, drop)}.bin"
@@ -466,11 +469,10 @@ def encode_file(
     except (CacheDamaged, OSError) as e:  # a damaged cache is rebuilt, never fatal
         logger.warning("preprocessing cache %s is damaged (%s); rebuilding it", cache_file, e)
     try:
-        _encode_to_cache(cache_file, batches, tokenizer, max_length, drop)
+        _encode_to_cache(cache_file, batches(), tokenizer, max_length, drop)
         data = load_encoded(cache_file)
     except (OSError, CacheDamaged) as e:
         logger.warning("could not write preprocessing cache %s (%s); going on without it", cache_file, e)
-        batches = [records] if records is not None else source.batches()
-        data = _encode_batches(batches, tokenizer, max_length, drop)
+        data = _encode_batches(batches(), tokenizer, max_length, drop)
     data.stats["cache"] = "miss"
     return data
