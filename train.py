@@ -145,12 +145,13 @@ class DataArguments:
     drop_truncated_responses: bool = field(
         default=False,
         metadata={"help": "Leave out examples whose response is cut at --model_max_length (their EOS is lost); "
-                          "the original trains on them."},
+                          "the original trains on them. Applies to --eval_data_path too."},
     )
     drop_empty_or_duplicate_records: bool = field(
         default=False,
         metadata={"help": "Leave out records with an empty output or a blank instruction, and exact repeats of an "
-                          "earlier record; the original trains on them (they are counted in the log either way)."},
+                          "earlier record; the original trains on them (they are counted in the log either way). "
+                          "Applies to --eval_data_path too."},
     )
     preprocessing_cache_dir: Optional[str] = field(
         default=str(default_cache_dir()),
