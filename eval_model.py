@@ -97,7 +97,7 @@ def outputs(
         identity = LocalModel.fingerprint(model_dir, gguf_file)
         generator = generator or Path(model_dir).resolve().name
     else:
-        from alpaca_lib.selfinstruct.client import CompletionClient
+        from alpaca_lib.llm.client import CompletionClient
 
         client = CompletionClient(model_name, base_url=base_url, api_key=api_key, api_style=api_style,
                                   max_tokens=max_new_tokens, temperature=temperature if do_sample else 0.0,
@@ -161,9 +161,9 @@ def judge(
     from alpaca_lib.judge import PROMPT_VERSION, judge_pairs, pair_records, record_on_leaderboard, summarize
     from alpaca_lib.outputs import file_digest
     from alpaca_lib.report import CHART_NAME, draw_chart, write_report
-    from alpaca_lib.selfinstruct.accounting import load_price_table
+    from alpaca_lib.llm.pricing import load_price_table
     from alpaca_lib.data import load_records
-    from alpaca_lib.selfinstruct.client import CompletionClient
+    from alpaca_lib.llm.client import CompletionClient
 
     from alpaca_lib.preflight import check_not_an_input, check_output_dir
 
@@ -250,7 +250,7 @@ def main(argv: Optional[list] = None) -> None:
 
     from alpaca_lib.errors import UsageError, exit_with
     from alpaca_lib.preflight import check_fire_flags
-    from alpaca_lib.selfinstruct.client import GenerationError
+    from alpaca_lib.llm.client import GenerationError
 
     argv = sys.argv[1:] if argv is None else argv
     try:

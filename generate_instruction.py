@@ -19,7 +19,8 @@ from collections import Counter
 from typing import Any, Mapping, Sequence
 
 from alpaca_lib.selfinstruct import postprocess as _pp
-from alpaca_lib.selfinstruct.config import PROMPT_PATH, GenerateConfig, cli_docstring, cli_signature
+from alpaca_lib.llm.config import cli_docstring, cli_signature
+from alpaca_lib.selfinstruct.config import PROMPT_PATH, GenerateConfig
 
 find_word_in_string = _pp.find_word_in_string
 
@@ -75,7 +76,7 @@ def main() -> None:
 
     from alpaca_lib.errors import UsageError, exit_with
     from alpaca_lib.preflight import check_fire_flags
-    from alpaca_lib.selfinstruct.client import GenerationError
+    from alpaca_lib.llm.client import GenerationError
 
     commands = {"generate_instruction_following_data": generate_instruction_following_data, "to_alpaca": to_alpaca}
     try:

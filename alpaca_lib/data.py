@@ -35,7 +35,7 @@ from alpaca_lib.sources import (  # noqa: F401  (DataError and the keys are impo
     iter_json_records,
     open_source,
 )
-from utils import format_prompt
+from alpaca_lib.prompt import format_prompt
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@
 `lengths.png`, a histogram of prompt, response and total token lengths with the max length marked.
 The masking numbers are training's own (`alpaca_lib.data.encode_pairs`): an example whose prompt
 fills `model_max_length` is dropped in training; one whose response is cut loses its EOS. Near
-duplicates are decided by the generator's exact ROUGE-L pool (`alpaca_lib.selfinstruct.rouge`), in
+duplicates are decided by the generator's exact ROUGE-L pool (`alpaca_lib.rouge`), in
 file order, as the generator decides for new instructions: a record is a near duplicate when its
 instruction scores above the threshold against an earlier instruction that was kept.
 """
@@ -58,7 +58,7 @@ def token_lengths(records: Sequence[dict], tokenizer, batch_size: int = 4096) ->
 
 def near_duplicates(instructions: Sequence[str], threshold: float = 0.7, workers: int = 2) -> int:
     """How many instructions score above `threshold` against an earlier kept one (the generator's rule)."""
-    from alpaca_lib.selfinstruct.rouge import RougeLPool
+    from alpaca_lib.rouge import RougeLPool
 
     pool = RougeLPool([], workers=workers)
     rejected = 0

@@ -29,7 +29,8 @@ from alpaca_lib.modeling import missing_special_tokens, smart_tokenizer_and_embe
 from alpaca_lib.errors import UsageError
 from alpaca_lib.fileio import staging_dir
 from alpaca_lib.weights import Checkpoint, CheckpointError, SafetensorsWriter, parse_size, sha256_tensor
-from utils import format_prompt, jdump, jload
+from alpaca_lib.fileio import jdump, jload
+from alpaca_lib.prompt import format_prompt
 
 MANIFEST_NAME = "weight_diff_manifest.json"
 MANIFEST_FORMAT = "alpaca-weight-diff-manifest/1"

@@ -1,4 +1,5 @@
-"""Writes that a crash cannot leave half done: atomic files, staged folders, moves into place.
+"""Writes that a crash cannot leave half done: atomic files, staged folders, moves into place
+(and the project's JSON and hashing helpers, which write through them).
 
     with atomic_write("out/regen.json") as f:
         f.write(text)                      # out/regen.json is the old file or the new one, never a mix
@@ -15,7 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import io
+import json
 import os
 import re
 import shutil
@@ -23,7 +26,7 @@ import socket
 import sys
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from alpaca_lib.errors import UsageError
 
@@ -179,3 +182,37 @@ def publish(src: Path, dst: Path) -> None:
         if old.is_file() and _WEIGHT_FILE.match(old.name) and old.name not in new:
             old.unlink()
     fsync_path(dst)
+
+
+def sha256_of(data: str | bytes) -> str:
+    """Hex SHA-256 of text (UTF-8) or bytes; used to notice a changed input file on resume."""
+    return hashlib.sha256(data.encode("utf-8") if isinstance(data, str) else data).hexdigest()
+
+
+def jdump(obj: Any, f: str | os.PathLike | io.IOBase, mode: str = "w", indent: int = 4, default=str) -> None:
+    """Dumps `obj` as JSON to a path (atomically) or to an open file.
+
+    Args:
+        obj: a JSON-serialisable object; other objects go through `default` (str by default).
+        f: a path or an open text file.
+        mode: "w" (the default) writes atomically; "a" appends to the file.
+        indent: JSON indentation.
+    """
+    if isinstance(f, (str, os.PathLike)):
+        if "a" in mode:
+            Path(f).parent.mkdir(parents=True, exist_ok=True)
+            with open(f, mode, encoding="utf-8") as fh:
+                json.dump(obj, fh, indent=indent, default=default, ensure_ascii=False)
+            return
+        with atomic_write(f, "w") as fh:
+            json.dump(obj, fh, indent=indent, default=default, ensure_ascii=False)
+        return
+    json.dump(obj, f, indent=indent, default=default, ensure_ascii=False)
+
+
+def jload(f: str | os.PathLike | io.IOBase, mode: str = "r") -> Any:
+    """Loads a JSON document from a path or an open file."""
+    if isinstance(f, (str, os.PathLike)):
+        with open(f, mode, encoding="utf-8") as fh:
+            return json.load(fh)
+    return json.load(f)

@@ -29,7 +29,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from alpaca_lib.selfinstruct.journal import Journal, records_of_run
+from alpaca_lib.journal import Journal, records_of_run
 
 PROMPT_VERSION = "pairwise-v1"
 JUDGE_PROMPT = """You are judging two AI assistants' responses to the same request from a user.
@@ -205,7 +205,7 @@ def judge_pairs(client, pairing: Pairing, output_dir: Path, run: dict, max_concu
     from tqdm import tqdm
 
     jpath = output_dir / JOURNAL_NAME
-    earlier = records_of_run(jpath, run, "belongs to another judging run|Use the same settings to continue it, "
+    earlier = records_of_run(jpath, run, "belongs to another judging run", "Use the same settings to continue it, "
                              "or another --output_dir to start afresh.")
     done = {(rec["pair"], rec["order"]): rec for rec in earlier if rec["t"] == "verdict"}
     tasks = [(i, o) for i in range(len(pairing.pairs)) for o in (0, 1) if (i, o) not in done]

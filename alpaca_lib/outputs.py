@@ -31,10 +31,9 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 from alpaca_lib.data import load_records
 from alpaca_lib.errors import UsageError
-from alpaca_lib.fileio import atomic_write
-from alpaca_lib.selfinstruct.journal import Journal, records_of_run
-from alpaca_lib.selfinstruct.postprocess import sha256_of
-from utils import format_prompt
+from alpaca_lib.fileio import atomic_write, sha256_of
+from alpaca_lib.journal import Journal, records_of_run
+from alpaca_lib.prompt import format_prompt
 
 INSTRUCTION_FIELDS = ("instruction",)
 OPTIONAL_FIELDS = ("input", "output", "dataset", "generator")
@@ -266,7 +265,7 @@ def write_outputs(
     from tqdm import tqdm
 
     jpath = journal_path(output_path)
-    earlier = records_of_run(jpath, run, "holds outputs of another run|Run with the same settings to continue it, "
+    earlier = records_of_run(jpath, run, "holds outputs of another run", "Run with the same settings to continue it, "
                              "or pass another --output_path (or delete the journal) to start afresh.")
     done = {int(rec["i"]): rec for rec in earlier if rec["t"] == "output"}
     todo = [i for i in range(len(records)) if i not in done]

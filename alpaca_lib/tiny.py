@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Iterable
 
-from utils import PROMPT_DICT
+from alpaca_lib.prompt import PROMPT_DICT
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CORPUS = REPO_ROOT / "alpaca_data.json"

@@ -157,7 +157,8 @@ def main() -> None:
         ap.error(f"--output_dir {args.output_dir} is not empty (a run there would resume, not start); pass a new folder")
 
     import generate_instruction
-    from alpaca_lib.selfinstruct import journal, rouge, runner
+    from alpaca_lib import journal, rouge
+    from alpaca_lib.selfinstruct import runner
 
     timers = Timers()
     timers.wrap(rouge.RougeLPool, "__init__", "rouge")

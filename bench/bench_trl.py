@@ -76,7 +76,7 @@ def _run_trl(model_dir: Path, data: Path, out: Path, mode: str):
     import transformers
     from trl import SFTConfig, SFTTrainer
 
-    from utils import format_prompt
+    from alpaca_lib.prompt import format_prompt
 
     records = json.loads(data.read_text(encoding="utf-8"))
     pairs = datasets.Dataset.from_list([{"prompt": format_prompt(r), "completion": r["output"]} for r in records])
@@ -171,7 +171,7 @@ def _boundary_tokens(model_dir: Path, records: list[dict]) -> int:
     """
     from transformers import AutoTokenizer
 
-    from utils import format_prompt
+    from alpaca_lib.prompt import format_prompt
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     extra = 0

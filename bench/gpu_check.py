@@ -350,7 +350,7 @@ def _build_model(work: Path, cfg: dict, device) -> tuple[Path, int]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from alpaca_lib.tiny import build_tokenizer
-    from utils import PROMPT_DICT
+    from alpaca_lib.prompt import PROMPT_DICT
 
     texts = [PROMPT_DICT["prompt_input"], PROMPT_DICT["prompt_no_input"]]
     texts += [r[k] for r in bundled_records() for k in ("instruction", "input", "output")]

@@ -9,7 +9,8 @@ import pytest
 
 from openai_stub import OpenAIStub, Step, chat, completion, error
 
-from alpaca_lib.selfinstruct.client import CompletionClient, GenerationError
+from alpaca_lib.llm.client import CompletionClient, GenerationError
+from alpaca_lib.selfinstruct.postprocess import STOP_SEQUENCES
 
 
 class Sleeps(list):
@@ -18,7 +19,9 @@ class Sleeps(list):
 
 
 def _client(stub, model="gpt-3.5-turbo-instruct", **kw):
+    """A client set up as the generator sets it up (the original's stop sequences)."""
     kw.setdefault("sleep", Sleeps())
+    kw.setdefault("stop", STOP_SEQUENCES)
     return CompletionClient(model, base_url=stub.base_url, api_key="test-key", backoff_s=0.01, **kw)
 
 

@@ -24,7 +24,7 @@ from openai_stub import OpenAIStub, Step, chat, completion, fake_model, fake_rep
 
 from alpaca_lib.data import load_records
 from alpaca_lib.locking import LOCK_NAME
-from alpaca_lib.selfinstruct.client import GenerationError
+from alpaca_lib.llm.client import GenerationError
 from alpaca_lib.selfinstruct.journal import JOURNAL_NAME, read_journal
 from alpaca_lib.selfinstruct.runner import GenerateConfig, export_alpaca, run_generation
 

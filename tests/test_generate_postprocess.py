@@ -17,7 +17,7 @@ from conftest import REPO_ROOT, seed_task
 
 import generate_instruction as gi
 from alpaca_lib.errors import UsageError
-from alpaca_lib.selfinstruct.client import default_logit_bias, infer_api_style
+from alpaca_lib.llm.client import default_logit_bias, infer_api_style
 from alpaca_lib.selfinstruct.postprocess import (
     STOP_SEQUENCES,
     load_seed_tasks,

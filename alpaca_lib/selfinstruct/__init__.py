@@ -2,8 +2,9 @@
 
     python -m generate_instruction generate_instruction_following_data --help
 
-postprocess: the meta-prompt layout and the reply filters; rouge: exact, fast ROUGE-L dedup;
-client: requests to OpenAI-compatible servers; journal: the crash-safe record of a run;
-accounting: tokens, cost and discard counts; runner: the generation loop and the export.
-Nothing here imports `openai` until a client is made.
+config: the generator's settings; postprocess: the meta-prompt layout and the reply filters;
+journal: what a run records and how a resumed run reads it back; accounting: tokens, cost and discard
+counts; runner: the generation loop and the export. What the judge and the data report share with it
+lives beside this package: `alpaca_lib.llm` (client, settings, prices), `alpaca_lib.journal`,
+`alpaca_lib.rouge`.
 """

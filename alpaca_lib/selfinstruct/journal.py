@@ -1,4 +1,4 @@
-"""The append-only journal that makes a generation run crash-safe and resumable.
+"""The generator's journal: what a generation run writes, and how a resumed run reads it back.
 
     python -m generate_instruction to_alpaca --input_path=OUTPUT_DIR/regen.journal.jsonl
 
@@ -16,13 +16,11 @@ and decides the batch afresh against the same pool. A half-written last line is 
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
 
-from alpaca_lib.errors import UsageError
+from alpaca_lib.journal import iter_records
 
 JOURNAL_NAME = "regen.journal.jsonl"
 
@@ -47,56 +45,6 @@ class JournalState:
     starts: list[dict] = field(default_factory=list)
     requests: list[dict] = field(default_factory=list)
     batches: list[dict] = field(default_factory=list)
-
-
-def iter_records(path: Path, repair: bool) -> Iterator[tuple[int, dict]]:
-    """Yields (line number, record) of a JSON Lines journal; `repair` cuts off a partial last line first."""
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end < len(data) and repair:
-        # A process killed mid-write leaves a partial last line; it held nothing committed.
-        with open(path, "r+b") as f:
-            f.truncate(end)
-    for lineno, line in enumerate(data[:end].splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UsageError(
-                f"{path}:{lineno}: journal line is not valid JSON ({e.msg}); the file was edited or damaged. "
-                "Remove that line (and any after it) to resume from the batches before it."
-            ) from None
-        if not isinstance(rec, dict) or "t" not in rec:
-            raise UsageError(f"{path}:{lineno}: not a journal record (expected an object with a 't' field)")
-        yield lineno, rec
-
-
-def records_of_run(path: Path, run: dict[str, Any], mismatch: str) -> list[dict]:
-    """The records of a journal whose "start" records all carry `run` (what identifies the run).
-
-    Args:
-        path: the journal (absent: no records).
-        run: the identity this run would write in its "start" record.
-        mismatch: how the refusal reads: "PATH <mismatch> (what changed). <the rest>", e.g.
-            "holds outputs of another run|Run with the same settings ...".
-    Raises:
-        UsageError: an earlier run with another identity wrote to this journal; the message names each
-            setting that changed, with its old and new value.
-    """
-    if not path.exists():
-        return []
-    what, fix = mismatch.split("|")
-    records = []
-    for _, rec in iter_records(path, repair=True):
-        if rec["t"] == "start":
-            before = rec.get("run", {})
-            changed = sorted(k for k in set(before) | set(run) if before.get(k) != run.get(k))
-            if changed:
-                diff = "; ".join(f"{k} was {before.get(k)!r}, now {run.get(k)!r}" for k in changed)
-                raise UsageError(f"{path} {what} ({diff}). {fix}")
-        records.append(rec)
-    return records
 
 
 def read_journal(path: str | os.PathLike, repair: bool = False) -> JournalState:
@@ -133,32 +81,3 @@ def read_journal(path: str | os.PathLike, repair: bool = False) -> JournalState:
             if pending_batch is not None and pending_batch < state.next_batch:
                 pending_batch, state.pending, state.pending_size = None, {}, 0
     return state
-
-
-class Journal:
-    """Appends records to the journal; each line goes to the OS in one write.
-
-    Args:
-        path: the journal file (created if absent).
-    """
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = open(self.path, "a", encoding="utf-8")
-
-    def append(self, record: dict[str, Any], sync: bool = False) -> None:
-        """Writes one record as one line; `sync` also forces it to disk (used for batch commits)."""
-        self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._f.flush()
-        if sync:
-            os.fsync(self._f.fileno())
-
-    def close(self) -> None:
-        self._f.close()
-
-    def __enter__(self) -> "Journal":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

@@ -17,7 +17,6 @@ in the length rule, since those scripts put no spaces between words.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import string
@@ -231,8 +230,3 @@ def load_seed_tasks(path: str | Path) -> list[dict[str, str]]:
     if not records:
         raise UsageError(f"{path}: no seed tasks found; the file is empty")
     return records
-
-
-def sha256_of(data: str | bytes) -> str:
-    """Hex SHA-256 of text (UTF-8) or bytes; used to notice a changed seed file or prompt on resume."""
-    return hashlib.sha256(data.encode("utf-8") if isinstance(data, str) else data).hexdigest()

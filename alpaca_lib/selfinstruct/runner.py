@@ -37,16 +37,17 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from alpaca_lib.errors import UsageError
-from alpaca_lib.fileio import atomic_write
+from alpaca_lib.fileio import atomic_write, jdump, jload, sha256_of
+from alpaca_lib.llm.client import CompletionClient, GenerationError, redact_url
+from alpaca_lib.journal import Journal
+from alpaca_lib.llm.pricing import load_price_table
 from alpaca_lib.locking import output_lock
-from utils import jdump, jload
+from alpaca_lib.rouge import RougeLPool
 
-from .accounting import format_summary, load_price_table, summarize
-from .client import CompletionClient, GenerationError, redact_url
+from .accounting import format_summary, summarize
 from .config import GenerateConfig
-from .journal import JOURNAL_NAME, Journal, JournalState, read_journal
-from .postprocess import encode_prompt, load_seed_tasks, post_process_gpt3_response, sha256_of, strip_repeated_header
-from .rouge import RougeLPool
+from .journal import JOURNAL_NAME, JournalState, read_journal
+from .postprocess import STOP_SEQUENCES, encode_prompt, load_seed_tasks, post_process_gpt3_response, strip_repeated_header
 
 REGEN_NAME = "regen.json"
 LOCK_COMMAND = "generate_instruction generate_instruction_following_data"  # how a refused run names the holder
@@ -235,7 +236,7 @@ def run_generation(cfg: GenerateConfig, client: Any = None, progress: bool | Non
     prices = load_price_table(cfg.price_table)
     print(f"Loaded {len(seeds)} human-written seed instructions")
     if client is None:  # before the lock makes the output folder: a missing key leaves nothing behind
-        client = CompletionClient.from_config(cfg)
+        client = CompletionClient.from_config(cfg, stop=STOP_SEQUENCES)
     with output_lock(cfg.output_dir, LOCK_COMMAND):
         return _generate(cfg, seeds, prompt_text, prices, client, progress)
 

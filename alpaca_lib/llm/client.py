@@ -119,7 +119,7 @@ class CompletionClient:
 
     Args:
         model: the model name the server knows.
-        stop: stop sequences (the original's by default).
+        stop: stop sequences (none by default; the generator passes the original's).
         sleep: the wait function (tests pass a recorder).
         backoff_max_s: the cap of the doubling wait between retries.
         settings: any other `ClientConfig` field (api_style, base_url, api_key, organization, max_tokens,
@@ -139,8 +139,6 @@ class CompletionClient:
         backoff_max_s: float = 60.0,
         **settings: Any,
     ):
-        from .postprocess import STOP_SEQUENCES
-
         config = ClientConfig(model_name=model, **settings)
         config.check()
         self.model = model
@@ -149,7 +147,7 @@ class CompletionClient:
         self.max_tokens = int(config.max_tokens)
         self.temperature = config.temperature
         self.top_p = config.top_p
-        self.stop = list(STOP_SEQUENCES if stop is None else stop)
+        self.stop = list(stop or ())
         self.send_seed = config.send_seed
         self.max_retries = int(config.max_retries)
         self.backoff_s = config.backoff_s

@@ -1,0 +1,44 @@
+"""The library's import graph keeps its shape: bash scripts/test.sh tests/test_layout.py
+
+No module of `alpaca_lib` imports a top-level script (they are thin entry points over the library), and the
+self-instruct package is imported only by the generator's own code: what evaluation shares with it (the LLM
+client, the journal, ROUGE-L) lives at the library's top level.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from conftest import REPO_ROOT
+
+SCRIPTS = {"utils", "train", "generate_instruction", "weight_diff", "eval_model", "prepare_data"}
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module name `path` imports, at any depth (lazy imports inside functions too)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_library_imports_no_top_level_script():
+    offenders = {
+        str(p.relative_to(REPO_ROOT)): sorted(_imports(p) & SCRIPTS)
+        for p in sorted((REPO_ROOT / "alpaca_lib").rglob("*.py"))
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_selfinstruct_is_imported_by_the_generator_path_only():
+    importers = set()
+    for p in sorted(REPO_ROOT.glob("*.py")) + sorted((REPO_ROOT / "alpaca_lib").rglob("*.py")):
+        if any(name.startswith("alpaca_lib.selfinstruct") for name in _imports(p)):
+            importers.add(str(p.relative_to(REPO_ROOT)))
+    inside = {i for i in importers if i.startswith("alpaca_lib/selfinstruct/")}
+    assert importers - inside == {"generate_instruction.py"}
