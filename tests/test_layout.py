@@ -49,6 +49,19 @@ def test_selfinstruct_is_imported_by_the_generator_path_only():
     assert importers - inside == {"generate_instruction.py"}
 
 
+def _requirement_lines(text: str) -> list[str]:
+    return [line.split("#", 1)[0].strip() for line in text.splitlines() if line.split("#", 1)[0].strip()]
+
+
+def test_requirements_txt_lists_exactly_pyprojects_dependencies():
+    import tomllib
+
+    with open(REPO_ROOT / "pyproject.toml", "rb") as f:
+        declared = tomllib.load(f)["project"]["dependencies"]
+    listed = _requirement_lines((REPO_ROOT / "requirements.txt").read_text(encoding="utf-8"))
+    assert listed == [d.split("#", 1)[0].strip() for d in declared]
+
+
 @pytest.mark.parametrize("launcher", ["kill_during_save.py", "cpu_dist_launch.py"])
 def test_test_launchers_import_what_the_launched_script_would(tmp_path, launcher):
     """A launcher runs a script as `python script.py` would: the script's folder first on sys.path, so the
