@@ -4,9 +4,15 @@
 
 DDP runs train.py as users run it. (FSDP's `offload` variant needs an accelerator, since FSDP2's CPU
 offload moves parameters between CPU and GPU; its flag mapping is checked in test_train.py.) FSDP and DeepSpeed go through tests/cpu_dist_launch.py, which lets
-accelerate use them without a GPU (train.py itself is unpatched). Each run trains on 4 examples with a
-global batch of 4, so its first loss must equal the single-process run's, and its saved model must
-reload and generate.
+accelerate use them without a GPU (train.py itself is unpatched). Each run trains 3 steps on 4 examples
+with a global batch of 4, so each of its losses must equal the single-process run's, its saved weights
+must have moved from the base, and its saved model must reload and generate.
+
+DeepSpeed brings its own scheduler (configs/: WarmupDecayLR), which runs its first two steps at a learning
+rate of 0 (it warms up over at least 2 steps, from 0): its runs train 4 steps, the first three at the
+starting weights. The 4 examples then give the same gradient three times, so Adam's bias-corrected moments
+after step 3 are those of a first step: ZeRO's step 3 is the single process's step 1, and its loss at step 4
+must be the single process's at step 2.
 """
 
 from __future__ import annotations
@@ -36,6 +42,10 @@ def _train_args(model_dir, data, out, cache, per_device, extra=()):
     ]
 
 
+STEPS = ["--max_steps", "3"]
+DEEPSPEED = ["--deepspeed", str(REPO_ROOT / "configs" / "default_offload_opt_param.json"), "--max_steps", "4"]
+
+
 def _logged_losses(log: str):
     return [float(x) for x in re.findall(r"'loss': '([0-9.]+)'", log)]
 
@@ -44,10 +54,44 @@ def _logged_losses(log: str):
 def setup(tiny_llama_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("dist")
     data = write_alpaca_subset(root / "four.json", slice(4))
-    out = root / "single"
-    log = run_script([sys.executable, str(REPO_ROOT / "train.py"),
-                *_train_args(tiny_llama_dir, data, out, root / "cache", per_device=4)], cwd=root)
-    return root, data, _logged_losses(log)
+    return root, data
+
+
+@pytest.fixture(scope="module")
+def single_losses(setup, tiny_llama_dir):
+    """The losses of one process training on all 4 examples per step with `extra` flags; each made once."""
+    root, data = setup
+    done = {}
+
+    def get(*extra: str) -> list[float]:
+        if extra not in done:
+            out = root / f"single-{len(done)}"
+            log = run_script([sys.executable, str(REPO_ROOT / "train.py"),
+                              *_train_args(tiny_llama_dir, data, out, root / "cache", 4, [*STEPS, *extra])], cwd=root)
+            done[extra] = _logged_losses(log)
+        return done[extra]
+
+    return get
+
+
+def _assert_same_losses(losses: list[float], single: list[float], deepspeed: bool) -> None:
+    assert len(single) == 3 and abs(single[2] - single[1]) > 0.02  # the reference moves at every step
+    if deepspeed:  # steps 1 and 2 at a learning rate of 0, step 3 as a first step (see the module docstring)
+        assert losses == pytest.approx([single[0]] * 3 + [single[1]], abs=2e-3)
+        return
+    # Same 4 examples per step, same initial weights, same learning rates: the same losses, step by step.
+    assert losses == pytest.approx(single, abs=2e-3)
+
+
+def _assert_weights_moved(out: Path, base: Path) -> None:
+    """Every weight of the saved model differs from the base's (the embeddings' original rows included)."""
+    from safetensors.torch import load_file
+
+    saved, before = load_file(out / "model.safetensors"), load_file(base / "model.safetensors")
+    assert saved.keys() == before.keys()
+    for name, weight in before.items():
+        moved = saved[name][: weight.shape[0]] - weight
+        assert moved.abs().max() > 1e-4, f"{name} did not move from the base"
 
 
 def _check_saved_model(out: Path, vocab: int):
@@ -69,29 +113,25 @@ def _check_saved_model(out: Path, vocab: int):
         ("ddp", [], [], "MULTI_CPU"),
         ("fsdp", [str(REPO_ROOT / "tests" / "cpu_dist_launch.py")],
          ["--fsdp", "full_shard auto_wrap", "--fsdp_transformer_layer_cls_to_wrap", "LlamaDecoderLayer"], "FSDP"),
-        ("deepspeed", [str(REPO_ROOT / "tests" / "cpu_dist_launch.py")],
-         ["--deepspeed", str(REPO_ROOT / "configs" / "default_offload_opt_param.json")], "DEEPSPEED"),
+        ("deepspeed", [str(REPO_ROOT / "tests" / "cpu_dist_launch.py")], DEEPSPEED, "DEEPSPEED"),
     ],
 )
-def test_torchrun_two_processes(setup, tiny_llama_dir, mode, launcher, extra, expected_type):
-    root, data, single_losses = setup
+def test_torchrun_two_processes(setup, single_losses, tiny_llama_dir, mode, launcher, extra, expected_type):
+    root, data = setup
     out = root / mode
     cmd = [*TORCHRUN, "--standalone", "--nproc_per_node=2", *launcher,
-           str(REPO_ROOT / "train.py"), *_train_args(tiny_llama_dir, data, out, root / "cache", 2, extra)]
+           str(REPO_ROOT / "train.py"), *_train_args(tiny_llama_dir, data, out, root / "cache", 2, [*STEPS, *extra])]
     log = run_script(cmd, cwd=root)
     assert f"training with {expected_type} over 2 process(es)" in log
-    losses = _logged_losses(log)
-    assert len(losses) == len(single_losses) == 2
-    # Same 4 examples, same initial weights: the first step's loss is the single-process one.
-    assert losses[0] == pytest.approx(single_losses[0], abs=2e-3)
-    if mode != "deepspeed":  # DeepSpeed brings its own AdamW and scheduler, so step 2 differs slightly.
-        assert losses[1] == pytest.approx(single_losses[1], abs=2e-3)
+    deepspeed = mode == "deepspeed"
+    _assert_same_losses(_logged_losses(log), single_losses(), deepspeed)
+    _assert_weights_moved(out, tiny_llama_dir)
     vocab = json.loads((tiny_llama_dir / "config.json").read_text())["vocab_size"] + 1
     _check_saved_model(out, vocab)
 
 
 def test_lora_under_torchrun_matches_one_process(setup, tiny_llama_dir):
-    root, data, _ = setup
+    root, data = setup
     lora = ["--lora_r", "4", "--lora_alpha", "8", "--lora_dropout", "0"]
     single = run_script([sys.executable, str(REPO_ROOT / "train.py"),
                    *_train_args(tiny_llama_dir, data, root / "lora-single", root / "cache", 4, lora)], cwd=root)
@@ -113,26 +153,22 @@ def test_lora_under_torchrun_matches_one_process(setup, tiny_llama_dir):
     "mode, launcher, extra",
     [
         ("ddp", [], []),
-        ("deepspeed", [str(REPO_ROOT / "tests" / "cpu_dist_launch.py")],
-         ["--deepspeed", str(REPO_ROOT / "configs" / "default_offload_opt_param.json")]),
+        ("deepspeed", [str(REPO_ROOT / "tests" / "cpu_dist_launch.py")], DEEPSPEED),
     ],
 )
-def test_packing_under_torchrun_matches_one_process(setup, tiny_llama_dir, mode, launcher, extra):
-    root, data, _ = setup
-    # These 4 examples fill rows of 192 tokens one each: 4 rows, 2 steps of 2 rows.
-    packing = ["--packing", "True", "--max_steps", "2"]
-    single = run_script([sys.executable, str(REPO_ROOT / "train.py"),
-                   *_train_args(tiny_llama_dir, data, root / f"packed-single-{mode}", root / "cache", 2, packing)],
-                  cwd=root)
+def test_packing_under_torchrun_matches_one_process(setup, single_losses, tiny_llama_dir, mode, launcher, extra):
+    root, data = setup
+    # These 4 examples fill rows of 192 tokens one each: 4 rows, all of them in each step's global batch.
+    packing = ["--packing", "True"]
     out = root / f"packed-{mode}"
     log = run_script([*TORCHRUN, "--standalone", "--nproc_per_node=2", *launcher, str(REPO_ROOT / "train.py"),
-                *_train_args(tiny_llama_dir, data, out, root / "cache", 1, [*packing, *extra])], cwd=root)
+                      *_train_args(tiny_llama_dir, data, out, root / "cache", 2, [*STEPS, *packing, *extra])], cwd=root)
     assert "packing: 4 examples into 4 rows" in log
     # ZeRO-3 shards the weights before any forward can run, so there the forward's signature decides.
     assert "packing: the LM head runs on the loss-bearing positions only" in log
-    single_losses, losses = _logged_losses(single), _logged_losses(log)
-    assert len(losses) == len(single_losses) == 2
-    # A global batch of the same 2 rows: the same loss, summed over the same tokens, on step 1.
-    assert losses[0] == pytest.approx(single_losses[0], abs=2e-3)
+    deepspeed = mode == "deepspeed"
+    # The same rows: the same losses, summed over the same tokens, as one process packing them.
+    _assert_same_losses(_logged_losses(log), single_losses(*packing), deepspeed)
+    _assert_weights_moved(out, tiny_llama_dir)
     vocab = json.loads((tiny_llama_dir / "config.json").read_text())["vocab_size"] + 1
     _check_saved_model(out, vocab)
