@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, run_script, run_train_expecting_error, write_alpaca_subset
+from conftest import REPO_ROOT, logged_steps, run_script, run_train_expecting_error, write_alpaca_subset
 
 
 def _data(tmp_path: Path) -> Path:
@@ -107,7 +107,7 @@ def test_train_refuses_to_resume_another_runs_checkpoint(tmp_path, tiny_llama_di
     out = tmp_path / "out"
     base = [sys.executable, str(REPO_ROOT / "train.py"), "--output_dir", str(out), "--per_device_train_batch_size", "4",
             "--save_strategy", "steps", "--save_steps", "1", "--report_to", "none", "--model_max_length", "256",
-            "--preprocessing_cache_dir", ""]
+            "--preprocessing_cache_dir", "", "--logging_steps", "1"]
     model = ["--model_name_or_path", str(tiny_llama_dir)]
     run_script([*base, *model, "--data_path", str(first), "--max_steps", "1"], tmp_path)
     manifest = json.loads((out / "checkpoint-1" / "checkpoint_manifest.json").read_text())["run"]
@@ -128,6 +128,7 @@ def test_train_refuses_to_resume_another_runs_checkpoint(tmp_path, tiny_llama_di
     log = run_script([*base, "--model_name_or_path", str(tmp_path / "model-copy"), "--data_path",
                       str(tmp_path / "a-copy.json"), "--max_steps", "2"], tmp_path)
     assert f"resuming from {out}/checkpoint-1 (step 1), found in --output_dir" in log
+    assert logged_steps(log) == 1  # step 2 only
     log = run_script([*base, *model, "--data_path", str(second), "--max_steps", "1", "--overwrite_output_dir", "True"],
                      tmp_path)
     assert "resuming" not in log

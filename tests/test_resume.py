@@ -33,7 +33,7 @@ import torch
 from safetensors.torch import load_file
 
 from alpaca_lib.checkpoints import MANIFEST_NAME, PREEMPTED_EXIT_CODE, list_checkpoints, problem_with, rotate
-from conftest import REPO_ROOT, run_script, run_train_expecting_error, write_alpaca_subset
+from conftest import REPO_ROOT, logged_steps, run_script, run_train_expecting_error, write_alpaca_subset
 
 TRAIN = str(REPO_ROOT / "train.py")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
@@ -179,6 +179,21 @@ def _steps(out: Path) -> int:
     return json.loads((out / "trainer_state.json").read_text())["global_step"]
 
 
+def _assert_resumed(log: str, out: Path, ref: Path, lora: bool, context: str, afresh: bool = False) -> int:
+    """Checks the run that `log` is of: it resumed from the checkpoint it names (`afresh`: from none), trained only
+    the steps after it (one loss line per optimizer step), and ended as the uninterrupted run `ref` did.
+
+    Returns:
+        The step it resumed from (0 afresh).
+    """
+    step = 0 if afresh else _resumed_step(log, context)
+    assert afresh == ("resuming from" not in log), context
+    logged = logged_steps(log)
+    assert logged == _steps(ref) - step, f"{context}: resumed at step {step} of {_steps(ref)} but trained {logged} steps"
+    _assert_same_run(out, ref, lora, context)
+    return step
+
+
 @pytest.mark.parametrize("mode", [*MODES, "ddp"])
 def test_sigkill_at_a_random_step_then_resume_matches_an_uninterrupted_run(mode, setup, reference, tiny_llama_dir):
     root = setup[0]
@@ -194,10 +209,8 @@ def test_sigkill_at_a_random_step_then_resume_matches_an_uninterrupted_run(mode,
     code, log = _run_and_signal(cmd, root, out, at_step, signal.SIGKILL)
     assert code == -signal.SIGKILL, context + "\n" + log[-3000:]
     assert not (out / "trainer_state.json").exists(), context  # it never reached the end
-    log = run_script(cmd, root)
-    step = _resumed_step(log, context)
+    step = _assert_resumed(run_script(cmd, root), out, ref, mode == "lora", context)
     assert SAVE_STEPS <= step <= at_step + 2 and step % SAVE_STEPS == 0, context
-    _assert_same_run(out, ref, mode == "lora", context)
 
 
 def test_sigterm_saves_at_the_step_end_exits_143_and_resumes(setup, reference, tiny_llama_dir):
@@ -217,9 +230,7 @@ def test_sigterm_saves_at_the_step_end_exits_143_and_resumes(setup, reference, t
     assert problem_with(out / f"checkpoint-{step}") is None, context
     # The checkpoint holds the state at the end of that step.
     assert json.loads((out / f"checkpoint-{step}" / "trainer_state.json").read_text())["global_step"] == step
-    log = run_script(cmd, root)
-    assert _resumed_step(log, context) == step
-    _assert_same_run(out, ref, False, context)
+    assert _assert_resumed(run_script(cmd, root), out, ref, False, context) == step
 
 
 @pytest.mark.parametrize("target", ["launcher", "rank1"])
@@ -237,9 +248,7 @@ def test_sigterm_under_torchrun_stops_both_processes_at_one_step(target, setup, 
     assert at_step <= step <= at_step + 3 and problem_with(folder) is None, context + "\n" + log[-3000:]
     # Both processes wrote their part of the same step's checkpoint.
     assert {"rng_state_0.pth", "rng_state_1.pth"} <= {p.name for p in folder.iterdir()}, context
-    log = run_script(cmd, root)
-    assert _resumed_step(log, context) == step
-    _assert_same_run(out, ref, False, context)
+    assert _assert_resumed(run_script(cmd, root), out, ref, False, context) == step
 
 
 def _worker_with_rank(launcher_pid: int, rank: int) -> int:
@@ -266,8 +275,7 @@ def test_killed_during_a_save_resumes_from_the_previous_complete_checkpoint(wher
     assert "did not finish" in problem_with(out / "checkpoint-12")
     log = run_script([sys.executable, TRAIN, *args], root)
     assert f"not resuming from {out}/checkpoint-12: it has no {MANIFEST_NAME}: its save did not finish" in log
-    assert f"resuming from {out}/checkpoint-6 (step 6)" in log
-    _assert_same_run(out, reference("lora"), True, f"killed while saving ({where})")
+    assert _assert_resumed(log, out, reference("lora"), True, f"killed while saving ({where})") == 6
     assert [s for s, _ in list_checkpoints(out)] == [_steps(out)]
 
 
@@ -286,8 +294,7 @@ def test_truncated_checkpoint_file_is_reported_and_the_previous_one_used(setup, 
                      root)
     assert (f"not resuming from {out}/checkpoint-{newer}: optimizer.pt has {size // 2} bytes, but {size} were "
             "written (truncated or damaged)") in log
-    assert f"resuming from {out}/checkpoint-{older} (step {older})" in log
-    _assert_same_run(out, ref, False, "truncated optimizer.pt")
+    assert _assert_resumed(log, out, ref, False, "truncated optimizer.pt") == older
 
 
 def test_overwrite_output_dir_starts_afresh_and_deletes_old_checkpoints(setup, reference, tiny_llama_dir):
@@ -300,10 +307,9 @@ def test_overwrite_output_dir_starts_afresh_and_deletes_old_checkpoints(setup, r
     args = _args(tiny_llama_dir, data32, out, root / "cache", MODES["packing"])
     args[args.index("--save_strategy") + 1] = "no"
     log = run_script([sys.executable, TRAIN, *args, "--overwrite_output_dir", "True"], root)
-    assert "resuming from" not in log
     assert f"--overwrite_output_dir: deleting {out}/checkpoint-{step}" in log
     assert list_checkpoints(out) == []
-    _assert_same_run(out, ref, False, "--overwrite_output_dir")
+    _assert_resumed(log, out, ref, False, "--overwrite_output_dir", afresh=True)
 
 
 def test_explicit_resume_path_and_flag_errors_come_before_the_model(tmp_path):
