@@ -23,7 +23,7 @@ from alpaca_lib.packing import (
     supports_supervised_logits,
     use_packed_sdpa,
 )
-from conftest import REPO_ROOT, write_alpaca_subset
+from conftest import REPO_ROOT, run_train_expecting_error, write_alpaca_subset
 
 
 def test_pack_rows_is_best_fit_decreasing_and_exact():
@@ -262,6 +262,8 @@ def test_packed_training_sees_every_example_once_per_epoch_and_learns(tiny_llama
         assert torch.equal(b["logits_to_keep"], supervised_positions(b["labels"])["logits_to_keep"])
         assert torch.equal(b["shift_labels"], b["labels"][:, 1:][b["labels"][:, 1:] != IGNORE_INDEX])
     assert "packing: the LM head runs on the loss-bearing positions only" in caplog.text
+    assert caplog.text.count("packed attention: ") == 1
+    assert "packed attention: per_example (cpu: sdpa once per example)" in caplog.text
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert losses[-1] < losses[0] - 0.5, losses
     assert (f"packing: 254 examples into {len(packed)} rows of up to 512 tokens ({254 / len(packed):.1f} examples "
@@ -474,3 +476,50 @@ def test_forced_packed_attention_needs_a_model_on_sdpa(tiny_llama_dir):
     with pytest.raises(UsageError, match=r"--packed_attention varlen: LlamaForCausalLM runs "
                                          r"attn_implementation='eager', and the packed attentions replace sdpa only"):
         use_packed_attention(m, PackedAttention("varlen", "forced", forced=True))
+
+
+def test_cpu_packed_attentions_train_to_the_same_losses(tiny_llama_dir, tmp_path, caplog):
+    """train.py end to end: per-example sdpa (CPU's auto choice) and masked sdpa, same seed, same losses."""
+    caplog.set_level(logging.INFO)
+    losses = {}
+    for attention in ("per_example", "sdpa"):
+        trainer = _run(tiny_llama_dir, tmp_path / attention, ["--packing", "True", "--per_device_train_batch_size", "2",
+                                                              "--max_steps", "4", "--packed_attention", attention])
+        losses[attention] = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        assert f"packed attention: {attention} (--packed_attention {attention})" in caplog.text
+        assert trainer.model.config._attn_implementation == "sdpa"
+    assert len(losses["sdpa"]) == 4
+    assert losses["per_example"] == pytest.approx(losses["sdpa"], rel=1e-4)
+    assert losses["sdpa"][-1] < losses["sdpa"][0]  # it trained
+
+
+def test_forced_kernel_on_cpu_stops_before_the_model_loads(tmp_path):
+    data = write_alpaca_subset(tmp_path / "data.json", slice(4))
+    stderr = run_train_expecting_error(tmp_path, ["--data_path", str(data), "--packing", "True",
+                                                  "--packed_attention", "varlen"])
+    assert stderr.strip().splitlines()[-1] == (
+        "error: --packed_attention varlen needs a CUDA GPU; this run is on cpu. --packed_attention auto picks what "
+        "runs here (or name sdpa).")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--packing", "True", "--packed_attention", "flash"],
+     "--packed_attention flash needs a CUDA GPU; this run is on cpu. --packed_attention auto picks what runs here "
+     "(or name sdpa)."),
+    (["--packing", "True", "--packed_attention", "fastest"],
+     "--packed_attention 'fastest' is not one of: auto, varlen, flash, sdpa, per_example."),
+    (["--packed_attention", "sdpa"],
+     "--packed_attention sdpa applies to packed rows only; add --packing True, or drop --packed_attention."),
+])
+def test_packed_attention_mistakes_stop_before_the_model_loads(tmp_path, args, message):
+    from alpaca_lib.errors import UsageError
+
+    model = tmp_path / "unloadable-model"  # any attempt to load it fails otherwise
+    model.mkdir()
+    (model / "config.json").write_text("not a config")
+    data = write_alpaca_subset(tmp_path / "data.json", slice(4))
+    with pytest.raises(UsageError) as e:
+        train.train(["--model_name_or_path", str(model), "--data_path", str(data), "--output_dir",
+                     str(tmp_path / "out"), *args])
+    assert str(e.value) == message
+    assert not (tmp_path / "out").exists()
