@@ -11,8 +11,8 @@ Inside a row, examples are laid end to end by transformers' `DataCollatorWithFla
 restart at 0 for each example, and the first label of each example is -100, so no label is predicted
 across a boundary. transformers turns restarting position ids into a block-diagonal causal mask when no
 `attention_mask` is passed and no key/value cache is built (`masking_utils.find_packed_sequence_indices`),
-for the sdpa, eager and flex_attention implementations alike; flash-attention reads the same position
-ids as variable-length boundaries. So the collator here returns no attention mask, training runs with
+for the sdpa, eager and flex_attention implementations alike (flash-attention reads them as boundaries
+in a batch of one row only: see "Attention on a GPU" below). So the collator here returns no attention mask, training runs with
 `use_cache=False`, and a probe checks, before training, that the loaded model really keeps examples
 apart (OPT, for one, builds its mask without the position ids).
 
@@ -24,8 +24,7 @@ one row of 1536 fell to 0.6x. Rows are therefore `model_max_length` long (a few 
 example is longer). Even so, in a full training epoch at 512 the masked square was 16% of the step
 time and packing ran only 1.10x, behind length-grouped batches (1.31x). On CPU, train.py therefore
 switches packed training to `packed_sdpa` below: sdpa called once per example, over its own causal
-block only, which is what flash-attention's variable-length kernels do on GPU (where transformers
-uses them from the same position ids). That epoch then ran 1.38x. Eager attention was no faster
+block only, which is what flash-attention's variable-length kernels do on GPU (below). That epoch then ran 1.38x. Eager attention was no faster
 than sdpa. Loss and logits are the same either way (tests/test_packing.py checks both).
 
 The LM head, last: in Alpaca's examples about 70% of the positions are prompt, whose next token is
