@@ -14,7 +14,13 @@ Three things on top of the Trainer's own checkpointing:
   by name and takes the previous complete checkpoint. Sizes catch truncation; they do not catch bytes
   changed in place, which would cost a full read of every file to hash.
 - **Rotation after completion.** `--save_total_limit` is applied only once the new checkpoint has its
-  manifest, and it counts complete checkpoints only, so it never deletes the last complete one.
+  manifest, and it counts complete checkpoints only, so it never deletes the last complete one. Checkpoints
+  of later steps than the one just written (an earlier run's, after a resume from an older one) are not
+  counted and not deleted: the run's own newest complete checkpoint always survives.
+- **A resume continues the same run or none.** Each manifest records the model, the data and the settings
+  that change the result (`run_settings`); `plan_start` refuses a resume with other values, listing each,
+  before the model loads. A run whose final model is saved (`training_finished.json`) trains nothing when
+  run again; one whose last checkpoint is at its last step only saves the final model from it.
 - **SIGTERM** (what schedulers and spot instances send before a kill) is turned into a checkpoint at the
   end of the current optimizer step, then a stop with exit code 143. Under torchrun the processes agree on
   the step (a one-element all-reduce per step), so their checkpoint parts match.

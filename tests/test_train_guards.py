@@ -323,3 +323,65 @@ def test_a_full_disk_during_the_final_save_is_one_line_and_the_rerun_only_saves(
     log = run_script([sys.executable, TRAIN, *args], root)
     assert "saving the final model from it, training nothing" in log and _steps_trained(log) == 0
     assert (out / "model.safetensors").is_file() and (out / FINISHED_NAME).is_file()
+
+
+def test_a_full_disk_while_writing_the_preprocessing_cache_is_named_and_training_data_still_comes(
+        tiny_llama_dir, root, tmp_path):
+    """The cache is an optimisation: a full disk there is a warning with the standard wording, not a stop."""
+    script = f"""
+import logging, resource, signal, sys
+logging.basicConfig(level=logging.WARNING, format="%(message)s")
+from transformers import AutoTokenizer
+from alpaca_lib.data import encode_file
+tok = AutoTokenizer.from_pretrained({str(tiny_llama_dir)!r}, model_max_length=192)
+tok.add_special_tokens({{"pad_token": "[PAD]"}})
+plain = encode_file({str(root / "data.json")!r}, tok)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1024, resource.RLIM_INFINITY))
+data = encode_file({str(root / "data.json")!r}, tok, cache_dir={str(tmp_path / "cache")!r})
+print(data.stats["cache"], len(data), len(plain), bool((data.input_ids == plain.input_ids).all()))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    n = len(json.loads((root / "data.json").read_text()))
+    kept = proc.stdout.split()
+    assert kept[0] == "miss" and kept[1] == kept[2] and int(kept[1]) <= n and kept[3] == "True"
+    assert re.search(rf"no space left on device while writing {re.escape(str(tmp_path / 'cache'))}/\w+\.bin "
+                     r"\(file size limit reached\); going on without the preprocessing cache", proc.stderr)
+    assert list((tmp_path / "cache").iterdir()) == []  # no half-written entry or temporary file left
+
+
+def test_rotation_bounded_by_the_step_just_written_leaves_later_checkpoints_alone(tmp_path):
+    from alpaca_lib.checkpoints import rotate
+
+    for step in (2, 4, 6, 8):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "w").write_bytes(b"w" * step)
+        (folder / MANIFEST_NAME).write_text(json.dumps({"step": step, "files": {"w": step}}))
+    rotate(tmp_path, keep=1, upto=6)  # the run resumed from 4 has just written 6; 8 is the earlier run's
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [6, 8]
+    rotate(tmp_path, keep=1)  # unbounded, as before: the newest complete one wins
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [8]
+
+
+def test_disk_full_reason_reads_errno_chained_errors_and_writers_messages(tmp_path):
+    import errno
+
+    from alpaca_lib.fileio import disk_full_reason
+
+    assert disk_full_reason(OSError(errno.ENOSPC, "No space left on device")) == "no space left"
+    assert disk_full_reason(OSError(errno.EDQUOT, "Disk quota exceeded")) == "disk quota exceeded"
+    try:
+        try:
+            raise OSError(errno.EFBIG, "File too large")
+        except OSError:
+            raise RuntimeError("saving failed")
+    except RuntimeError as e:
+        assert disk_full_reason(e) == "file size limit reached"
+    assert disk_full_reason(RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")) \
+        == "no space left"
+    assert disk_full_reason(OSError(errno.EACCES, "Permission denied")) is None
+    # torch.save's stream error says nothing; with room on the disk and no size limit, it is not a full disk.
+    assert disk_full_reason(RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534"),
+                            tmp_path) is None
