@@ -103,9 +103,10 @@ def test_rerunning_a_finished_run_trains_nothing_and_changes_nothing(tiny_llama_
     out = root / "finished"
     args = _args(tiny_llama_dir, root, out)
     run_script([sys.executable, TRAIN, *args], root)
-    assert _global_step(out) == 5 and (out / FINISHED_NAME).is_file()
+    assert _global_step(out) == 5
     before = _files(out)
     log = run_script([sys.executable, TRAIN, *args], root)
+    assert _steps_trained(log) == 0, log[-3000:]
     assert (f"train.py: {out} already holds the final model of this run (step 5); nothing to train. To train it "
             "again from the start, pass --overwrite_output_dir True.") in log
     assert _steps_trained(log) == 0
@@ -175,13 +176,13 @@ def test_a_second_run_on_the_same_output_dir_is_refused_naming_the_first(first, 
     launcher = [sys.executable, HOOKS] if first == "single" else [*TORCHRUN, HOOKS]
     holder, lines = _start_holding([*launcher, TRAIN, *args], root, step=3)
     try:
+        before = {s for s, _ in list_checkpoints(out)}
+        proc = _run([sys.executable, TRAIN, *args], root, expect=1)
         pid = _lock_holder_pid(out)
         if first == "single":
             assert pid == holder.pid
         else:  # rank 0's worker, not the launcher, and the job did not refuse itself
             assert pid != holder.pid and b"RANK=0" in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        before = {s for s, _ in list_checkpoints(out)}
-        proc = _run([sys.executable, TRAIN, *args], root, expect=1)
         assert re.search(
             rf"error: {re.escape(str(out))} is in use by pid {pid} on {re.escape(socket.gethostname())} \(train\.py, "
             r"started \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\); only one run may write to it at a time\.", proc.stderr)
