@@ -485,13 +485,13 @@ def plan_start(output_dir: str, resume_from_checkpoint: Optional[str], overwrite
     settings = run.get("settings")
     if not overwrite and resume_from_checkpoint is None:
         record = finished_record(output_dir)
-        if record is not None:
-            other = _other_run_of(record.get("run"), run)
-            if other:
-                raise ResumeError(
-                    f"--output_dir {output_dir} holds the final model of another run ({other}). Fix: pass another "
-                    "--output_dir, or --overwrite_output_dir True to replace it."
-                )
+        other = _other_run_of(record.get("run"), run) if record is not None else None
+        if other and not list_checkpoints(output_dir):  # with checkpoints, checkpoint_to_resume says it
+            raise ResumeError(
+                f"--output_dir {output_dir} holds the final model of another run ({other}). Fix: pass another "
+                "--output_dir, or --overwrite_output_dir True to replace it."
+            )
+        if record is not None and not other:
             where = f"the finished run in --output_dir {output_dir} (final model at step {record['step']})"
             if not check_settings(where, record.get("run", {}).get("settings"), settings):
                 return StartPoint(finished_step=record["step"])

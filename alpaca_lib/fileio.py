@@ -45,8 +45,10 @@ _DISK_FULL_TEXT = re.compile(r"No space left on device|Disk quota exceeded|File 
 _OPAQUE_WRITE_ERROR = re.compile(r"iostream error|unexpected pos \d+ vs \d+|PytorchStreamWriter failed writing")
 
 
-class DiskFullError(UsageError):
-    """A write failed because the disk, the quota or the file size limit is full; the message says what was kept."""
+class DiskFullError(UsageError, OSError):
+    """A write failed because the disk, the quota or the file size limit is full; the message says what was kept.
+
+    Still an OSError, so callers that catch the original error catch this one too."""
 
 
 def disk_full_reason(error: BaseException, path: str | os.PathLike | None = None) -> Optional[str]:
