@@ -123,11 +123,12 @@ def job_lock(folder: str | os.PathLike, command: str) -> Iterator[Optional[Path]
             if dist.get_rank() == 0:
                 try:
                     path = stack.enter_context(output_lock(folder, command))
-                except OutputLockedError as e:
-                    refusal[0] = str(e)
+                except UsageError as e:  # held by another run, or a file system without flock
+                    refusal[0] = (isinstance(e, OutputLockedError), str(e))
             dist.broadcast_object_list(refusal, src=0)
             if refusal[0] is not None:
-                raise OutputLockedError(refusal[0])
+                locked, message = refusal[0]
+                raise (OutputLockedError if locked else UsageError)(message)
             yield path if dist.get_rank() == 0 else None
     except BaseException:
         if not existed:

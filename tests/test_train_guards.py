@@ -386,3 +386,27 @@ def test_disk_full_reason_reads_errno_chained_errors_and_writers_messages(tmp_pa
     # torch.save's stream error says nothing; with room on the disk and no size limit, it is not a full disk.
     assert disk_full_reason(RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534"),
                             tmp_path) is None
+
+
+def test_a_really_full_disk_during_a_checkpoint_save_is_one_line(tiny_llama_dir, root, tmp_path):
+    """On a 4 MiB tmpfs (needs root to mount; skipped otherwise): checkpoint-2 fits, checkpoint-4 does not, and
+    torch.save's own error there says only `basic_ios::clear: iostream error`."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        out = disk / "out"
+        args = _with(_args(tiny_llama_dir, root, out), save_total_limit=1)
+        proc = _run([sys.executable, TRAIN, *args], root, expect=1)
+        assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        assert proc.stderr.rstrip().splitlines()[-1] == (
+            f"error: no space left on device while writing {out}/checkpoint-4; the previous complete checkpoint, "
+            f"{out}/checkpoint-2, is intact (the same command resumes from it). Free some space (or choose a folder "
+            "on a disk with more room) and run the same command again.")
+        assert [s for s, _ in list_checkpoints(out)] == [2] and problem_with(out / "checkpoint-2") is None
+        subprocess.run(["mount", "-o", "remount,size=16m", str(disk)], check=True)
+        log = run_script([sys.executable, TRAIN, *args], root)
+        assert f"resuming from {out}/checkpoint-2 (step 2)" in log and _global_step(out) == 5
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
