@@ -43,11 +43,13 @@ def root(tmp_path_factory):
 @pytest.fixture(scope="module")
 def unloadable_copy(tiny_llama_dir, root):
     """The tiny LLaMA's folder with its weights replaced by as many zero bytes: the same run identity (config
-    and weight files' names and sizes), but any attempt to load it fails with a traceback."""
+    and weight files' names, sizes and times), but any attempt to load it fails with a traceback."""
     copy = root / "unloadable-model"
     shutil.copytree(tiny_llama_dir, copy)
     for weights in copy.glob("*.safetensors"):
-        weights.write_bytes(b"\0" * weights.stat().st_size)
+        st = weights.stat()
+        weights.write_bytes(b"\0" * st.st_size)
+        os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))  # the identity counts the time too
     return copy
 
 
