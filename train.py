@@ -41,12 +41,18 @@ from alpaca_lib.checkpoints import (
     PREEMPTED_EXIT_CODE,
     ResumableTrainer,
     StopOnSigterm,
-    checkpoint_to_resume,
+    clear_finished,
     delete_checkpoints,
+    final_save_kept,
+    mark_finished,
+    plan_start,
     run_identity,
+    run_settings,
 )
 from alpaca_lib.data import open_source
 from alpaca_lib.errors import UsageError, exit_with
+from alpaca_lib.fileio import disk_full_as_error
+from alpaca_lib.locking import job_lock
 from alpaca_lib.lora import ADAPTER_SUBDIR, add_lora, quantization_config, save_adapter_and_merged
 from alpaca_lib.modeling import (
     DEFAULT_BOS_TOKEN,
@@ -155,9 +161,23 @@ def train(argv: Optional[Sequence[str]] = None) -> transformers.Trainer:
     eval_records = open_source(data_args.eval_data_path, data_args.data_split, data_args.data_columns,
                                "--eval_data_path").check() if data_args.eval_data_path else None
     identity = run_identity(model_args.model_name_or_path, model_args.gguf_file, records.key(), data_args.data_path)
-    resume_from = checkpoint_to_resume(
-        training_args.output_dir, training_args.resume_from_checkpoint, training_args.overwrite_output_dir, identity
-    )
+    run = {**identity, "settings": run_settings(model_args, data_args, training_args)}
+    # One job at a time writes --output_dir (under torchrun, rank 0 holds the lock for all processes).
+    with job_lock(training_args.output_dir, "train.py"):
+        return _train_locked(model_args, data_args, training_args, records, eval_records, run)
+
+
+def _train_locked(model_args, data_args, training_args, records, eval_records, run):
+    """Trains (or only finishes the final save, or does nothing) once this job holds --output_dir."""
+    start = plan_start(training_args.output_dir, training_args.resume_from_checkpoint,
+                       training_args.overwrite_output_dir, run)
+    if start.finished_step is not None:
+        if training_args.process_index == 0:
+            print(f"train.py: {training_args.output_dir} already holds the final model of this run (step "
+                  f"{start.finished_step}); nothing to train. To train it again from the start, pass "
+                  "--overwrite_output_dir True.", file=sys.stderr, flush=True)
+        return None
+    resume_from = start.checkpoint
 
     # Seeded before the model loads, so that whatever it initialises (LoRA adapters, resized embeddings)
     # is the same in every run with this --seed: a resumed run then repeats the interrupted one exactly.
@@ -178,19 +198,28 @@ def train(argv: Optional[Sequence[str]] = None) -> transformers.Trainer:
             )
         trainer, sigterm = _make_trainer(model, tokenizer, model_args, data_args, training_args, records,
                                          eval_records, supervised_logits)
-        trainer.run_identity = identity
+        trainer.run_identity = run
         if training_args.overwrite_output_dir and training_args.should_save:
             delete_checkpoints(training_args.output_dir)
+        if training_args.should_save:
+            clear_finished(training_args.output_dir)  # the final model there is no longer this run's last word
         trainer.accelerator.wait_for_everyone()
-        trainer.train(resume_from_checkpoint=resume_from)
+        if start.save_only:
+            trainer.load_without_training(resume_from)
+        else:
+            trainer.train(resume_from_checkpoint=resume_from)
     if sigterm.stopped_at is not None:
         raise Preempted(
             f"stopped by SIGTERM: saved {training_args.output_dir}/checkpoint-{sigterm.stopped_at} at step "
             f"{sigterm.stopped_at}. Run the same command again to resume from it."
         )
-    trainer.save_state()
-    model.config.use_cache = use_cache
-    _save_final_model(trainer, tokenizer, model_args, training_args)
+    kept = final_save_kept(training_args.output_dir, trainer.state.global_step)
+    with disk_full_as_error(training_args.output_dir, kept):  # a full disk: one line, the previous files intact
+        trainer.save_state()
+        model.config.use_cache = use_cache
+        _save_final_model(trainer, tokenizer, model_args, training_args)
+        if training_args.should_save:
+            mark_finished(training_args.output_dir, trainer.state.global_step, run)
     return trainer
 
 
