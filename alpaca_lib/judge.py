@@ -20,7 +20,6 @@ continues without paying twice; a journal of another judge, prompt or pair of fi
 from __future__ import annotations
 
 import math
-import re
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from alpaca_lib.journal import Journal, records_of_run
+from alpaca_lib.verdicts import read_verdict
 
 PROMPT_VERSION = "pairwise-v1"
 JUDGE_PROMPT = """You are judging two AI assistants' responses to the same request from a user.
@@ -47,7 +47,6 @@ Decide which output follows the request better: more helpful, correct, complete 
 Ignore which one comes first, and do not prefer an output only for being longer.
 Reply with a single letter and nothing else: a if Output (a) is better, b if Output (b) is better."""
 LETTERS = ("a", "b")
-_VERDICT = re.compile(r"^\W*(?:output\s*)?\(?([ab])\)?(?:\W|$)", re.IGNORECASE)
 JOURNAL_NAME = "judge.journal.jsonl"
 
 
@@ -106,12 +105,6 @@ def pair_records(model: Sequence[dict], reference: Sequence[dict]) -> Pairing:
 def judge_prompt(record: dict, output_a: str, output_b: str) -> str:
     request = record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
     return JUDGE_PROMPT.format(request=request, output_a=output_a, output_b=output_b)
-
-
-def read_verdict(text: str) -> Optional[str]:
-    """The letter a reply names ("a", "(b)", "Output a", "B."), or None."""
-    m = _VERDICT.match(text.strip())
-    return m.group(1).lower() if m else None
 
 
 def letter_probability(first_logprobs: Optional[dict[str, float]], letter: str) -> Optional[float]:

@@ -157,3 +157,85 @@ def alpaca_eval_metrics(rows: Sequence[dict], df_gamed: Optional[str] = "auto") 
     out["avg_length"] = int(frame["output_2"].str.len().mean()) if len(frame) else None
     out.update(length_controlled(frame, df_gamed))
     return out
+
+
+# ---- the project's summary of a judged run: AlpacaEval's columns, its own counts, the judge's diagnostics ----
+
+# A judge is called unreliable (in summary.json's `judge_warnings`, the report and scripts/loop.sh) when:
+MIN_ORDER_CONSISTENCY = 0.6  # under 60% of pairs get the same verdict in both orders (a coin flip gives 50%)
+MAX_POSITION_BIAS = 0.2  # it names the first-shown output in more than 70% (or under 30%) of its verdicts
+MAX_UNREADABLE_RATE = 0.1  # more than 10% of pairs have no readable verdict (the rest may not be a fair sample)
+
+
+def judge_diagnostics(rows: Sequence[dict]) -> dict[str, Optional[float]]:
+    """How far the judge's verdicts can be trusted, from the rows' per-order verdicts.
+
+    Returns:
+        order_consistency: the share of readable pairs whose two verdicts name the same output (model or
+            reference), None without per-order verdicts (annotations made elsewhere);
+        first_position_rate: the share of readable verdicts (either order) that name the output shown first;
+        unreadable_rate: the share of pairs with no readable verdict.
+    """
+    n = len(rows)
+    unreadable = sum(r.get("preference") is None for r in rows)
+    with_verdicts = [r for r in rows if r.get("verdicts")]
+    letters = [v for r in with_verdicts for v in r["verdicts"] if v is not None]
+    pairs = [r for r in with_verdicts if r.get("preference") is not None and None not in r["model_won"]]
+    return {
+        "order_consistency": sum(r["model_won"][0] == r["model_won"][1] for r in pairs) / len(pairs) if pairs else None,
+        "first_position_rate": sum(v == "a" for v in letters) / len(letters) if letters else None,
+        "unreadable_rate": unreadable / n if n else None,
+    }
+
+
+def judge_warnings(diagnostics: dict[str, Optional[float]]) -> list[str]:
+    """Plain sentences for each diagnostic past its threshold (none when the judge looks usable)."""
+    out = []
+    c, f, u = diagnostics["order_consistency"], diagnostics["first_position_rate"], diagnostics["unreadable_rate"]
+    if c is not None and c < MIN_ORDER_CONSISTENCY:
+        out.append(f"the judge gave the same verdict in both orders for only {100 * c:.0f}% of pairs "
+                   f"(under {100 * MIN_ORDER_CONSISTENCY:.0f}%; a coin flip gives 50%)")
+    if f is not None and abs(f - 0.5) > MAX_POSITION_BIAS:
+        out.append(f"the judge named the output shown first in {100 * f:.0f}% of its verdicts "
+                   f"(outside {100 * (0.5 - MAX_POSITION_BIAS):.0f}-{100 * (0.5 + MAX_POSITION_BIAS):.0f}%): "
+                   "it follows the position more than the content")
+    if u is not None and u > MAX_UNREADABLE_RATE:
+        out.append(f"{100 * u:.0f}% of pairs got no readable verdict (over {100 * MAX_UNREADABLE_RATE:.0f}%)")
+    return out
+
+
+def weighting_of(rows: Sequence[dict]) -> str:
+    """How the rows' preferences were made: "logprobs" (the judge's probabilities), "discrete" (its
+    letters: 1 win, 0.5 tie, 0 loss), or "preference" (annotations made elsewhere, taken as they are)."""
+    readable = [r for r in rows if r.get("preference") is not None]
+    if not readable or not all(r.get("verdicts") for r in readable):
+        return "preference"
+    return "logprobs" if all(p is not None for r in readable for p in r.get("p_model") or [None]) else "discrete"
+
+
+def summarize(rows: Sequence[dict], df_gamed: Optional[str] = "auto") -> dict[str, Any]:
+    """summary.json's numbers for annotation rows: AlpacaEval's (`alpaca_eval_metrics`), the project's
+    counts and the judge's diagnostics.
+
+    The project's keys: n_pairs (pairs with a readable verdict: AlpacaEval's n_total), n_unreadable,
+    n_losses and n_ties (pairs the model lost in both orders, and pairs whose two orders disagree; from the
+    preference, below or at 1.5, for annotations made elsewhere), weighting (`weighting_of`),
+    avg_length_model / avg_length_reference (characters, over readable pairs), and `judge_warnings`.
+    """
+    out = alpaca_eval_metrics(rows, df_gamed)
+    readable = [r for r in rows if r.get("preference") is not None]
+    if readable and all(r.get("model_won") for r in readable):
+        n_losses = sum(sum(r["model_won"]) == 0 for r in readable)
+        n_ties = sum(sum(r["model_won"]) == 1 for r in readable)
+    else:
+        n_losses = sum(r["preference"] < 1.5 for r in readable)
+        n_ties = sum(r["preference"] == 1.5 for r in readable)
+    diagnostics = judge_diagnostics(rows)
+    out.update(
+        n_pairs=len(readable), n_unreadable=len(rows) - len(readable), n_losses=n_losses, n_ties=n_ties,
+        weighting=weighting_of(rows),
+        avg_length_model=float(np.mean([len(r["output_2"]) for r in readable])) if readable else None,
+        avg_length_reference=float(np.mean([len(r["output_1"]) for r in readable])) if readable else None,
+        **diagnostics, judge_warnings=judge_warnings(diagnostics),
+    )
+    return out
