@@ -14,6 +14,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from alpaca_lib.leaderboard import DEFAULT_LEADERBOARD
 from alpaca_lib.llm.config import ClientConfig, _help, same_as
 from alpaca_lib.outputs import GenerationSettings
 
@@ -60,9 +61,16 @@ class JudgeConfig:
 
     model_outputs: str = _help("The model's outputs (`eval_model.py outputs`, or any AlpacaEval-format JSON).")
     reference_outputs: str = _help("The outputs it is compared with, on the same instructions.")
-    judge_model: str = _help("The judge's name on the server.")
-    output_dir: str = _help("summary.json, annotations.json, report.md, judge.png and the journal; leaderboard.csv "
-                            "goes beside it.")
+    output_dir: str = _help("summary.json, annotations.json, report.md, judge.png and the journal.")
+    judge_model: Optional[str] = _help("The judge's name on the server (or --judge_model_dir).", None)
+    judge_model_dir: Optional[str] = _help(
+        "Instead of --judge_model, a local model folder run in-process: each order's verdict is the probability of "
+        "the letters a and b after one forward pass (weighting logprobs, never unreadable).", None)
+    judge_gguf_file: Optional[str] = _help("A GGUF file inside --judge_model_dir to load instead of safetensors.", None)
+    judge_dtype: str = same_as(OutputsConfig, "dtype", "The local judge's weights (as outputs' --dtype).")
+    judge_batch_size: int = _help("Prompts the local judge reads in one forward pass.", 8)
+    leaderboard: str = _help("The leaderboard CSV this run's row goes to; runs that name the same file share it.",
+                             DEFAULT_LEADERBOARD)
     base_url: Optional[str] = _help("An OpenAI-compatible server; default OPENAI_BASE_URL, else OpenAI.", None)
     api_key: Optional[str] = same_as(OutputsConfig, "api_key", "Default OPENAI_API_KEY (a local server needs none).")
     api_style: str = _help("chat or completions.", "chat")
@@ -76,6 +84,16 @@ class JudgeConfig:
     request_timeout: float = same_as(ClientConfig, "request_timeout",
                                      "Seconds before a request counts as failed (it is then retried).")
     max_retries: int = same_as(OutputsConfig, "max_retries")
+
+
+@dataclass(kw_only=True)
+class ScoreConfig:
+    """`eval_model.py score`: the summary, leaderboard row and report of an annotations file, no judge asked."""
+
+    annotations: str = _help("Annotations in AlpacaEval's layout: a judge run's annotations.json, or one AlpacaEval "
+                             "published (results/<model>/<annotator>/annotations.json).")
+    output_dir: str = _help("Where summary.json, report.md and judge.png go.")
+    leaderboard: str = same_as(JudgeConfig, "leaderboard")
 
 
 @dataclass(kw_only=True)

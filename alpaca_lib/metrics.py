@@ -21,8 +21,10 @@ win rate:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import warnings
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -33,19 +35,25 @@ LC_V1, LC_MINIMAL = "alpaca_eval_v1", "minimal"
 GAMED_REPO, GAMED_FILE = "tatsu-lab/alpaca_eval", "df_gamed.csv"
 
 
-def _alpaca_eval_metrics_module():
-    """alpaca_eval.metrics, imported quietly (its package logs at import and warns about pkg_resources)."""
-    import warnings
-
+@contextlib.contextmanager
+def _quiet():
+    """AlpacaEval's code logs its steps to the root logger and scikit-learn warns about future defaults:
+    neither is news to a user of this project."""
+    level = logging.root.manager.disable
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        level = logging.root.manager.disable
         logging.disable(logging.WARNING)
         try:
-            import alpaca_eval.metrics as metrics
-            import alpaca_eval.metrics.glm_winrate as glm
+            yield
         finally:
             logging.disable(level)
+
+
+def _alpaca_eval_metrics_module():
+    """alpaca_eval.metrics and its glm_winrate module, imported quietly."""
+    with _quiet():
+        import alpaca_eval.metrics as metrics
+        import alpaca_eval.metrics.glm_winrate as glm
     return metrics, glm
 
 
@@ -106,10 +114,7 @@ def length_controlled(frame, df_gamed: Optional[str] = "auto") -> dict[str, Any]
     Returns:
         {"length_controlled_winrate", "lc_standard_error", "length_control"} (all None when no LC is given).
     """
-    import warnings
-
-    with warnings.catch_warnings():  # scikit-learn's notices about LogisticRegressionCV's future defaults
-        warnings.simplefilter("ignore", FutureWarning)
+    with _quiet():
         return _length_controlled(frame, df_gamed)
 
 
@@ -153,7 +158,8 @@ def alpaca_eval_metrics(rows: Sequence[dict], df_gamed: Optional[str] = "auto") 
     """
     metrics, _ = _alpaca_eval_metrics_module()
     frame = annotation_frame(rows)
-    out = {k: _number(v) for k, v in metrics.get_winrate(frame).items()}
+    with _quiet():
+        out = {k: _number(v) for k, v in metrics.get_winrate(frame).items()}
     out["avg_length"] = int(frame["output_2"].str.len().mean()) if len(frame) else None
     out.update(length_controlled(frame, df_gamed))
     return out
