@@ -7,7 +7,8 @@
 # 2. generates a few instructions with generate_instruction.py against that server;
 # 3. fine-tunes the same model with train.py (LoRA, packing) on them plus the bundled alpaca_data.json;
 # 4. writes the tuned and the base model's outputs on the bundled eval_instructions.json;
-# 5. has the served model judge tuned vs base, and prints the win rate and where the report is.
+# 5. has the same model judge tuned vs base in-process (letter probabilities, never unreadable), and prints
+#    the win rate, the judge's diagnostics and where the report is.
 # A 135M model is a weak generator and a weak judge: this run shows the machinery end to end; the
 # README shows the same loop at full scale. Sizes: NUM_INSTRUCTIONS (default 6, from at most 2 batches), EPOCHS (1),
 # MAX_NEW_TOKENS (96). Interrupted? Run it again: finished steps are skipped and the interrupted one
@@ -79,8 +80,18 @@ for side in tuned base; do
     --output_path "$OUT/$side/model_outputs.json" --max_new_tokens "${MAX_NEW_TOKENS:-96}" --batch_size 16
 done
 
-step "judging tuned vs base with the served model (eval_model.py judge)"
+step "judging tuned vs base with the same model in-process (eval_model.py judge --judge_model_dir)"
+# In-process, each verdict is the judge's probability of the letters a and b (one forward pass per order):
+# nothing to parse, so nothing unreadable; the server's replies carry no logprobs to weight them by.
 $PY eval_model.py judge --model_outputs "$OUT/tuned/model_outputs.json" \
-  --reference_outputs "$OUT/base/model_outputs.json" --judge_model "$BASE" --base_url "$URL" \
-  --output_dir "$OUT/judge/tuned_vs_base" --max_concurrency 2 --price_table="{\"$BASE\": [0, 0]}"
+  --reference_outputs "$OUT/base/model_outputs.json" --judge_model_dir "$BASE" \
+  --output_dir "$OUT/judge/tuned_vs_base" --leaderboard "$OUT/leaderboard.csv"
+$PY -c "
+import json
+s = json.load(open('$OUT/judge/tuned_vs_base/summary.json'))
+pct = lambda x: '-' if x is None else f'{100 * x:.0f}%'
+print(f\"judge diagnostics: same verdict in both orders {pct(s['order_consistency'])}, \"
+      f\"first position named {pct(s['first_position_rate'])}, unreadable {pct(s['unreadable_rate'])}\")
+print('the judge is not reliable enough for this win rate to mean much' if s['judge_warnings']
+      else 'the judge passes the reliability checks (see the report)')"
 step "done: the report is $OUT/judge/tuned_vs_base/report.md"
