@@ -48,7 +48,9 @@ def _judge(cfg: JudgeConfig) -> None:
 def _score(cfg: ScoreConfig) -> None:
     from alpaca_lib.judge import run_score
 
-    _print_result(run_score(cfg))
+    result = run_score(cfg)
+    if result is not None:
+        _print_result(result)
 
 
 def _chat(cfg: ChatConfig) -> None:
@@ -65,7 +67,8 @@ judge = cli_command(JudgeConfig, _judge, "judge", "Judges model outputs against 
 chat = cli_command(ChatConfig, _chat, "chat", "Talk to a model through the Alpaca template: an instruction (and "
                    "optionally an input) per turn.", positional=True)
 score = cli_command(ScoreConfig, _score, "score", "Recomputes summary.json, the leaderboard row and the report from an "
-                    "annotations file (this project's or AlpacaEval's), asking no judge.", positional=True)
+                    "annotations file (this project's or AlpacaEval's), asking no judge; ROUGE-L against "
+                    "reference answers.", positional=True)
 COMMANDS = {"outputs": outputs, "judge": judge, "score": score, "chat": chat}
 
 

@@ -88,11 +88,16 @@ class JudgeConfig:
 
 @dataclass(kw_only=True)
 class ScoreConfig:
-    """`eval_model.py score`: the summary, leaderboard row and report of an annotations file, no judge asked."""
+    """`eval_model.py score`: numbers from files, no judge asked: AlpacaEval's from an annotations file, and
+    ROUGE-L of model outputs against an eval set's reference outputs."""
 
-    annotations: str = _help("Annotations in AlpacaEval's layout: a judge run's annotations.json, or one AlpacaEval "
-                             "published (results/<model>/<annotator>/annotations.json).")
-    output_dir: str = _help("Where summary.json, report.md and judge.png go.")
+    output_dir: str = _help("Where summary.json, report.md and judge.png (and rouge.json) go.")
+    annotations: Optional[str] = _help(
+        "Annotations in AlpacaEval's layout: a judge run's annotations.json, or one AlpacaEval published "
+        "(results/<model>/<annotator>/annotations.json).", None)
+    model_outputs: Optional[str] = _help("Model outputs to score against --references with ROUGE-L.", None)
+    references: Optional[str] = _help("An eval set whose records carry the reference answer as `output` (paired "
+                                      "with --model_outputs by instruction and input).", None)
     leaderboard: str = same_as(JudgeConfig, "leaderboard")
 
 

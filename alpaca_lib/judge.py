@@ -64,10 +64,10 @@ class Pairing:
     only_reference: list[str]
     duplicated: list[str]
 
-    def report(self) -> str:
+    def report(self, reference_flag: str = "--reference_outputs") -> str:
         parts = []
         for what, keys in (("only in --model_outputs", self.only_model),
-                           ("only in --reference_outputs", self.only_reference),
+                           (f"only in {reference_flag}", self.only_reference),
                            ("more than once in a file", self.duplicated)):
             if keys:
                 shown = "; ".join(repr(k[:60]) for k in keys[:3])
@@ -463,25 +463,71 @@ def load_annotations(path: str) -> list[dict]:
     return rows
 
 
-def run_score(cfg: "ScoreConfig") -> JudgeResult:
-    """`eval_model.py score`: summary.json, the leaderboard row, the report and the chart recomputed from an
-    annotations file, without asking any judge."""
+REFSCORE_NAME = "rouge.json"
+
+
+def score_against_references(model_outputs: str, references: str) -> dict:
+    """ROUGE-L (alpaca_lib/refscore.py) of each model output against its reference, paired by instruction
+    and input: {"rouge_l": the mean, "n_records", "per_record": [{"instruction", "input", "rouge_l"}], ...}."""
+    from alpaca_lib.data import load_records
+    from alpaca_lib.errors import UsageError
+    from alpaca_lib.refscore import rouge_l
+
+    fields = dict(required=("instruction", "output"), optional=("input", "dataset", "generator"))
+    model = load_records(model_outputs, flag="--model_outputs", **fields)
+    reference = load_records(references, flag="--references", **fields)
+    pairing = pair_records(model, reference)
+    if not pairing.pairs:
+        raise UsageError(f"{model_outputs} and {references} share no instruction: nothing to score. "
+                         f"{pairing.report('--references')}")
+    scores = rouge_l([m["output"] for m, _ in pairing.pairs], [r["output"] for _, r in pairing.pairs])
+    return {"model": _name_of(model, model_outputs), "references": str(references),
+            "rouge_l": sum(scores) / len(scores), "n_records": len(scores), "pairing": pairing.report("--references"),
+            "per_record": [{"instruction": m["instruction"], "input": m.get("input", ""), "rouge_l": s}
+                           for (m, _), s in zip(pairing.pairs, scores)]}
+
+
+def run_score(cfg: "ScoreConfig") -> Optional[JudgeResult]:
+    """`eval_model.py score`: with --annotations, summary.json, the leaderboard row, the report and the chart
+    recomputed from them, without asking any judge; with --model_outputs and --references, rouge.json
+    (ROUGE-L per record and overall). Returns the annotations' result (None without --annotations)."""
+    import json
+
     from alpaca_lib import leaderboard as board_lib
+    from alpaca_lib.errors import UsageError
+    from alpaca_lib.fileio import atomic_write
     from alpaca_lib.locking import output_lock
     from alpaca_lib.metrics import summarize
     from alpaca_lib.preflight import check_not_an_input, check_output_dir
 
+    if (cfg.model_outputs is None) != (cfg.references is None):
+        raise UsageError("--model_outputs and --references go together: the outputs to score and the eval set "
+                         "whose `output` is the reference answer.")
+    if cfg.annotations is None and cfg.model_outputs is None:
+        raise UsageError("give --annotations (a judge's annotations.json), or --model_outputs with --references "
+                         "(ROUGE-L against reference answers), or both.")
     check_output_dir(cfg.output_dir, "--output_dir")
-    check_not_an_input(cfg.output_dir, "--output_dir", {"--annotations": cfg.annotations})
-    rows = load_annotations(cfg.annotations)
+    check_not_an_input(cfg.output_dir, "--output_dir", {k: v for k, v in (
+        ("--annotations", cfg.annotations), ("--model_outputs", cfg.model_outputs),
+        ("--references", cfg.references)) if v})
+    rows = load_annotations(cfg.annotations) if cfg.annotations else None
+    refscore = score_against_references(cfg.model_outputs, cfg.references) if cfg.model_outputs else None
     out = Path(cfg.output_dir)
-    annotators = sorted({str(r.get("annotator")) for r in rows if r.get("annotator")})
+    result = None
     with output_lock(out, f"eval_model.py score --output_dir {cfg.output_dir}"):
-        summary = {
-            "model": rows[0].get("generator_2") or "model", "reference": rows[0].get("generator_1") or "reference",
-            **summarize(rows), "judge_model": ", ".join(annotators),
-            "prompt_version": rows[0].get("prompt_version"), "usage": None, "cost_usd": None,
-            "outputs_sha256": board_lib.outputs_digest(rows), "annotations": str(cfg.annotations),
-        }
-        write_results(out, summary, rows, cfg.leaderboard, annotations=False)
-    return JudgeResult(summary, rows, out)
+        if refscore is not None:
+            with atomic_write(out / REFSCORE_NAME) as f:
+                json.dump(refscore, f, indent=2, ensure_ascii=False)
+            print(f"ROUGE-L of {refscore['model']} against the references: {refscore['rouge_l']:.4f} "
+                  f"({refscore['n_records']} records); per record: {out / REFSCORE_NAME}")
+        if rows is not None:
+            annotators = sorted({str(r.get("annotator")) for r in rows if r.get("annotator")})
+            summary = {
+                "model": rows[0].get("generator_2") or "model", "reference": rows[0].get("generator_1") or "reference",
+                **summarize(rows), "judge_model": ", ".join(annotators),
+                "prompt_version": rows[0].get("prompt_version"), "usage": None, "cost_usd": None,
+                "outputs_sha256": board_lib.outputs_digest(rows), "annotations": str(cfg.annotations),
+            }
+            write_results(out, summary, rows, cfg.leaderboard, annotations=False)
+            result = JudgeResult(summary, rows, out)
+    return result
