@@ -77,8 +77,9 @@ class JudgeConfig:
     max_concurrency: int = same_as(OutputsConfig, "max_concurrency", "Requests in flight at once.")
     logprobs: bool = _help("Ask for the verdict letter's log probabilities (weighting used when every reply has them).",
                            True)
-    max_unreadable_retries: int = _help("Asks again this often when a reply names no letter, then leaves the pair out.",
-                                        2)
+    max_unreadable_retries: int = _help(
+        "Asks again this often (a firmer follow-up, at temperature 0.7) when a reply names no single output; then "
+        "the pair is left out, and asked again when the command is run again.", 2)
     price_table: Any = _help("{model: [prompt, completion] USD per 1M tokens} (JSON or a path) for the cost estimate.",
                              None)
     request_timeout: float = same_as(ClientConfig, "request_timeout",

@@ -1,20 +1,27 @@
-"""A pairwise LLM judge: which of two models answers an evaluation set better, as a win rate.
+"""A pairwise LLM judge: which of two models answers an evaluation set better, as AlpacaEval's win rate.
 
     python eval_model.py judge --model_outputs runs/demo/model_outputs.json \
         --reference_outputs runs/base/model_outputs.json --judge_model M --base_url URL \
         --output_dir runs/judge/demo_vs_base
+    python eval_model.py judge ... --judge_model_dir runs/judge-model        # a local model, in-process
+    python eval_model.py score --annotations runs/judge/demo_vs_base/annotations.json --output_dir D
 
 The records of the two files are paired by instruction (and input). For each pair the judge sees the
 instruction and the two outputs as "Output (a)" and "Output (b)" under a prompt written for this
-project (`JUDGE_PROMPT`, version `PROMPT_VERSION`) and answers with one letter. Every pair is judged in
-both orders, so a judge that favours a position cancels out: the model's preference is 1 when it wins
-both, 0 when it loses both, 0.5 when the two orders disagree (a tie). When the server returns log
-probabilities for every verdict, the preference is instead the judge's probability of the model's letter
-(normalised over the two letters), averaged over the two orders, as AlpacaEval 2 weights its votes.
-A reply with no readable letter is asked again (`max_unreadable_retries` times), then left out and counted.
+project (`JUDGE_PROMPT`, version `PROMPT_VERSION`). Every pair is judged in both orders, so a judge that
+favours a position cancels out: the model's preference is 1 when it wins both, 0 when it loses both, 0.5
+when the two orders disagree (a tie). When every verdict comes with the judge's probabilities of the two
+letters (an API's logprobs, or `InProcessJudge`), the preference is instead the model's letter's
+probability averaged over the two orders, as AlpacaEval 2 weights its votes.
+
+A served judge's reply is read by `alpaca_lib.verdicts.read_verdict`; an unreadable one is asked again
+with a firmer follow-up at a temperature above 0 (`ApiJudge`), then left out and counted. The pairs land
+in `annotations.json` in AlpacaEval's layout, and the numbers are AlpacaEval's, from its own code
+(alpaca_lib/metrics.py), with the judge's diagnostics beside them.
 
 Every verdict is journaled (`judge.journal.jsonl` in the output folder) as it arrives, so a killed run
-continues without paying twice; a journal of another judge, prompt or pair of files is refused.
+continues without paying twice, and a rerun asks again only where no readable verdict was journaled; a
+journal of another judge, prompt or pair of files is refused.
 """
 
 from __future__ import annotations
