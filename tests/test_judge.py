@@ -15,6 +15,7 @@ import csv
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -406,6 +407,7 @@ def test_killed_judge_resumes_without_paying_twice_and_refuses_another_judge(tmp
     journal = out / JOURNAL_NAME
     with OpenAIStub(default=_judge(delay_s=0.1)) as stub:
         kill_when_journaled([*cmd, "--base_url", stub.base_url], tmp_path, journal, '"t": "verdict"', 5)
+        time.sleep(0.5)  # a request the killed run had already sent reaches the stub now, not during the rerun
         first = len(stub.requests)
         verdicts = [json.loads(line) for line in journal.read_text().splitlines() if '"t": "verdict"' in line]
         assert 5 <= len(verdicts) < 14 and not (out / "summary.json").exists()
