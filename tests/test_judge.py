@@ -134,6 +134,10 @@ def test_win_rate_counts_both_orders_ties_and_unreadable_pairs(tmp_path, capsys)
                for b in retries)
     annotations = json.loads((out / "annotations.json").read_text())
     assert len(annotations) == 7
+    from alpaca_eval.metrics import get_winrate  # AlpacaEval reads the file as it is, to the same numbers
+
+    read_back = get_winrate(annotations)
+    assert {k: read_back[k] for k in AE_KEYS} == pytest.approx({k: summary[k] for k in AE_KEYS}, abs=1e-12)
     tie = next(a for a in annotations if a["instruction"] == "tie 0")
     assert {k: tie[k] for k in ("output_1", "generator_1", "output_2", "generator_2", "annotator", "preference")} == {
         "output_1": "plain too", "generator_1": "base", "output_2": "plain", "generator_2": "tuned",
