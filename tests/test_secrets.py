@@ -61,8 +61,9 @@ def test_outputs_and_judge_files_hold_no_secret(tmp_path):
         url = _with_password(stub.base_url)
         eval_model.outputs(instructions_path=str(tmp_path / "eval.json"), output_path=str(tmp_path / "o" / "m.json"),
                            base_url=url, model_name="m", api_key=KEY, api_style="chat")
-        eval_model.judge(str(tmp_path / "o" / "m.json"), str(tmp_path / "eval.json"), "judge", str(tmp_path / "j" / "r"),
-                         base_url=url, api_key=KEY)
+        eval_model.judge(model_outputs=str(tmp_path / "o" / "m.json"), reference_outputs=str(tmp_path / "eval.json"),
+                         judge_model="judge", output_dir=str(tmp_path / "j" / "r"), base_url=url, api_key=KEY,
+                         leaderboard=str(tmp_path / "j" / "leaderboard.csv"))
     written = [p.name for p in tmp_path.rglob("*") if p.is_file()]
     assert {"m.json", "m.journal.jsonl", "summary.json", "annotations.json", "report.md", "judge.png",
             "judge.journal.jsonl", "leaderboard.csv"} <= set(written)
