@@ -9,6 +9,7 @@ so a flag, its default and its help are written once, here.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,13 @@ class GenerateConfig(ClientConfig):
         "Rewrite regen.json at most this often (the journal is always current; the file is also written at the end).",
         60.0,
     )
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("output_dir", "seed_tasks_path", "prompt_path"):  # `~/runs` means the home folder's runs
+            value = getattr(self, name)
+            if isinstance(value, str):
+                setattr(self, name, os.path.expanduser(value))
 
     def check(self) -> None:
         super().check()

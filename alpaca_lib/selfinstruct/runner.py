@@ -537,7 +537,7 @@ def export_alpaca(input_path: str | Path, output_path: str | Path) -> int:
     Returns:
         The number of records written.
     """
-    src = Path(input_path)
+    src, output_path = Path(input_path).expanduser(), Path(output_path).expanduser()
     if src.is_dir():
         src = src / JOURNAL_NAME if (src / JOURNAL_NAME).exists() else src / REGEN_NAME
     if not src.is_file():
