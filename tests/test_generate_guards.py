@@ -91,3 +91,90 @@ def test_tilde_in_the_generator_paths_means_the_home_folder(tmp_path, seeds):
     assert json.loads((home / "alpaca.json").read_text()) == [
         {key: it[key] for key in ("instruction", "input", "output")}
         for it in json.loads((home / "runs" / "regen" / "regen.json").read_text())]
+
+
+def _generate_args(out: Path, seeds: Path, stub: OpenAIStub, *extra: str) -> list[str]:
+    return ["--output_dir", str(out), "--seed_tasks_path", str(seeds), "--num_instructions_to_generate", "10",
+            "--model_name", "stub-model", "--api_style", "completions", "--base_url", stub.base_url, "--api_key", "k",
+            "--request_batch_size", "2", "--num_cpus", "1", "--seed", "0", "--price_table", '{"stub-model": [1, 2]}',
+            *extra]
+
+
+def _journal(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "regen.journal.jsonl").read_text().splitlines()]
+
+
+def test_a_server_that_echoes_the_prompt_stops_the_run_after_max_empty_batches(tmp_path, seeds):
+    """Every reply is the prompt itself: nothing is kept, and the run stops after 3 batches (6 requests)
+    with what was dropped and spent, instead of asking forever."""
+    from openai_stub import completion
+
+    def echo(req):
+        return completion([req.body["prompt"]], prompt_tokens=10, completion_tokens=20)
+
+    out = tmp_path / "regen"
+    with OpenAIStub(default=echo) as stub:
+        proc = _run(_generate_args(out, seeds, stub, "--max_empty_batches", "3"))
+        assert len(stub.requests) == 6
+    # Each echo parses into 5 pieces, none an item: the meta-prompt, the 3 examples (numbered 1-3, not 4+)
+    # and the closing "4. Instruction:".
+    assert _last_error(proc) == (
+        f"error: stopped: the last 3 batches (6 prompts) kept nothing; dropped: malformed 30. Spent so far: 6 "
+        f"requests, 180 tokens, $0.0003 (estimate from the price table). The replies are in {out}/regen.journal.jsonl "
+        "(its \"request\" lines): check the server, --model_name, --api_style and --prompt_path, then re-run the same "
+        "command to go on (--max_empty_batches sets how many batches in a row may keep nothing).")
+    records = _journal(out)
+    assert [r["t"] for r in records] == ["start"] + ["request", "request", "batch"] * 3 + ["end"]
+    assert records[-1]["summary"]["discarded"]["malformed"] == 30
+    assert json.loads((out / "regen.json").read_text()) == []
+
+
+def test_max_empty_batches_counts_batches_in_a_row(tmp_path, seeds):
+    """A batch that keeps something starts the count afresh."""
+    from openai_stub import completion, fake_model
+
+    replies = iter(["echo", "echo", "model", "model", "echo", "echo", "echo", "echo"])
+
+    def sometimes_echo(req):
+        return completion([req.body["prompt"]]) if next(replies) == "echo" else fake_model(req)
+
+    out = tmp_path / "regen"
+    with OpenAIStub(default=sometimes_echo) as stub:
+        proc = _run(_generate_args(out, seeds, stub, "--max_empty_batches", "2", "--num_instructions_to_generate",
+                                   "100"))
+        assert len(stub.requests) == 8
+    assert _last_error(proc).startswith("error: stopped: the last 2 batches (4 prompts) kept nothing; dropped: malformed 20.")
+    assert [r["kept"] > 0 for r in _journal(out) if r["t"] == "batch"] == [False, True, False, False]
+
+
+def test_oversized_replies_are_counted_and_journaled_cut_short(tmp_path, seeds):
+    """Replies of 5 MB (cut off by the client) and of 6,000 characters (over --max_reply_chars 5000): each is a
+    counted rejection, the journal keeps its first 1,000 characters and its size, and a resumed batch reads
+    them back as oversized."""
+    from openai_stub import Step, completion, completion_body
+
+    huge = completion_body(["x" * (5 * 2**20)])
+    script = [Step(body=huge), Step(body=huge)]
+    out = tmp_path / "regen"
+    with OpenAIStub(script, default=lambda req: completion(["y" * 6000])) as stub:
+        proc = _run(_generate_args(out, seeds, stub, "--max_empty_batches", "2", "--max_reply_chars", "5000"))
+    assert _last_error(proc).startswith("error: stopped: the last 2 batches (4 prompts) kept nothing; dropped: oversized 4.")
+    requests = [r for r in _journal(out) if r["t"] == "request"]
+    huge_size = len(json.dumps(huge))
+    assert sorted((c["size"], c["text"][:3], len(c["text"])) for r in requests for c in r["choices"]) == [
+        (6000, "yyy", 1000), (6000, "yyy", 1000), (huge_size, '{"i', 1000), (huge_size, '{"i', 1000)]
+    assert (out / "regen.journal.jsonl").stat().st_size < 12_000
+    from alpaca_lib.selfinstruct.journal import read_journal
+
+    from alpaca_lib.rouge import RougeLPool
+    from alpaca_lib.selfinstruct.runner import decide_batch
+
+    state = read_journal(out / "regen.journal.jsonl")
+    assert state.next_batch == 2 and state.batches[-1]["discarded"]["oversized"] == 2
+    # Killed before the second batch was decided, a rerun reads its replies back as oversized too.
+    lines = (out / "regen.journal.jsonl").read_text().splitlines(keepends=True)
+    (out / "regen.journal.jsonl").write_text("".join(lines[:-2]))  # without the last "batch" and the "end"
+    state = read_journal(out / "regen.journal.jsonl")
+    assert state.next_batch == 1 and sorted(r["size"] for r in state.pending.values()) == [6000, 6000]
+    decision = decide_batch(state.pending, 3, False, RougeLPool(["Explain why the sky is blue."], workers=1))
+    assert (decision.kept, dict(decision.discarded), decision.raw_items) == ([], {"oversized": 2}, 2)

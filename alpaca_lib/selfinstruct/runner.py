@@ -54,6 +54,11 @@ REGEN_NAME = "regen.json"
 LOCK_COMMAND = "generate_instruction generate_instruction_following_data"  # how a refused run names the holder
 ROUGE_THRESHOLD = 0.7  # the original's "> 0.7 is a near-duplicate"
 MOST_SIMILAR_K = 10
+REPLY_HEAD_CHARS = 1000  # what the journal keeps of an oversized reply, for a look at what the server sent
+
+
+class GenerationStalled(GenerationError):
+    """Batch after batch kept nothing (--max_empty_batches): the run stopped itself."""
 
 
 def batch_prompt_ids(seed: int, batch: int, size: int, n_seeds: int, num_prompt_instructions: int) -> list[list[int]]:
@@ -239,7 +244,10 @@ def run_generation(cfg: GenerateConfig, client: Any = None, progress: bool | Non
     prices = load_price_table(cfg.price_table)
     print(f"Loaded {len(seeds)} human-written seed instructions")
     if client is None:  # before the lock makes the output folder: a missing key leaves nothing behind
-        client = CompletionClient.from_config(cfg, stop=STOP_SEQUENCES)
+        # A reply body is read up to what --max_reply_chars of text can take in JSON (each character
+        # escaped in at most 12 bytes), for every prompt of a request, so memory stays bounded.
+        reply_bytes = cfg.prompts_per_request * (12 * cfg.max_reply_chars + 4096)
+        client = CompletionClient.from_config(cfg, stop=STOP_SEQUENCES, max_reply_bytes=reply_bytes)
     with output_lock(cfg.output_dir, LOCK_COMMAND):
         return _generate(cfg, seeds, prompt_text, prices, client, progress)
 
@@ -306,13 +314,29 @@ def _generate(cfg: GenerateConfig, seeds: list[dict], prompt_text: str, prices: 
               progress: bool | None) -> dict[str, Any]:
     run = _open_run(cfg, seeds, prompt_text, client)
     try:
-        _run_batches(run, prices, progress)
+        stalled = _run_batches(run, prices, progress)
         summary = _finish_run(run, prices)
     finally:
         run.journal.close()
     print(format_summary(summary))
     print(f"{len(run.state.items)} instructions in {run.regen.path}")
+    if stalled:
+        raise GenerationStalled(_stall_message(cfg, stalled, summary, run.journal.path))
     return summary
+
+
+def _stall_message(cfg: GenerateConfig, discarded: Counter, summary: dict[str, Any], journal_path: Path) -> str:
+    """Why a run stopped itself: what the empty batches dropped, what the run spent, what to look at."""
+    reasons = ", ".join(f"{reason} {n}" for reason, n in discarded.most_common() if n) or "no items in the replies"
+    cost = (f"${summary['cost_usd']:.4f} (estimate from the price table)" if summary["cost_usd"] is not None
+            else f"cost unknown (no price for {', '.join(summary['unpriced_models'])})")
+    return (
+        f"stopped: the last {cfg.max_empty_batches} batches ({cfg.max_empty_batches * cfg.request_batch_size} "
+        f"prompts) kept nothing; dropped: {reasons}. Spent so far: {summary['requests']} requests, "
+        f"{summary['total_tokens']} tokens, {cost}. The replies are in {journal_path} (its \"request\" lines): check "
+        "the server, --model_name, --api_style and --prompt_path, then re-run the same command to go on "
+        "(--max_empty_batches sets how many batches in a row may keep nothing)."
+    )
 
 
 def _open_run(cfg: GenerateConfig, seeds: list[dict], prompt_text: str, client: Any) -> _Run:
@@ -365,14 +389,20 @@ def _open_run(cfg: GenerateConfig, seeds: list[dict], prompt_text: str, client: 
     return _Run(cfg, seeds, prompt_text, client, seed, state, journal, pool, RegenFile(regen_path))
 
 
-def _run_batches(run: _Run, prices: dict, progress: bool | None) -> None:
-    """Runs batches until the target is kept (or --max_batches); regen.json is saved however the loop ends."""
+def _run_batches(run: _Run, prices: dict, progress: bool | None) -> Counter | None:
+    """Runs batches until the target is kept (or --max_batches); regen.json is saved however the loop ends.
+
+    Returns:
+        None, or, when --max_empty_batches batches in a row kept nothing, what they dropped (by reason).
+    """
     cfg, state = run.cfg, run.state
     target = cfg.num_instructions_to_generate
     shown = _Progress(target, state, prices, progress)
     last_save = time.monotonic()
     unsaved = False
     batches_run = 0
+    empty = Counter()  # what the batches since the last one that kept something dropped, by reason
+    empty_batches = 0
     stopped = True  # until the loop ends on its own
     executor = ThreadPoolExecutor(max_workers=cfg.max_concurrency or cfg.request_batch_size)
     signals = _StopSignals()
@@ -382,12 +412,20 @@ def _run_batches(run: _Run, prices: dict, progress: bool | None) -> None:
             if cfg.max_batches is not None and batches_run >= cfg.max_batches:
                 print(f"Stopped after --max_batches={cfg.max_batches} batches; re-run to continue")
                 break
-            _run_batch(run, executor, signals, shown)
+            decision = _run_batch(run, executor, signals, shown)
             batches_run += 1
             unsaved = True
             if time.monotonic() - last_save >= cfg.save_every_s:
                 run.regen.save(state.items)
                 last_save, unsaved = time.monotonic(), False
+            if decision.kept:
+                empty, empty_batches = Counter(), 0
+            else:
+                empty.update(decision.discarded)
+                empty_batches += 1
+                if empty_batches >= cfg.max_empty_batches:
+                    stopped = False
+                    return empty
         stopped = False
     finally:
         signals.restore()
@@ -410,7 +448,8 @@ def _run_batch(run: _Run, executor: ThreadPoolExecutor, signals: _StopSignals, s
 
     t0 = time.monotonic()
     replies = request_batch(run.client, executor, run.journal, state, b, ids, prompts,
-                            1 if run.chat else cfg.prompts_per_request, run.seed, shown.on_reply)
+                            1 if run.chat else cfg.prompts_per_request, run.seed, shown.on_reply,
+                            cfg.max_reply_chars)
     request_s = time.monotonic() - t0
 
     t1 = time.monotonic()
@@ -447,14 +486,17 @@ def _finish_run(run: _Run, prices: dict) -> dict[str, Any]:
 
 
 def request_batch(client, executor, journal: Journal, state: JournalState, batch: int, ids: list[list[int]],
-                  prompts: list[str], per_request: int, seed: int, on_reply) -> dict[int, dict]:
+                  prompts: list[str], per_request: int, seed: int, on_reply,
+                  max_reply_chars: int = 65536) -> dict[int, dict]:
     """Phase one of a batch: gets a reply for every prompt, journaling each as it arrives.
 
     Replies an interrupted run already saved (`state.pending`) are reused, not asked for again; the rest
-    are sent concurrently on `executor`, `per_request` prompts per request.
+    are sent concurrently on `executor`, `per_request` prompts per request. A reply longer than
+    `max_reply_chars` (or cut off by the client) is journaled as its first REPLY_HEAD_CHARS characters and
+    its size, and comes back with "size" set: decide_batch drops it as oversized.
 
     Returns:
-        {slot: {"text", "finish_reason"}} for every prompt of the batch.
+        {slot: {"text", "finish_reason"} (and "size")} for every prompt of the batch.
     Raises:
         GenerationError: a request that failed for good (its siblings' replies are journaled first).
     """
@@ -487,17 +529,24 @@ def request_batch(client, executor, journal: Journal, state: JournalState, batch
             "attempts": reply.attempts,
             "latency_s": round(reply.latency_s, 3),
             "usage": reply.usage,
-            "choices": [{"slot": slot, "text": c.text, "finish_reason": c.finish_reason}
-                        for slot, c in zip(slots, reply.choices)],
+            "choices": [_journaled_choice(slot, c, max_reply_chars) for slot, c in zip(slots, reply.choices)],
         }
         journal.append(rec)
         state.requests.append(rec)
-        for slot, c in zip(slots, reply.choices):
-            replies[slot] = {"text": c.text, "finish_reason": c.finish_reason}
+        for choice in rec["choices"]:
+            replies[choice["slot"]] = {key: v for key, v in choice.items() if key != "slot"}
         on_reply(reply)
     if errors:
         raise errors[0]
     return replies
+
+
+def _journaled_choice(slot: int, choice: Any, max_reply_chars: int) -> dict[str, Any]:
+    """A reply as the journal keeps it: whole, or, if oversized, its first part and its size."""
+    size = choice.size if choice.size is not None else len(choice.text) if len(choice.text) > max_reply_chars else None
+    if size is None:
+        return {"slot": slot, "text": choice.text, "finish_reason": choice.finish_reason}
+    return {"slot": slot, "text": choice.text[:REPLY_HEAD_CHARS], "finish_reason": choice.finish_reason, "size": size}
 
 
 def decide_batch(replies: dict[int, dict], num_prompt_instructions: int, chat: bool, pool: RougeLPool,
@@ -511,6 +560,9 @@ def decide_batch(replies: dict[int, dict], num_prompt_instructions: int, chat: b
     candidates: list[dict] = []
     for slot in range(len(replies)):
         r = replies[slot]
+        if r.get("size") is not None:
+            discarded["oversized"] += 1
+            continue
         text = strip_repeated_header(r["text"], num_prompt_instructions) if chat else r["text"]
         candidates += post_process_gpt3_response(num_prompt_instructions,
                                                   {"text": text, "finish_reason": r["finish_reason"]}, discarded,
