@@ -91,7 +91,7 @@ def outputs(
 
         def answer_batches(todo):  # the model loads only when there is something left to answer
             model = LocalModel.load(model_dir, gguf_file, dtype)
-            for idx, answers in model.answer([prompts[i] for i in todo], settings, batch_size):
+            for idx, answers in model.answer([prompts[i] for i in todo], settings, batch_size, ids=todo):
                 yield [todo[i] for i in idx], answers
 
         identity = LocalModel.fingerprint(model_dir, gguf_file)
@@ -107,7 +107,7 @@ def outputs(
         identity = model.fingerprint()
 
         def answer_batches(todo):
-            for idx, answers in model.answer([records[i] for i in todo], settings):
+            for idx, answers in model.answer([records[i] for i in todo], settings, ids=todo):
                 yield [todo[i] for i in idx], answers
 
         generator = generator or model_name

@@ -236,3 +236,24 @@ def test_chat_answers_each_turn_over_a_pipe(tiny_llama_dir, tmp_path):
     # The streamed text of both turns, whitespace aside, is the two greedy answers in turn order.
     expected = "".join("".join(by_index[i].output.split()) for i in range(2))
     assert len(expected) > 0 and "".join(proc.stdout.split()) == expected
+
+
+def test_a_killed_sampled_run_resumes_to_the_uninterrupted_file(tiny_llama_dir, tmp_path):
+    """Each sampled answer has its own seed (--seed + the record's index): the records a resumed run still
+    has to answer, batched differently, come out as in one uninterrupted run."""
+    records = [{"instruction": f"Instruction number {i}: list {i % 5 + 1} fruits."} for i in range(24)]
+    _write(tmp_path / "eval.json", records)
+    sampled = ["--batch_size", "4", "--do_sample", "True", "--seed", "3", "--temperature", "1.0"]
+    ref = tmp_path / "ref" / "outputs.json"
+    run_script(_outputs(tmp_path, tiny_llama_dir, ref, sampled), tmp_path)
+    out = tmp_path / "killed" / "outputs.json"
+    cmd = _outputs(tmp_path, tiny_llama_dir, out, sampled)
+    kill_when_journaled(cmd, tmp_path, journal_path(out), '"t": "output"', 5)
+    killed_at = journal_path(out).read_text().count('"t": "output"')
+    assert 5 <= killed_at < 24
+    run_script(cmd, tmp_path)
+    assert out.read_bytes() == ref.read_bytes()
+    greedy = tmp_path / "greedy" / "outputs.json"
+    run_script(_outputs(tmp_path, tiny_llama_dir, greedy, ["--batch_size", "4"]), tmp_path)
+    answers = [[r["output"] for r in json.loads(p.read_text())] for p in (ref, greedy)]
+    assert sum(a != b for a, b in zip(*answers)) > 12  # sampled, not greedy
