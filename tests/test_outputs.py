@@ -257,3 +257,29 @@ def test_a_killed_sampled_run_resumes_to_the_uninterrupted_file(tiny_llama_dir, 
     run_script(_outputs(tmp_path, tiny_llama_dir, greedy, ["--batch_size", "4"]), tmp_path)
     answers = [[r["output"] for r in json.loads(p.read_text())] for p in (ref, greedy)]
     assert sum(a != b for a, b in zip(*answers)) > 12  # sampled, not greedy
+
+
+def test_answers_received_before_a_request_fails_are_kept_for_the_rerun(tmp_path):
+    """One request fails for good while two others are still being answered: those two are journaled
+    (paid for once), and the rerun asks only for the missing one."""
+    _write(tmp_path / "eval.json", RECORDS[:3])
+    out = tmp_path / "served.json"
+
+    def fail_the_second(req: Request) -> Step:
+        if "Translate the sentence" in req.body["prompt"]:
+            return error(400, "this prompt is not allowed")
+        return Step(body=completion_body(["fine"]), delay_s=0.5)
+
+    cmd = [sys.executable, EVAL_MODEL, "outputs", "--instructions_path", str(tmp_path / "eval.json"),
+           "--output_path", str(out), "--base_url", "BASE", "--model_name", "m", "--max_concurrency", "3"]
+    with OpenAIStub(default=fail_the_second) as stub:
+        err = run_script([stub.base_url if a == "BASE" else a for a in cmd], tmp_path, expect=1)
+        assert len(stub.requests) == 3
+    assert err.strip().splitlines()[-1] == (
+        f"error: {stub.base_url}/ rejected the request (400): Error code: 400 - this prompt is not allowed")
+    journaled = [json.loads(line) for line in journal_path(out).read_text().splitlines()]
+    assert sorted(r["i"] for r in journaled if r["t"] == "output") == [0, 2] and not out.exists()
+    with OpenAIStub(default=lambda req: Step(body=completion_body(["now fine"]))) as stub:
+        run_script([stub.base_url if a == "BASE" else a for a in cmd], tmp_path)
+        assert len(stub.requests) == 1 and "Translate the sentence" in stub.requests[0].body["prompt"]
+    assert [r["output"] for r in json.loads(out.read_text())] == ["fine", "now fine", "fine"]
