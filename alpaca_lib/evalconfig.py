@@ -14,6 +14,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from alpaca_lib.fileio import expand_home_fields
 from alpaca_lib.llm.config import ClientConfig, _help, same_as
 from alpaca_lib.outputs import GenerationSettings
 
@@ -49,6 +50,9 @@ class OutputsConfig:
     max_retries: int = same_as(ClientConfig, "max_retries",
                                "Retries of one request after 429/5xx/timeouts/connection errors.")
 
+    def __post_init__(self):
+        expand_home_fields(self, "instructions_path", "output_path", "model_dir")
+
     def generation_settings(self) -> GenerationSettings:
         """The decoding part, which is also part of the run's identity."""
         return GenerationSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(GenerationSettings)})
@@ -77,6 +81,9 @@ class JudgeConfig:
                                      "Seconds before a request counts as failed (it is then retried).")
     max_retries: int = same_as(OutputsConfig, "max_retries")
 
+    def __post_init__(self):
+        expand_home_fields(self, "model_outputs", "reference_outputs", "output_dir")
+
 
 @dataclass(kw_only=True)
 class ChatConfig:
@@ -88,3 +95,6 @@ class ChatConfig:
     do_sample: bool = same_as(GenerationSettings, "do_sample", "Sample instead of greedy decoding.")
     temperature: float = same_as(GenerationSettings, "temperature")
     top_p: float = same_as(GenerationSettings, "top_p")
+
+    def __post_init__(self):
+        expand_home_fields(self, "model_dir")

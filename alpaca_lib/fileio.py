@@ -35,6 +35,18 @@ class OutputExistsError(UsageError, FileExistsError):
     """An output folder that is already there, and replacing it was not asked for."""
 
 
+def expand_home(path: str | None) -> str | None:
+    """`path` with a leading `~` (or `~user`) turned into the home folder, as a shell would: for path flags,
+    which reach the program unexpanded when written `--flag=~/x` or quoted."""
+    return os.path.expanduser(path) if isinstance(path, str) else path
+
+
+def expand_home_fields(config: Any, *names: str) -> None:
+    """Applies `expand_home` to the named fields of a settings object, in place."""
+    for name in names:
+        setattr(config, name, expand_home(getattr(config, name)))
+
+
 def fsync_path(path: str | os.PathLike) -> None:
     """Flushes a file's data, or a folder's entries (renames in it), to disk."""
     fd = os.open(path, os.O_RDONLY)

@@ -9,12 +9,12 @@ so a flag, its default and its help are written once, here.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from alpaca_lib.errors import UsageError
+from alpaca_lib.fileio import expand_home_fields
 from alpaca_lib.llm.config import ClientConfig, _help, _is_int
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -81,10 +81,7 @@ class GenerateConfig(ClientConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        for name in ("output_dir", "seed_tasks_path", "prompt_path"):  # `~/runs` means the home folder's runs
-            value = getattr(self, name)
-            if isinstance(value, str):
-                setattr(self, name, os.path.expanduser(value))
+        expand_home_fields(self, "output_dir", "seed_tasks_path", "prompt_path")
 
     def check(self) -> None:
         super().check()
