@@ -18,11 +18,12 @@ what to do; `.bin` checkpoints are read with `torch.load(weights_only=True)`.
 from __future__ import annotations
 
 import tempfile
+from pathlib import Path
 from typing import Optional
 
 from alpaca_lib.diffing import smoke_test, stream_make_diff, stream_recover
 from alpaca_lib.errors import UsageError, exit_with
-from alpaca_lib.fileio import expand_home
+from alpaca_lib.fileio import disk_full_as_error, expand_home
 from alpaca_lib.preflight import check_fire_flags, check_not_an_input, check_output_dir
 
 
@@ -46,7 +47,8 @@ def make_diff(
     """
     path_raw, path_tuned, path_diff = map(expand_home, (path_raw, path_tuned, path_diff))
     _check_output(path_diff, "--path_diff", {"--path_raw": path_raw, "--path_tuned": path_tuned})
-    manifest = stream_make_diff(path_raw, path_tuned, path_diff, device, max_shard_size, overwrite)
+    with disk_full_as_error(path_diff, _kept(path_diff)):
+        manifest = stream_make_diff(path_raw, path_tuned, path_diff, device, max_shard_size, overwrite)
     print(f"Wrote the weight diff ({len(manifest['tensors'])} tensors, manifest included) to {path_diff}")
 
 
@@ -96,13 +98,21 @@ def recover(
             )
             smoke_test(out, device, max_new_tokens)
         return
-    out, _ = stream_recover(
-        path_raw, path_diff, path_tuned, device, check_integrity_naively, expected_sum, check_manifest,
-        max_shard_size, overwrite,
-    )
+    with disk_full_as_error(path_tuned, _kept(path_tuned)):
+        out, _ = stream_recover(
+            path_raw, path_diff, path_tuned, device, check_integrity_naively, expected_sum, check_manifest,
+            max_shard_size, overwrite,
+        )
     print(f"Wrote the recovered model to {out}")
     if test_inference:
         smoke_test(out, device, max_new_tokens)
+
+
+def _kept(path: str) -> str:
+    """What a full disk leaves of an output folder (it is written aside and renamed into place at the end)."""
+    if Path(path).exists():
+        return f"the previous {path} is unchanged and the partial output was removed"
+    return "the partial output was removed, so nothing was left behind"
 
 
 def _check_output(path: str, flag: str, inputs: dict) -> None:

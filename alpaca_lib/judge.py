@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 import numpy as np
 
 from alpaca_lib.journal import Journal, records_of_run
+from alpaca_lib.llm.client import GenerationError
 
 if TYPE_CHECKING:
     from alpaca_lib.evalconfig import JudgeConfig
@@ -237,9 +238,14 @@ def judge_pairs(client, pairing: Pairing, output_dir: Path, run: dict, max_concu
     with Journal(jpath) as journal, ThreadPoolExecutor(max_workers=max_concurrency) as pool:
         journal.append({"t": "start", "time": time.time(), "run": run}, sync=True)
         futures = {pool.submit(ask, i, o): (i, o) for i, o in tasks}
+        errors = []  # a request that failed for good is raised once the others' verdicts are journaled
         try:
             for fut in as_completed(futures):
-                rec = fut.result()
+                try:
+                    rec = fut.result()
+                except GenerationError as e:
+                    errors.append(e)
+                    continue
                 journal.append(rec, sync=True)
                 done[(rec["pair"], rec["order"])] = rec
                 bar.update(1)
@@ -247,6 +253,8 @@ def judge_pairs(client, pairing: Pairing, output_dir: Path, run: dict, max_concu
             for fut in futures:
                 fut.cancel()
             bar.close()
+    if errors:
+        raise errors[0]
 
     verdicts, unreadable = [], []
     usage = {"prompt_tokens": 0, "completion_tokens": 0}
@@ -319,7 +327,7 @@ def run_judge(cfg: "JudgeConfig") -> JudgeResult:
 
     from alpaca_lib.data import load_records
     from alpaca_lib.errors import UsageError
-    from alpaca_lib.fileio import atomic_write
+    from alpaca_lib.fileio import atomic_write, disk_full_as_error
     from alpaca_lib.llm.client import CompletionClient
     from alpaca_lib.llm.pricing import load_price_table
     from alpaca_lib.locking import output_lock
@@ -366,14 +374,16 @@ def run_judge(cfg: "JudgeConfig") -> JudgeResult:
         if summary["n_pairs"] == 0:
             raise UsageError(f"no pair got a readable verdict from {cfg.judge_model} ({summary['n_unreadable']} "
                              "unreadable); check that the judge answers with a letter (see annotations.json).")
-        with atomic_write(out / "summary.json") as f:
+        kept = f"the verdicts are in {out / JOURNAL_NAME}, so the same command writes these files once there is room"
+        with disk_full_as_error(out, kept), atomic_write(out / "summary.json") as f:
             json.dump(summary, f, indent=2)
-        with atomic_write(out / "annotations.json") as f:
-            json.dump(result["verdicts"] + result["unreadable"], f, indent=2, ensure_ascii=False)
-        with output_lock(out.parent, "eval_model.py judge (leaderboard)", name=".leaderboard.csv.lock", wait=True):
-            board = record_on_leaderboard(out.parent / "leaderboard.csv",
-                                          {**summary, "updated": time.strftime("%Y-%m-%d %H:%M")})
-        draw_chart(out / CHART_NAME, board, [len(v["output_model"]) for v in result["verdicts"]],
-                   [len(v["output_reference"]) for v in result["verdicts"]], summary["model"], summary["reference"])
-        write_report(out, summary, result["verdicts"], note)
+        with disk_full_as_error(out, kept):
+            with atomic_write(out / "annotations.json") as f:
+                json.dump(result["verdicts"] + result["unreadable"], f, indent=2, ensure_ascii=False)
+            with output_lock(out.parent, "eval_model.py judge (leaderboard)", name=".leaderboard.csv.lock", wait=True):
+                board = record_on_leaderboard(out.parent / "leaderboard.csv",
+                                              {**summary, "updated": time.strftime("%Y-%m-%d %H:%M")})
+            draw_chart(out / CHART_NAME, board, [len(v["output_model"]) for v in result["verdicts"]],
+                       [len(v["output_reference"]) for v in result["verdicts"]], summary["model"], summary["reference"])
+            write_report(out, summary, result["verdicts"], note)
     return JudgeResult(summary, result["verdicts"], out)

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
 
 from alpaca_lib.data import load_records
 from alpaca_lib.errors import UsageError
-from alpaca_lib.fileio import atomic_write, sha256_of
+from alpaca_lib.fileio import atomic_write, disk_full_as_error, sha256_of
 from alpaca_lib.journal import Journal, records_of_run
 from alpaca_lib.prompt import format_prompt
 
@@ -352,7 +352,8 @@ def write_outputs(
             row["dataset"] = r["dataset"]
         row.update(n_tokens=done[i]["n_tokens"], stop_reason=done[i]["stop_reason"])
         out.append(row)
-    with atomic_write(output_path) as f:
+    kept = f"every answer is in {jpath}, so the same command writes the file once there is room"
+    with disk_full_as_error(output_path, kept), atomic_write(output_path) as f:
         json.dump(out, f, indent=2, ensure_ascii=False)
         f.write("\n")
     return out

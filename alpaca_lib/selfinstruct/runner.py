@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from alpaca_lib.errors import UsageError
-from alpaca_lib.fileio import atomic_write, jdump, jload, sha256_of
+from alpaca_lib.fileio import DiskFullError, atomic_write, disk_full_as_error, jdump, jload, sha256_of
 from alpaca_lib.llm.client import CompletionClient, GenerationError, redact_url
 from alpaca_lib.journal import Journal
 from alpaca_lib.llm.pricing import load_price_table
@@ -128,7 +128,8 @@ class RegenFile:
         """Writes `items` (the list saved before, with more appended) to the file."""
         encoded = self._encoded
         encoded.extend(_json_indented(it, 1) for it in items[len(encoded) :])
-        with atomic_write(self.path) as f:
+        kept = f"the previous {self.path.name} and the journal beside it, which holds every finished batch, are intact"
+        with disk_full_as_error(self.path, kept), atomic_write(self.path) as f:
             if not encoded:
                 f.write("[]")
                 return
@@ -431,9 +432,15 @@ def _run_batches(run: _Run, prices: dict, progress: bool | None) -> Counter | No
         signals.restore()
         executor.shutdown(wait=False, cancel_futures=True)
         shown.bar.close()
+        saved = True
         if unsaved or not run.regen.path.exists():
-            run.regen.save(state.items)
-        if stopped:  # an error, Ctrl-C or SIGTERM: what the file holds now, before the error is reported
+            try:
+                run.regen.save(state.items)
+            except DiskFullError:
+                if not stopped:
+                    raise
+                saved = False  # the error on its way out (likely the same full disk) is the one to report
+        if stopped and saved:  # an error, Ctrl-C or SIGTERM: what the file holds now, before the error is reported
             print(f"{len(state.items)} instructions in {run.regen.path} (the same as in the journal); "
                   "re-run the same command to resume")
 
