@@ -223,3 +223,61 @@ def test_weight_diff_on_a_full_disk_leaves_nothing_behind(tmp_path, small_disk, 
         "was left behind. Free some space (or choose a folder on a disk with more room) and run the same command "
         "again.")
     assert list(disk.iterdir()) == []
+
+
+def test_judge_files_on_a_full_disk_are_written_by_the_rerun(tmp_path, small_disk):
+    from openai_stub import OpenAIStub, Step, chat_body
+
+    disk, resize = small_disk
+    (tmp_path / "m.json").write_text(json.dumps([{"instruction": f"Say {w}.", "output": f"{w}! " * 2500} for w in "abc"]))
+    (tmp_path / "r.json").write_text(json.dumps([{"instruction": f"Say {w}.", "output": f"{w}." * 2} for w in "abc"]))
+    out = disk / "judged"
+    cmd = [sys.executable, str(REPO_ROOT / "eval_model.py"), "judge", "--model_outputs", "m.json",
+           "--reference_outputs", "r.json", "--judge_model", "j", "--output_dir", str(out), "--base_url", "BASE",
+           "--api_key", "k"]
+    with OpenAIStub(default=lambda req: Step(body=chat_body("a"))) as stub:
+        proc = subprocess.run([stub.base_url if a == "BASE" else a for a in cmd], capture_output=True, text=True,
+                              cwd=tmp_path, timeout=300)
+        assert len(stub.requests) == 6
+    assert _fails_with_one_line(proc) == (
+        f"error: no space left on device while writing {out}; the verdicts are in {out / 'judge.journal.jsonl'}, so "
+        "the same command writes these files once there is room. Free some space (or choose a folder on a disk "
+        "with more room) and run the same command again.")
+    assert not [p for p in disk.rglob("*") if p.name.endswith(".tmp")]  # no partial file left
+    resize("2m")
+    with OpenAIStub() as stub:
+        proc = subprocess.run([stub.base_url if a == "BASE" else a for a in cmd], capture_output=True, text=True,
+                              cwd=tmp_path, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert stub.requests == []
+    assert {"summary.json", "annotations.json", "report.md", "judge.png"} <= {p.name for p in out.iterdir()}
+    assert json.loads((out / "summary.json").read_text())["n_pairs"] == 3
+
+
+def test_judge_verdicts_received_before_a_request_fails_are_kept(tmp_path):
+    """The two requests of one pair fail for good while the other pair's are in flight: those verdicts are
+    journaled, and the rerun asks only for the failed pair's."""
+    from openai_stub import OpenAIStub, Step, chat_body, error
+
+    (tmp_path / "m.json").write_text(json.dumps([{"instruction": f"Say {w}.", "output": f"{w}!"} for w in ("hi", "bye")]))
+    (tmp_path / "r.json").write_text(json.dumps([{"instruction": f"Say {w}.", "output": f"{w}."} for w in ("hi", "bye")]))
+
+    def fail_bye(req):
+        if "Say bye." in req.body["messages"][-1]["content"]:
+            return error(400, "not this one")
+        return Step(body=chat_body("a"), delay_s=0.5)
+
+    cmd = [sys.executable, str(REPO_ROOT / "eval_model.py"), "judge", "--model_outputs", "m.json",
+           "--reference_outputs", "r.json", "--judge_model", "j", "--output_dir", "judged", "--base_url", "BASE",
+           "--api_key", "k", "--max_concurrency", "4"]
+    with OpenAIStub(default=fail_bye) as stub:
+        proc = subprocess.run([stub.base_url if a == "BASE" else a for a in cmd], capture_output=True, text=True,
+                              cwd=tmp_path, timeout=300)
+    assert _fails_with_one_line(proc).endswith("rejected the request (400): Error code: 400 - not this one")
+    journal = [json.loads(line) for line in (tmp_path / "judged" / "judge.journal.jsonl").read_text().splitlines()]
+    assert sorted((r["pair"], r["order"]) for r in journal if r["t"] == "verdict") == [(0, 0), (0, 1)]
+    with OpenAIStub(default=lambda req: Step(body=chat_body("b"))) as stub:
+        proc = subprocess.run([stub.base_url if a == "BASE" else a for a in cmd], capture_output=True, text=True,
+                              cwd=tmp_path, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert sorted(r.body["messages"][-1]["content"].count("Say bye.") for r in stub.requests) == [1, 1]
