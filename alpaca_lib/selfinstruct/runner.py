@@ -6,7 +6,11 @@ Each batch: sample `num_prompt_instructions` seed tasks for each of `request_bat
 send them (concurrently), split the replies into items with the original filters, drop items whose
 ROUGE-L against the pool exceeds 0.7 (comparing each with the seeds, everything kept before, and the
 items kept earlier in the same batch), and keep the rest. The run ends once
-`num_instructions_to_generate` items are kept; the last batch may take it a little past.
+`num_instructions_to_generate` items are kept; the last batch may take it a little past. It stops
+itself, with an error, after `max_empty_batches` batches in a row that keep nothing.
+
+The phases, as the log names them: `_open_run` (read the journal back, append a "start"), `_run_batch`
+(`request_batch`, then `decide_batch`, then commit the batch to the journal), `_finish_run` (the "end").
 
 Sampling is reproducible: batch b draws its prompts from `random.Random(f"selfinstruct:{seed}:{b}")`,
 so a resumed run sends exactly the prompts the uninterrupted run would have.
