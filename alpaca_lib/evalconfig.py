@@ -14,6 +14,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from alpaca_lib.fileio import expand_home_fields
 from alpaca_lib.leaderboard import DEFAULT_LEADERBOARD
 from alpaca_lib.llm.config import ClientConfig, _help, same_as
 from alpaca_lib.outputs import GenerationSettings
@@ -49,6 +50,9 @@ class OutputsConfig:
                                      "Seconds before a request to the server counts as failed (it is then retried).")
     max_retries: int = same_as(ClientConfig, "max_retries",
                                "Retries of one request after 429/5xx/timeouts/connection errors.")
+
+    def __post_init__(self):
+        expand_home_fields(self, "instructions_path", "output_path", "model_dir")
 
     def generation_settings(self) -> GenerationSettings:
         """The decoding part, which is also part of the run's identity."""
@@ -86,6 +90,9 @@ class JudgeConfig:
                                      "Seconds before a request counts as failed (it is then retried).")
     max_retries: int = same_as(OutputsConfig, "max_retries")
 
+    def __post_init__(self):
+        expand_home_fields(self, "model_outputs", "reference_outputs", "output_dir", "judge_model_dir", "leaderboard")
+
 
 @dataclass(kw_only=True)
 class ScoreConfig:
@@ -101,6 +108,9 @@ class ScoreConfig:
                                       "with --model_outputs by instruction and input).", None)
     leaderboard: str = same_as(JudgeConfig, "leaderboard")
 
+    def __post_init__(self):
+        expand_home_fields(self, "output_dir", "annotations", "model_outputs", "references", "leaderboard")
+
 
 @dataclass(kw_only=True)
 class ChatConfig:
@@ -112,3 +122,6 @@ class ChatConfig:
     do_sample: bool = same_as(GenerationSettings, "do_sample", "Sample instead of greedy decoding.")
     temperature: float = same_as(GenerationSettings, "temperature")
     top_p: float = same_as(GenerationSettings, "top_p")
+
+    def __post_init__(self):
+        expand_home_fields(self, "model_dir")

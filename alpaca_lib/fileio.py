@@ -134,6 +134,18 @@ def disk_full_as_error(path: str | os.PathLike, kept: str, cleanup=None) -> Iter
         raise no_space_error(path, kept, reason) from None
 
 
+def expand_home(path: str | None) -> str | None:
+    """`path` with a leading `~` (or `~user`) turned into the home folder, as a shell would: for path flags,
+    which reach the program unexpanded when written `--flag=~/x` or quoted."""
+    return os.path.expanduser(path) if isinstance(path, str) else path
+
+
+def expand_home_fields(config: Any, *names: str) -> None:
+    """Applies `expand_home` to the named fields of a settings object, in place."""
+    for name in names:
+        setattr(config, name, expand_home(getattr(config, name)))
+
+
 def fsync_path(path: str | os.PathLike) -> None:
     """Flushes a file's data, or a folder's entries (renames in it), to disk."""
     fd = os.open(path, os.O_RDONLY)
@@ -147,12 +159,14 @@ def fsync_path(path: str | os.PathLike) -> None:
 def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[io.IOBase]:
     """Opens a temporary file beside `path` and renames it into place only if the block succeeds.
 
-    A crash or an exception inside the block leaves `path` as it was (absent or the old content).
+    A crash or an exception inside the block leaves `path` as it was (absent or the old content). The file
+    gets the permissions a plain `open` would give it (0644 under umask 022).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes it private (0600)
         with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as f:
             yield f
             f.flush()
@@ -186,9 +200,7 @@ def staging_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[P
         )
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-{_owner()}-", dir=final.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the finished folder gets normal permissions
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it private; the finished folder gets normal permissions
     try:
         yield tmp
     except BaseException:
@@ -206,6 +218,20 @@ def staging_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[P
         fsync_path(final.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system tells (Linux), so no thread sees it cleared."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
 
 
 def _owner() -> str:

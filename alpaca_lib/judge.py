@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
 from alpaca_lib.journal import Journal, records_of_run
+from alpaca_lib.llm.client import GenerationError
 from alpaca_lib.verdicts import read_verdict
 
 if TYPE_CHECKING:
@@ -192,12 +193,18 @@ class ApiJudge:
         """Yields each task's verdict record as it arrives (requests run concurrently)."""
         with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
             futures = [pool.submit(self.ask, t) for t in tasks]
+            errors = []  # a request that failed for good is raised once the other verdicts have been yielded
             try:
                 for fut in as_completed(futures):
-                    yield fut.result()
+                    try:
+                        yield fut.result()
+                    except GenerationError as e:
+                        errors.append(e)
             finally:
                 for fut in futures:
                     fut.cancel()
+        if errors:
+            raise errors[0]
 
 
 class InProcessJudge:
@@ -321,27 +328,32 @@ def _name_of(records: list, path: str) -> str:
 def write_results(out: Path, summary: dict, rows: list[dict], leaderboard: str, pairing_note: str = "",
                   annotations: bool = True) -> None:
     """summary.json, annotations.json (unless `annotations` is False), the leaderboard row, the chart and
-    the report."""
+    the report. A full disk is one error line; what the files are made from stays where it was (the
+    judge's journal, or the annotations file), so the same command writes them once there is room."""
     import json
 
     from alpaca_lib import leaderboard as board_lib
-    from alpaca_lib.fileio import atomic_write
+    from alpaca_lib.fileio import atomic_write, disk_full_as_error
     from alpaca_lib.locking import output_lock
     from alpaca_lib.report import CHART_NAME, draw_chart, write_report
 
-    with atomic_write(out / "summary.json") as f:
-        json.dump(summary, f, indent=2)
-    if annotations:
-        with atomic_write(out / "annotations.json") as f:
-            json.dump(rows, f, indent=2, ensure_ascii=False)
-    board_path = Path(leaderboard)
-    with output_lock(board_path.parent, "eval_model.py (leaderboard)", name=f".{board_path.name}.lock", wait=True):
-        board = board_lib.record(board_path, {**summary, "judge_reliable": not summary["judge_warnings"],
-                                              "updated": time.strftime("%Y-%m-%d %H:%M")})
-    readable = [r for r in rows if r["preference"] is not None]
-    draw_chart(out / CHART_NAME, board, [len(r["output_2"]) for r in readable], [len(r["output_1"]) for r in readable],
-               summary["outputs_sha256"], summary["model"], summary["reference"])
-    write_report(out, summary, rows, pairing_note)
+    source = out / JOURNAL_NAME if annotations else summary.get("annotations", "the annotations file")
+    kept = f"the verdicts are in {source}, so the same command writes these files once there is room"
+    with disk_full_as_error(out, kept):
+        with atomic_write(out / "summary.json") as f:
+            json.dump(summary, f, indent=2)
+        if annotations:
+            with atomic_write(out / "annotations.json") as f:
+                json.dump(rows, f, indent=2, ensure_ascii=False)
+        board_path = Path(leaderboard)
+        with output_lock(board_path.parent, "eval_model.py (leaderboard)", name=f".{board_path.name}.lock", wait=True):
+            board = board_lib.record(board_path, {**summary, "judge_reliable": not summary["judge_warnings"],
+                                                  "updated": time.strftime("%Y-%m-%d %H:%M")})
+        readable = [r for r in rows if r["preference"] is not None]
+        draw_chart(out / CHART_NAME, board, [len(r["output_2"]) for r in readable],
+                   [len(r["output_1"]) for r in readable], summary["outputs_sha256"], summary["model"],
+                   summary["reference"])
+        write_report(out, summary, rows, pairing_note)
 
 
 def run_judge(cfg: "JudgeConfig") -> JudgeResult:
