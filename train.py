@@ -164,10 +164,10 @@ def train(argv: Optional[Sequence[str]] = None) -> transformers.Trainer:
     run = {**identity, "settings": run_settings(model_args, data_args, training_args)}
     # One job at a time writes --output_dir (under torchrun, rank 0 holds the lock for all processes).
     with job_lock(training_args.output_dir, "train.py"):
-        return _train_locked(model_args, data_args, training_args, records, eval_records, run)
+        return _train_locked(model_args, data_args, training_args, records, eval_records, run, packed_attention)
 
 
-def _train_locked(model_args, data_args, training_args, records, eval_records, run):
+def _train_locked(model_args, data_args, training_args, records, eval_records, run, packed_attention):
     """Trains (or only finishes the final save, or does nothing) once this job holds --output_dir."""
     start = plan_start(training_args.output_dir, training_args.resume_from_checkpoint,
                        training_args.overwrite_output_dir, run)
