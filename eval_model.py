@@ -4,6 +4,9 @@
         --output_path runs/demo/model_outputs.json
     python eval_model.py outputs --base_url http://127.0.0.1:8000/v1 --model_name M \\
         --instructions_path eval_instructions.json --output_path runs/M/model_outputs.json
+    python eval_model.py judge --model_outputs runs/demo/model_outputs.json \\
+        --reference_outputs runs/base/model_outputs.json --judge_model M --base_url URL --output_dir runs/judge/demo
+    python eval_model.py score --annotations runs/judge/demo/annotations.json --output_dir runs/judge/demo_rescored
     python eval_model.py chat --model_dir runs/demo
 
 `outputs` writes AlpacaEval's format (alpaca_lib/outputs.py): batched generation for a local model, any
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from alpaca_lib.evalconfig import ChatConfig, JudgeConfig, OutputsConfig
+from alpaca_lib.evalconfig import ChatConfig, JudgeConfig, OutputsConfig, ScoreConfig
 from alpaca_lib.llm.config import cli_command
 
 
@@ -28,14 +31,26 @@ def _outputs(cfg: OutputsConfig) -> None:
           + (f" ({stopped} hit --max_new_tokens {cfg.max_new_tokens})" if stopped else ""))
 
 
+def _print_result(result) -> None:
+    from alpaca_lib.report import headline
+
+    print(headline(result.summary) + f"; report: {result.report_path}")
+    for warning in result.summary["judge_warnings"]:
+        print(f"warning: {warning}")
+
+
 def _judge(cfg: JudgeConfig) -> None:
     from alpaca_lib.judge import run_judge
 
-    result = run_judge(cfg)
-    s = result.summary
-    se = s["standard_error"] or 0.0
-    print(f"win rate of {s['model']} vs {s['reference']}: {s['win_rate']:.1f}% ± {se:.1f} "
-          f"({s['n_pairs']} pairs, {s['weighting']}); report: {result.report_path}")
+    _print_result(run_judge(cfg))
+
+
+def _score(cfg: ScoreConfig) -> None:
+    from alpaca_lib.judge import run_score
+
+    result = run_score(cfg)
+    if result is not None:
+        _print_result(result)
 
 
 def _chat(cfg: ChatConfig) -> None:
@@ -51,7 +66,10 @@ judge = cli_command(JudgeConfig, _judge, "judge", "Judges model outputs against 
                     "rate, summary, report, leaderboard.", positional=True)
 chat = cli_command(ChatConfig, _chat, "chat", "Talk to a model through the Alpaca template: an instruction (and "
                    "optionally an input) per turn.", positional=True)
-COMMANDS = {"outputs": outputs, "judge": judge, "chat": chat}
+score = cli_command(ScoreConfig, _score, "score", "Recomputes summary.json, the leaderboard row and the report from an "
+                    "annotations file (this project's or AlpacaEval's), asking no judge; ROUGE-L against "
+                    "reference answers.", positional=True)
+COMMANDS = {"outputs": outputs, "judge": judge, "score": score, "chat": chat}
 
 
 def main(argv: Optional[list] = None) -> None:

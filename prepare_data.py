@@ -19,6 +19,7 @@ import sys
 from typing import Optional
 
 from alpaca_lib.errors import UsageError, exit_with
+from alpaca_lib.fileio import expand_home
 from alpaca_lib.preflight import check_model_source, check_output_dir, check_output_file
 from alpaca_lib.sources import DataError, open_source, write_alpaca_json
 
@@ -45,6 +46,7 @@ def convert(
     """
     if not isinstance(max_words, int) or max_words < 0:
         raise DataError(f"--max_words must be a whole number of words >= 0 (0: no limit), got {max_words!r}.")
+    data_path, output_path = expand_home(data_path), expand_home(output_path)
     check_output_file(output_path, "--output_path", {"--data_path": data_path})
     counts = write_alpaca_json(open_source(data_path, data_split, data_columns), output_path, max_words)
     print(f"{output_path}: wrote {counts['written']} of {counts['records']} records"
@@ -80,6 +82,7 @@ def report(
 
     if not isinstance(model_max_length, int) or model_max_length < 1:
         raise DataError(f"--model_max_length must be a positive number of tokens, got {model_max_length!r}.")
+    data_path, tokenizer, output_dir = map(expand_home, (data_path, tokenizer, output_dir))
     check_model_source(tokenizer, flag="--tokenizer", config_name="tokenizer_config.json")
     check_output_dir(output_dir, "--output_dir")
     source = open_source(data_path, data_split, data_columns)

@@ -41,12 +41,18 @@ from alpaca_lib.checkpoints import (
     PREEMPTED_EXIT_CODE,
     ResumableTrainer,
     StopOnSigterm,
-    checkpoint_to_resume,
+    clear_finished,
     delete_checkpoints,
+    final_save_kept,
+    mark_finished,
+    plan_start,
     run_identity,
+    run_settings,
 )
 from alpaca_lib.data import open_source
 from alpaca_lib.errors import UsageError, exit_with
+from alpaca_lib.fileio import disk_full_as_error
+from alpaca_lib.locking import job_lock
 from alpaca_lib.lora import ADAPTER_SUBDIR, add_lora, quantization_config, save_adapter_and_merged
 from alpaca_lib.modeling import (
     DEFAULT_BOS_TOKEN,
@@ -57,7 +63,7 @@ from alpaca_lib.modeling import (
     missing_special_tokens,
     smart_tokenizer_and_embedding_resize,
 )
-from alpaca_lib.packing import packing_mode
+from alpaca_lib.packing import choose_packed_attention, packing_mode
 from alpaca_lib.saving import save_final
 from alpaca_lib.supervised import (
     DataCollatorForSupervisedDataset,
@@ -145,14 +151,33 @@ def train(argv: Optional[Sequence[str]] = None) -> transformers.Trainer:
     # Everything that can be checked without the model is, before minutes go into loading it; nothing is
     # created before these checks pass.
     check_flags(model_args, data_args, training_args)
+    # Packed rows' attention is chosen on this device: a forced one that cannot run here stops the run now.
+    packed_attention = None
+    if training_args.packing:
+        half = bool(training_args.bf16 or training_args.fp16) or model_args.torch_dtype in ("bfloat16", "float16", "auto")
+        packed_attention = choose_packed_attention(training_args.packed_attention, training_args.device, half)
     # Read through once (a batch at a time) so that bad data stops the run here; tokenizing reads it again.
     records = open_source(data_args.data_path, data_args.data_split, data_args.data_columns, "--data_path").check()
     eval_records = open_source(data_args.eval_data_path, data_args.data_split, data_args.data_columns,
                                "--eval_data_path").check() if data_args.eval_data_path else None
     identity = run_identity(model_args.model_name_or_path, model_args.gguf_file, records.key(), data_args.data_path)
-    resume_from = checkpoint_to_resume(
-        training_args.output_dir, training_args.resume_from_checkpoint, training_args.overwrite_output_dir, identity
-    )
+    run = {**identity, "settings": run_settings(model_args, data_args, training_args)}
+    # One job at a time writes --output_dir (under torchrun, rank 0 holds the lock for all processes).
+    with job_lock(training_args.output_dir, "train.py"):
+        return _train_locked(model_args, data_args, training_args, records, eval_records, run, packed_attention)
+
+
+def _train_locked(model_args, data_args, training_args, records, eval_records, run, packed_attention):
+    """Trains (or only finishes the final save, or does nothing) once this job holds --output_dir."""
+    start = plan_start(training_args.output_dir, training_args.resume_from_checkpoint,
+                       training_args.overwrite_output_dir, run)
+    if start.finished_step is not None:
+        if training_args.process_index == 0:
+            print(f"train.py: {training_args.output_dir} already holds the final model of this run (step "
+                  f"{start.finished_step}); nothing to train. To train it again from the start, pass "
+                  "--overwrite_output_dir True.", file=sys.stderr, flush=True)
+        return None
+    resume_from = start.checkpoint
 
     # Seeded before the model loads, so that whatever it initialises (LoRA adapters, resized embeddings)
     # is the same in every run with this --seed: a resumed run then repeats the interrupted one exactly.
@@ -163,10 +188,8 @@ def train(argv: Optional[Sequence[str]] = None) -> transformers.Trainer:
     packing = contextlib.nullcontext(False)
     if training_args.packing:
         # Under DeepSpeed ZeRO-3 each process holds a shard of the weights: no forward can run before the
-        # engine gathers them, so the probes are skipped there. On CPU, sdpa per example beats sdpa over
-        # the masked square of the row (alpaca_lib/packing.py).
-        packing = packing_mode(model, probe=not is_deepspeed_zero3_enabled(),
-                               per_example_sdpa=training_args.device.type == "cpu")
+        # engine gathers them, so the probes are skipped there.
+        packing = packing_mode(model, probe=not is_deepspeed_zero3_enabled(), attention=packed_attention)
     with packing as supervised_logits:  # the model is back to its usual attention and cache afterwards
         if training_args.packing:
             logger.info(
@@ -175,19 +198,28 @@ def train(argv: Optional[Sequence[str]] = None) -> transformers.Trainer:
             )
         trainer, sigterm = _make_trainer(model, tokenizer, model_args, data_args, training_args, records,
                                          eval_records, supervised_logits)
-        trainer.run_identity = identity
+        trainer.run_identity = run
         if training_args.overwrite_output_dir and training_args.should_save:
             delete_checkpoints(training_args.output_dir)
+        if training_args.should_save:
+            clear_finished(training_args.output_dir)  # the final model there is no longer this run's last word
         trainer.accelerator.wait_for_everyone()
-        trainer.train(resume_from_checkpoint=resume_from)
+        if start.save_only:
+            trainer.load_without_training(resume_from)
+        else:
+            trainer.train(resume_from_checkpoint=resume_from)
     if sigterm.stopped_at is not None:
         raise Preempted(
             f"stopped by SIGTERM: saved {training_args.output_dir}/checkpoint-{sigterm.stopped_at} at step "
             f"{sigterm.stopped_at}. Run the same command again to resume from it."
         )
-    trainer.save_state()
-    model.config.use_cache = use_cache
-    _save_final_model(trainer, tokenizer, model_args, training_args)
+    kept = final_save_kept(training_args.output_dir, trainer.state.global_step)
+    with disk_full_as_error(training_args.output_dir, kept):  # a full disk: one line, the previous files intact
+        trainer.save_state()
+        model.config.use_cache = use_cache
+        _save_final_model(trainer, tokenizer, model_args, training_args)
+        if training_args.should_save:
+            mark_finished(training_args.output_dir, trainer.state.global_step, run)
     return trainer
 
 

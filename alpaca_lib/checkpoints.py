@@ -14,7 +14,13 @@ Three things on top of the Trainer's own checkpointing:
   by name and takes the previous complete checkpoint. Sizes catch truncation; they do not catch bytes
   changed in place, which would cost a full read of every file to hash.
 - **Rotation after completion.** `--save_total_limit` is applied only once the new checkpoint has its
-  manifest, and it counts complete checkpoints only, so it never deletes the last complete one.
+  manifest, and it counts complete checkpoints only, so it never deletes the last complete one. Checkpoints
+  of later steps than the one just written (an earlier run's, after a resume from an older one) are not
+  counted and not deleted: the run's own newest complete checkpoint always survives.
+- **A resume continues the same run or none.** Each manifest records the model, the data and the settings
+  that change the result (`run_settings`); `plan_start` refuses a resume with other values, listing each,
+  before the model loads. A run whose final model is saved (`training_finished.json`) trains nothing when
+  run again; one whose last checkpoint is at its last step only saves the final model from it.
 - **SIGTERM** (what schedulers and spot instances send before a kill) is turned into a checkpoint at the
   end of the current optimizer step, then a stop with exit code 143. Under torchrun the processes agree on
   the step (a one-element all-reduce per step), so their checkpoint parts match.
@@ -27,12 +33,15 @@ same order as the interrupted one.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import os
 import re
 import shutil
 import signal
+import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -41,7 +50,7 @@ import transformers
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from alpaca_lib.errors import UsageError
-from alpaca_lib.fileio import atomic_write, fsync_path
+from alpaca_lib.fileio import atomic_write, disk_full_as_error, fsync_path
 from alpaca_lib.modeling import model_folder_digest
 
 logger = logging.getLogger(__name__)
@@ -111,15 +120,21 @@ def newest_complete(output_dir: str | os.PathLike) -> Tuple[Optional[Path], List
     return None, skipped
 
 
-def rotate(output_dir: str | os.PathLike, keep: Optional[int], protect: Optional[str] = None) -> None:
+def rotate(output_dir: str | os.PathLike, keep: Optional[int], protect: Optional[str] = None,
+           upto: Optional[int] = None) -> None:
     """Keeps the newest `keep` complete checkpoints (and `protect`, the best one); deletes older folders.
 
     Only folders older than the newest complete checkpoint are ever deleted, so the last complete one
     survives whatever `keep` says. Newer incomplete folders are left for the run to overwrite.
+
+    Args:
+        upto: the step of the checkpoint just written. Folders of later steps are another run's (a run
+            resumed from an earlier checkpoint leaves the newer ones where they are): they are neither
+            counted nor deleted, until this run writes its own checkpoint at that step in their place.
     """
     if not keep or keep <= 0:
         return
-    found = list_checkpoints(output_dir)
+    found = [(step, path) for step, path in list_checkpoints(output_dir) if upto is None or step <= upto]
     complete = [(step, path) for step, path in found if problem_with(path) is None]
     if not complete:
         return
@@ -153,10 +168,11 @@ def run_identity(model: str, gguf_file: Optional[str], data_key: str, data_name:
 
 def _other_run(path: Path, identity: Optional[dict]) -> Optional[str]:
     """How the run that wrote checkpoint `path` differs from `identity`, or None if it does not (or is unknown)."""
-    try:
-        recorded = json.loads((path / MANIFEST_NAME).read_text(encoding="utf-8")).get("run")
-    except (OSError, ValueError):
-        return None
+    return _other_run_of(_manifest_run(path), identity)
+
+
+def _other_run_of(recorded: Optional[dict], identity: Optional[dict]) -> Optional[str]:
+    """How the run `recorded` differs from `identity` in model or data, or None if it does not (or is unknown)."""
     if not identity or not recorded:
         return None
     differs = []
@@ -258,6 +274,234 @@ def delete_checkpoints(output_dir: str) -> None:
     for _, path in list_checkpoints(output_dir):
         logger.info("--overwrite_output_dir: deleting %s", path)
         shutil.rmtree(path)
+    clear_finished(output_dir)
+
+
+# ---- the settings a resume must keep, and a finished run ----
+
+FINISHED_NAME = "training_finished.json"  # in --output_dir, written once the final model is saved
+
+# (flag, where it lives: m(odel), d(ata) or t(raining) arguments) for each setting that changes what training
+# computes. A resume with another value would continue one run with another's state (a scheduler laid out
+# for the old learning rate, a data position counted in other batches, an optimizer state of other shapes).
+# The run's length (--max_steps / --num_train_epochs) and the effective batch are compared on their own.
+# Everything else (logging, saving, evaluation cadence, report_to, workers) may change on a resume.
+RESULT_SETTINGS = (
+    ("learning_rate", "t"), ("lr_scheduler_type", "t"), ("lr_scheduler_kwargs", "t"), ("warmup_steps", "t"),
+    ("optim", "t"), ("optim_args", "t"), ("adam_beta1", "t"), ("adam_beta2", "t"), ("adam_epsilon", "t"),
+    ("weight_decay", "t"), ("max_grad_norm", "t"), ("label_smoothing_factor", "t"), ("neftune_noise_alpha", "t"),
+    ("seed", "t"), ("data_seed", "t"), ("packing", "t"), ("train_sampling_strategy", "t"),
+    ("model_max_length", "t"), ("drop_truncated_responses", "d"), ("drop_empty_or_duplicate_records", "d"),
+    ("val_set_size", "d"), ("lora_r", "m"), ("lora_alpha", "m"), ("lora_dropout", "m"),
+    ("lora_target_modules", "m"), ("load_in_4bit", "m"), ("torch_dtype", "m"), ("bf16", "t"), ("fp16", "t"),
+)
+_FLAG_NAMES = {"train_sampling_strategy": "--group_by_length / --train_sampling_strategy",
+               "warmup_steps": "--warmup_steps / --warmup_ratio"}
+# Schedules whose learning rate at a step does not depend on the run's length: only these can be extended.
+_LENGTH_FREE_SCHEDULES = ("constant", "constant_with_warmup")
+
+
+def _plain(value):
+    value = getattr(value, "value", value)  # enums (scheduler type, strategies) by their value
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return str(value)
+
+
+def run_settings(model_args, data_args, training_args) -> dict:
+    """The settings of a run that change its result, recorded in each checkpoint's manifest (see `RESULT_SETTINGS`).
+
+    Args:
+        model_args, data_args, training_args: train.py's parsed flags.
+    Returns:
+        A JSON-able dict: each setting by flag name, `effective_batch` as [per-device batch, gradient
+        accumulation, processes], `max_steps` and `num_train_epochs`.
+    """
+    where = {"m": model_args, "d": data_args, "t": training_args}
+    settings = {name: _plain(getattr(where[holder], name, None)) for name, holder in RESULT_SETTINGS}
+    t = training_args
+    settings["effective_batch"] = [t.per_device_train_batch_size, t.gradient_accumulation_steps, t.world_size]
+    settings["max_steps"] = t.max_steps
+    settings["num_train_epochs"] = t.num_train_epochs
+    return settings
+
+
+def _length(settings: dict) -> Tuple[str, float]:
+    if settings.get("max_steps", -1) > 0:
+        return "max_steps", settings["max_steps"]
+    return "num_train_epochs", settings.get("num_train_epochs")
+
+
+def _batch(settings: dict) -> str:
+    per_device, accumulation, processes = settings["effective_batch"]
+    return f"{per_device * accumulation * processes} ({per_device} x {accumulation} x {processes})"
+
+
+def changed_settings(old: Optional[dict], new: Optional[dict]) -> List[Tuple[str, object, object]]:
+    """(flag, old value, new value) for each result-changing setting that differs, the run's length last.
+
+    A setting that `old` does not record (a checkpoint of an earlier version) is not compared.
+    """
+    if not old or not new:
+        return []
+    changes = []
+    for name, _ in RESULT_SETTINGS:
+        if name in old and old[name] != new.get(name):
+            changes.append((_FLAG_NAMES.get(name, f"--{name}"), old[name], new.get(name)))
+    if "effective_batch" in old:
+        before, after = old["effective_batch"], new["effective_batch"]
+        if before[0] * before[1] * before[2] != after[0] * after[1] * after[2]:
+            changes.append(("effective batch (--per_device_train_batch_size x --gradient_accumulation_steps x "
+                            "processes)", _batch(old), _batch(new)))
+    if "max_steps" in old and _length(old) != _length(new):
+        (old_flag, old_value), (new_flag, new_value) = _length(old), _length(new)
+        if old_flag == new_flag:
+            changes.append((f"--{old_flag}", old_value, new_value))
+        else:
+            changes.append(("length", f"--{old_flag} {old_value}", f"--{new_flag} {new_value}"))
+    return changes
+
+
+def _extension(changes, old: dict, new: dict) -> Optional[str]:
+    """If the only change makes the run longer and the steps taken do not depend on its length (a constant
+    learning rate, warmup counted in steps), what continuing does; None otherwise."""
+    if len(changes) != 1 or changes[0][0] not in ("--max_steps", "--num_train_epochs"):
+        return None
+    flag, before, after = changes[0]
+    warmup = new.get("warmup_steps") or 0
+    if after <= before or new.get("lr_scheduler_type") not in _LENGTH_FREE_SCHEDULES or 0 < warmup < 1:
+        return None
+    return (f"extending the run from {flag} {before} to {after}: with a constant learning rate the steps already "
+            f"taken are those of a run of {flag} {after}, so it ends as that run would")
+
+
+def _refusal(where: str, changes, old: dict, new: dict, explicit: bool) -> ResumeError:
+    listed = "; ".join(f"{flag} {before} -> {after}" for flag, before, after in changes)
+    length = [c for c in changes if c[0] in ("--max_steps", "--num_train_epochs", "length")]
+    note = ""
+    if length:
+        note = (f" (the run's length cannot change here: the {old.get('lr_scheduler_type')} learning-rate schedule "
+                "and warmup are laid out over the whole run, so the steps already taken belong to a run of the old "
+                "length; a run can be extended only with --lr_scheduler_type constant and warmup given in steps, and "
+                "then only by changing its length alone)")
+    fresh = ("drop --resume_from_checkpoint to start afresh with the new ones (with --overwrite_output_dir True "
+             "if --output_dir holds checkpoints)") if explicit else (
+        "pass --overwrite_output_dir True to start afresh with the new ones (it deletes the checkpoints and the "
+        "final model's marker)")
+    return ResumeError(
+        f"{where} was trained with other settings, and resuming would mix the two runs: {listed}{note}. "
+        f"Fix: run with the old settings to resume, or {fresh}."
+    )
+
+
+def check_settings(where: str, old: Optional[dict], new: Optional[dict], explicit: bool = False) -> List[tuple]:
+    """Raises `ResumeError` listing each changed setting, unless the only change is a sound extension.
+
+    Returns:
+        The changes allowed (an extension), or [].
+    """
+    changes = changed_settings(old, new)
+    if not changes:
+        return []
+    extension = _extension(changes, old, new)
+    if extension is None:
+        raise _refusal(where, changes, old, new, explicit)
+    logger.info("%s", extension)
+    return changes
+
+
+def _manifest_run(path: Path) -> dict:
+    try:
+        return json.loads((path / MANIFEST_NAME).read_text(encoding="utf-8")).get("run") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def finished_record(output_dir: str | os.PathLike) -> Optional[dict]:
+    """What `mark_finished` wrote in `output_dir`, or None (no finished run, or an unreadable record)."""
+    try:
+        record = json.loads((Path(output_dir) / FINISHED_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and "step" in record else None
+
+
+def mark_finished(output_dir: str | os.PathLike, step: int, run: Optional[dict]) -> None:
+    """Records in `output_dir` that the final model of this run (`run`: identity and settings) is saved."""
+    with atomic_write(Path(output_dir) / FINISHED_NAME) as f:
+        json.dump({"step": step, "run": run or {},
+                   "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}, f, indent=1)
+
+
+def clear_finished(output_dir: str | os.PathLike) -> None:
+    """Removes the finished mark before the final model is written again (a kill then leaves no false claim)."""
+    with contextlib.suppress(FileNotFoundError):
+        (Path(output_dir) / FINISHED_NAME).unlink()
+
+
+def final_save_kept(output_dir: str | os.PathLike, step: int) -> str:
+    """What is intact when the final save of a run that ended at `step` fails (for `no_space_error`)."""
+    newest, _ = newest_complete(output_dir)
+    if newest is not None and newest.name == f"{CHECKPOINT_PREFIX}-{step}":
+        return (f"the files already in {output_dir} are as they were, and the trained weights are kept in {newest}: "
+                "once there is space, the same command saves the final model from it without training")
+    return (f"the files already in {output_dir} are as they were, but the trained weights are lost (no checkpoint "
+            "of the last step: see --save_strategy)")
+
+
+@dataclasses.dataclass
+class StartPoint:
+    """Where a run starts (`plan_start`)."""
+
+    checkpoint: Optional[str] = None  # resume from this checkpoint folder; None: from the start
+    finished_step: Optional[int] = None  # the final model of this very run is saved at this step: nothing to do
+    save_only: bool = False  # `checkpoint` is the run's last step: save the final model from it, train nothing
+
+
+def plan_start(output_dir: str, resume_from_checkpoint: Optional[str], overwrite: bool,
+               run: Optional[dict] = None) -> StartPoint:
+    """Decides where training starts, before the model loads: from scratch, from a checkpoint, only the final
+    save, or nothing at all.
+
+    Args:
+        output_dir, resume_from_checkpoint, overwrite: as for `checkpoint_to_resume`.
+        run: `run_identity(...)` with `"settings": run_settings(...)`.
+    Raises:
+        ResumeError: as `checkpoint_to_resume`; and a checkpoint (or finished run) with other settings that
+            change the result, listing each (see `check_settings`).
+    """
+    run = run or {}
+    settings = run.get("settings")
+    if not overwrite and resume_from_checkpoint is None:
+        record = finished_record(output_dir)
+        other = _other_run_of(record.get("run"), run) if record is not None else None
+        if other and not list_checkpoints(output_dir):  # with checkpoints, checkpoint_to_resume says it
+            raise ResumeError(
+                f"--output_dir {output_dir} holds the final model of another run ({other}). Fix: pass another "
+                "--output_dir, or --overwrite_output_dir True to replace it."
+            )
+        if record is not None and not other:
+            where = f"the finished run in --output_dir {output_dir} (final model at step {record['step']})"
+            if not check_settings(where, record.get("run", {}).get("settings"), settings):
+                return StartPoint(finished_step=record["step"])
+    path = checkpoint_to_resume(output_dir, resume_from_checkpoint, overwrite, run or None)
+    if path is None:
+        return StartPoint()
+    explicit = resume_from_checkpoint is not None and resume_from_checkpoint.strip().lower() not in ("true", "1", "yes")
+    changes = check_settings(f"{path}", _manifest_run(Path(path)).get("settings"), settings, explicit)
+    try:
+        state = json.loads((Path(path) / "trainer_state.json").read_text(encoding="utf-8"))
+        at_end = not changes and 0 < state["max_steps"] <= state["global_step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        at_end = False
+    if at_end:
+        logger.info("%s is the last step of this run (%d): saving the final model from it, training nothing.",
+                    path, state["global_step"])
+    return StartPoint(checkpoint=path, save_only=at_end)
 
 
 # ---- the Trainer ----
@@ -282,11 +526,12 @@ class SeededLengthGroupedSampler(LengthGroupedSampler):
 class ResumableTrainer(transformers.Trainer):
     """The Trainer with complete-or-ignored checkpoints and an order that a resume reproduces.
 
-    Both overrides hook private methods of transformers' Trainer (`_save_checkpoint`,
-    `_get_train_sampler`); tests/test_resume.py pins what they rely on.
+    The overrides hook private methods of transformers' Trainer (`_save_checkpoint`, `_get_train_sampler`,
+    and `_load_best_model` in `load_without_training`); tests/test_resume.py and tests/test_train_guards.py
+    pin what they rely on.
     """
 
-    run_identity: Optional[dict] = None  # `run_identity(...)` of the run, recorded in each checkpoint's manifest
+    run_identity: Optional[dict] = None  # `run_identity(...)` and settings of the run, recorded in each manifest
 
     def _get_train_sampler(self, train_dataset=None):
         sampler = super()._get_train_sampler(train_dataset)
@@ -297,21 +542,57 @@ class ResumableTrainer(transformers.Trainer):
 
     def _save_checkpoint(self, model, trial) -> None:
         run_dir = Path(self._get_output_dir(trial=trial))
-        folder = run_dir / f"{CHECKPOINT_PREFIX}-{self.state.global_step}"
+        step = self.state.global_step
+        folder = run_dir / f"{CHECKPOINT_PREFIX}-{step}"
+        previous = [p for s, p in list_checkpoints(run_dir) if s < step and problem_with(p) is None]
+        kept = (f"the previous complete checkpoint, {previous[-1]}, is intact (the same command resumes from it)"
+                if previous else "this run has no complete checkpoint yet")
         if self.args.should_save and folder.exists():
             # Left by an interrupted save (or a run resumed from an earlier step): never mix two saves' files.
             shutil.rmtree(folder)
         self.accelerator.wait_for_everyone()
         limit, self.args.save_total_limit = self.args.save_total_limit, None  # rotation waits for the manifest
+        # A save that fills the disk leaves a folder without a manifest: it is removed to give the space back.
+        cleanup = (lambda: shutil.rmtree(folder, ignore_errors=True)) if self.args.should_save else None
         try:
-            super()._save_checkpoint(model, trial)
+            with disk_full_as_error(folder, kept, cleanup):
+                super()._save_checkpoint(model, trial)
+                self.accelerator.wait_for_everyone()  # every process has written its part
+                if self.args.should_save:
+                    write_manifest(folder, step, self.run_identity)
         finally:
             self.args.save_total_limit = limit
-        self.accelerator.wait_for_everyone()  # every process has written its part
         if self.args.should_save:
-            write_manifest(folder, self.state.global_step, self.run_identity)
-            rotate(run_dir, limit, self.state.best_model_checkpoint)
+            rotate(run_dir, limit, self.state.best_model_checkpoint, upto=step)
         self.accelerator.wait_for_everyone()
+
+    def load_without_training(self, checkpoint: str) -> None:
+        """Restores `checkpoint`, the last step of the run, as `train(resume_from_checkpoint=...)` would, and
+        takes no step: for a final save that was interrupted.
+
+        A resume at the last step of a --max_steps run that ends inside an epoch would otherwise train one
+        step more: the Trainer checks the step count only after a step. Going through `train` keeps every
+        way of loading (plain, LoRA adapters, FSDP, DeepSpeed) the Trainer's own.
+        """
+        stop = _StopBeforeAStep()
+        self.add_callback(stop)
+        try:
+            self.train(resume_from_checkpoint=checkpoint)
+        except _NoStepWanted:
+            self.callback_handler.on_train_end(self.args, self.state, self.control)
+            if self.args.load_best_model_at_end and self.state.best_model_checkpoint is not None:
+                self._load_best_model()
+        finally:
+            self.remove_callback(stop)
+
+
+class _NoStepWanted(Exception):
+    """Raised before the first step of `load_without_training`; never escapes it."""
+
+
+class _StopBeforeAStep(transformers.TrainerCallback):
+    def on_step_begin(self, args, state, control, **kwargs):
+        raise _NoStepWanted
 
 
 class StopOnSigterm(transformers.TrainerCallback):

@@ -25,7 +25,7 @@ from typing import Any, BinaryIO, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
-from alpaca_lib.fileio import atomic_write
+from alpaca_lib.fileio import atomic_write, disk_full_reason
 from alpaca_lib.modeling import IGNORE_INDEX
 from alpaca_lib.sources import (  # noqa: F401  (DataError and the keys are importable from here, where users look)
     OPTIONAL_KEYS,
@@ -472,7 +472,11 @@ def encode_file(
         _encode_to_cache(cache_file, batches(), tokenizer, max_length, drop)
         data = load_encoded(cache_file)
     except (OSError, CacheDamaged) as e:
-        logger.warning("could not write preprocessing cache %s (%s); going on without it", cache_file, e)
+        if disk_full_reason(e) is not None:  # the entries already there are intact: atomic writes
+            logger.warning("no space left on device while writing %s (%s); going on without the preprocessing "
+                           "cache (free some space to use it again)", cache_file, disk_full_reason(e))
+        else:
+            logger.warning("could not write preprocessing cache %s (%s); going on without it", cache_file, e)
         data = _encode_batches(batches(), tokenizer, max_length, drop)
     data.stats["cache"] = "miss"
     return data

@@ -15,6 +15,7 @@ a name pointing at missing bytes either.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import hashlib
 import io
@@ -26,13 +27,123 @@ import socket
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 from alpaca_lib.errors import UsageError
 
 
 class OutputExistsError(UsageError, FileExistsError):
     """An output folder that is already there, and replacing it was not asked for."""
+
+
+# A full disk, a full quota, and the file size limit (`ulimit -f`, RLIMIT_FSIZE) all stop a write the same way.
+_DISK_FULL_ERRNOS = {errno.ENOSPC: "no space left", errno.EDQUOT: "disk quota exceeded",
+                     errno.EFBIG: "file size limit reached"}
+# What writers that do not report errno say: safetensors (Rust) names the OS error; torch.save's C++ stream
+# says only that the stream failed, so for it the file system is looked at (`_looks_full`).
+_DISK_FULL_TEXT = re.compile(r"No space left on device|Disk quota exceeded|File too large|os error (28|122|27)\b")
+_OPAQUE_WRITE_ERROR = re.compile(r"iostream error|unexpected pos \d+ vs \d+|PytorchStreamWriter failed writing")
+
+
+class DiskFullError(UsageError, OSError):
+    """A write failed because the disk, the quota or the file size limit is full; the message says what was kept.
+
+    Still an OSError, so callers that catch the original error catch this one too."""
+
+
+def disk_full_reason(error: BaseException, path: str | os.PathLike | None = None) -> Optional[str]:
+    """Why `error` (or an exception it came from) is a full disk, or None when it is something else.
+
+    Args:
+        error: what a writer raised.
+        path: the file or folder being written; for writers whose errors carry no errno (torch.save), a
+            full disk is recognised by looking at its file system.
+    Returns:
+        "no space left", "disk quota exceeded" or "file size limit reached", or None.
+    """
+    seen = set()
+    opaque = False
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _DISK_FULL_ERRNOS:
+            return _DISK_FULL_ERRNOS[error.errno]
+        text = str(error)
+        found = _DISK_FULL_TEXT.search(text)
+        if found:
+            code = {"28": errno.ENOSPC, "122": errno.EDQUOT, "27": errno.EFBIG}.get(found.group(1) or "")
+            return _DISK_FULL_ERRNOS[code] if code else {
+                "No space left on device": "no space left", "Disk quota exceeded": "disk quota exceeded",
+            }.get(found.group(0), "file size limit reached")
+        opaque = opaque or bool(_OPAQUE_WRITE_ERROR.search(text))
+        error = error.__cause__ or error.__context__
+    return _looks_full(Path(path)) if opaque and path is not None else None
+
+
+def _looks_full(path: Path) -> Optional[str]:
+    """For a write that failed without saying why: is the file system of `path` (about) full, or has a file
+    under it reached the file size limit?"""
+    import resource
+
+    folder = path if path.is_dir() else path.parent
+    with contextlib.suppress(OSError):
+        st = os.statvfs(folder)
+        if st.f_bavail * st.f_frsize < 16 * 2**20:
+            return "no space left"
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY:
+        files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else []
+        if any(p.stat().st_size >= limit for p in files):
+            return "file size limit reached"
+    return None
+
+
+def no_space_error(path: str | os.PathLike, kept: str, reason: str = "no space left") -> DiskFullError:
+    """The one-line error for a write that ran out of disk: what was being written, what is still intact.
+
+    Args:
+        path: the file or folder that could not be written.
+        kept: what is intact, as a clause, e.g. "the previous complete checkpoint, out/checkpoint-6, is intact".
+        reason: from `disk_full_reason`.
+    """
+    detail = "" if reason == "no space left" else f" ({reason})"
+    return DiskFullError(
+        f"no space left on device while writing {path}{detail}; {kept}. Free some space (or choose a folder "
+        "on a disk with more room) and run the same command again."
+    )
+
+
+@contextlib.contextmanager
+def disk_full_as_error(path: str | os.PathLike, kept: str, cleanup=None) -> Iterator[None]:
+    """Turns a full disk inside the block into `no_space_error(path, kept)`; other errors pass unchanged.
+
+    Args:
+        path: what the block writes (named in the message, and looked at for torch.save's errors).
+        kept: what is intact if the block fails (see `no_space_error`).
+        cleanup: called before the error is raised, e.g. to remove a partial file that takes up space.
+    """
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except Exception as e:
+        reason = disk_full_reason(e, path)
+        if reason is None:
+            raise
+        if cleanup is not None:
+            cleanup()
+        raise no_space_error(path, kept, reason) from None
+
+
+def expand_home(path: str | None) -> str | None:
+    """`path` with a leading `~` (or `~user`) turned into the home folder, as a shell would: for path flags,
+    which reach the program unexpanded when written `--flag=~/x` or quoted."""
+    return os.path.expanduser(path) if isinstance(path, str) else path
+
+
+def expand_home_fields(config: Any, *names: str) -> None:
+    """Applies `expand_home` to the named fields of a settings object, in place."""
+    for name in names:
+        setattr(config, name, expand_home(getattr(config, name)))
 
 
 def fsync_path(path: str | os.PathLike) -> None:
@@ -48,12 +159,14 @@ def fsync_path(path: str | os.PathLike) -> None:
 def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[io.IOBase]:
     """Opens a temporary file beside `path` and renames it into place only if the block succeeds.
 
-    A crash or an exception inside the block leaves `path` as it was (absent or the old content).
+    A crash or an exception inside the block leaves `path` as it was (absent or the old content). The file
+    gets the permissions a plain `open` would give it (0644 under umask 022).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes it private (0600)
         with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as f:
             yield f
             f.flush()
@@ -87,9 +200,7 @@ def staging_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[P
         )
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-{_owner()}-", dir=final.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the finished folder gets normal permissions
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it private; the finished folder gets normal permissions
     try:
         yield tmp
     except BaseException:
@@ -107,6 +218,20 @@ def staging_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[P
         fsync_path(final.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system tells (Linux), so no thread sees it cleared."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
 
 
 def _owner() -> str:

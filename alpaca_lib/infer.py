@@ -113,6 +113,9 @@ def main(
     from alpaca_lib.errors import UsageError
     from alpaca_lib.evalconfig import ChatConfig
 
+    from alpaca_lib.fileio import expand_home
+
+    model_dir, data_path = expand_home(model_dir), expand_home(data_path)
     budget = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}  # else each path's default
     if chat:
         chat_loop(ChatConfig(model_dir=model_dir, gguf_file=gguf_file, **budget))

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from alpaca_lib.errors import UsageError
+from alpaca_lib.fileio import disk_full_as_error
 
 
 def iter_records(path: Path, repair: bool) -> Iterator[tuple[int, dict]]:
@@ -72,6 +73,9 @@ def records_of_run(path: Path, run: dict[str, Any], what: str, fix: str) -> list
 class Journal:
     """Appends records to the journal; each line goes to the OS in one write.
 
+    A line that cannot be written whole (a full disk) is cut off again, so the journal always ends with a
+    complete record, and the error names the journal and says that everything before it is kept.
+
     Args:
         path: the journal file (created if absent).
     """
@@ -79,17 +83,28 @@ class Journal:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = open(self.path, "a", encoding="utf-8")
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
 
     def append(self, record: dict[str, Any], sync: bool = False) -> None:
-        """Writes one record as one line; `sync` also forces it to disk (used for batch commits)."""
-        self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._f.flush()
-        if sync:
-            os.fsync(self._f.fileno())
+        """Writes one record as one line; `sync` also forces it to disk (used for batch commits).
+
+        Raises:
+            DiskFullError: the disk (or the file size limit) is full; the journal is as it was before.
+        """
+        data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        end = os.lseek(self._fd, 0, os.SEEK_END)
+        kept = f"{self.path} holds every record written before this one, so a rerun resumes from there"
+        with disk_full_as_error(self.path, kept, cleanup=lambda: os.ftruncate(self._fd, end)):
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view):]
+            if sync:
+                os.fsync(self._fd)
 
     def close(self) -> None:
-        self._f.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def __enter__(self) -> "Journal":
         return self

@@ -1,38 +1,44 @@
-"""A pairwise LLM judge: which of two models answers an evaluation set better, as a win rate.
+"""A pairwise LLM judge: which of two models answers an evaluation set better, as AlpacaEval's win rate.
 
     python eval_model.py judge --model_outputs runs/demo/model_outputs.json \
         --reference_outputs runs/base/model_outputs.json --judge_model M --base_url URL \
         --output_dir runs/judge/demo_vs_base
+    python eval_model.py judge ... --judge_model_dir runs/judge-model        # a local model, in-process
+    python eval_model.py score --annotations runs/judge/demo_vs_base/annotations.json --output_dir D
 
 The records of the two files are paired by instruction (and input). For each pair the judge sees the
 instruction and the two outputs as "Output (a)" and "Output (b)" under a prompt written for this
-project (`JUDGE_PROMPT`, version `PROMPT_VERSION`) and answers with one letter. Every pair is judged in
-both orders, so a judge that favours a position cancels out: the model's preference is 1 when it wins
-both, 0 when it loses both, 0.5 when the two orders disagree (a tie). When the server returns log
-probabilities for every verdict, the preference is instead the judge's probability of the model's letter
-(normalised over the two letters), averaged over the two orders, as AlpacaEval 2 weights its votes.
-A reply with no readable letter is asked again (`max_unreadable_retries` times), then left out and counted.
+project (`JUDGE_PROMPT`, version `PROMPT_VERSION`). Every pair is judged in both orders, so a judge that
+favours a position cancels out: the model's preference is 1 when it wins both, 0 when it loses both, 0.5
+when the two orders disagree (a tie). When every verdict comes with the judge's probabilities of the two
+letters (an API's logprobs, or `InProcessJudge`), the preference is instead the model's letter's
+probability averaged over the two orders, as AlpacaEval 2 weights its votes.
+
+A served judge's reply is read by `alpaca_lib.verdicts.read_verdict`; an unreadable one is asked again
+with a firmer follow-up at a temperature above 0 (`ApiJudge`), then left out and counted. The pairs land
+in `annotations.json` in AlpacaEval's layout, and the numbers are AlpacaEval's, from its own code
+(alpaca_lib/metrics.py), with the judge's diagnostics beside them.
 
 Every verdict is journaled (`judge.journal.jsonl` in the output folder) as it arrives, so a killed run
-continues without paying twice; a journal of another judge, prompt or pair of files is refused.
+continues without paying twice, and a rerun asks again only where no readable verdict was journaled; a
+journal of another judge, prompt or pair of files is refused.
 """
 
 from __future__ import annotations
 
 import math
-import re
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence
-
-import numpy as np
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from alpaca_lib.journal import Journal, records_of_run
+from alpaca_lib.llm.client import GenerationError
+from alpaca_lib.verdicts import read_verdict
 
 if TYPE_CHECKING:
-    from alpaca_lib.evalconfig import JudgeConfig
+    from alpaca_lib.evalconfig import JudgeConfig, ScoreConfig
 
 PROMPT_VERSION = "pairwise-v1"
 JUDGE_PROMPT = """You are judging two AI assistants' responses to the same request from a user.
@@ -50,7 +56,6 @@ Decide which output follows the request better: more helpful, correct, complete 
 Ignore which one comes first, and do not prefer an output only for being longer.
 Reply with a single letter and nothing else: a if Output (a) is better, b if Output (b) is better."""
 LETTERS = ("a", "b")
-_VERDICT = re.compile(r"^\W*(?:output\s*)?\(?([ab])\)?(?:\W|$)", re.IGNORECASE)
 JOURNAL_NAME = "judge.journal.jsonl"
 
 
@@ -67,10 +72,10 @@ class Pairing:
     only_reference: list[str]
     duplicated: list[str]
 
-    def report(self) -> str:
+    def report(self, reference_flag: str = "--reference_outputs") -> str:
         parts = []
         for what, keys in (("only in --model_outputs", self.only_model),
-                           ("only in --reference_outputs", self.only_reference),
+                           (f"only in {reference_flag}", self.only_reference),
                            ("more than once in a file", self.duplicated)):
             if keys:
                 shown = "; ".join(repr(k[:60]) for k in keys[:3])
@@ -111,12 +116,6 @@ def judge_prompt(record: dict, output_a: str, output_b: str) -> str:
     return JUDGE_PROMPT.format(request=request, output_a=output_a, output_b=output_b)
 
 
-def read_verdict(text: str) -> Optional[str]:
-    """The letter a reply names ("a", "(b)", "Output a", "B."), or None."""
-    m = _VERDICT.match(text.strip())
-    return m.group(1).lower() if m else None
-
-
 def letter_probability(first_logprobs: Optional[dict[str, float]], letter: str) -> Optional[float]:
     """P(letter) among the two letters from the first token's top logprobs, or None if neither is there."""
     if not first_logprobs:
@@ -130,172 +129,190 @@ def letter_probability(first_logprobs: Optional[dict[str, float]], letter: str) 
     return mass[letter] / total if total > 0 else None
 
 
-# ---- numbers ----
+# ---- the judges: one verdict per (pair, order) ----
+
+RETRY_TEMPERATURE = 0.7  # a retry at temperature 0 repeats the unreadable reply; this one can differ
+FOLLOW_UP = ("\n\nYour reply was: {reply}\nThat does not name one output. Reply with a single letter and nothing "
+             "else: a if Output (a) is better, b if Output (b) is better.")
 
 
-def preferences(verdicts: Sequence[dict], weighting: str) -> list[float]:
-    """The model's preference per pair from its two verdicts (see the module docstring)."""
-    prefs = []
-    for v in verdicts:
-        if weighting == "logprobs":
-            prefs.append((v["p_model"][0] + v["p_model"][1]) / 2)
-        else:
-            prefs.append((v["model_won"][0] + v["model_won"][1]) / 2)
-    return prefs
+@dataclass
+class Task:
+    """One verdict to get: pair `pair` shown in order `order` (0: the model as Output (a); 1: as Output (b))."""
+
+    pair: int
+    order: int
+    prompt: str
+
+    @property
+    def model_letter(self) -> str:
+        return "a" if self.order == 0 else "b"
 
 
-def length_controlled_win_rate(prefs: Sequence[float], len_model: Sequence[int], len_ref: Sequence[int]) -> Optional[float]:
-    """The win rate with the output-length difference regressed out, in %, or None with under 10 pairs.
+def _verdict(task: Task, reply: str, letter: Optional[str], p_first: Optional[float], attempts: int,
+             usage: dict) -> dict:
+    """The journal's record of one verdict."""
+    p_model = None if p_first is None or letter is None else (p_first if task.order == 0 else 1 - p_first)
+    return {"t": "verdict", "pair": task.pair, "order": task.order, "reply": reply, "letter": letter,
+            "attempts": attempts, "model_won": None if letter is None else int(letter == task.model_letter),
+            "p_model": p_model, "usage": usage}
 
-    A logistic model of the preference, p = sigmoid(theta + phi * tanh((len_model - len_ref) / sd)),
-    is fitted by Newton's method on the (soft) preferences with a small L2 penalty (1e-3) that keeps it
-    finite when one side wins everything; the length-controlled win rate is sigmoid(theta): the
-    predicted preference at equal lengths. AlpacaEval 2 fits the same length term (with an
-    instruction-difficulty term as well, which a single comparison cannot estimate).
+
+class ApiJudge:
+    """A judge behind an OpenAI-compatible server: it writes a verdict, which `read_verdict` reads.
+
+    A reply that names no single output is asked again (`max_unreadable_retries` times) with a firmer
+    follow-up that quotes it, at `RETRY_TEMPERATURE`, so a retry is never the same request as the first ask.
+
+    Args:
+        client: the judge's client (temperature 0) for the first ask.
+        retry_client: the same judge at `RETRY_TEMPERATURE`, for retries.
     """
-    y = np.asarray(prefs, dtype=np.float64)
-    if len(y) < 10:
-        return None
-    d = np.asarray(len_model, dtype=np.float64) - np.asarray(len_ref, dtype=np.float64)
-    sd = d.std() or 1.0
-    x = np.stack([np.ones_like(d), np.tanh(d / sd)], axis=1)
-    w = np.zeros(2)
-    for _ in range(100):
-        p = 1 / (1 + np.exp(-(x @ w)))
-        grad = x.T @ (p - y) / len(y) + 1e-3 * w
-        hess = (x.T * (p * (1 - p))) @ x / len(y) + 1e-3 * np.eye(2)
-        step = np.linalg.solve(hess, grad)
-        w -= step
-        if np.abs(step).max() < 1e-10:
-            break
-    return float(100 / (1 + math.exp(-w[0])))
 
+    def __init__(self, client, retry_client, max_unreadable_retries: int = 2, logprobs: int = 5,
+                 max_concurrency: int = 8):
+        self.client, self.retry_client = client, retry_client
+        self.max_unreadable_retries, self.logprobs, self.max_concurrency = max_unreadable_retries, logprobs, max_concurrency
 
-def summarize(verdicts: Sequence[dict], weighting: str, n_unreadable: int) -> dict[str, Any]:
-    prefs = preferences(verdicts, weighting)
-    discrete = [sum(v["model_won"]) for v in verdicts]
-    n = len(prefs)
-    len_m = [len(v["output_model"]) for v in verdicts]
-    len_r = [len(v["output_reference"]) for v in verdicts]
-    return {
-        "win_rate": 100 * float(np.mean(prefs)) if n else None,
-        "standard_error": 100 * float(np.std(prefs, ddof=1) / math.sqrt(n)) if n > 1 else None,
-        "n_pairs": n,
-        "n_wins": sum(d == 2 for d in discrete),
-        "n_losses": sum(d == 0 for d in discrete),
-        "n_ties": sum(d == 1 for d in discrete),
-        "n_unreadable": n_unreadable,
-        "weighting": weighting,
-        "length_controlled_win_rate": length_controlled_win_rate(prefs, len_m, len_r),
-        "length_controlled_method": "logistic fit of the preference on tanh(length difference / its sd); "
-                                    "the rate predicted at equal lengths (see alpaca_lib/judge.py)",
-        "avg_length_model": float(np.mean(len_m)) if n else None,
-        "avg_length_reference": float(np.mean(len_r)) if n else None,
-    }
-
-
-# ---- the run ----
-
-
-def judge_pairs(client, pairing: Pairing, output_dir: Path, run: dict, max_concurrency: int = 8,
-                max_unreadable_retries: int = 2, logprobs: int = 5, progress: Optional[bool] = None) -> dict:
-    """Judges every pair in both orders (resuming from the journal); returns verdicts and token usage.
-
-    Returns:
-        {"verdicts": [per readable pair: both letters, replies, model_won, p_model], "unreadable": [...],
-         "usage": {...}, "all_logprobs": bool}
-    """
-    from tqdm import tqdm
-
-    jpath = output_dir / JOURNAL_NAME
-    earlier = records_of_run(jpath, run, "belongs to another judging run", "Use the same settings to continue it, "
-                             "or another --output_dir to start afresh.")
-    done = {(rec["pair"], rec["order"]): rec for rec in earlier if rec["t"] == "verdict"}
-    tasks = [(i, o) for i in range(len(pairing.pairs)) for o in (0, 1) if (i, o) not in done]
-    bar = tqdm(total=2 * len(pairing.pairs), initial=2 * len(pairing.pairs) - len(tasks), unit="verdict",
-               dynamic_ncols=True, disable=(not progress) if progress is not None else None)
-
-    def ask(i: int, order: int) -> dict:
-        model_rec, ref_rec = pairing.pairs[i]
-        a, b = (model_rec["output"], ref_rec["output"]) if order == 0 else (ref_rec["output"], model_rec["output"])
-        prompt = judge_prompt(model_rec, a, b)
+    def ask(self, task: Task) -> dict:
         usage = {"prompt_tokens": 0, "completion_tokens": 0}
-        for attempt in range(1 + max_unreadable_retries):
-            reply = client.complete([prompt], seed=attempt, logprobs=logprobs)
+        prompt, client = task.prompt, self.client
+        for attempt in range(1 + self.max_unreadable_retries):
+            reply = client.complete([prompt], seed=attempt, logprobs=self.logprobs)
             for k in usage:
                 usage[k] += reply.usage.get(k, 0)
             choice = reply.choices[0]
             letter = read_verdict(choice.text)
             if letter is not None:
                 break
-        model_letter = "a" if order == 0 else "b"
-        return {"t": "verdict", "pair": i, "order": order, "reply": choice.text, "letter": letter,
-                "attempts": attempt + 1, "model_won": None if letter is None else int(letter == model_letter),
-                "p_model": letter_probability(choice.first_logprobs, model_letter) if letter else None,
-                "usage": usage}
+            prompt, client = task.prompt + FOLLOW_UP.format(reply=choice.text.strip()[:200] or "(empty)"), self.retry_client
+        p_first = letter_probability(choice.first_logprobs, "a") if letter else None
+        return _verdict(task, choice.text, letter, p_first, attempt + 1, usage)
 
-    with Journal(jpath) as journal, ThreadPoolExecutor(max_workers=max_concurrency) as pool:
+    def verdicts(self, tasks: Sequence[Task]):
+        """Yields each task's verdict record as it arrives (requests run concurrently)."""
+        with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
+            futures = [pool.submit(self.ask, t) for t in tasks]
+            errors = []  # a request that failed for good is raised once the other verdicts have been yielded
+            try:
+                for fut in as_completed(futures):
+                    try:
+                        yield fut.result()
+                    except GenerationError as e:
+                        errors.append(e)
+            finally:
+                for fut in futures:
+                    fut.cancel()
+        if errors:
+            raise errors[0]
+
+
+class InProcessJudge:
+    """A local model as judge (`alpaca_lib.local_judge.LocalJudge`): the probability of each letter from
+    one forward pass per order; its verdict is the likelier letter, so no verdict is unreadable."""
+
+    def __init__(self, local, batch_size: int = 8):
+        self.local, self.batch_size = local, batch_size
+
+    def verdicts(self, tasks: Sequence[Task]):
+        for start in range(0, len(tasks), self.batch_size):
+            chunk = tasks[start:start + self.batch_size]
+            for task, p_a in zip(chunk, self.local.p_first([t.prompt for t in chunk], self.batch_size)):
+                letter = "a" if p_a >= 0.5 else "b"
+                yield _verdict(task, f"P(a) = {p_a:.4f}", letter, p_a, 1, {"prompt_tokens": 0, "completion_tokens": 0})
+
+
+def judge_pairs(judge, pairing: Pairing, output_dir: Path, run: dict, progress: Optional[bool] = None) -> dict:
+    """Gets a readable verdict for every pair in both orders, resuming from the journal: verdicts already
+    read are kept; unreadable ones are asked again.
+
+    Returns:
+        {"verdicts": {(pair, order): the latest record}, "usage": tokens paid for over all runs}
+    """
+    from tqdm import tqdm
+
+    jpath = output_dir / JOURNAL_NAME
+    earlier = records_of_run(jpath, run, "belongs to another judging run", "Use the same settings to continue it, "
+                             "or another --output_dir to start afresh.")
+    done, usage = {}, {"prompt_tokens": 0, "completion_tokens": 0}
+
+    def keep(rec: dict) -> None:
+        done[(rec["pair"], rec["order"])] = rec
+        for k in usage:
+            usage[k] += rec["usage"][k]
+
+    for rec in earlier:
+        if rec["t"] == "verdict":
+            keep(rec)
+    tasks = []
+    for i, (model_rec, ref_rec) in enumerate(pairing.pairs):
+        for order in (0, 1):
+            if done.get((i, order), {}).get("letter") is None:  # never asked, or unreadable: ask (again)
+                a, b = (model_rec["output"], ref_rec["output"]) if order == 0 else (ref_rec["output"], model_rec["output"])
+                tasks.append(Task(i, order, judge_prompt(model_rec, a, b)))
+    total = 2 * len(pairing.pairs)
+    bar = tqdm(total=total, initial=total - len(tasks), unit="verdict", dynamic_ncols=True,
+               disable=(not progress) if progress is not None else None)
+    with Journal(jpath) as journal:
         journal.append({"t": "start", "time": time.time(), "run": run}, sync=True)
-        futures = {pool.submit(ask, i, o): (i, o) for i, o in tasks}
         try:
-            for fut in as_completed(futures):
-                rec = fut.result()
+            for rec in judge.verdicts(tasks) if tasks else ():
                 journal.append(rec, sync=True)
-                done[(rec["pair"], rec["order"])] = rec
+                keep(rec)
                 bar.update(1)
         finally:
-            for fut in futures:
-                fut.cancel()
             bar.close()
-
-    verdicts, unreadable = [], []
-    usage = {"prompt_tokens": 0, "completion_tokens": 0}
-    for i, (model_rec, ref_rec) in enumerate(pairing.pairs):
-        both = [done[(i, 0)], done[(i, 1)]]
-        for v in both:
-            for k in usage:
-                usage[k] += v["usage"][k]
-        entry = {"instruction": model_rec["instruction"], "input": model_rec.get("input", ""),
-                 "output_model": model_rec["output"], "output_reference": ref_rec["output"],
-                 "letters": [v["letter"] for v in both], "replies": [v["reply"] for v in both],
-                 "model_won": [v["model_won"] for v in both], "p_model": [v["p_model"] for v in both]}
-        (unreadable if None in entry["model_won"] else verdicts).append(entry)
-    all_logprobs = bool(verdicts) and all(p is not None for v in verdicts for p in v["p_model"])
     usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-    return {"verdicts": verdicts, "unreadable": unreadable, "usage": usage, "all_logprobs": all_logprobs}
+    return {"verdicts": done, "usage": usage}
 
 
-def record_on_leaderboard(path: Path, row: dict) -> list[dict]:
-    """Adds `row` to the CSV leaderboard at `path`, replacing the row of the same model/reference/judge."""
-    import csv
-
-    from alpaca_lib.fileio import atomic_write
-
-    fields = ["model", "reference", "judge_model", "win_rate", "standard_error", "length_controlled_win_rate",
-              "n_pairs", "weighting", "prompt_version", "updated"]
+def annotation_rows(pairing: Pairing, verdicts: dict, model: str, reference: str, annotator: str,
+                    weighting: str) -> list[dict]:
+    """The pairs and their verdicts in AlpacaEval's annotation layout (see alpaca_lib/metrics.py), plus the
+    project's fields: `input` and `dataset` when the records have them, the letter each order got
+    (`verdicts`, order 0 showing the model as Output (a)), the judge's `replies`, `model_won` and `p_model`
+    per order, and `prompt_version`. `preference` is 1 + the model's preference (null when unreadable):
+    the mean of its two `p_model` with weighting "logprobs", of its two `model_won` otherwise."""
     rows = []
-    if path.exists():
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = [r for r in csv.DictReader(f)
-                    if (r["model"], r["reference"], r["judge_model"]) != (row["model"], row["reference"], row["judge_model"])]
-    new = {k: row.get(k, "") for k in fields}
-    for k in ("win_rate", "standard_error", "length_controlled_win_rate"):
-        new[k] = "" if new[k] is None else f"{float(new[k]):.2f}"
-    rows.append(new)
-    rows.sort(key=lambda r: -float(r["win_rate"] or 0))
-    with atomic_write(path) as f:
-        writer = csv.DictWriter(f, fieldnames=fields, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+    for i, (model_rec, ref_rec) in enumerate(pairing.pairs):
+        both = [verdicts[(i, 0)], verdicts[(i, 1)]]
+        letters = [v["letter"] for v in both]
+        won = [v["model_won"] for v in both]
+        p_model = [v["p_model"] for v in both]
+        if None in letters:
+            preference = None
+        else:
+            preference = 1 + (p_model[0] + p_model[1]) / 2 if weighting == "logprobs" else 1 + (won[0] + won[1]) / 2
+        row = {"instruction": model_rec["instruction"], "output_1": ref_rec["output"], "generator_1": reference,
+               "output_2": model_rec["output"], "generator_2": model, "annotator": annotator, "preference": preference}
+        for key in ("input", "dataset"):
+            if model_rec.get(key):
+                row[key] = model_rec[key]
+        row.update(verdicts=letters, replies=[v["reply"] for v in both], model_won=won, p_model=p_model,
+                   prompt_version=PROMPT_VERSION)
+        rows.append(row)
     return rows
+
+
+def _unreadable_error(judge_name: str, rows: Sequence[dict]) -> str:
+    replies = [r for row in rows for r in row["replies"]][:3]
+    shown = "; ".join(repr(r[:80]) for r in replies)
+    return (f"no pair got a readable verdict from {judge_name} ({len(rows)} pairs; its replies began: {shown}). "
+            "A reply is read when it names one output, e.g. 'a', '(b)' or 'Output (b) is better'; fix the judge "
+            "(model, --api_style, --base_url) and run the same command again: it asks again for every pair "
+            "without a readable verdict.")
+
+
+# ---- the files a run writes ----
 
 
 @dataclass
 class JudgeResult:
-    """What `run_judge` produced: the summary (as in summary.json), the verdicts, and where the files are."""
+    """What `run_judge` or `run_score` produced: the summary (as in summary.json), the annotation rows, and
+    where the files are."""
 
     summary: dict
-    verdicts: list[dict]
+    rows: list[dict]
     output_dir: Path
 
     @property
@@ -308,6 +325,37 @@ def _name_of(records: list, path: str) -> str:
     return records[0].get("generator") or Path(path).stem
 
 
+def write_results(out: Path, summary: dict, rows: list[dict], leaderboard: str, pairing_note: str = "",
+                  annotations: bool = True) -> None:
+    """summary.json, annotations.json (unless `annotations` is False), the leaderboard row, the chart and
+    the report. A full disk is one error line; what the files are made from stays where it was (the
+    judge's journal, or the annotations file), so the same command writes them once there is room."""
+    import json
+
+    from alpaca_lib import leaderboard as board_lib
+    from alpaca_lib.fileio import atomic_write, disk_full_as_error
+    from alpaca_lib.locking import output_lock
+    from alpaca_lib.report import CHART_NAME, draw_chart, write_report
+
+    source = out / JOURNAL_NAME if annotations else summary.get("annotations", "the annotations file")
+    kept = f"the verdicts are in {source}, so the same command writes these files once there is room"
+    with disk_full_as_error(out, kept):
+        with atomic_write(out / "summary.json") as f:
+            json.dump(summary, f, indent=2)
+        if annotations:
+            with atomic_write(out / "annotations.json") as f:
+                json.dump(rows, f, indent=2, ensure_ascii=False)
+        board_path = Path(leaderboard)
+        with output_lock(board_path.parent, "eval_model.py (leaderboard)", name=f".{board_path.name}.lock", wait=True):
+            board = board_lib.record(board_path, {**summary, "judge_reliable": not summary["judge_warnings"],
+                                                  "updated": time.strftime("%Y-%m-%d %H:%M")})
+        readable = [r for r in rows if r["preference"] is not None]
+        draw_chart(out / CHART_NAME, board, [len(r["output_2"]) for r in readable],
+                   [len(r["output_1"]) for r in readable], summary["outputs_sha256"], summary["model"],
+                   summary["reference"])
+        write_report(out, summary, rows, pairing_note)
+
+
 def run_judge(cfg: "JudgeConfig") -> JudgeResult:
     """`eval_model.py judge`: checks the inputs, judges every pair (resuming a killed run), then writes
     summary.json, annotations.json, the report, the chart and the leaderboard row.
@@ -315,21 +363,25 @@ def run_judge(cfg: "JudgeConfig") -> JudgeResult:
     Raises:
         UsageError: inputs that cannot work (nothing is created then), or no readable verdict at all.
     """
-    import json
-
+    from alpaca_lib import leaderboard as board_lib
     from alpaca_lib.data import load_records
     from alpaca_lib.errors import UsageError
-    from alpaca_lib.fileio import atomic_write
-    from alpaca_lib.llm.client import CompletionClient
     from alpaca_lib.llm.pricing import load_price_table
     from alpaca_lib.locking import output_lock
-    from alpaca_lib.outputs import file_digest
-    from alpaca_lib.preflight import check_not_an_input, check_output_dir
-    from alpaca_lib.report import CHART_NAME, draw_chart, write_report
+    from alpaca_lib.metrics import summarize
+    from alpaca_lib.outputs import LocalModel, file_digest
+    from alpaca_lib.preflight import check_model_source, check_not_an_input, check_output_dir
 
+    if (cfg.judge_model is None) == (cfg.judge_model_dir is None):
+        raise UsageError("give either --judge_model (a judge on a server) or --judge_model_dir (a local model, "
+                         "run in-process).")
+    if cfg.judge_gguf_file and not cfg.judge_model_dir:
+        raise UsageError("--judge_gguf_file names a file inside --judge_model_dir; give --judge_model_dir too.")
     check_output_dir(cfg.output_dir, "--output_dir")
     check_not_an_input(cfg.output_dir, "--output_dir", {"--model_outputs": cfg.model_outputs,
                                                         "--reference_outputs": cfg.reference_outputs})
+    if cfg.judge_model_dir:
+        check_model_source(cfg.judge_model_dir, cfg.judge_gguf_file, flag="--judge_model_dir", hub=False)
     fields = dict(required=("instruction", "output"), optional=("input", "dataset", "generator"))
     model = load_records(cfg.model_outputs, flag="--model_outputs", **fields)
     reference = load_records(cfg.reference_outputs, flag="--reference_outputs", **fields)
@@ -341,39 +393,160 @@ def run_judge(cfg: "JudgeConfig") -> JudgeResult:
     if note:
         print(f"pairing: {note}")
     prices = load_price_table(cfg.price_table)
-    client = CompletionClient(cfg.judge_model, base_url=cfg.base_url, api_key=cfg.api_key, api_style=cfg.api_style,
-                              max_tokens=4, temperature=0.0, logit_bias=None, stop=[],
-                              request_timeout=cfg.request_timeout, max_retries=cfg.max_retries)
-    out = Path(cfg.output_dir)  # made (by the lock) only once everything above has passed
     # What a resumed run must share (not the server's address: a local server may come back on another port).
-    run = {"judge_model": cfg.judge_model, "api_style": cfg.api_style, "prompt_version": PROMPT_VERSION,
-           "model_outputs_sha256": file_digest(cfg.model_outputs),
+    run = {"prompt_version": PROMPT_VERSION, "model_outputs_sha256": file_digest(cfg.model_outputs),
            "reference_outputs_sha256": file_digest(cfg.reference_outputs)}
+    if cfg.judge_model_dir:
+        judge_name = Path(cfg.judge_model_dir).resolve().name + (f"/{cfg.judge_gguf_file}" if cfg.judge_gguf_file else "")
+        run.update(judge_model=judge_name, judge=LocalModel.fingerprint(cfg.judge_model_dir, cfg.judge_gguf_file))
+
+        class _Lazy:  # the model loads only when a verdict is missing
+            def verdicts(self, tasks):
+                from alpaca_lib.local_judge import LocalJudge
+
+                local = LocalJudge.load(cfg.judge_model_dir, cfg.judge_gguf_file, cfg.judge_dtype)
+                yield from InProcessJudge(local, cfg.judge_batch_size).verdicts(tasks)
+
+        judge = _Lazy()
+    else:
+        from alpaca_lib.llm.client import CompletionClient
+
+        judge_name = cfg.judge_model
+        run.update(judge_model=judge_name, api_style=cfg.api_style)
+        settings = dict(base_url=cfg.base_url, api_key=cfg.api_key, api_style=cfg.api_style, max_tokens=4,
+                        logit_bias=None, stop=[], request_timeout=cfg.request_timeout, max_retries=cfg.max_retries)
+        judge = ApiJudge(CompletionClient(cfg.judge_model, temperature=0.0, **settings),
+                         CompletionClient(cfg.judge_model, temperature=RETRY_TEMPERATURE, **settings),
+                         cfg.max_unreadable_retries, 5 if cfg.logprobs else 0, cfg.max_concurrency)
+    out = Path(cfg.output_dir)  # made (by the lock) only once everything above has passed
     with output_lock(out, f"eval_model.py judge --output_dir {cfg.output_dir}"):  # one judge run per folder
-        result = judge_pairs(client, pairing, out, run, cfg.max_concurrency, cfg.max_unreadable_retries,
-                             5 if cfg.logprobs else 0)
-        weighting = "logprobs" if cfg.logprobs and result["all_logprobs"] else "discrete"
+        result = judge_pairs(judge, pairing, out, run)
+        readable = [v for v in result["verdicts"].values() if v["letter"] is not None]
+        all_logprobs = bool(readable) and all(v["p_model"] is not None for v in readable)
+        weighting = "logprobs" if (cfg.logprobs or cfg.judge_model_dir) and all_logprobs else "discrete"
+        names = _name_of(model, cfg.model_outputs), _name_of(reference, cfg.reference_outputs)
+        rows = annotation_rows(pairing, result["verdicts"], *names, judge_name, weighting)
+        if all(r["preference"] is None for r in rows):
+            raise UsageError(_unreadable_error(judge_name, rows))
         summary = {
-            "model": _name_of(model, cfg.model_outputs), "reference": _name_of(reference, cfg.reference_outputs),
-            **summarize(result["verdicts"], weighting, len(result["unreadable"])),
-            "judge_model": cfg.judge_model, "prompt_version": PROMPT_VERSION, "usage": result["usage"],
+            "model": names[0], "reference": names[1], **summarize(rows), "judge_model": judge_name,
+            "prompt_version": PROMPT_VERSION, "usage": result["usage"],
             "n_only_in_model": len(pairing.only_model), "n_only_in_reference": len(pairing.only_reference),
-            "n_duplicated": len(pairing.duplicated),
+            "n_duplicated": len(pairing.duplicated), "outputs_sha256": board_lib.outputs_digest(rows),
+            "model_source": board_lib.model_source(cfg.model_outputs),
         }
-        price = prices.get(cfg.judge_model)
+        price = prices.get(judge_name)
         summary["cost_usd"] = None if price is None else (
             result["usage"]["prompt_tokens"] * price[0] + result["usage"]["completion_tokens"] * price[1]) / 1e6
-        if summary["n_pairs"] == 0:
-            raise UsageError(f"no pair got a readable verdict from {cfg.judge_model} ({summary['n_unreadable']} "
-                             "unreadable); check that the judge answers with a letter (see annotations.json).")
-        with atomic_write(out / "summary.json") as f:
-            json.dump(summary, f, indent=2)
-        with atomic_write(out / "annotations.json") as f:
-            json.dump(result["verdicts"] + result["unreadable"], f, indent=2, ensure_ascii=False)
-        with output_lock(out.parent, "eval_model.py judge (leaderboard)", name=".leaderboard.csv.lock", wait=True):
-            board = record_on_leaderboard(out.parent / "leaderboard.csv",
-                                          {**summary, "updated": time.strftime("%Y-%m-%d %H:%M")})
-        draw_chart(out / CHART_NAME, board, [len(v["output_model"]) for v in result["verdicts"]],
-                   [len(v["output_reference"]) for v in result["verdicts"]], summary["model"], summary["reference"])
-        write_report(out, summary, result["verdicts"], note)
-    return JudgeResult(summary, result["verdicts"], out)
+        write_results(out, summary, rows, cfg.leaderboard, note)
+    return JudgeResult(summary, rows, out)
+
+
+ANNOTATION_KEYS = ("instruction", "output_1", "output_2", "preference")
+
+
+def load_annotations(path: str) -> list[dict]:
+    """Annotation rows in AlpacaEval's layout (the project's annotations.json, or one AlpacaEval published).
+
+    Raises:
+        UsageError: not a JSON list of such rows, or rows of more than one model or reference.
+    """
+    import json
+
+    from alpaca_lib.errors import UsageError
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            rows = json.load(f)
+    except OSError as e:
+        raise UsageError(f"--annotations {path}: cannot read it ({e.strerror})") from e
+    except ValueError as e:
+        raise UsageError(f"--annotations {path}: not JSON ({e}); expected the annotations.json a judge wrote") from e
+    if not isinstance(rows, list) or not rows:
+        raise UsageError(f"--annotations {path}: expected a non-empty JSON list of annotations, "
+                         f"got {type(rows).__name__}")
+    for i, r in enumerate(rows):
+        missing = [k for k in ANNOTATION_KEYS if not isinstance(r, dict) or k not in r]
+        if missing:
+            raise UsageError(f"--annotations {path}: record {i} lacks {missing}; expected AlpacaEval's layout "
+                             "(instruction, output_1, output_2, preference, generator_1, generator_2)")
+        p = r["preference"]
+        if p is not None and not (isinstance(p, (int, float)) and not isinstance(p, bool) and (p == 0 or 1 <= p <= 2)):
+            raise UsageError(f"--annotations {path}: record {i} has preference {p!r}; expected a number in [1, 2] "
+                             "(0 or 1.5 for a draw) or null")
+    for key in ("generator_1", "generator_2"):
+        names = {r.get(key) for r in rows}
+        if len(names) > 1:
+            raise UsageError(f"--annotations {path}: {key} takes {len(names)} values ({sorted(map(str, names))[:3]}); "
+                             "score the annotations of one model against one reference at a time")
+    return rows
+
+
+REFSCORE_NAME = "rouge.json"
+
+
+def score_against_references(model_outputs: str, references: str) -> dict:
+    """ROUGE-L (alpaca_lib/refscore.py) of each model output against its reference, paired by instruction
+    and input: {"rouge_l": the mean, "n_records", "per_record": [{"instruction", "input", "rouge_l"}], ...}."""
+    from alpaca_lib.data import load_records
+    from alpaca_lib.errors import UsageError
+    from alpaca_lib.refscore import rouge_l
+
+    fields = dict(required=("instruction", "output"), optional=("input", "dataset", "generator"))
+    model = load_records(model_outputs, flag="--model_outputs", **fields)
+    reference = load_records(references, flag="--references", **fields)
+    pairing = pair_records(model, reference)
+    if not pairing.pairs:
+        raise UsageError(f"{model_outputs} and {references} share no instruction: nothing to score. "
+                         f"{pairing.report('--references')}")
+    scores = rouge_l([m["output"] for m, _ in pairing.pairs], [r["output"] for _, r in pairing.pairs])
+    return {"model": _name_of(model, model_outputs), "references": str(references),
+            "rouge_l": sum(scores) / len(scores), "n_records": len(scores), "pairing": pairing.report("--references"),
+            "per_record": [{"instruction": m["instruction"], "input": m.get("input", ""), "rouge_l": s}
+                           for (m, _), s in zip(pairing.pairs, scores)]}
+
+
+def run_score(cfg: "ScoreConfig") -> Optional[JudgeResult]:
+    """`eval_model.py score`: with --annotations, summary.json, the leaderboard row, the report and the chart
+    recomputed from them, without asking any judge; with --model_outputs and --references, rouge.json
+    (ROUGE-L per record and overall). Returns the annotations' result (None without --annotations)."""
+    import json
+
+    from alpaca_lib import leaderboard as board_lib
+    from alpaca_lib.errors import UsageError
+    from alpaca_lib.fileio import atomic_write
+    from alpaca_lib.locking import output_lock
+    from alpaca_lib.metrics import summarize
+    from alpaca_lib.preflight import check_not_an_input, check_output_dir
+
+    if (cfg.model_outputs is None) != (cfg.references is None):
+        raise UsageError("--model_outputs and --references go together: the outputs to score and the eval set "
+                         "whose `output` is the reference answer.")
+    if cfg.annotations is None and cfg.model_outputs is None:
+        raise UsageError("give --annotations (a judge's annotations.json), or --model_outputs with --references "
+                         "(ROUGE-L against reference answers), or both.")
+    check_output_dir(cfg.output_dir, "--output_dir")
+    check_not_an_input(cfg.output_dir, "--output_dir", {k: v for k, v in (
+        ("--annotations", cfg.annotations), ("--model_outputs", cfg.model_outputs),
+        ("--references", cfg.references)) if v})
+    rows = load_annotations(cfg.annotations) if cfg.annotations else None
+    refscore = score_against_references(cfg.model_outputs, cfg.references) if cfg.model_outputs else None
+    out = Path(cfg.output_dir)
+    result = None
+    with output_lock(out, f"eval_model.py score --output_dir {cfg.output_dir}"):
+        if refscore is not None:
+            with atomic_write(out / REFSCORE_NAME) as f:
+                json.dump(refscore, f, indent=2, ensure_ascii=False)
+            print(f"ROUGE-L of {refscore['model']} against the references: {refscore['rouge_l']:.4f} "
+                  f"({refscore['n_records']} records); per record: {out / REFSCORE_NAME}")
+        if rows is not None:
+            annotators = sorted({str(r.get("annotator")) for r in rows if r.get("annotator")})
+            summary = {
+                "model": rows[0].get("generator_2") or "model", "reference": rows[0].get("generator_1") or "reference",
+                **summarize(rows), "judge_model": ", ".join(annotators),
+                "prompt_version": rows[0].get("prompt_version"), "usage": None, "cost_usd": None,
+                "outputs_sha256": board_lib.outputs_digest(rows), "annotations": str(cfg.annotations),
+            }
+            write_results(out, summary, rows, cfg.leaderboard, annotations=False)
+            result = JudgeResult(summary, rows, out)
+    return result

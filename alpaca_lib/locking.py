@@ -22,7 +22,7 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 from alpaca_lib.errors import UsageError
 
@@ -93,6 +93,48 @@ def output_lock(folder: str | os.PathLike, command: str, name: str = LOCK_NAME, 
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         os.close(fd)  # releases the lock
+
+
+@contextlib.contextmanager
+def job_lock(folder: str | os.PathLike, command: str) -> Iterator[Optional[Path]]:
+    """`output_lock(folder, command)` taken once for a whole job, however many processes it has.
+
+    Under torchrun (torch.distributed initialised, more than one process) the process of global rank 0 takes
+    the lock and tells the others the outcome: if it is refused, every process raises the same
+    `OutputLockedError`; otherwise they go on, and the lock is held until rank 0 leaves the block. Taking it
+    on every rank would have the job refuse itself. A folder this creates is removed again if it is still
+    empty when the block fails, so a run refused later on leaves nothing behind.
+
+    Yields:
+        The lock file's path on the process that holds it, None on the others.
+    """
+    import torch.distributed as dist
+
+    folder = Path(folder)
+    existed = folder.exists()
+    shared = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    try:
+        if not shared:
+            with output_lock(folder, command) as path:
+                yield path
+            return
+        refusal = [None]
+        with contextlib.ExitStack() as stack:
+            if dist.get_rank() == 0:
+                try:
+                    path = stack.enter_context(output_lock(folder, command))
+                except UsageError as e:  # held by another run, or a file system without flock
+                    refusal[0] = (isinstance(e, OutputLockedError), str(e))
+            dist.broadcast_object_list(refusal, src=0)
+            if refusal[0] is not None:
+                locked, message = refusal[0]
+                raise (OutputLockedError if locked else UsageError)(message)
+            yield path if dist.get_rank() == 0 else None
+    except BaseException:
+        if not existed:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty
+        raise
 
 
 def _read_holder(fd: int) -> dict:

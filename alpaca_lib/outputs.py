@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
 
 from alpaca_lib.data import load_records
 from alpaca_lib.errors import UsageError
-from alpaca_lib.fileio import atomic_write, sha256_of
+from alpaca_lib.fileio import atomic_write, disk_full_as_error, sha256_of
 from alpaca_lib.journal import Journal, records_of_run
 from alpaca_lib.modeling import model_folder_digest
 from alpaca_lib.prompt import format_prompt
@@ -143,27 +143,35 @@ class LocalModel:
         folder = Path(model_dir)
         return {"model": str(folder.resolve()), "gguf_file": gguf_file, "weights": model_folder_digest(folder)}
 
-    def answer(self, prompts: Sequence[str], settings: GenerationSettings, batch_size: int) -> Iterator[
-            tuple[list[int], list[Answer]]]:
+    def answer(self, prompts: Sequence[str], settings: GenerationSettings, batch_size: int,
+               ids: Optional[Sequence[int]] = None) -> Iterator[tuple[list[int], list[Answer]]]:
         """Answers `prompts`, longest first, `batch_size` at a time; yields (prompt indices, answers) per batch.
 
         Greedy answers do not depend on `batch_size`: the tests compare batches with one prompt at a time.
+        A sampled answer is drawn with a generator of its own, seeded with `settings.seed` + its record's
+        index in `ids` (default: its position), so it does not depend on the prompts that share its batch
+        either: a resumed run answers the remaining records as the uninterrupted run did.
         """
         import torch
+        from transformers import LogitsProcessorList
 
         if not prompts:
             return
+        ids = list(range(len(prompts))) if ids is None else list(ids)
         encoded = self.tokenizer(list(prompts))["input_ids"]
         order = sorted(range(len(prompts)), key=lambda i: (-len(encoded[i]), i))
-        if settings.do_sample:
-            torch.manual_seed(settings.seed)
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             batch = self._left_padded([encoded[i] for i in idx])
+            if settings.do_sample:  # greedy over what the row sampler leaves: its own draw
+                sampler = _RowSampler([settings.seed + ids[i] for i in idx], settings.temperature, settings.top_p)
+                decoding = dict(GenerationSettings().sampling_kwargs(), logits_processor=LogitsProcessorList([sampler]))
+            else:
+                decoding = settings.sampling_kwargs()
             with torch.no_grad():
                 out = self.model.generate(
                     **batch, max_new_tokens=settings.max_new_tokens, use_cache=True,
-                    eos_token_id=self.eos_ids, pad_token_id=self.pad_id, **settings.sampling_kwargs(),
+                    eos_token_id=self.eos_ids, pad_token_id=self.pad_id, **decoding,
                 )
             new = out[:, batch["input_ids"].shape[1]:].tolist()
             yield idx, [self._answer(tokens, settings.max_new_tokens) for tokens in new]
@@ -190,6 +198,29 @@ class LocalModel:
         return Answer(self.tokenizer.decode(kept, skip_special_tokens=True).strip(), n, reason)
 
 
+class _RowSampler:
+    """A logits processor that samples each row's next token (temperature, then top-p) with that row's own
+    torch generator, and leaves only that token possible, so greedy decoding takes it."""
+
+    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float):
+        import torch
+
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.temperature, self.top_p = temperature, top_p
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        probs = torch.softmax(scores.float().cpu() / self.temperature, dim=-1)
+        if self.top_p < 1.0:  # keep the most likely tokens up to top_p of the mass (at least one)
+            sorted_probs, sorted_ids = probs.sort(dim=-1, descending=True)
+            outside = sorted_probs.cumsum(dim=-1) - sorted_probs > self.top_p
+            probs = probs.scatter(-1, sorted_ids, sorted_probs.masked_fill(outside, 0.0))
+        chosen = torch.stack([torch.multinomial(row, 1, generator=g) for row, g in zip(probs, self.generators)])
+        only = torch.full_like(scores, float("-inf"))
+        return only.scatter(-1, chosen.to(scores.device), 0.0)
+
+
 # ---- served model ----
 
 
@@ -214,21 +245,43 @@ class ServedModel:
             return record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
         return prompt_of(record)
 
-    def answer(self, records: Sequence[dict], settings: GenerationSettings) -> Iterator[tuple[list[int], list[Answer]]]:
+    def answer(self, records: Sequence[dict], settings: GenerationSettings,
+               ids: Optional[Sequence[int]] = None) -> Iterator[tuple[list[int], list[Answer]]]:
+        """Asks for every record's answer concurrently; yields ([position], [answer]) as each arrives.
+
+        A sampled request carries the seed `settings.seed` + the record's index in `ids` (default: its
+        position). A request that fails for good is raised once every other request has ended, so the
+        answers already paid for are yielded (and journaled) first.
+        """
+        from alpaca_lib.llm.client import GenerationError
+
+        ids = list(range(len(records))) if ids is None else list(ids)
+        errors = []
         with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
             futures = {pool.submit(self.client.complete, [self.text_of(r)],
-                                   settings.seed + i if settings.do_sample else None): i
+                                   settings.seed + ids[i] if settings.do_sample else None): i
                        for i, r in enumerate(records)}
             try:
                 for fut in as_completed(futures):
-                    reply = fut.result()
+                    try:
+                        reply = fut.result()
+                    except GenerationError as e:
+                        errors.append(e)
+                        continue
                     choice = reply.choices[0]
+                    if choice.size is not None:
+                        errors.append(GenerationError(
+                            f"{self.client.base_url} sent a reply of {choice.size} bytes, more than the "
+                            f"{self.client.max_reply_bytes} read; check the server"))
+                        continue
                     n = int(reply.usage.get("completion_tokens", 0))
                     reason = LENGTH if choice.finish_reason == "length" else EOS
                     yield [futures[fut]], [Answer(choice.text.strip(), n, reason)]
             finally:
                 for fut in futures:
                     fut.cancel()
+        if errors:
+            raise errors[0]
 
 
 # ---- the run ----
@@ -293,7 +346,8 @@ def write_outputs(
             row["dataset"] = r["dataset"]
         row.update(n_tokens=done[i]["n_tokens"], stop_reason=done[i]["stop_reason"])
         out.append(row)
-    with atomic_write(output_path) as f:
+    kept = f"every answer is in {jpath}, so the same command writes the file once there is room"
+    with disk_full_as_error(output_path, kept), atomic_write(output_path) as f:
         json.dump(out, f, indent=2, ensure_ascii=False)
         f.write("\n")
     return out
@@ -339,7 +393,7 @@ def run_outputs(cfg: "OutputsConfig") -> OutputsResult:
 
         def answer_batches(todo):  # the model loads only when there is something left to answer
             model = LocalModel.load(cfg.model_dir, cfg.gguf_file, cfg.dtype)
-            for idx, answers in model.answer([prompts[i] for i in todo], settings, cfg.batch_size):
+            for idx, answers in model.answer([prompts[i] for i in todo], settings, cfg.batch_size, ids=todo):
                 yield [todo[i] for i in idx], answers
 
         identity = LocalModel.fingerprint(cfg.model_dir, cfg.gguf_file)
@@ -355,7 +409,7 @@ def run_outputs(cfg: "OutputsConfig") -> OutputsResult:
         identity = model.fingerprint()
 
         def answer_batches(todo):
-            for idx, answers in model.answer([records[i] for i in todo], settings):
+            for idx, answers in model.answer([records[i] for i in todo], settings, ids=todo):
                 yield [todo[i] for i in idx], answers
 
         generator = cfg.generator or cfg.model_name

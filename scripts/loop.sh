@@ -7,7 +7,9 @@
 # 2. generates a few instructions with generate_instruction.py against that server;
 # 3. fine-tunes the same model with train.py (LoRA, packing) on them plus the bundled alpaca_data.json;
 # 4. writes the tuned and the base model's outputs on the bundled eval_instructions.json;
-# 5. has the served model judge tuned vs base, and prints the win rate and where the report is.
+# 5. scores both on 20 held-out alpaca_data.json records with ROUGE-L against their reference outputs;
+# 6. has the same model judge tuned vs base in-process (letter probabilities, never unreadable), and prints
+#    the win rate, the judge's diagnostics, the ROUGE-L scores, the held-out loss and where the report is.
 # A 135M model is a weak generator and a weak judge: this run shows the machinery end to end; the
 # README shows the same loop at full scale. Sizes: NUM_INSTRUCTIONS (default 6, from at most 2 batches), EPOCHS (1),
 # MAX_NEW_TOKENS (96). Interrupted? Run it again: finished steps are skipped and the interrupted one
@@ -54,11 +56,16 @@ $PY -m generate_instruction generate_instruction_following_data --output_dir="$O
 $PY -m generate_instruction to_alpaca --input_path="$OUT/regen" --output_path="$OUT/generated.json"
 $PY -c "
 import json
-data = json.load(open('alpaca_data.json')) + json.load(open('$OUT/generated.json'))
+HELDOUT = 20
+bundled = json.load(open('alpaca_data.json'))
+data = bundled[:-HELDOUT] + json.load(open('$OUT/generated.json'))  # the last HELDOUT records are held out
 json.dump(data, open('$OUT/train.json', 'w'), ensure_ascii=False)
-print(f'training data: {len(data)} records ({len(data) - 254} generated)')"
+print(f'training data: {len(data)} records ({len(data) - len(bundled) + HELDOUT} generated)')"
 mark_done generate
 fi
+
+# alpaca_data.json's last 20 records, kept out of training: the held-out loss and the ROUGE-L references.
+$PY -c "import json; json.dump(json.load(open('alpaca_data.json'))[-20:], open('$OUT/heldout.json', 'w'))"
 
 step "fine-tuning with LoRA and packing (train.py; log: $OUT/train.log)"
 if todo train; then
@@ -66,7 +73,8 @@ $PY train.py --model_name_or_path "$BASE" --data_path "$OUT/train.json" --output
   --num_train_epochs "${EPOCHS:-1}" --per_device_train_batch_size 1 --packing True \
   --lora_r 8 --lora_alpha 16 --lora_dropout 0.05 --learning_rate 2e-4 --warmup_ratio 0.03 \
   --lr_scheduler_type cosine --save_strategy steps --save_steps 20 --save_total_limit 1 --logging_steps 10 \
-  --model_max_length 512 --bf16 True --report_to none --disable_tqdm True --seed 42 > "$OUT/train.log" 2>&1 \
+  --model_max_length 512 --bf16 True --report_to none --disable_tqdm True --seed 42 \
+  --eval_data_path "$OUT/heldout.json" --eval_strategy epoch > "$OUT/train.log" 2>&1 \
   || { tail -n 30 "$OUT/train.log"; exit 1; }
 grep -o "'train_loss': '[0-9.]*'" "$OUT/train.log" || true
 mark_done train
@@ -79,8 +87,35 @@ for side in tuned base; do
     --output_path "$OUT/$side/model_outputs.json" --max_new_tokens "${MAX_NEW_TOKENS:-96}" --batch_size 16
 done
 
-step "judging tuned vs base with the served model (eval_model.py judge)"
+step "ROUGE-L against the held-out references (eval_model.py outputs, then score --references)"
+for side in tuned base; do
+  model="$OUT/tuned"; [ "$side" = base ] && model="$BASE"
+  $PY eval_model.py outputs --model_dir "$model" --generator "$side" --instructions_path "$OUT/heldout.json" \
+    --output_path "$OUT/$side/heldout_outputs.json" --max_new_tokens "${MAX_NEW_TOKENS:-96}" --batch_size 16
+  $PY eval_model.py score --model_outputs "$OUT/$side/heldout_outputs.json" --references "$OUT/heldout.json" \
+    --output_dir "$OUT/$side/rouge"
+done
+
+step "judging tuned vs base with the same model in-process (eval_model.py judge --judge_model_dir)"
+# In-process, each verdict is the judge's probability of the letters a and b (one forward pass per order):
+# nothing to parse, so nothing unreadable; the server's replies carry no logprobs to weight them by.
 $PY eval_model.py judge --model_outputs "$OUT/tuned/model_outputs.json" \
-  --reference_outputs "$OUT/base/model_outputs.json" --judge_model "$BASE" --base_url "$URL" \
-  --output_dir "$OUT/judge/tuned_vs_base" --max_concurrency 2 --price_table="{\"$BASE\": [0, 0]}"
+  --reference_outputs "$OUT/base/model_outputs.json" --judge_model_dir "$BASE" \
+  --output_dir "$OUT/judge/tuned_vs_base" --leaderboard "$OUT/leaderboard.csv"
+$PY -c "
+import json
+s = json.load(open('$OUT/judge/tuned_vs_base/summary.json'))
+pct = lambda x: '-' if x is None else f'{100 * x:.0f}%'
+print(f\"judge diagnostics: same verdict in both orders {pct(s['order_consistency'])}, \"
+      f\"first position named {pct(s['first_position_rate'])}, unreadable {pct(s['unreadable_rate'])}\")
+print('the judge is not reliable enough for this win rate to mean much' if s['judge_warnings']
+      else 'the judge passes the reliability checks (see the report)')"
+$PY -c "
+import json, re
+rouge = {side: json.load(open(f'$OUT/{side}/rouge/rouge.json'))['rouge_l'] for side in ('tuned', 'base')}
+s = json.load(open('$OUT/judge/tuned_vs_base/summary.json'))
+losses = re.findall(r\"'eval_loss': '?([0-9.]+)\", open('$OUT/train.log').read())
+print(f\"tuned vs base: judge win rate {s['win_rate']:.1f}% ({s['weighting']}); ROUGE-L on the 20 held-out \"
+      f\"records: tuned {rouge['tuned']:.4f}, base {rouge['base']:.4f}; held-out loss after training: \"
+      + (losses[-1] if losses else 'not logged'))"
 step "done: the report is $OUT/judge/tuned_vs_base/report.md"

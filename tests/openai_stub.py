@@ -25,11 +25,14 @@ from typing import Any, Callable
 
 @dataclass
 class Step:
-    """One scripted answer: a status, a JSON body (or raw bytes), headers, and a delay before it."""
+    """One scripted answer: a status, a JSON body (or raw bytes, or `length` bytes of `chunk` repeated, written
+    until the client stops reading), headers, and a delay before it."""
 
     status: int = 200
     body: Any = None
     raw: bytes | None = None
+    chunk: bytes | None = None
+    length: int = 0
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
 
@@ -161,6 +164,7 @@ class OpenAIStub:
         self.hung = threading.Event()
         self._release = threading.Event()
         self.requests: list[Request] = []
+        self.bytes_sent = 0  # of the bodies of `chunk` steps
         self._lock = threading.Lock()
         stub = self
 
@@ -175,13 +179,20 @@ class OpenAIStub:
                 try:
                     self.send_response(step.status)
                     self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
+                    self.send_header("Content-Length", str(step.length if step.chunk is not None else len(data)))
                     for k, v in step.headers.items():
                         self.send_header(k, v)
                     self.end_headers()
-                    self.wfile.write(data)
+                    if step.chunk is None:
+                        self.wfile.write(data)
+                        return
+                    for _ in range(step.length // len(step.chunk)):
+                        self.wfile.write(step.chunk)
+                        stub.bytes_sent += len(step.chunk)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (a timeout test)
+                if step.chunk is not None:
+                    self.close_connection = True
 
             def do_GET(self):
                 self._send(Step(body={"object": "list", "data": [{"id": "stub", "object": "model", "created": 0, "owned_by": "stub"}]}))

@@ -107,7 +107,8 @@ def test_train_refuses_to_resume_another_runs_checkpoint(tmp_path, tiny_llama_di
     out = tmp_path / "out"
     base = [sys.executable, str(REPO_ROOT / "train.py"), "--output_dir", str(out), "--per_device_train_batch_size", "4",
             "--save_strategy", "steps", "--save_steps", "1", "--report_to", "none", "--model_max_length", "256",
-            "--preprocessing_cache_dir", "", "--logging_steps", "1"]
+            "--preprocessing_cache_dir", "", "--lr_scheduler_type", "constant",  # constant: a run may grow longer
+            "--logging_steps", "1"]
     model = ["--model_name_or_path", str(tiny_llama_dir)]
     run_script([*base, *model, "--data_path", str(first), "--max_steps", "1"], tmp_path)
     manifest = json.loads((out / "checkpoint-1" / "checkpoint_manifest.json").read_text())["run"]

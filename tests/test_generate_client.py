@@ -170,3 +170,24 @@ def test_bad_settings_are_rejected():
         CompletionClient("m", api_style="responses", base_url="http://127.0.0.1:9/v1", api_key="k")
     with pytest.raises(ValueError, match="max_tokens"):
         CompletionClient("m", max_tokens=0, base_url="http://127.0.0.1:9/v1", api_key="k")
+
+
+def test_a_reply_over_max_reply_bytes_is_not_read_on_nor_retried():
+    """A server that announces a 10 GB body: the client reads 1 MB of it, reports its size and first bytes,
+    and asks no more (reading it whole would take minutes and 10 GB of memory)."""
+    length = 10 * 2**30
+    with OpenAIStub([Step(chunk=b'{"choices": [' + b" " * 65523, length=length)]) as stub:
+        reply = _client(stub, max_reply_bytes=2**20).complete(["p0", "p1"])
+    assert len(stub.requests) == 1 and reply.attempts == 1 and reply.usage == {}
+    assert [(c.size, c.text) for c in reply.choices] == [(length, '{"choices": [' + " " * 4083)] * 2
+    assert stub.bytes_sent < 64 * 2**20  # what the socket buffers held when the client hung up
+
+
+def test_a_200_with_an_error_body_shows_the_servers_message():
+    body = {"error": {"message": "upstream model is loading", "type": "server_error", "code": 503}}
+    with OpenAIStub([Step(body=body)] * 2) as stub:
+        with pytest.raises(GenerationError) as e:
+            _client(stub, max_retries=1).complete(["p"])
+    assert str(e.value) == (
+        f"request to {stub.base_url}/ failed 2 times, last with: the server answered 200 with an error: "
+        "upstream model is loading; everything kept so far is saved, re-run the same command to resume")

@@ -238,6 +238,53 @@ def test_chat_answers_each_turn_over_a_pipe(tiny_llama_dir, tmp_path):
     assert len(expected) > 0 and "".join(proc.stdout.split()) == expected
 
 
+def test_a_killed_sampled_run_resumes_to_the_uninterrupted_file(tiny_llama_dir, tmp_path):
+    """Each sampled answer has its own seed (--seed + the record's index): the records a resumed run still
+    has to answer, batched differently, come out as in one uninterrupted run."""
+    records = [{"instruction": f"Instruction number {i}: list {i % 5 + 1} fruits."} for i in range(24)]
+    _write(tmp_path / "eval.json", records)
+    sampled = ["--batch_size", "4", "--do_sample", "True", "--seed", "3", "--temperature", "1.0"]
+    ref = tmp_path / "ref" / "outputs.json"
+    run_script(_outputs(tmp_path, tiny_llama_dir, ref, sampled), tmp_path)
+    out = tmp_path / "killed" / "outputs.json"
+    cmd = _outputs(tmp_path, tiny_llama_dir, out, sampled)
+    kill_when_journaled(cmd, tmp_path, journal_path(out), '"t": "output"', 5)
+    killed_at = journal_path(out).read_text().count('"t": "output"')
+    assert 5 <= killed_at < 24
+    run_script(cmd, tmp_path)
+    assert out.read_bytes() == ref.read_bytes()
+    greedy = tmp_path / "greedy" / "outputs.json"
+    run_script(_outputs(tmp_path, tiny_llama_dir, greedy, ["--batch_size", "4"]), tmp_path)
+    answers = [[r["output"] for r in json.loads(p.read_text())] for p in (ref, greedy)]
+    assert sum(a != b for a, b in zip(*answers)) > 12  # sampled, not greedy
+
+
+def test_answers_received_before_a_request_fails_are_kept_for_the_rerun(tmp_path):
+    """One request fails for good while two others are still being answered: those two are journaled
+    (paid for once), and the rerun asks only for the missing one."""
+    _write(tmp_path / "eval.json", RECORDS[:3])
+    out = tmp_path / "served.json"
+
+    def fail_the_second(req: Request) -> Step:
+        if "Translate the sentence" in req.body["prompt"]:
+            return error(400, "this prompt is not allowed")
+        return Step(body=completion_body(["fine"]), delay_s=0.5)
+
+    cmd = [sys.executable, EVAL_MODEL, "outputs", "--instructions_path", str(tmp_path / "eval.json"),
+           "--output_path", str(out), "--base_url", "BASE", "--model_name", "m", "--max_concurrency", "3"]
+    with OpenAIStub(default=fail_the_second) as stub:
+        err = run_script([stub.base_url if a == "BASE" else a for a in cmd], tmp_path, expect=1)
+        assert len(stub.requests) == 3
+    assert err.strip().splitlines()[-1] == (
+        f"error: {stub.base_url}/ rejected the request (400): Error code: 400 - this prompt is not allowed")
+    journaled = [json.loads(line) for line in journal_path(out).read_text().splitlines()]
+    assert sorted(r["i"] for r in journaled if r["t"] == "output") == [0, 2] and not out.exists()
+    with OpenAIStub(default=lambda req: Step(body=completion_body(["now fine"]))) as stub:
+        run_script([stub.base_url if a == "BASE" else a for a in cmd], tmp_path)
+        assert len(stub.requests) == 1 and "Translate the sentence" in stub.requests[0].body["prompt"]
+    assert [r["output"] for r in json.loads(out.read_text())] == ["fine", "now fine", "fine"]
+
+
 def test_outputs_and_resume_identify_a_model_folder_by_one_rule(tiny_llama_dir, tmp_path):
     """config.json's bytes and each weight file's name, size and time (whole seconds): a copy that keeps the times
     is the same model wherever it lies, a retrained folder (same names and sizes, later time) is another."""

@@ -35,6 +35,30 @@ def test_redact_url_cuts_only_the_credentials():
     assert redact_url(None) is None
 
 
+def test_redact_url_hides_query_values():
+    assert redact_url(f"https://bob:{PASSWORD}@proxy.example.com/v1/?token={KEY}&api-version=2024-06-01&debug") == (
+        "https://proxy.example.com/v1/?token=***&api-version=***&debug")
+
+
+def test_a_token_in_the_address_is_not_printed_in_errors(tmp_path):
+    import subprocess
+    import sys
+
+    from openai_stub import error
+
+    with OpenAIStub([error(401, "bad key")]) as stub:
+        proc = subprocess.run(
+            [sys.executable, "-m", "generate_instruction", "generate_instruction_following_data", "--output_dir",
+             str(tmp_path / "regen"), "--base_url", f"{stub.base_url}?token={KEY}", "--api_key", "k",
+             "--model_name", "stub-model", "--api_style", "completions", "--num_instructions_to_generate", "1",
+             "--request_batch_size", "1", "--seed", "0"],
+            capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    assert proc.returncode == 1 and KEY not in proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: {stub.base_url}/?token=*** refused the API key (401): set OPENAI_API_KEY or --api_key")
+    assert _files_holding_a_secret(tmp_path) == []
+
+
 def test_generation_journal_and_exports_hold_no_secret(tmp_path):
     out = tmp_path / "regen"
     with OpenAIStub() as stub:
@@ -61,8 +85,9 @@ def test_outputs_and_judge_files_hold_no_secret(tmp_path):
         url = _with_password(stub.base_url)
         eval_model.outputs(instructions_path=str(tmp_path / "eval.json"), output_path=str(tmp_path / "o" / "m.json"),
                            base_url=url, model_name="m", api_key=KEY, api_style="chat")
-        eval_model.judge(str(tmp_path / "o" / "m.json"), str(tmp_path / "eval.json"), "judge", str(tmp_path / "j" / "r"),
-                         base_url=url, api_key=KEY)
+        eval_model.judge(model_outputs=str(tmp_path / "o" / "m.json"), reference_outputs=str(tmp_path / "eval.json"),
+                         judge_model="judge", output_dir=str(tmp_path / "j" / "r"), base_url=url, api_key=KEY,
+                         leaderboard=str(tmp_path / "j" / "leaderboard.csv"))
     written = [p.name for p in tmp_path.rglob("*") if p.is_file()]
     assert {"m.json", "m.journal.jsonl", "summary.json", "annotations.json", "report.md", "judge.png",
             "judge.journal.jsonl", "leaderboard.csv"} <= set(written)

@@ -22,6 +22,7 @@ import json
 import os
 import random
 import re
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -44,6 +45,8 @@ _CONTEXT_ERROR = re.compile(
     re.IGNORECASE,
 )
 _RETRY_STATUS = {408, 409, 429}
+# The most of one reply body read into memory (a 3072-token reply is some tens of KB of JSON).
+MAX_REPLY_BYTES = 4 * 2**20
 
 
 def _base_name(model: str) -> str:
@@ -101,6 +104,9 @@ class Choice:
     finish_reason: str | None
     # {token: logprob} of the reply's first token, when asked for (`complete(..., logprobs=k)`) and sent.
     first_logprobs: dict[str, float] | None = None
+    # Set when the reply's body was larger than the client's max_reply_bytes: its size in bytes (at least
+    # that limit); `text` is then the body's first bytes, for a look, and not the reply.
+    size: int | None = None
 
 
 @dataclass
@@ -122,6 +128,8 @@ class CompletionClient:
         stop: stop sequences (none by default; the generator passes the original's).
         sleep: the wait function (tests pass a recorder).
         backoff_max_s: the cap of the doubling wait between retries.
+        max_reply_bytes: a reply body larger than this is not read further: it comes back as choices with
+            `size` set, and is not retried (memory stays bounded whatever the server sends).
         settings: any other `ClientConfig` field (api_style, base_url, api_key, organization, max_tokens,
             temperature, top_p, logit_bias, send_seed, request_timeout, max_retries, backoff_s); their
             defaults are the config's. base_url / api_key / organization left None read
@@ -137,6 +145,7 @@ class CompletionClient:
         stop: Sequence[str] | None = None,
         sleep: Callable[[float], None] = time.sleep,
         backoff_max_s: float = 60.0,
+        max_reply_bytes: int = MAX_REPLY_BYTES,
         **settings: Any,
     ):
         config = ClientConfig(model_name=model, **settings)
@@ -152,6 +161,7 @@ class CompletionClient:
         self.max_retries = int(config.max_retries)
         self.backoff_s = config.backoff_s
         self.backoff_max_s = backoff_max_s
+        self.max_reply_bytes = max_reply_bytes
         self._sleep = sleep
         self._lock = threading.Lock()
         self._client = self._make_openai_client(config.base_url, config.api_key, config.organization,
@@ -190,6 +200,7 @@ class CompletionClient:
         return redact_url(str(self._client.base_url))
 
     def _request(self, prompts: Sequence[str], seed: int | None, max_tokens: int, logprobs: int = 0) -> Any:
+        """Sends the request and returns the reply's JSON, read up to `max_reply_bytes` (`_ReplyTooLarge` beyond)."""
         args: dict[str, Any] = dict(model=self.model, temperature=self.temperature, top_p=self.top_p)
         if self.stop:
             args["stop"] = self.stop
@@ -203,47 +214,62 @@ class CompletionClient:
         elif logprobs:
             args.update(logprobs=True, top_logprobs=logprobs)
         if self.api_style == "completions":
-            prompt: Any = prompts[0] if len(prompts) == 1 else list(prompts)
-            return self._client.completions.create(prompt=prompt, **args)
-        if len(prompts) != 1:
-            raise ValueError("the chat API takes one prompt per request")
-        return self._client.chat.completions.create(messages=[{"role": "user", "content": prompts[0]}], **args)
+            args["prompt"] = prompts[0] if len(prompts) == 1 else list(prompts)
+            create = self._client.completions.with_streaming_response.create
+        else:
+            if len(prompts) != 1:
+                raise ValueError("the chat API takes one prompt per request")
+            args["messages"] = [{"role": "user", "content": prompts[0]}]
+            create = self._client.chat.completions.with_streaming_response.create
+        # The body is read here, in pieces, so that a reply of any size costs at most max_reply_bytes of memory.
+        with create(**args) as response:
+            body = bytearray()
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > self.max_reply_bytes:
+                    length = response.headers.get("content-length")
+                    raise _ReplyTooLarge(int(length) if length and length.isdigit() else len(body), bytes(body[:4096]))
+        return json.loads(body)
 
     def _parse(self, resp: Any, n_prompts: int) -> tuple[list[Choice], dict[str, int]]:
-        choices = getattr(resp, "choices", None)
+        choices = resp.get("choices") if isinstance(resp, dict) else None
         if not isinstance(choices, list) or len(choices) != n_prompts:
+            error = resp.get("error") if isinstance(resp, dict) else None
+            if error:  # some servers and proxies answer 200 with {"error": ...}
+                message = error.get("message", error) if isinstance(error, dict) else error
+                raise _BadReply(f"the server answered 200 with an error: {message}")
             got = len(choices) if isinstance(choices, list) else type(choices).__name__
             raise _BadReply(f"expected {n_prompts} choice(s) in the reply, got {got}")
-        ordered = sorted(choices, key=lambda c: getattr(c, "index", 0) or 0)
+        if not all(isinstance(c, dict) for c in choices):
+            raise _BadReply("a choice is not a JSON object")
+        ordered = sorted(choices, key=lambda c: c.get("index") or 0)
         out = []
         for c in ordered:
             if self.api_style == "completions":
-                text = getattr(c, "text", None)
+                text = c.get("text")
             else:
-                message = getattr(c, "message", None)
-                text = getattr(message, "content", None) if message is not None else None
-                if text is None and message is not None:
+                message = c.get("message")
+                text = message.get("content") if isinstance(message, dict) else None
+                if text is None and isinstance(message, dict):
                     text = ""  # a chat reply with no content (e.g. refused) parses to nothing
             if not isinstance(text, str):
                 raise _BadReply("a choice has no text")
-            out.append(Choice(text=text, finish_reason=getattr(c, "finish_reason", None),
-                              first_logprobs=self._first_logprobs(c)))
+            out.append(Choice(text=text, finish_reason=c.get("finish_reason"), first_logprobs=self._first_logprobs(c)))
         usage = {}
-        u = getattr(resp, "usage", None)
+        u = resp.get("usage")
         for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
-            value = getattr(u, key, None) if u is not None else None
-            usage[key] = int(value) if isinstance(value, (int, float)) else 0
+            value = u.get(key) if isinstance(u, dict) else None
+            usage[key] = int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
         return out, usage
 
-    def _first_logprobs(self, choice: Any) -> dict[str, float] | None:
+    def _first_logprobs(self, choice: dict) -> dict[str, float] | None:
         """{token: logprob} of the first generated token's top alternatives, if the server sent them."""
-        lp = getattr(choice, "logprobs", None)
+        lp = choice.get("logprobs")
         try:
             if self.api_style == "completions":
-                top = lp.top_logprobs[0]
-                return {str(k): float(v) for k, v in dict(top).items()}
-            return {str(t.token): float(t.logprob) for t in lp.content[0].top_logprobs}
-        except (AttributeError, IndexError, TypeError, ValueError):
+                return {str(k): float(v) for k, v in dict(lp["top_logprobs"][0]).items()}
+            return {str(t["token"]): float(t["logprob"]) for t in lp["content"][0]["top_logprobs"]}
+        except (KeyError, IndexError, TypeError, ValueError):
             return None
 
     def _wait(self, attempt: int, exc: BaseException | None) -> None:
@@ -283,6 +309,10 @@ class CompletionClient:
                 resp = self._request(prompts, seed, max_tokens, logprobs)
                 choices, usage = self._parse(resp, len(prompts))
                 return Reply(choices, usage, attempts, time.monotonic() - start, max_tokens)
+            except _ReplyTooLarge as e:  # not retried: another such reply would cost as much again
+                head = e.head.decode("utf-8", errors="replace")
+                choices = [Choice(text=head, finish_reason=None, size=e.size) for _ in prompts]
+                return Reply(choices, {}, attempts, time.monotonic() - start, max_tokens)
             except openai.BadRequestError as e:
                 if not is_context_length_error(e):
                     raise GenerationError(f"{self.base_url} rejected the request (400): {e.message}") from e
@@ -309,7 +339,8 @@ class CompletionClient:
                 if e.status_code < 500 and e.status_code not in _RETRY_STATUS:
                     raise GenerationError(f"{self.base_url} answered {e.status_code}: {e.message}") from e
                 failure: BaseException = e
-            except (openai.APIConnectionError, openai.APIResponseValidationError, _BadReply, json.JSONDecodeError) as e:
+            except (openai.APIConnectionError, openai.APIResponseValidationError, _BadReply, json.JSONDecodeError,
+                    *_transport_errors()) as e:
                 # JSONDecodeError: a 200 whose body is not JSON (a proxy's error page, a cut connection).
                 failure = e
             if retries >= self.max_retries:
@@ -321,10 +352,25 @@ class CompletionClient:
             retries += 1
 
 
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """The HTTP library's errors for a connection cut or timed out while the body is read (httpx, or httpx2)."""
+    return tuple(m.TransportError for m in (sys.modules.get("httpx"), sys.modules.get("httpx2")) if m is not None)
+
+
 class _BadReply(Exception):
     """A 200 reply without the choices we asked for (a server glitch worth retrying)."""
 
 
+class _ReplyTooLarge(Exception):
+    """A reply body over `max_reply_bytes`: its size (from Content-Length, else the bytes read) and first bytes."""
+
+    def __init__(self, size: int, head: bytes):
+        super().__init__(f"a reply of {size} bytes")
+        self.size, self.head = size, head
+
+
 def _describe(exc: BaseException) -> str:
     text = getattr(exc, "message", None) or str(exc)
+    if isinstance(exc, _BadReply):  # our own words about the reply
+        return text
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

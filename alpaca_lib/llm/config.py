@@ -39,11 +39,14 @@ def same_as(config_cls: type, name: str, text: str | None = None) -> Any:
 
 
 def redact_url(url: str | None) -> str | None:
-    """`url` without the `user:password@` part: what may be written to a journal, a log or a report."""
+    """`url` without the `user:password@` part, and with each query value (`?token=...`, `?key=...`) shown as
+    `***`: what may be written to a journal, a log or a report."""
     if not url:
         return url
     parts = urlsplit(url)
-    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+    query = "&".join(f"{name}=***" if sep else name
+                     for name, sep, _ in (pair.partition("=") for pair in parts.query.split("&") if pair))
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2], query=query).geturl()
 
 
 @dataclass

@@ -43,7 +43,7 @@ def load_price_table(spec: str | Mapping | None) -> dict[str, tuple[float, float
         return table
     where = "--price_table"
     if isinstance(spec, str):
-        path = Path(spec)
+        path = Path(spec).expanduser()
         if not spec.lstrip().startswith("{") and path.is_file():
             where, spec = str(path), path.read_text(encoding="utf-8")
         try:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from alpaca_lib.errors import UsageError
+from alpaca_lib.fileio import expand_home_fields
 from alpaca_lib.llm.config import ClientConfig, _help, _is_int
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -62,10 +63,25 @@ class GenerateConfig(ClientConfig):
         "chars: the same ASCII runs plus every other letter or digit as a token of its own (character-level ROUGE-L "
         "for Chinese and Japanese; text in ASCII letters scores exactly as with words).", "words",
     )
+    max_empty_batches: int = _help(
+        "Stop (exit status 1) once this many batches in a row have kept nothing: the replies are not usable as they "
+        "are (a server that echoes the prompt, a wrong model or --api_style), and every further request would be "
+        "paid for in vain. The message gives the reasons the items were dropped and what was spent; re-run to go on.",
+        20,
+    )
+    max_reply_chars: int = _help(
+        "A reply longer than this is dropped as oversized (a 3072-token reply is some 15,000 characters): only its "
+        "first 1,000 characters and its size are journaled, so the journal and the memory stay bounded whatever the "
+        "server sends.", 65536,
+    )
     save_every_s: float = _help(
         "Rewrite regen.json at most this often (the journal is always current; the file is also written at the end).",
         60.0,
     )
+
+    def __post_init__(self):
+        super().__post_init__()
+        expand_home_fields(self, "output_dir", "seed_tasks_path", "prompt_path")
 
     def check(self) -> None:
         super().check()
@@ -75,6 +91,8 @@ class GenerateConfig(ClientConfig):
             "request_batch_size": self.request_batch_size,
             "num_cpus": self.num_cpus,
             "prompts_per_request": self.prompts_per_request,
+            "max_empty_batches": self.max_empty_batches,
+            "max_reply_chars": self.max_reply_chars,
         }
         if self.max_concurrency is not None:
             positive["max_concurrency"] = self.max_concurrency

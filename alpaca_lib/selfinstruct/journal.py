@@ -5,7 +5,8 @@
 One JSON object per line, written as things happen:
 
     {"t": "start", ...}    each time the command starts: settings, seed, seed-file and prompt hashes
-    {"t": "request", ...}  each HTTP reply: batch, prompt slots, raw texts, finish reasons, usage
+    {"t": "request", ...}  each HTTP reply: batch, prompt slots, raw texts, finish reasons, usage (a reply
+                           over --max_reply_chars: its first part and its "size")
     {"t": "batch", ...}    a finished batch: its kept items, candidate and discard counts
     {"t": "end", ...}      the run's summary
 
@@ -31,7 +32,8 @@ class JournalState:
 
     items: kept items of finished batches, in the order they were kept.
     next_batch: the index of the next batch to run (an unfinished batch keeps its index).
-    pending: {slot: {"text", "finish_reason"}} replies already saved for the unfinished batch.
+    pending: {slot: {"text", "finish_reason"}} replies already saved for the unfinished batch ("size" too
+        for an oversized one).
     pending_size: the unfinished batch's number of prompts (0 when none).
     starts: the "start" records, oldest first.
     requests: every "request" record (for token and cost accounting).
@@ -71,7 +73,10 @@ def read_journal(path: str | os.PathLike, repair: bool = False) -> JournalState:
                     pending_batch, state.pending = b, {}
                 state.pending_size = int(rec["batch_size"])
                 for choice in rec["choices"]:
-                    state.pending.setdefault(int(choice["slot"]), {"text": choice["text"], "finish_reason": choice["finish_reason"]})
+                    reply = {"text": choice["text"], "finish_reason": choice["finish_reason"]}
+                    if "size" in choice:  # an oversized reply, journaled cut short
+                        reply["size"] = choice["size"]
+                    state.pending.setdefault(int(choice["slot"]), reply)
         elif kind == "batch":
             items = rec.get("items", [])
             state.items.extend(items)

@@ -63,6 +63,7 @@ _WORD_ANY_SCRIPT = re.compile(f"[{_NO_SPACE_LETTERS}]|[^\\s{_NO_SPACE_LETTERS}{_
 
 # Discard reasons, in the order the rules are applied; the run summary reports them by these names.
 DISCARD_REASONS = (
+    "oversized",  # a whole reply longer than --max_reply_chars (counted once per reply; it is not parsed)
     "truncated",  # last item of a reply that hit the token limit
     "malformed",  # item does not split into Instruction / Input / Output
     "too_short",  # 3 words or fewer

@@ -6,7 +6,11 @@ Each batch: sample `num_prompt_instructions` seed tasks for each of `request_bat
 send them (concurrently), split the replies into items with the original filters, drop items whose
 ROUGE-L against the pool exceeds 0.7 (comparing each with the seeds, everything kept before, and the
 items kept earlier in the same batch), and keep the rest. The run ends once
-`num_instructions_to_generate` items are kept; the last batch may take it a little past.
+`num_instructions_to_generate` items are kept; the last batch may take it a little past. It stops
+itself, with an error, after `max_empty_batches` batches in a row that keep nothing.
+
+The phases, as the log names them: `_open_run` (read the journal back, append a "start"), `_run_batch`
+(`request_batch`, then `decide_batch`, then commit the batch to the journal), `_finish_run` (the "end").
 
 Sampling is reproducible: batch b draws its prompts from `random.Random(f"selfinstruct:{seed}:{b}")`,
 so a resumed run sends exactly the prompts the uninterrupted run would have.
@@ -32,16 +36,17 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from alpaca_lib.errors import UsageError
-from alpaca_lib.fileio import atomic_write, jdump, jload, sha256_of
+from alpaca_lib.fileio import DiskFullError, atomic_write, disk_full_as_error, jdump, jload, sha256_of
 from alpaca_lib.llm.client import CompletionClient, GenerationError, redact_url
 from alpaca_lib.journal import Journal
 from alpaca_lib.llm.pricing import load_price_table
 from alpaca_lib.locking import output_lock
+from alpaca_lib.preflight import check_output_dir
 from alpaca_lib.rouge import RougeLPool
 from alpaca_lib.sources import ALPACA_FIELDS, RecordMessages, check_record
 
@@ -54,12 +59,17 @@ REGEN_NAME = "regen.json"
 LOCK_COMMAND = "generate_instruction generate_instruction_following_data"  # how a refused run names the holder
 ROUGE_THRESHOLD = 0.7  # the original's "> 0.7 is a near-duplicate"
 MOST_SIMILAR_K = 10
+REPLY_HEAD_CHARS = 1000  # what the journal keeps of an oversized reply, for a look at what the server sent
 
 
-def batch_prompt_ids(seed: int, batch: int, size: int, n_seeds: int, k: int) -> list[list[int]]:
+class GenerationStalled(GenerationError):
+    """Batch after batch kept nothing (--max_empty_batches): the run stopped itself."""
+
+
+def batch_prompt_ids(seed: int, batch: int, size: int, n_seeds: int, num_prompt_instructions: int) -> list[list[int]]:
     """The seed-task indices of each prompt of a batch; a pure function of (seed, batch)."""
     rng = random.Random(f"selfinstruct:{seed}:{batch}")
-    return [rng.sample(range(n_seeds), k) for _ in range(size)]
+    return [rng.sample(range(n_seeds), num_prompt_instructions) for _ in range(size)]
 
 
 def request_seed(seed: int, batch: int, slot: int) -> int:
@@ -125,7 +135,8 @@ class RegenFile:
         """Writes `items` (the list saved before, with more appended) to the file."""
         encoded = self._encoded
         encoded.extend(_json_indented(it, 1) for it in items[len(encoded) :])
-        with atomic_write(self.path) as f:
+        kept = f"the previous {self.path.name} and the journal beside it, which holds every finished batch, are intact"
+        with disk_full_as_error(self.path, kept), atomic_write(self.path) as f:
             if not encoded:
                 f.write("[]")
                 return
@@ -223,11 +234,13 @@ def run_generation(cfg: GenerateConfig, client: Any = None, progress: bool | Non
         OutputLockedError: another run is writing to cfg.output_dir.
     """
     cfg.check()
+    check_output_dir(cfg.output_dir)
     seeds = load_seed_tasks(cfg.seed_tasks_path)
-    k = cfg.num_prompt_instructions
-    if k > len(seeds):
+    num_prompt_instructions = cfg.num_prompt_instructions
+    if num_prompt_instructions > len(seeds):
         raise UsageError(
-            f"--num_prompt_instructions={k} but {cfg.seed_tasks_path} holds only {len(seeds)} seed tasks; use a smaller value"
+            f"--num_prompt_instructions={num_prompt_instructions} but {cfg.seed_tasks_path} holds only {len(seeds)} "
+            "seed tasks; use a smaller value"
         )
     prompt_path = Path(cfg.prompt_path)
     if not prompt_path.is_file():
@@ -239,25 +252,109 @@ def run_generation(cfg: GenerateConfig, client: Any = None, progress: bool | Non
     prices = load_price_table(cfg.price_table)
     print(f"Loaded {len(seeds)} human-written seed instructions")
     if client is None:  # before the lock makes the output folder: a missing key leaves nothing behind
-        client = CompletionClient.from_config(cfg, stop=STOP_SEQUENCES)
+        # A reply body is read up to what --max_reply_chars of text can take in JSON (each character
+        # escaped in at most 12 bytes), for every prompt of a request, so memory stays bounded.
+        reply_bytes = cfg.prompts_per_request * (12 * cfg.max_reply_chars + 4096)
+        client = CompletionClient.from_config(cfg, stop=STOP_SEQUENCES, max_reply_bytes=reply_bytes)
     with output_lock(cfg.output_dir, LOCK_COMMAND):
         return _generate(cfg, seeds, prompt_text, prices, client, progress)
 
 
+@dataclass
+class _Run:
+    """An open run: its settings and inputs, the journal it appends to, and what it holds so far."""
+
+    cfg: GenerateConfig
+    seeds: list[dict]
+    prompt_text: str
+    client: Any
+    seed: int  # the run's seed (given, or drawn by its first session and read back from the journal)
+    state: JournalState
+    journal: Journal
+    pool: RougeLPool  # the seeds' and kept items' instructions, for the ROUGE-L check
+    regen: RegenFile
+
+    @property
+    def chat(self) -> bool:
+        return self.client.api_style == "chat"
+
+
+@dataclass
+class BatchDecision:
+    """What phase two made of one batch's replies."""
+
+    kept: list[dict]  # items kept, each with its most similar instructions and their mean similarity
+    discarded: Counter  # discard counts by reason (DISCARD_REASONS)
+    raw_items: int  # items parsed before any filter
+    candidates: int  # items that reached the ROUGE-L check
+
+
+class _Progress:
+    """The progress bar and its running counts (kept, generated, discarded, tokens)."""
+
+    def __init__(self, target: int, state: JournalState, prices: dict, progress: bool | None):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=target, initial=min(len(state.items), target),
+                        disable=(not progress) if progress is not None else None, dynamic_ncols=True)
+        totals = summarize(state.requests, state.batches, prices)
+        self.counts = Counter(tokens=totals["total_tokens"], raw=totals["raw_items"], kept=totals["kept"])
+        self.show()
+
+    def show(self) -> None:
+        c = self.counts
+        self.bar.set_postfix(kept=c["kept"], generated=c["raw"], discarded=c["raw"] - c["kept"], tokens=c["tokens"],
+                             refresh=False)
+        self.bar.refresh()
+
+    def on_reply(self, reply: Any) -> None:
+        self.counts["tokens"] += reply.usage.get("total_tokens", 0)
+        self.show()
+
+    def on_batch(self, decision: BatchDecision) -> None:
+        self.counts["raw"] += decision.raw_items
+        self.counts["kept"] += len(decision.kept)
+        self.bar.update(min(len(decision.kept), max(0, self.bar.total - self.bar.n)))
+        self.show()
+
+
 def _generate(cfg: GenerateConfig, seeds: list[dict], prompt_text: str, prices: dict, client: Any,
               progress: bool | None) -> dict[str, Any]:
-    from tqdm import tqdm
+    run = _open_run(cfg, seeds, prompt_text, client)
+    try:
+        stalled = _run_batches(run, prices, progress)
+        summary = _finish_run(run, prices)
+    finally:
+        run.journal.close()
+    print(format_summary(summary))
+    print(f"{len(run.state.items)} instructions in {run.regen.path}")
+    if stalled:
+        raise GenerationStalled(_stall_message(cfg, stalled, summary, run.journal.path))
+    return summary
 
+
+def _stall_message(cfg: GenerateConfig, discarded: Counter, summary: dict[str, Any], journal_path: Path) -> str:
+    """Why a run stopped itself: what the empty batches dropped, what the run spent, what to look at."""
+    reasons = ", ".join(f"{reason} {n}" for reason, n in discarded.most_common() if n) or "no items in the replies"
+    cost = (f"${summary['cost_usd']:.4f} (estimate from the price table)" if summary["cost_usd"] is not None
+            else f"cost unknown (no price for {', '.join(summary['unpriced_models'])})")
+    return (
+        f"stopped: the last {cfg.max_empty_batches} batches ({cfg.max_empty_batches * cfg.request_batch_size} "
+        f"prompts) kept nothing; dropped: {reasons}. Spent so far: {summary['requests']} requests, "
+        f"{summary['total_tokens']} tokens, {cost}. The replies are in {journal_path} (its \"request\" lines): check "
+        "the server, --model_name, --api_style and --prompt_path, then re-run the same command to go on "
+        "(--max_empty_batches sets how many batches in a row may keep nothing)."
+    )
+
+
+def _open_run(cfg: GenerateConfig, seeds: list[dict], prompt_text: str, client: Any) -> _Run:
+    """Reads the journal back (if any), checks that it belongs to this run, and appends this session's "start"."""
     out = Path(cfg.output_dir)
-    k = cfg.num_prompt_instructions
     seeds_sha = sha256_of(Path(cfg.seed_tasks_path).read_bytes())
     prompt_sha = sha256_of(prompt_text)
     jpath, regen_path = out / JOURNAL_NAME, out / REGEN_NAME
     state = read_journal(jpath, repair=True) if jpath.exists() else JournalState()
     seed = _resolve_seed(cfg, state, seeds_sha, prompt_sha, jpath)
-    chat = client.api_style == "chat"
-    regen = RegenFile(regen_path)
-
     journal = Journal(jpath)
     try:
         if not state.starts and regen_path.exists():
@@ -266,14 +363,14 @@ def _generate(cfg: GenerateConfig, seeds: list[dict], prompt_text: str, prices: 
             rec = {"t": "batch", "batch": -1, "imported": True, "kept": len(legacy), "items": legacy}
             journal.append(rec, sync=True)
             state.items.extend(legacy)
-            state.batches.append({k_: v for k_, v in rec.items() if k_ != "items"})
+            state.batches.append({key: v for key, v in rec.items() if key != "items"})
         if state.items:
             print(f"Loaded {len(state.items)} machine-generated instructions")
         if cfg.keep_other_scripts and cfg.rouge_tokenizer == "words":
             print("Note: with --rouge_tokenizer=words an instruction with no [a-z0-9] in it scores 0 against every "
                   "other, so none is dropped as similar; --rouge_tokenizer=chars compares them character by character")
         # No secret reaches the journal: the key is left out, a password in the address is cut.
-        settings = {k_: v for k_, v in asdict(cfg).items() if k_ != "api_key"}
+        settings = {key: v for key, v in asdict(cfg).items() if key != "api_key"}
         settings["base_url"] = redact_url(cfg.base_url)
         journal.append(
             {
@@ -282,7 +379,7 @@ def _generate(cfg: GenerateConfig, seeds: list[dict], prompt_text: str, prices: 
                 "seed": seed,
                 "seed_tasks_sha256": seeds_sha,
                 "prompt_sha256": prompt_sha,
-                "num_prompt_instructions": k,
+                "num_prompt_instructions": cfg.num_prompt_instructions,
                 "keep_other_scripts": cfg.keep_other_scripts,
                 "rouge_tokenizer": cfg.rouge_tokenizer,
                 "api_style": client.api_style,
@@ -294,115 +391,141 @@ def _generate(cfg: GenerateConfig, seeds: list[dict], prompt_text: str, prices: 
         state.starts.append({"seed": seed})
         pool = RougeLPool([s["instruction"] for s in seeds] + [it["instruction"] for it in state.items],
                           workers=cfg.num_cpus, tokenizer=cfg.rouge_tokenizer)
-        target = cfg.num_instructions_to_generate
-        bar = tqdm(total=target, initial=min(len(state.items), target), disable=(not progress) if progress is not None else None, dynamic_ncols=True)
-        totals = summarize(state.requests, state.batches, prices)
-        counts = Counter(tokens=totals["total_tokens"], raw=totals["raw_items"], kept=totals["kept"])
-
-        def show():
-            bar.set_postfix(kept=counts["kept"], generated=counts["raw"], discarded=counts["raw"] - counts["kept"], tokens=counts["tokens"], refresh=False)
-            bar.refresh()
-
-        show()
-        last_save = time.monotonic()
-        unsaved = False
-        batches_run = 0
-        stopped = True  # until the loop ends on its own
-        executor = ThreadPoolExecutor(max_workers=cfg.max_concurrency or cfg.request_batch_size)
-        signals = _StopSignals()
-        try:
-            signals.install()
-            while len(state.items) < target:
-                if cfg.max_batches is not None and batches_run >= cfg.max_batches:
-                    print(f"Stopped after --max_batches={cfg.max_batches} batches; re-run to continue")
-                    break
-                b = state.next_batch
-                size = state.pending_size or cfg.request_batch_size
-                ids = batch_prompt_ids(seed, b, size, len(seeds), k)
-                prompts = [encode_prompt([seeds[i] for i in row], prompt_text) for row in ids]
-
-                def on_reply(reply):
-                    counts["tokens"] += reply.usage.get("total_tokens", 0)
-                    show()
-
-                t0 = time.monotonic()
-                replies = request_batch(client, executor, journal, state, b, ids, prompts,
-                                        1 if chat else cfg.prompts_per_request, seed, on_reply)
-                request_s = time.monotonic() - t0
-
-                t1 = time.monotonic()
-                kept_items, stats, raw_items, n_candidates = decide_batch(replies, k, chat, pool, cfg.keep_other_scripts)
-                rec = {
-                    "t": "batch",
-                    "batch": b,
-                    "prompts": size,
-                    "raw_items": raw_items,
-                    "candidates": n_candidates,
-                    "kept": len(kept_items),
-                    "discarded": dict(stats),
-                    "items": kept_items,
-                }
-                with signals.deferred():  # the journal line and the state that regen.json is saved from agree
-                    journal.append(rec, sync=True)
-                    state.items.extend(kept_items)
-                    state.batches.append({k_: v for k_, v in rec.items() if k_ != "items"})
-                    state.next_batch = b + 1
-                batches_run += 1
-                unsaved = True
-                counts["raw"] += raw_items
-                counts["kept"] += len(kept_items)
-                bar.update(min(len(kept_items), max(0, target - bar.n)))
-                show()
-                bar.write(
-                    f"Batch {b}: requests took {request_s:.2f}s, processing took {time.monotonic() - t1:.2f}s; "
-                    f"generated {raw_items} instructions, kept {len(kept_items)}"
-                )
-                if time.monotonic() - last_save >= cfg.save_every_s:
-                    regen.save(state.items)
-                    last_save, unsaved = time.monotonic(), False
-            stopped = False
-        finally:
-            signals.restore()
-            executor.shutdown(wait=False, cancel_futures=True)
-            bar.close()
-            if unsaved or not regen_path.exists():
-                regen.save(state.items)
-            if stopped:  # an error, Ctrl-C or SIGTERM: what the file holds now, before the error is reported
-                print(f"{len(state.items)} instructions in {regen_path} (the same as in the journal); "
-                      "re-run the same command to resume")
-        summary = summarize(state.requests, state.batches, prices)
-        summary["machine_instructions"] = len(state.items)
-        journal.append({"t": "end", "time": time.time(), "summary": summary}, sync=True)
-    finally:
+    except BaseException:
         journal.close()
-    print(format_summary(summary))
-    print(f"{len(state.items)} instructions in {regen_path}")
+        raise
+    return _Run(cfg, seeds, prompt_text, client, seed, state, journal, pool, RegenFile(regen_path))
+
+
+def _run_batches(run: _Run, prices: dict, progress: bool | None) -> Counter | None:
+    """Runs batches until the target is kept (or --max_batches); regen.json is saved however the loop ends.
+
+    Returns:
+        None, or, when --max_empty_batches batches in a row kept nothing, what they dropped (by reason).
+    """
+    cfg, state = run.cfg, run.state
+    target = cfg.num_instructions_to_generate
+    shown = _Progress(target, state, prices, progress)
+    last_save = time.monotonic()
+    unsaved = False
+    batches_run = 0
+    empty = Counter()  # what the batches since the last one that kept something dropped, by reason
+    empty_batches = 0
+    stopped = True  # until the loop ends on its own
+    executor = ThreadPoolExecutor(max_workers=cfg.max_concurrency or cfg.request_batch_size)
+    signals = _StopSignals()
+    try:
+        signals.install()
+        while len(state.items) < target:
+            if cfg.max_batches is not None and batches_run >= cfg.max_batches:
+                print(f"Stopped after --max_batches={cfg.max_batches} batches; re-run to continue")
+                break
+            decision = _run_batch(run, executor, signals, shown)
+            batches_run += 1
+            unsaved = True
+            if time.monotonic() - last_save >= cfg.save_every_s:
+                run.regen.save(state.items)
+                last_save, unsaved = time.monotonic(), False
+            if decision.kept:
+                empty, empty_batches = Counter(), 0
+            else:
+                empty.update(decision.discarded)
+                empty_batches += 1
+                if empty_batches >= cfg.max_empty_batches:
+                    stopped = False
+                    return empty
+        stopped = False
+    finally:
+        signals.restore()
+        executor.shutdown(wait=False, cancel_futures=True)
+        shown.bar.close()
+        saved = True
+        if unsaved or not run.regen.path.exists():
+            try:
+                run.regen.save(state.items)
+            except DiskFullError:
+                if not stopped:
+                    raise
+                saved = False  # the error on its way out (likely the same full disk) is the one to report
+        if stopped and saved:  # an error, Ctrl-C or SIGTERM: what the file holds now, before the error is reported
+            print(f"{len(state.items)} instructions in {run.regen.path} (the same as in the journal); "
+                  "re-run the same command to resume")
+
+
+def _run_batch(run: _Run, executor: ThreadPoolExecutor, signals: _StopSignals, shown: _Progress) -> BatchDecision:
+    """One batch: asks for its replies, decides which items to keep, and commits it to the journal."""
+    cfg, state = run.cfg, run.state
+    b = state.next_batch
+    size = state.pending_size or cfg.request_batch_size
+    ids = batch_prompt_ids(run.seed, b, size, len(run.seeds), cfg.num_prompt_instructions)
+    prompts = [encode_prompt([run.seeds[i] for i in row], run.prompt_text) for row in ids]
+
+    t0 = time.monotonic()
+    replies = request_batch(run.client, executor, run.journal, state, b, ids, prompts,
+                            1 if run.chat else cfg.prompts_per_request, run.seed, shown.on_reply,
+                            cfg.max_reply_chars)
+    request_s = time.monotonic() - t0
+
+    t1 = time.monotonic()
+    decision = decide_batch(replies, cfg.num_prompt_instructions, run.chat, run.pool, cfg.keep_other_scripts)
+    rec = {
+        "t": "batch",
+        "batch": b,
+        "prompts": size,
+        "raw_items": decision.raw_items,
+        "candidates": decision.candidates,
+        "kept": len(decision.kept),
+        "discarded": dict(decision.discarded),
+        "items": decision.kept,
+    }
+    with signals.deferred():  # the journal line and the state that regen.json is saved from agree
+        run.journal.append(rec, sync=True)
+        state.items.extend(decision.kept)
+        state.batches.append({key: v for key, v in rec.items() if key != "items"})
+        state.next_batch = b + 1
+    shown.on_batch(decision)
+    shown.bar.write(
+        f"Batch {b}: requests took {request_s:.2f}s, processing took {time.monotonic() - t1:.2f}s; "
+        f"generated {decision.raw_items} instructions, kept {len(decision.kept)}"
+    )
+    return decision
+
+
+def _finish_run(run: _Run, prices: dict) -> dict[str, Any]:
+    """The run's summary, appended to the journal as its "end" record."""
+    summary = summarize(run.state.requests, run.state.batches, prices)
+    summary["machine_instructions"] = len(run.state.items)
+    run.journal.append({"t": "end", "time": time.time(), "summary": summary}, sync=True)
     return summary
 
 
 def request_batch(client, executor, journal: Journal, state: JournalState, batch: int, ids: list[list[int]],
-                  prompts: list[str], per_request: int, seed: int, on_reply) -> dict[int, dict]:
+                  prompts: list[str], per_request: int, seed: int, on_reply,
+                  max_reply_chars: int = 65536) -> dict[int, dict]:
     """Phase one of a batch: gets a reply for every prompt, journaling each as it arrives.
 
     Replies an interrupted run already saved (`state.pending`) are reused, not asked for again; the rest
-    are sent concurrently on `executor`, `per_request` prompts per request.
+    are sent concurrently on `executor`, `per_request` prompts per request. A reply longer than
+    `max_reply_chars` (or cut off by the client) is journaled as its first REPLY_HEAD_CHARS characters and
+    its size, and comes back with "size" set: decide_batch drops it as oversized.
 
     Returns:
-        {slot: {"text", "finish_reason"}} for every prompt of the batch.
+        {slot: {"text", "finish_reason"} (and "size")} for every prompt of the batch.
     Raises:
         GenerationError: a request that failed for good (its siblings' replies are journaled first).
     """
     size = len(prompts)
     replies = dict(state.pending)
     state.pending, state.pending_size = {}, 0
-    missing = [s for s in range(size) if s not in replies]
+    missing = [slot for slot in range(size) if slot not in replies]
     groups = [missing[i : i + per_request] for i in range(0, len(missing), per_request)]
     futures = {
-        executor.submit(client.complete, [prompts[s] for s in g], request_seed(seed, batch, g[0])): g for g in groups
+        executor.submit(client.complete, [prompts[slot] for slot in slots], request_seed(seed, batch, slots[0])): slots
+        for slots in groups
     }
     errors = []
     for fut in as_completed(futures):
-        g = futures[fut]
+        slots = futures[fut]
         try:
             reply = fut.result()
         except GenerationError as e:
@@ -412,54 +535,62 @@ def request_batch(client, executor, journal: Journal, state: JournalState, batch
             "t": "request",
             "batch": batch,
             "batch_size": size,
-            "slots": g,
-            "seed_ids": [ids[s] for s in g],
+            "slots": slots,
+            "seed_ids": [ids[slot] for slot in slots],
             "model": client.model,
             "api_style": client.api_style,
             "max_tokens": reply.max_tokens,
             "attempts": reply.attempts,
             "latency_s": round(reply.latency_s, 3),
             "usage": reply.usage,
-            "choices": [{"slot": s, "text": c.text, "finish_reason": c.finish_reason} for s, c in zip(g, reply.choices)],
+            "choices": [_journaled_choice(slot, c, max_reply_chars) for slot, c in zip(slots, reply.choices)],
         }
         journal.append(rec)
         state.requests.append(rec)
-        for s, c in zip(g, reply.choices):
-            replies[s] = {"text": c.text, "finish_reason": c.finish_reason}
+        for choice in rec["choices"]:
+            replies[choice["slot"]] = {key: v for key, v in choice.items() if key != "slot"}
         on_reply(reply)
     if errors:
         raise errors[0]
     return replies
 
 
-def decide_batch(replies: dict[int, dict], k: int, chat: bool, pool: RougeLPool,
-                 keep_other_scripts: bool = False) -> tuple[list[dict], Counter, int, int]:
+def _journaled_choice(slot: int, choice: Any, max_reply_chars: int) -> dict[str, Any]:
+    """A reply as the journal keeps it: whole, or, if oversized, its first part and its size."""
+    size = choice.size if choice.size is not None else len(choice.text) if len(choice.text) > max_reply_chars else None
+    if size is None:
+        return {"slot": slot, "text": choice.text, "finish_reason": choice.finish_reason}
+    return {"slot": slot, "text": choice.text[:REPLY_HEAD_CHARS], "finish_reason": choice.finish_reason, "size": size}
+
+
+def decide_batch(replies: dict[int, dict], num_prompt_instructions: int, chat: bool, pool: RougeLPool,
+                 keep_other_scripts: bool = False) -> BatchDecision:
     """Phase two of a batch: splits the replies into items with the original filters, then keeps those whose
     ROUGE-L against the pool (and the items kept before them in the batch) is at most 0.7.
 
     `keep_other_scripts` relaxes the filters for instructions in other scripts (post_process_gpt3_response).
-
-    Returns:
-        (kept items with their most similar instructions and mean similarity, discard counts by reason,
-        items parsed before any filter, candidates that reached the ROUGE-L check).
     """
-    stats: Counter = Counter()
+    discarded: Counter = Counter()
     candidates: list[dict] = []
-    for s in range(len(replies)):
-        r = replies[s]
-        text = strip_repeated_header(r["text"], k) if chat else r["text"]
-        candidates += post_process_gpt3_response(k, {"text": text, "finish_reason": r["finish_reason"]}, stats,
+    for slot in range(len(replies)):
+        r = replies[slot]
+        if r.get("size") is not None:
+            discarded["oversized"] += 1
+            continue
+        text = strip_repeated_header(r["text"], num_prompt_instructions) if chat else r["text"]
+        candidates += post_process_gpt3_response(num_prompt_instructions,
+                                                  {"text": text, "finish_reason": r["finish_reason"]}, discarded,
                                                   keep_other_scripts)
     decisions = pool.filter_batch([c["instruction"] for c in candidates], ROUGE_THRESHOLD, MOST_SIMILAR_K)
     kept = []
     for c, d in zip(candidates, decisions):
         if not d.kept:
-            stats["similar"] += 1
+            discarded["similar"] += 1
             continue
         c["most_similar_instructions"] = d.most_similar_instructions
         c["avg_similarity_score"] = d.avg_similarity_score
         kept.append(c)
-    return kept, stats, sum(stats.values()) + len(kept), len(candidates)
+    return BatchDecision(kept, discarded, sum(discarded.values()) + len(kept), len(candidates))
 
 
 def export_alpaca(input_path: str | Path, output_path: str | Path) -> int:
@@ -472,7 +603,7 @@ def export_alpaca(input_path: str | Path, output_path: str | Path) -> int:
     Returns:
         The number of records written.
     """
-    src = Path(input_path)
+    src, output_path = Path(input_path).expanduser(), Path(output_path).expanduser()
     if src.is_dir():
         src = src / JOURNAL_NAME if (src / JOURNAL_NAME).exists() else src / REGEN_NAME
     if not src.is_file():
