@@ -1,0 +1,75 @@
+"""Progress lines for logs: bash scripts/test.sh tests/test_progress.py
+
+A fake clock drives `LogProgress`, so the lines (count, rate, time left) are exact; a real command under a
+pipe (`eval_model.py outputs` on the tiny model) shows them in its stderr.
+"""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from alpaca_lib.progress import LogProgress, duration, progress_bar
+
+
+class Clock:
+    def __init__(self):
+        self.t = 100.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_lines_come_at_the_interval_with_count_rate_and_time_left():
+    clock, out = Clock(), io.StringIO()
+    bar = LogProgress(total=100, desc="outputs", unit="answer", stream=out, every_s=30, clock=clock)
+    clock.t += 10
+    bar.update(10)  # 10 s: under the interval, nothing
+    assert out.getvalue() == ""
+    clock.t += 20
+    bar.update(20)  # 30 s, 30 answers: 1 a second, 70 to go
+    bar.set_postfix(tokens_per_s="12.5")
+    clock.t += 5
+    bar.update(5)  # 5 s after the last line: nothing
+    clock.t += 25
+    bar.update(5)  # 60 s, 40 answers
+    clock.t += 1
+    bar.update(60)
+    bar.close()
+    assert out.getvalue().splitlines() == [
+        "outputs: 30 answers of 100 answers (30%), 1.00 answers/s, about 1m 10s left",
+        "outputs: 40 answers of 100 answers (40%), 0.67 answers/s, about 1m 30s left (tokens_per_s=12.5)",
+        "outputs: 100 answers of 100 answers (100%), 1.64 answers/s, done in 1m 01s (tokens_per_s=12.5)",
+    ]
+
+
+def test_a_resumed_run_counts_its_rate_from_where_it_started():
+    clock, out = Clock(), io.StringIO()
+    bar = LogProgress(total=10, desc="judge", unit="verdict", initial=6, stream=out, every_s=0, clock=clock)
+    clock.t += 4
+    bar.update(2)
+    assert out.getvalue() == "judge: 8 verdicts of 10 verdicts (80%), 0.50 verdicts/s, about 4s left\n"
+
+
+def test_nothing_done_prints_nothing_and_bytes_read_as_megabytes():
+    out = io.StringIO()
+    LogProgress(total=5, stream=out, every_s=0).close()
+    assert out.getvalue() == ""
+    clock = Clock()
+    bar = LogProgress(total=4e6, desc="recover", unit="B", unit_scale=True, stream=out, every_s=0, clock=clock)
+    clock.t += 2
+    bar.update(1e6)
+    assert out.getvalue() == "recover: 1.0 MB of 4.0 MB (25%), 0.5 MB/s, about 6s left\n"
+
+
+@pytest.mark.parametrize("seconds, text", [(0.4, "0s"), (59, "59s"), (61, "1m 01s"), (3600 + 180, "1h 03m")])
+def test_duration(seconds, text):
+    assert duration(seconds) == text
+
+
+def test_progress_bar_picks_log_lines_off_a_terminal(capsys):
+    bar = progress_bar(total=3, desc="x", unit="it")  # pytest's captured stderr is not a terminal
+    assert isinstance(bar, LogProgress)
+    hidden = progress_bar(total=3, disable=True)
+    assert not isinstance(hidden, LogProgress) and hidden.disable
