@@ -202,14 +202,14 @@ def judge_pairs(client, pairing: Pairing, output_dir: Path, run: dict, max_concu
         {"verdicts": [per readable pair: both letters, replies, model_won, p_model], "unreadable": [...],
          "usage": {...}, "all_logprobs": bool}
     """
-    from tqdm import tqdm
+    from alpaca_lib.progress import progress_bar
 
     jpath = output_dir / JOURNAL_NAME
     earlier = records_of_run(jpath, run, "belongs to another judging run", "Use the same settings to continue it, "
                              "or another --output_dir to start afresh.")
     done = {(rec["pair"], rec["order"]): rec for rec in earlier if rec["t"] == "verdict"}
     tasks = [(i, o) for i in range(len(pairing.pairs)) for o in (0, 1) if (i, o) not in done]
-    bar = tqdm(total=2 * len(pairing.pairs), initial=2 * len(pairing.pairs) - len(tasks), unit="verdict",
+    bar = progress_bar(total=2 * len(pairing.pairs), desc="judge", initial=2 * len(pairing.pairs) - len(tasks), unit="verdict",
                dynamic_ncols=True, disable=(not progress) if progress is not None else None)
 
     def ask(i: int, order: int) -> dict:

@@ -2,7 +2,7 @@
 
     bar = progress_bar(total=len(records), desc="outputs", unit="answer")
     bar.update(16)                  # terminal: the usual bar; nohup, a pipe, a scheduler: a line every 30 s
-    bar.close()                     # prints `outputs: 805/805 answers (100%) in 5m 12s, 2.58 answers/s`
+    bar.close()                     # prints `outputs: 805 of 805 answers (100%), 2.58 answers/s, done in 5m 12s`
 
 tqdm hides its bar when stderr is not a terminal, and a bar redrawn with carriage returns is unreadable in
 a log file anyway. `LogProgress` prints instead, at most every `ALPACA_PROGRESS_INTERVAL_S` seconds
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from typing import Any, Optional, TextIO
 
@@ -48,10 +49,14 @@ def duration(seconds: float) -> str:
     return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
 
 
-def _amount(n: float, unit: str, scale: bool) -> str:
-    if scale and unit == "B":
-        return f"{n / 1e6:.1f} MB"
-    return f"{int(n)} {unit}s" if unit else str(int(n))
+def _amount(n: float, total: Optional[float], unit: str, scale: bool) -> str:
+    """`30 of 100 answers`, `1.0 of 4.0 MB`, or `30 answers` without a total."""
+    bytes_ = scale and unit == "B"
+    count = f"{n / 1e6:.1f}" if bytes_ else str(int(n))
+    name = "MB" if bytes_ else (f"{unit}s" if unit else "")
+    if total:
+        count += f" of {total / 1e6:.1f}" if bytes_ else f" of {int(total)}"
+    return f"{count} {name}".rstrip()
 
 
 class LogProgress:
@@ -65,11 +70,13 @@ class LogProgress:
         unit_scale: show bytes as MB (with unit="B").
         stream: where the lines go (default stderr).
         every_s: seconds between lines (default `interval_s()`).
+        heartbeat: also print when the count has not moved for `every_s` (a thread does; a long wait
+            for a server, a slow first batch), so a log never falls silent.
     """
 
     def __init__(self, total: Optional[float] = None, desc: str = "", unit: str = "it", initial: float = 0,
                  unit_scale: bool = False, stream: Optional[TextIO] = None, every_s: Optional[float] = None,
-                 clock=time.monotonic, **_tqdm_only: Any):
+                 clock=time.monotonic, heartbeat: bool = False, **_tqdm_only: Any):
         self.total, self.desc, self.unit, self.unit_scale = total, desc or "progress", unit, unit_scale
         self.n = self.initial = initial
         self.stream = stream
@@ -77,17 +84,26 @@ class LogProgress:
         self.clock = clock
         self.start = self.last = clock()
         self.postfix = ""
+        self.printed = initial  # the count of the last line printed
         self.closed = False
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        if heartbeat and self.every_s > 0:
+            threading.Thread(target=self._beat, name="progress-heartbeat", daemon=True).start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.every_s / 2):
+            if self.clock() - self.last >= self.every_s:
+                self._print()
 
     def line(self) -> str:
         """The progress line for the count now."""
         elapsed = self.clock() - self.start
         done = self.n - self.initial
         rate = done / elapsed if elapsed > 0 else 0.0
-        text = f"{self.desc}: {_amount(self.n, self.unit, self.unit_scale)}"
+        text = f"{self.desc}: {_amount(self.n, self.total, self.unit, self.unit_scale)}"
         if self.total:
-            text = (f"{self.desc}: {_amount(self.n, self.unit, self.unit_scale)} of "
-                    f"{_amount(self.total, self.unit, self.unit_scale)} ({100 * self.n / self.total:.0f}%)")
+            text += f" ({100 * self.n / self.total:.0f}%)"
         per_s = f"{rate / 1e6:.1f} MB/s" if self.unit_scale and self.unit == "B" else f"{rate:.2f} {self.unit}s/s"
         text += f", {per_s}"
         if self.total and rate > 0 and self.n < self.total:
@@ -97,8 +113,9 @@ class LogProgress:
         return text + (f" ({self.postfix})" if self.postfix else "")
 
     def _print(self) -> None:
-        print(self.line(), file=self.stream if self.stream is not None else sys.stderr, flush=True)
-        self.last = self.clock()
+        with self._lock:
+            print(self.line(), file=self.stream if self.stream is not None else sys.stderr, flush=True)
+            self.last, self.printed = self.clock(), self.n
 
     def update(self, n: float = 1) -> None:
         self.n += n
@@ -116,8 +133,9 @@ class LogProgress:
         pass
 
     def close(self) -> None:
-        """Prints the last line, if any work was done since the start."""
-        if not self.closed and self.n > self.initial:
+        """Prints the last line, if any work was done since the line before."""
+        self._stop.set()
+        if not self.closed and self.n != self.printed:
             self._print()
         self.closed = True
 
@@ -140,5 +158,5 @@ def progress_bar(total: Optional[float] = None, desc: str = "", unit: str = "it"
     from tqdm import tqdm
 
     if disable is None and not on_terminal():
-        return LogProgress(total=total, desc=desc, unit=unit, **kwargs)
+        return LogProgress(total=total, desc=desc, unit=unit, heartbeat=True, **kwargs)
     return tqdm(total=total, desc=desc or None, unit=unit, disable=bool(disable), **kwargs)

@@ -7,10 +7,17 @@ pipe (`eval_model.py outputs` on the tiny model) shows them in its stderr.
 from __future__ import annotations
 
 import io
+import json
+import os
+import re
+import subprocess
+import sys
 
 import pytest
 
-from alpaca_lib.progress import LogProgress, duration, progress_bar
+from conftest import REPO_ROOT
+
+from alpaca_lib.progress import INTERVAL_ENV, LogProgress, duration, progress_bar
 
 
 class Clock:
@@ -38,9 +45,9 @@ def test_lines_come_at_the_interval_with_count_rate_and_time_left():
     bar.update(60)
     bar.close()
     assert out.getvalue().splitlines() == [
-        "outputs: 30 answers of 100 answers (30%), 1.00 answers/s, about 1m 10s left",
-        "outputs: 40 answers of 100 answers (40%), 0.67 answers/s, about 1m 30s left (tokens_per_s=12.5)",
-        "outputs: 100 answers of 100 answers (100%), 1.64 answers/s, done in 1m 01s (tokens_per_s=12.5)",
+        "outputs: 30 of 100 answers (30%), 1.00 answers/s, about 1m 10s left",
+        "outputs: 40 of 100 answers (40%), 0.67 answers/s, about 1m 30s left (tokens_per_s=12.5)",
+        "outputs: 100 of 100 answers (100%), 1.64 answers/s, done in 1m 01s (tokens_per_s=12.5)",
     ]
 
 
@@ -49,7 +56,7 @@ def test_a_resumed_run_counts_its_rate_from_where_it_started():
     bar = LogProgress(total=10, desc="judge", unit="verdict", initial=6, stream=out, every_s=0, clock=clock)
     clock.t += 4
     bar.update(2)
-    assert out.getvalue() == "judge: 8 verdicts of 10 verdicts (80%), 0.50 verdicts/s, about 4s left\n"
+    assert out.getvalue() == "judge: 8 of 10 verdicts (80%), 0.50 verdicts/s, about 4s left\n"
 
 
 def test_nothing_done_prints_nothing_and_bytes_read_as_megabytes():
@@ -60,7 +67,7 @@ def test_nothing_done_prints_nothing_and_bytes_read_as_megabytes():
     bar = LogProgress(total=4e6, desc="recover", unit="B", unit_scale=True, stream=out, every_s=0, clock=clock)
     clock.t += 2
     bar.update(1e6)
-    assert out.getvalue() == "recover: 1.0 MB of 4.0 MB (25%), 0.5 MB/s, about 6s left\n"
+    assert out.getvalue() == "recover: 1.0 of 4.0 MB (25%), 0.5 MB/s, about 6s left\n"
 
 
 @pytest.mark.parametrize("seconds, text", [(0.4, "0s"), (59, "59s"), (61, "1m 01s"), (3600 + 180, "1h 03m")])
@@ -73,3 +80,27 @@ def test_progress_bar_picks_log_lines_off_a_terminal(capsys):
     assert isinstance(bar, LogProgress)
     hidden = progress_bar(total=3, disable=True)
     assert not isinstance(hidden, LogProgress) and hidden.disable
+
+
+def test_outputs_under_a_pipe_prints_progress_lines(tiny_llama_dir, tmp_path):
+    (tmp_path / "eval.json").write_text(json.dumps([{"instruction": f"Say {w}."} for w in "abcde"]), encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "eval_model.py"), "outputs", "--model_dir", str(tiny_llama_dir),
+         "--instructions_path", "eval.json", "--output_path", "out.json", "--max_new_tokens", "4", "--batch_size", "2"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, INTERVAL_ENV: "0"})
+    assert proc.returncode == 0, proc.stderr
+    lines = [re.sub(r"[0-9.]+ answers/s.*", "RATE", x) for x in proc.stderr.splitlines() if x.startswith("outputs: ")]
+    assert lines == ["outputs: 2 of 5 answers (40%), RATE", "outputs: 4 of 5 answers (80%), RATE",
+                     "outputs: 5 of 5 answers (100%), RATE"]
+    assert ", done in " in [x for x in proc.stderr.splitlines() if x.startswith("outputs: 5 of 5")][0]
+
+
+def test_heartbeat_prints_while_the_count_stands_still():
+    import time
+
+    out = io.StringIO()
+    bar = LogProgress(total=4, desc="generate", unit="instruction", stream=out, every_s=0.2, heartbeat=True)
+    time.sleep(0.5)  # no update: a server still working on the first batch
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert lines and set(lines) == {"generate: 0 of 4 instructions (0%), 0.00 instructions/s"}

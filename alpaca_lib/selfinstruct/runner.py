@@ -243,7 +243,7 @@ def run_generation(cfg: GenerateConfig, client: Any = None, progress: bool | Non
 
 def _generate(cfg: GenerateConfig, seeds: list[dict], prompt_text: str, prices: dict, client: Any,
               progress: bool | None) -> dict[str, Any]:
-    from tqdm import tqdm
+    from alpaca_lib.progress import progress_bar
 
     out = Path(cfg.output_dir)
     k = cfg.num_prompt_instructions
@@ -292,7 +292,7 @@ def _generate(cfg: GenerateConfig, seeds: list[dict], prompt_text: str, prices: 
         pool = RougeLPool([s["instruction"] for s in seeds] + [it["instruction"] for it in state.items],
                           workers=cfg.num_cpus, tokenizer=cfg.rouge_tokenizer)
         target = cfg.num_instructions_to_generate
-        bar = tqdm(total=target, initial=min(len(state.items), target), disable=(not progress) if progress is not None else None, dynamic_ncols=True)
+        bar = progress_bar(total=target, desc="generate", unit="instruction", initial=min(len(state.items), target), disable=(not progress) if progress is not None else None, dynamic_ncols=True)
         totals = summarize(state.requests, state.batches, prices)
         counts = Counter(tokens=totals["total_tokens"], raw=totals["raw_items"], kept=totals["kept"])
 
@@ -372,7 +372,7 @@ def _generate(cfg: GenerateConfig, seeds: list[dict], prompt_text: str, prices: 
         journal.append({"t": "end", "time": time.time(), "summary": summary}, sync=True)
     finally:
         journal.close()
-    print(format_summary(summary))
+    print(format_summary(summary, cfg.base_url))
     print(f"{len(state.items)} instructions in {regen_path}")
     return summary
 
