@@ -9,9 +9,12 @@
 from __future__ import annotations
 
 import sys
-from typing import Optional, Sequence, TextIO
+from typing import TYPE_CHECKING, Optional, Sequence, TextIO
 
 from alpaca_lib.outputs import GenerationSettings, LocalModel, prompt_of
+
+if TYPE_CHECKING:
+    from alpaca_lib.evalconfig import ChatConfig
 
 
 def generate_responses(
@@ -42,19 +45,22 @@ def generate_responses(
     return responses
 
 
-def chat_loop(model_dir: str, gguf_file: Optional[str] = None, max_new_tokens: int = 512, do_sample: bool = False,
-              temperature: float = 0.7, top_p: float = 1.0, stdin: Optional[TextIO] = None,
-              stdout: Optional[TextIO] = None, stderr: Optional[TextIO] = None) -> None:
+def chat_loop(cfg: "ChatConfig", stdin: Optional[TextIO] = None, stdout: Optional[TextIO] = None,
+              stderr: Optional[TextIO] = None) -> None:
     """An interactive loop: reads an instruction, then an optional input (an empty line for none), and streams
     the answer. Ends at end of input (Ctrl-D). Prompts go to stderr, answers to stdout (one turn per line).
+    The one chat of the project: `eval_model.py chat` and `python -m alpaca_lib.infer --chat` both run it.
+
+    Args:
+        cfg: the model and the decoding settings (alpaca_lib/evalconfig.py, where their defaults live).
     """
     import torch
     from transformers import TextStreamer
 
     stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
 
-    lm = LocalModel.load(model_dir, gguf_file)
-    sampling = GenerationSettings(do_sample=do_sample, temperature=temperature, top_p=top_p).sampling_kwargs()
+    lm = LocalModel.load(cfg.model_dir, cfg.gguf_file)
+    sampling = GenerationSettings(do_sample=cfg.do_sample, temperature=cfg.temperature, top_p=cfg.top_p).sampling_kwargs()
 
     class _Streamer(TextStreamer):
         def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
@@ -75,7 +81,7 @@ def chat_loop(model_dir: str, gguf_file: Optional[str] = None, max_new_tokens: i
         record = {"instruction": instruction.rstrip("\n"), "input": input_text.rstrip("\n")}
         batch = lm.tokenizer(prompt_of(record), return_tensors="pt").to(lm.device)
         with torch.no_grad():
-            lm.model.generate(**batch, max_new_tokens=max_new_tokens, eos_token_id=lm.eos_ids, pad_token_id=lm.pad_id,
+            lm.model.generate(**batch, max_new_tokens=cfg.max_new_tokens, eos_token_id=lm.eos_ids, pad_token_id=lm.pad_id,
                               streamer=_Streamer(lm.tokenizer, skip_prompt=True, skip_special_tokens=True), **sampling)
         if not input_text:
             break
@@ -88,7 +94,7 @@ def main(
     input: str = "",  # noqa: A002 - the Alpaca field name, as on the command line
     data_path: Optional[str] = None,
     num_examples: int = 3,
-    max_new_tokens: int = 128,
+    max_new_tokens: Optional[int] = None,
     gguf_file: Optional[str] = None,
     chat: bool = False,
 ) -> None:
@@ -100,15 +106,17 @@ def main(
         data_path: instead of --instruction, answer the first `num_examples` records of this file (an
             Alpaca file, or instructions only, as eval_instructions.json) and show each record's reference
             output, if it has one, beside the model's.
-        max_new_tokens: generation budget per response.
+        max_new_tokens: generation budget per response (default 128; with --chat, eval_model.py chat's).
         gguf_file: a GGUF file inside `model_dir` to load instead of safetensors.
         chat: talk to the model turn by turn instead (see `chat_loop`).
     """
     from alpaca_lib.data import load_records
     from alpaca_lib.errors import UsageError
+    from alpaca_lib.evalconfig import ChatConfig
 
+    budget = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}  # else each path's default
     if chat:
-        chat_loop(model_dir, gguf_file, max_new_tokens)
+        chat_loop(ChatConfig(model_dir=model_dir, gguf_file=gguf_file, **budget))
         return
     if instruction:
         examples = [{"instruction": instruction, "input": input}]
@@ -118,7 +126,7 @@ def main(
     else:
         raise UsageError("give --instruction TEXT (and optionally --input TEXT), --data_path FILE, or --chat.")
     lm = LocalModel.load(model_dir, gguf_file)
-    responses = generate_responses(lm.model, lm.tokenizer, examples, max_new_tokens)
+    responses = generate_responses(lm.model, lm.tokenizer, examples, **budget)
     for example, response in zip(examples, responses):
         print(f"### Instruction:\n{example['instruction']}")
         if example.get("input"):

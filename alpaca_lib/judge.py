@@ -25,11 +25,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 
 from alpaca_lib.journal import Journal, records_of_run
+
+if TYPE_CHECKING:
+    from alpaca_lib.evalconfig import JudgeConfig
 
 PROMPT_VERSION = "pairwise-v1"
 JUDGE_PROMPT = """You are judging two AI assistants' responses to the same request from a user.
@@ -285,3 +288,92 @@ def record_on_leaderboard(path: Path, row: dict) -> list[dict]:
         writer.writeheader()
         writer.writerows(rows)
     return rows
+
+
+@dataclass
+class JudgeResult:
+    """What `run_judge` produced: the summary (as in summary.json), the verdicts, and where the files are."""
+
+    summary: dict
+    verdicts: list[dict]
+    output_dir: Path
+
+    @property
+    def report_path(self) -> Path:
+        return self.output_dir / "report.md"
+
+
+def _name_of(records: list, path: str) -> str:
+    """A side's name: its records' `generator`, else its file's name."""
+    return records[0].get("generator") or Path(path).stem
+
+
+def run_judge(cfg: "JudgeConfig") -> JudgeResult:
+    """`eval_model.py judge`: checks the inputs, judges every pair (resuming a killed run), then writes
+    summary.json, annotations.json, the report, the chart and the leaderboard row.
+
+    Raises:
+        UsageError: inputs that cannot work (nothing is created then), or no readable verdict at all.
+    """
+    import json
+
+    from alpaca_lib.data import load_records
+    from alpaca_lib.errors import UsageError
+    from alpaca_lib.fileio import atomic_write
+    from alpaca_lib.llm.client import CompletionClient
+    from alpaca_lib.llm.pricing import load_price_table
+    from alpaca_lib.locking import output_lock
+    from alpaca_lib.outputs import file_digest
+    from alpaca_lib.preflight import check_not_an_input, check_output_dir
+    from alpaca_lib.report import CHART_NAME, draw_chart, write_report
+
+    check_output_dir(cfg.output_dir, "--output_dir")
+    check_not_an_input(cfg.output_dir, "--output_dir", {"--model_outputs": cfg.model_outputs,
+                                                        "--reference_outputs": cfg.reference_outputs})
+    fields = dict(required=("instruction", "output"), optional=("input", "dataset", "generator"))
+    model = load_records(cfg.model_outputs, flag="--model_outputs", **fields)
+    reference = load_records(cfg.reference_outputs, flag="--reference_outputs", **fields)
+    pairing = pair_records(model, reference)
+    if not pairing.pairs:
+        raise UsageError(f"{cfg.model_outputs} and {cfg.reference_outputs} share no instruction: nothing to judge. "
+                         f"{pairing.report()}")
+    note = pairing.report()
+    if note:
+        print(f"pairing: {note}")
+    prices = load_price_table(cfg.price_table)
+    client = CompletionClient(cfg.judge_model, base_url=cfg.base_url, api_key=cfg.api_key, api_style=cfg.api_style,
+                              max_tokens=4, temperature=0.0, logit_bias=None, stop=[],
+                              request_timeout=cfg.request_timeout, max_retries=cfg.max_retries)
+    out = Path(cfg.output_dir)  # made (by the lock) only once everything above has passed
+    # What a resumed run must share (not the server's address: a local server may come back on another port).
+    run = {"judge_model": cfg.judge_model, "api_style": cfg.api_style, "prompt_version": PROMPT_VERSION,
+           "model_outputs_sha256": file_digest(cfg.model_outputs),
+           "reference_outputs_sha256": file_digest(cfg.reference_outputs)}
+    with output_lock(out, f"eval_model.py judge --output_dir {cfg.output_dir}"):  # one judge run per folder
+        result = judge_pairs(client, pairing, out, run, cfg.max_concurrency, cfg.max_unreadable_retries,
+                             5 if cfg.logprobs else 0)
+        weighting = "logprobs" if cfg.logprobs and result["all_logprobs"] else "discrete"
+        summary = {
+            "model": _name_of(model, cfg.model_outputs), "reference": _name_of(reference, cfg.reference_outputs),
+            **summarize(result["verdicts"], weighting, len(result["unreadable"])),
+            "judge_model": cfg.judge_model, "prompt_version": PROMPT_VERSION, "usage": result["usage"],
+            "n_only_in_model": len(pairing.only_model), "n_only_in_reference": len(pairing.only_reference),
+            "n_duplicated": len(pairing.duplicated),
+        }
+        price = prices.get(cfg.judge_model)
+        summary["cost_usd"] = None if price is None else (
+            result["usage"]["prompt_tokens"] * price[0] + result["usage"]["completion_tokens"] * price[1]) / 1e6
+        if summary["n_pairs"] == 0:
+            raise UsageError(f"no pair got a readable verdict from {cfg.judge_model} ({summary['n_unreadable']} "
+                             "unreadable); check that the judge answers with a letter (see annotations.json).")
+        with atomic_write(out / "summary.json") as f:
+            json.dump(summary, f, indent=2)
+        with atomic_write(out / "annotations.json") as f:
+            json.dump(result["verdicts"] + result["unreadable"], f, indent=2, ensure_ascii=False)
+        with output_lock(out.parent, "eval_model.py judge (leaderboard)", name=".leaderboard.csv.lock", wait=True):
+            board = record_on_leaderboard(out.parent / "leaderboard.csv",
+                                          {**summary, "updated": time.strftime("%Y-%m-%d %H:%M")})
+        draw_chart(out / CHART_NAME, board, [len(v["output_model"]) for v in result["verdicts"]],
+                   [len(v["output_reference"]) for v in result["verdicts"]], summary["model"], summary["reference"])
+        write_report(out, summary, result["verdicts"], note)
+    return JudgeResult(summary, result["verdicts"], out)

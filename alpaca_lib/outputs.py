@@ -27,13 +27,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
 
 from alpaca_lib.data import load_records
 from alpaca_lib.errors import UsageError
 from alpaca_lib.fileio import atomic_write, sha256_of
 from alpaca_lib.journal import Journal, records_of_run
 from alpaca_lib.prompt import format_prompt
+
+if TYPE_CHECKING:
+    from alpaca_lib.evalconfig import OutputsConfig
 
 INSTRUCTION_FIELDS = ("instruction",)
 OPTIONAL_FIELDS = ("input", "output", "dataset", "generator")
@@ -304,3 +307,67 @@ def write_outputs(
 
 def file_digest(path: str) -> str:
     return sha256_of(Path(path).read_bytes())
+
+
+@dataclass
+class OutputsResult:
+    """What `run_outputs` wrote: the records, under which generator name, and where."""
+
+    records: list[dict]
+    generator: str
+    output_path: str
+
+
+def run_outputs(cfg: "OutputsConfig") -> OutputsResult:
+    """`eval_model.py outputs`: checks the settings, then answers every instruction (resuming a killed run).
+
+    Raises:
+        UsageError: a setting, path or input file that cannot work; nothing is created then.
+    """
+    from alpaca_lib.locking import output_lock
+    from alpaca_lib.preflight import check_model_source, check_output_file
+
+    settings = cfg.generation_settings()
+    settings.check()
+    if (cfg.model_dir is None) == (cfg.base_url is None):
+        raise UsageError("give either --model_dir (a local model) or --base_url with --model_name (a served one).")
+    if cfg.base_url is not None and not cfg.model_name:
+        raise UsageError("--base_url needs --model_name: the name the server knows the model by.")
+    if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
+        raise UsageError(f"--batch_size must be a positive integer; got {cfg.batch_size!r}")
+    if cfg.model_dir is not None:
+        check_model_source(cfg.model_dir, cfg.gguf_file, flag="--model_dir", hub=False)
+    check_output_file(cfg.output_path, "--output_path", {"--instructions_path": cfg.instructions_path})
+    records = load_instructions(cfg.instructions_path)
+    run = {"instructions_sha256": file_digest(cfg.instructions_path), **vars(settings)}
+    if cfg.model_dir is not None:
+        prompts = [prompt_of(r) for r in records]
+
+        def answer_batches(todo):  # the model loads only when there is something left to answer
+            model = LocalModel.load(cfg.model_dir, cfg.gguf_file, cfg.dtype)
+            for idx, answers in model.answer([prompts[i] for i in todo], settings, cfg.batch_size):
+                yield [todo[i] for i in idx], answers
+
+        identity = LocalModel.fingerprint(cfg.model_dir, cfg.gguf_file)
+        generator = cfg.generator or Path(cfg.model_dir).resolve().name
+    else:
+        from alpaca_lib.llm.client import CompletionClient
+
+        client = CompletionClient(cfg.model_name, base_url=cfg.base_url, api_key=cfg.api_key, api_style=cfg.api_style,
+                                  max_tokens=cfg.max_new_tokens, temperature=cfg.temperature if cfg.do_sample else 0.0,
+                                  top_p=cfg.top_p if cfg.do_sample else 1.0, logit_bias=None, stop=[],
+                                  request_timeout=cfg.request_timeout, max_retries=cfg.max_retries)
+        model = ServedModel(client, cfg.max_concurrency)
+        identity = model.fingerprint()
+
+        def answer_batches(todo):
+            for idx, answers in model.answer([records[i] for i in todo], settings):
+                yield [todo[i] for i in idx], answers
+
+        generator = cfg.generator or cfg.model_name
+    run.update(identity, generator=generator)
+    target = Path(cfg.output_path)
+    with output_lock(target.parent, f"eval_model.py outputs --output_path {cfg.output_path}",
+                     name=f".{target.name}.lock"):
+        written = write_outputs(records, answer_batches, cfg.output_path, generator, run)
+    return OutputsResult(written, generator, cfg.output_path)

@@ -42,3 +42,16 @@ def test_selfinstruct_is_imported_by_the_generator_path_only():
             importers.add(str(p.relative_to(REPO_ROOT)))
     inside = {i for i in importers if i.startswith("alpaca_lib/selfinstruct/")}
     assert importers - inside == {"generate_instruction.py"}
+
+
+def _requirement_lines(text: str) -> list[str]:
+    return [line.split("#", 1)[0].strip() for line in text.splitlines() if line.split("#", 1)[0].strip()]
+
+
+def test_requirements_txt_lists_exactly_pyprojects_dependencies():
+    import tomllib
+
+    with open(REPO_ROOT / "pyproject.toml", "rb") as f:
+        declared = tomllib.load(f)["project"]["dependencies"]
+    listed = _requirement_lines((REPO_ROOT / "requirements.txt").read_text(encoding="utf-8"))
+    assert listed == [d.split("#", 1)[0].strip() for d in declared]

@@ -15,7 +15,7 @@ import inspect
 import json
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from alpaca_lib.errors import UsageError
@@ -27,6 +27,15 @@ API_STYLES = ("auto", "completions", "chat")
 
 def _help(text: str, default: Any = dataclasses.MISSING, **kw) -> Any:
     return field(default=default, metadata={"help": text}, **kw)
+
+
+def same_as(config_cls: type, name: str, text: str | None = None) -> Any:
+    """A field with the default (and, unless `text` is given, the help) of `config_cls`'s field `name`.
+
+    How a command reuses a setting defined elsewhere without typing its default again.
+    """
+    (f,) = [f for f in dataclasses.fields(config_cls) if f.name == name]
+    return _help(f.metadata["help"] if text is None else text, f.default)
 
 
 def redact_url(url: str | None) -> str | None:
@@ -103,11 +112,18 @@ def client_settings(config: ClientConfig) -> dict[str, Any]:
     return {f.name: getattr(config, f.name) for f in dataclasses.fields(ClientConfig)}
 
 
-def cli_signature(config_cls: type) -> inspect.Signature:
-    """A keyword-only signature with the config's fields and defaults, for `fire` to build flags from."""
+def cli_signature(config_cls: type, positional: bool = False) -> inspect.Signature:
+    """A signature with the config's fields and defaults, for `fire` to build flags from.
+
+    Args:
+        config_cls: a dataclass whose fields are the flags.
+        positional: the fields may also be given by position, in field order (keyword-only otherwise).
+    """
     hints = typing.get_type_hints(config_cls)
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD if positional else inspect.Parameter.KEYWORD_ONLY
     params = [
-        inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=hints[f.name])
+        inspect.Parameter(f.name, kind, annotation=hints[f.name],
+                          default=inspect.Parameter.empty if f.default is dataclasses.MISSING else f.default)
         for f in dataclasses.fields(config_cls)
     ]
     return inspect.Signature(params, return_annotation=None)
@@ -118,3 +134,24 @@ def cli_docstring(config_cls: type, summary: str) -> str:
     lines = [summary, "", "Args:"]
     lines += [f"    {f.name}: {f.metadata['help']}" for f in dataclasses.fields(config_cls)]
     return "\n".join(lines)
+
+
+def cli_command(config_cls: type, run: Callable[[Any], Any], name: str, summary: str, positional: bool = False) -> Callable:
+    """A `fire` command whose flags are `config_cls`'s fields: it builds the config and calls `run(config)`.
+
+    Args:
+        config_cls: the command's settings, a dataclass (the only place its defaults live).
+        run: what the command does, given the config.
+        name: the command's name (what `fire` lists).
+        summary: the first line of its help.
+        positional: the flags may also be given by position, in field order.
+    """
+    signature = cli_signature(config_cls, positional)
+
+    def command(*args: Any, **kwargs: Any) -> Any:
+        return run(config_cls(**signature.bind(*args, **kwargs).arguments))
+
+    command.__name__ = command.__qualname__ = name
+    command.__signature__ = signature
+    command.__doc__ = cli_docstring(config_cls, summary)
+    return command
