@@ -48,6 +48,7 @@ from alpaca_lib.checkpoints import (
 from alpaca_lib.data import open_source
 from alpaca_lib.errors import UsageError, exit_with
 from alpaca_lib.lora import ADAPTER_SUBDIR, add_lora, quantization_config, save_adapter_and_merged
+from alpaca_lib.lossplot import plot_loss
 from alpaca_lib.modeling import (
     DEFAULT_BOS_TOKEN,
     DEFAULT_EOS_TOKEN,
@@ -73,6 +74,7 @@ from alpaca_lib.train_args import (
     check_flags,
     parse_flags,
 )
+from alpaca_lib.trainlog import describe_launch, log_callbacks
 from utils import PROMPT_DICT
 
 __all__ = [
@@ -180,6 +182,9 @@ def train(argv: Optional[Sequence[str]] = None) -> transformers.Trainer:
             delete_checkpoints(training_args.output_dir)
         trainer.accelerator.wait_for_everyone()
         trainer.train(resume_from_checkpoint=resume_from)
+    if training_args.should_save:  # the main process: training (and eval) loss per logged step
+        plot_loss(trainer.state.log_history, training_args.output_dir,
+                  title=f"{model_args.model_name_or_path} on {data_args.data_path}")
     if sigterm.stopped_at is not None:
         raise Preempted(
             f"stopped by SIGTERM: saved {training_args.output_dir}/checkpoint-{sigterm.stopped_at} at step "
@@ -204,12 +209,10 @@ def _make_trainer(model, tokenizer, model_args, data_args, training_args, record
             eval_records=eval_records, supervised_logits_only=supervised_logits,
         )
     sigterm = StopOnSigterm()
-    trainer = ResumableTrainer(model=model, processing_class=tokenizer, args=training_args, callbacks=[sigterm],
-                               **data_module)
-    logger.info(
-        "training with %s over %d process(es) on %s", trainer.accelerator.distributed_type.value,
-        training_args.world_size, training_args.device,
-    )
+    trainer = ResumableTrainer(model=model, processing_class=tokenizer, args=training_args,
+                               callbacks=[sigterm, *log_callbacks(data_module["train_dataset"])], **data_module)
+    logger.info(describe_launch(trainer.accelerator.distributed_type.value, training_args.world_size,
+                                training_args.device))
     return trainer, sigterm
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
@@ -21,6 +22,7 @@ from typing import Optional, Sequence
 import torch
 import transformers
 
+from alpaca_lib.config_file import expand_config
 from alpaca_lib.data import DataError, default_cache_dir
 from alpaca_lib.errors import UsageError
 from alpaca_lib.lora import DEFAULT_TARGET_MODULES, check_qlora_available
@@ -229,6 +231,9 @@ def parse_flags(argv: Optional[Sequence[str]] = None):
     """
     types = (ModelArguments, DataArguments, TrainingArguments)
     parser = _FlagParser(types)
+    # --config FILE: the file's flags go first, so the ones typed after them win (alpaca_lib/config_file.py).
+    argv = expand_config(sys.argv[1:] if argv is None else argv,
+                         ["--" + f.name for t in types for f in dataclasses.fields(t)], "train.py")
     try:
         *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     except UsageError:

@@ -31,12 +31,14 @@ class TrainerLogProgress(transformers.TrainerCallback):
                                    stream=self.stream, every_s=self.every_s)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.bar is not None:
+        # On a logging step the loss comes next, in on_log: count the step there, so its line shows it.
+        if self.bar is not None and not control.should_log:
             self.bar.update(state.global_step - self.bar.n)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.bar is not None and logs and "loss" in logs:
             self.bar.set_postfix_str(f"loss {float(logs['loss']):.4g}")
+            self.bar.update(state.global_step - self.bar.n)
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.bar is not None:
@@ -65,3 +67,30 @@ class PackedExamplesPerSecond(transformers.TrainerCallback):
         if state.is_world_process_zero:
             logger.info("packing: %s examples/s (%d examples in %d rows; train_samples_per_second counts rows)",
                         rate, self.examples, self.rows)
+
+
+# accelerate's names for how the work is spread, in the words users know (NO: one process, no wrapper).
+_LAUNCH_NAMES = {"MULTI_CPU": "DDP", "MULTI_GPU": "DDP", "MULTI_XPU": "DDP", "MULTI_NPU": "DDP", "MULTI_HPU": "DDP",
+                 "FSDP": "FSDP", "DEEPSPEED": "DeepSpeed"}
+
+
+def describe_launch(distributed_type: str, world_size: int, device) -> str:
+    """The log line that says how training runs: `training in one process on cpu`,
+    `training with DDP (MULTI_CPU) over 2 processes on cpu`, `training with FSDP over 8 processes on cuda:0`."""
+    if distributed_type == "NO" and world_size == 1:
+        return f"training in one process on {device}"
+    name = _LAUNCH_NAMES.get(distributed_type, distributed_type)
+    if name.upper() != distributed_type:
+        name = f"{name} ({distributed_type})"
+    return f"training with {name} over {world_size} process{'es' if world_size != 1 else ''} on {device}"
+
+
+def log_callbacks(train_dataset, stream: Optional[TextIO] = None) -> list:
+    """The callbacks train.py adds: progress lines when stderr is not a terminal, examples/s under packing."""
+    from alpaca_lib.packing import PackedDataset
+    from alpaca_lib.progress import on_terminal
+
+    callbacks = [] if on_terminal(stream) else [TrainerLogProgress(stream)]
+    if isinstance(train_dataset, PackedDataset):
+        callbacks.append(PackedExamplesPerSecond(len(train_dataset.examples), len(train_dataset)))
+    return callbacks

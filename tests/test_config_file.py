@@ -6,6 +6,7 @@ commands reading `--config`. train.py's own test (a command-line override wins) 
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
@@ -86,3 +87,46 @@ def test_prepare_data_convert_reads_a_config_and_the_command_line_wins(tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == f"{tmp_path / 'typed.json'}: wrote 1 of 2 records (1 longer than 2 words left out)"
     assert not (tmp_path / "file.json").exists()
+
+
+README_COMMAND = [  # the README's Alpaca-7B flags, as typed there
+    "--data_path", "./alpaca_data.json", "--bf16", "True", "--num_train_epochs", "3",
+    "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4", "--gradient_accumulation_steps", "8",
+    "--evaluation_strategy", "no", "--save_strategy", "steps", "--save_steps", "2000", "--save_total_limit", "1",
+    "--learning_rate", "2e-5", "--weight_decay", "0.", "--warmup_ratio", "0.03", "--lr_scheduler_type", "cosine",
+    "--logging_steps", "1", "--fsdp", "full_shard auto_wrap", "--fsdp_transformer_layer_cls_to_wrap",
+    "LlamaDecoderLayer", "--tf32", "True",
+]
+
+
+def _parsed(argv):
+    import warnings
+
+    from alpaca_lib.train_args import parse_flags
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # --tf32 / --fsdp on a machine without a GPU
+        return [dataclasses.asdict(a) for a in parse_flags(argv)]
+
+
+def test_alpaca_7b_config_is_the_readme_command_and_the_command_line_wins(tmp_path):
+    own = ["--model_name_or_path", "llama-7b", "--output_dir", str(tmp_path / "out")]
+    from_file = _parsed(["--config", str(REPO_ROOT / "configs" / "alpaca_7b.yaml"), *own])
+    assert from_file == _parsed([*README_COMMAND, *own])
+    overridden = _parsed(["--config", str(REPO_ROOT / "configs" / "alpaca_7b.yaml"), *own, "--learning_rate", "1e-5",
+                          "--num_train_epochs", "5"])
+    assert (overridden[2]["learning_rate"], overridden[2]["num_train_epochs"]) == (1e-5, 5)
+    assert from_file[2]["learning_rate"] == 2e-5 and from_file[2]["fsdp"] == overridden[2]["fsdp"]
+    assert {k: v for k, v in overridden[2].items() if from_file[2][k] != v and k not in ("learning_rate",
+            "num_train_epochs")} == {}
+
+
+def test_train_py_refuses_an_unknown_key_before_anything_starts(tmp_path):
+    path = _yaml(tmp_path, "lerning_rate: 1e-4\n")
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), "--config", path, "--output_dir",
+                             str(tmp_path / "out")], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: --config {path}: unknown key 'lerning_rate' (did you mean learning_rate?); the keys are train.py's "
+        "flags without the leading -- (see `train.py --help`).")
+    assert not (tmp_path / "out").exists()

@@ -104,3 +104,15 @@ def test_heartbeat_prints_while_the_count_stands_still():
     bar.close()
     lines = out.getvalue().splitlines()
     assert lines and set(lines) == {"generate: 0 of 4 instructions (0%), 0.00 instructions/s"}
+
+
+@pytest.mark.parametrize("kind, world, line", [
+    ("NO", 1, "training in one process on cpu"),
+    ("MULTI_CPU", 2, "training with DDP (MULTI_CPU) over 2 processes on cpu"),
+    ("FSDP", 8, "training with FSDP over 8 processes on cpu"),
+    ("DEEPSPEED", 4, "training with DeepSpeed (DEEPSPEED) over 4 processes on cpu"),
+])
+def test_the_launch_is_said_in_users_words(kind, world, line):
+    from alpaca_lib.trainlog import describe_launch
+
+    assert describe_launch(kind, world, "cpu") == line
