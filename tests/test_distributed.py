@@ -70,7 +70,7 @@ def _check_saved_model(out: Path, vocab: int):
         ("fsdp", [str(REPO_ROOT / "tests" / "cpu_dist_launch.py")],
          ["--fsdp", "full_shard auto_wrap", "--fsdp_transformer_layer_cls_to_wrap", "LlamaDecoderLayer"], "FSDP"),
         ("deepspeed", [str(REPO_ROOT / "tests" / "cpu_dist_launch.py")],
-         ["--deepspeed", str(REPO_ROOT / "configs" / "default_offload_opt_param.json")], "DeepSpeed (DEEPSPEED)"),
+         ["--deepspeed", str(REPO_ROOT / "configs" / "default_offload_opt_param.json")], "DeepSpeed"),
     ],
 )
 def test_torchrun_two_processes(setup, tiny_llama_dir, mode, launcher, extra, expected_type):

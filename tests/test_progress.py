@@ -110,7 +110,7 @@ def test_heartbeat_prints_while_the_count_stands_still():
     ("NO", 1, "training in one process on cpu"),
     ("MULTI_CPU", 2, "training with DDP (MULTI_CPU) over 2 processes on cpu"),
     ("FSDP", 8, "training with FSDP over 8 processes on cpu"),
-    ("DEEPSPEED", 4, "training with DeepSpeed (DEEPSPEED) over 4 processes on cpu"),
+    ("DEEPSPEED", 4, "training with DeepSpeed over 4 processes on cpu"),
 ])
 def test_the_launch_is_said_in_users_words(kind, world, line):
     from alpaca_lib.trainlog import describe_launch
