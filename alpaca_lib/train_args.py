@@ -168,6 +168,8 @@ class TrainingArguments(transformers.TrainingArguments):
             classes = [c.strip() for c in self.fsdp_transformer_layer_cls_to_wrap.split(",") if c.strip()]
             config.setdefault("transformer_layer_cls_to_wrap", classes)
             self.fsdp_config = config
+        if isinstance(self.fsdp, str):
+            self.fsdp, self.fsdp_config = fsdp_string_to_config(self.fsdp, self.fsdp_config)
         if self.group_by_length:
             self.train_sampling_strategy = "group_by_length"
         if self.packing and self.train_sampling_strategy == "group_by_length":
@@ -200,6 +202,40 @@ class TrainingArguments(transformers.TrainingArguments):
                 "train.py: --deepspeed needs a GPU; accelerate sets up no CPU process group for DeepSpeed, so "
                 "without one the run is expected to fail. Drop --deepspeed to train with DDP on CPU."
             )
+
+
+# The original's `--fsdp "full_shard auto_wrap"` words, as FSDP2 settings in fsdp_config (transformers 5's
+# own translation of the string warns that it goes away, and will go). auto_wrap is FSDP2's default policy.
+_FSDP2_WORDS = {"full_shard": ("reshard_after_forward", True), "shard_grad_op": ("reshard_after_forward", False),
+                "offload": ("cpu_offload", True), "auto_wrap": None}
+
+
+def fsdp_string_to_config(fsdp: str, fsdp_config):
+    """(True, fsdp_config with the string's options) for an --fsdp string of FSDP2 words; else both unchanged.
+
+    Args:
+        fsdp: the --fsdp value, e.g. "full_shard auto_wrap" or "full_shard auto_wrap offload".
+        fsdp_config: None, a dict, or a JSON file or string (as --fsdp_config takes it).
+    Returns:
+        (fsdp, fsdp_config) to use. Strings with other words (hybrid_shard, ...) or an FSDP1 config
+        (version 1) are left to transformers as they are.
+    """
+    words = fsdp.split()
+    config = fsdp_config
+    if isinstance(config, str):
+        if config.lstrip().startswith("{"):
+            config = json.loads(config)
+        else:
+            with open(config, encoding="utf-8") as f:
+                config = json.load(f)
+    config = dict(config or {})
+    if not words or any(w not in _FSDP2_WORDS for w in words) or int(config.get("version", 2)) != 2:
+        return fsdp, fsdp_config
+    for word in words:
+        if _FSDP2_WORDS[word] is not None:
+            key, value = _FSDP2_WORDS[word]
+            config.setdefault(key, value)
+    return True, config
 
 
 def _has_other_accelerator() -> bool:

@@ -28,7 +28,7 @@ class TrainerLogProgress(transformers.TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             self.bar = LogProgress(total=state.max_steps, desc="training", unit="step", initial=state.global_step,
-                                   stream=self.stream, every_s=self.every_s)
+                                   stream=self.stream, every_s=self.every_s, heartbeat=True)
 
     def on_step_end(self, args, state, control, **kwargs):
         # On a logging step the loss comes next, in on_log: count the step there, so its line shows it.

@@ -50,3 +50,34 @@ def test_a_local_server_costs_nothing_instead_of_unknown():
         "cost: none (a server on this machine, http://127.0.0.1:8000/v1)")
     assert format_summary(summary, "https://api.example.com/v1").splitlines()[-1] == (
         "cost: unknown (no price for m; pass --price_table)")
+
+
+@pytest.mark.parametrize("fsdp", ["full_shard auto_wrap", "full_shard auto_wrap offload", "shard_grad_op"])
+def test_the_originals_fsdp_string_is_fsdp2_settings_without_the_deprecation(fsdp, caplog):
+    """--fsdp "full_shard auto_wrap" gives the plugin arguments transformers' own (deprecated) reading gives."""
+    import logging
+    import warnings
+
+    import transformers
+
+    from alpaca_lib.train_args import parse_flags
+
+    cls = {"transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # --fsdp on a machine without a GPU
+        with caplog.at_level(logging.WARNING, logger="transformers.training_args"):
+            _, _, ours = parse_flags(["--output_dir", "out", "--fsdp", fsdp,
+                                      "--fsdp_transformer_layer_cls_to_wrap", "LlamaDecoderLayer"])
+        assert "deprecated" not in caplog.text
+        theirs = transformers.TrainingArguments(output_dir="out", fsdp=fsdp, fsdp_config=dict(cls), use_cpu=True)
+    assert ours.fsdp is True and ours.fsdp_config == theirs.fsdp_config
+    assert ours.fsdp_plugin_args == theirs.fsdp_plugin_args
+
+
+def test_fsdp_strings_it_does_not_know_are_left_to_transformers():
+    from alpaca_lib.train_args import fsdp_string_to_config
+
+    assert fsdp_string_to_config("hybrid_shard auto_wrap", None) == ("hybrid_shard auto_wrap", None)
+    assert fsdp_string_to_config("full_shard", {"version": 1}) == ("full_shard", {"version": 1})
+    assert fsdp_string_to_config("full_shard offload", '{"min_num_params": 5}') == (
+        True, {"min_num_params": 5, "reshard_after_forward": True, "cpu_offload": True})
