@@ -75,7 +75,7 @@ from alpaca_lib.train_args import (
     check_flags,
     parse_flags,
 )
-from alpaca_lib.trainlog import describe_launch, log_callbacks
+from alpaca_lib.trainlog import describe_launch, log_callbacks, log_progress_off_terminal
 from utils import PROMPT_DICT
 
 __all__ = [
@@ -213,6 +213,7 @@ def _make_trainer(model, tokenizer, model_args, data_args, training_args, record
     sigterm = StopOnSigterm()
     trainer = ResumableTrainer(model=model, processing_class=tokenizer, args=training_args,
                                callbacks=[sigterm, *log_callbacks(data_module["train_dataset"])], **data_module)
+    log_progress_off_terminal(trainer)
     logger.info(describe_launch(trainer.accelerator.distributed_type.value, training_args.world_size,
                                 training_args.device))
     return trainer, sigterm

@@ -94,3 +94,12 @@ def log_callbacks(train_dataset, stream: Optional[TextIO] = None) -> list:
     if isinstance(train_dataset, PackedDataset):
         callbacks.append(PackedExamplesPerSecond(len(train_dataset.examples), len(train_dataset)))
     return callbacks
+
+
+def log_progress_off_terminal(trainer, stream: Optional[TextIO] = None) -> None:
+    """Off a terminal, swaps the Trainer's tqdm bar (carriage-return redraws, unreadable in a log file) for
+    the printer of its log dicts; the progress lines of `TrainerLogProgress` take the bar's place."""
+    from alpaca_lib.progress import on_terminal
+
+    if not on_terminal(stream) and trainer.pop_callback(transformers.trainer_callback.ProgressCallback) is not None:
+        trainer.add_callback(transformers.trainer_callback.PrinterCallback)

@@ -116,3 +116,26 @@ def test_the_launch_is_said_in_users_words(kind, world, line):
     from alpaca_lib.trainlog import describe_launch
 
     assert describe_launch(kind, world, "cpu") == line
+
+
+def test_off_a_terminal_the_trainers_tqdm_bar_gives_way_to_its_log_printer():
+    from transformers.trainer_callback import CallbackHandler, PrinterCallback, ProgressCallback
+
+    from alpaca_lib.trainlog import log_progress_off_terminal
+
+    class Trainer:  # the two methods of transformers.Trainer the swap uses, over the real CallbackHandler
+        def __init__(self, callbacks):
+            self.callback_handler = CallbackHandler(callbacks, None, None, None, None)
+
+        def pop_callback(self, callback):
+            return self.callback_handler.pop_callback(callback)
+
+        def add_callback(self, callback):
+            self.callback_handler.add_callback(callback)
+
+    bar = Trainer([ProgressCallback])
+    log_progress_off_terminal(bar, stream=io.StringIO())
+    assert [type(c) for c in bar.callback_handler.callbacks] == [PrinterCallback]
+    quiet = Trainer([PrinterCallback])  # --disable_tqdm True: nothing to swap
+    log_progress_off_terminal(quiet, stream=io.StringIO())
+    assert [type(c) for c in quiet.callback_handler.callbacks] == [PrinterCallback]
