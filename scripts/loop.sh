@@ -102,5 +102,8 @@ $PY -c "
 import json
 s = json.load(open('$OUT/judge/tuned_vs_base/summary.json'))
 print(f\"win rate of the tuned model over the base: {s['win_rate']:.1f}% ({s['n_wins']} wins, {s['n_ties']} ties, \"
-      f\"{s['n_losses']} losses over {s['n_pairs']} instructions; {s['n_unreadable']} unreadable verdicts left out)\")"
+      f\"{s['n_losses']} losses over {s['n_pairs']} instructions; {s['n_unreadable']} unreadable verdicts left out)\")
+d = s.get('diagnostics') or {k: s[k] for k in ('order_consistency', 'first_position_rate', 'unreadable_rate') if k in s}
+if d:
+    print('judge diagnostics: ' + ', '.join(f'{k} {v}' for k, v in d.items()))"
 echo "disk: $(du -sh "$OUT" | cut -f1) in $OUT, $(du -sh "$BASE" | cut -f1) in $BASE; the loop took $(( $(date +%s) - start )) s"
