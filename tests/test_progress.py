@@ -139,3 +139,17 @@ def test_off_a_terminal_the_trainers_tqdm_bar_gives_way_to_its_log_printer():
     quiet = Trainer([PrinterCallback])  # --disable_tqdm True: nothing to swap
     log_progress_off_terminal(quiet, stream=io.StringIO())
     assert [type(c) for c in quiet.callback_handler.callbacks] == [PrinterCallback]
+
+
+def test_the_data_reports_rouge_pass_prints_progress(monkeypatch, capsys):
+    from alpaca_lib import datareport
+
+    monkeypatch.setenv(INTERVAL_ENV, "0")
+    monkeypatch.setattr(datareport, "_ROUGE_CHUNK", 2)
+    rejected = datareport.near_duplicates(["name three colours", "name three colours please", "write a poem",
+                                           "sort these numbers", "translate to french"], workers=1)
+    assert rejected == 1
+    lines = [re.sub(r", [0-9.]+ instructions/s.*", "", x) for x in capsys.readouterr().err.splitlines()]
+    assert lines == ["report: near duplicates: 2 of 5 instructions (40%)",
+                     "report: near duplicates: 4 of 5 instructions (80%)",
+                     "report: near duplicates: 5 of 5 instructions (100%)"]
