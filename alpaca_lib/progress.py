@@ -93,7 +93,8 @@ class LogProgress:
 
     def _beat(self) -> None:
         while not self._stop.wait(self.every_s / 2):
-            if self.clock() - self.last >= self.every_s:
+            finished = self.total is not None and self.n >= self.total  # said once is enough
+            if not finished and self.clock() - self.last >= self.every_s:
                 self._print()
 
     def line(self) -> str:

@@ -104,6 +104,12 @@ def test_heartbeat_prints_while_the_count_stands_still():
     bar.close()
     lines = out.getvalue().splitlines()
     assert lines and set(lines) == {"generate: 0 of 4 instructions (0%), 0.00 instructions/s"}
+    done = io.StringIO()
+    bar = LogProgress(total=1, desc="training", unit="step", stream=done, every_s=0.2, heartbeat=True)
+    bar.update(1)  # printed at once (0.2 s after the start is not yet due: printed by close at the latest)
+    time.sleep(0.5)  # the last evaluation runs: the finished count is not repeated
+    bar.close()
+    assert len(done.getvalue().splitlines()) == 1
 
 
 @pytest.mark.parametrize("kind, world, line", [
