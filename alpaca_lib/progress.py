@@ -133,6 +133,11 @@ class LogProgress:
     def refresh(self) -> None:
         pass
 
+    @staticmethod
+    def write(s: str, file: Optional[TextIO] = None, end: str = "\n") -> None:
+        """A message between progress lines, where `tqdm.write` puts it (stdout unless `file` is given)."""
+        print(s, file=file if file is not None else sys.stdout, end=end, flush=True)
+
     def close(self) -> None:
         """Prints the last line, if any work was done since the line before."""
         self._stop.set()

@@ -59,6 +59,12 @@ def test_a_resumed_run_counts_its_rate_from_where_it_started():
     assert out.getvalue() == "judge: 8 of 10 verdicts (80%), 0.50 verdicts/s, about 4s left\n"
 
 
+def test_write_goes_where_tqdm_write_goes(capsys):
+    bar = LogProgress(total=2, stream=io.StringIO(), every_s=0)
+    bar.write("Batch 0: kept 3")
+    assert capsys.readouterr().out == "Batch 0: kept 3\n"
+
+
 def test_nothing_done_prints_nothing_and_bytes_read_as_megabytes():
     out = io.StringIO()
     LogProgress(total=5, stream=out, every_s=0).close()
