@@ -58,7 +58,7 @@ from alpaca_lib.modeling import (
     missing_special_tokens,
     smart_tokenizer_and_embedding_resize,
 )
-from alpaca_lib.packing import packing_mode
+from alpaca_lib.packing import choose_packed_attention, packing_mode
 from alpaca_lib.quiet import quiet_deepspeed_probe
 from alpaca_lib.saving import save_final
 from alpaca_lib.supervised import (
@@ -149,6 +149,11 @@ def train(argv: Optional[Sequence[str]] = None) -> transformers.Trainer:
     # Everything that can be checked without the model is, before minutes go into loading it; nothing is
     # created before these checks pass.
     check_flags(model_args, data_args, training_args)
+    # Packed rows' attention is chosen on this device: a forced one that cannot run here stops the run now.
+    packed_attention = None
+    if training_args.packing:
+        half = bool(training_args.bf16 or training_args.fp16) or model_args.torch_dtype in ("bfloat16", "float16", "auto")
+        packed_attention = choose_packed_attention(training_args.packed_attention, training_args.device, half)
     # Read through once (a batch at a time) so that bad data stops the run here; tokenizing reads it again.
     records = open_source(data_args.data_path, data_args.data_split, data_args.data_columns, "--data_path").check()
     eval_records = open_source(data_args.eval_data_path, data_args.data_split, data_args.data_columns,
@@ -167,10 +172,8 @@ def train(argv: Optional[Sequence[str]] = None) -> transformers.Trainer:
     packing = contextlib.nullcontext(False)
     if training_args.packing:
         # Under DeepSpeed ZeRO-3 each process holds a shard of the weights: no forward can run before the
-        # engine gathers them, so the probes are skipped there. On CPU, sdpa per example beats sdpa over
-        # the masked square of the row (alpaca_lib/packing.py).
-        packing = packing_mode(model, probe=not is_deepspeed_zero3_enabled(),
-                               per_example_sdpa=training_args.device.type == "cpu")
+        # engine gathers them, so the probes are skipped there.
+        packing = packing_mode(model, probe=not is_deepspeed_zero3_enabled(), attention=packed_attention)
     with packing as supervised_logits:  # the model is back to its usual attention and cache afterwards
         if training_args.packing:
             logger.info(

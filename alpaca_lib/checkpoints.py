@@ -27,7 +27,6 @@ same order as the interrupted one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -43,6 +42,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from alpaca_lib.errors import UsageError
 from alpaca_lib.fileio import atomic_write, fsync_path
+from alpaca_lib.modeling import model_folder_digest
 
 logger = logging.getLogger(__name__)
 
@@ -138,22 +138,15 @@ def run_identity(model: str, gguf_file: Optional[str], data_key: str, data_name:
     """What a run trains from, recorded in each checkpoint so that a resume cannot mix two runs.
 
     Args:
-        model: --model_name_or_path: a local folder is known by its content (config.json and the weight
-            files' names and sizes), so a copy on another disk is the same model; a hub id by its id.
+        model: --model_name_or_path: a local folder is known by `model_folder_digest` (config.json and the
+            weight files' names, sizes and times), so a copy that keeps the times is the same model; a hub
+            id by its id.
         gguf_file: --gguf_file.
         data_key: a digest of the training data (`DataSource.key()`: its bytes, split and column mapping).
         data_name: how the data was named (--data_path), for the message only.
     """
     folder = Path(model).expanduser()
-    content = model
-    if folder.is_dir():
-        digest = hashlib.sha256()
-        if (folder / "config.json").is_file():
-            digest.update((folder / "config.json").read_bytes())
-        for path in sorted(folder.iterdir()):
-            if path.suffix in (".safetensors", ".bin", ".gguf") and path.is_file():
-                digest.update(f"{path.name}:{path.stat().st_size}\n".encode())
-        content = "folder:" + digest.hexdigest()
+    content = "folder:" + model_folder_digest(folder) if folder.is_dir() else model
     return {"model": model, "model_content": content, "gguf_file": gguf_file, "data": data_name,
             "data_sha256": data_key}
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+from pathlib import Path
 from typing import Dict
 
 IGNORE_INDEX = -100
@@ -9,6 +12,28 @@ DEFAULT_PAD_TOKEN = "[PAD]"
 DEFAULT_EOS_TOKEN = "</s>"
 DEFAULT_BOS_TOKEN = "<s>"
 DEFAULT_UNK_TOKEN = "<unk>"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")
+
+
+def model_folder_digest(folder: str | os.PathLike) -> str:
+    """What identifies a model folder without loading it: one rule for a training resume and for a run's outputs.
+
+    The sha256 of config.json's bytes and of each weight file's name, size and modification time (in whole
+    seconds): retraining into the folder changes it, a copy that keeps the files' times (`cp -a`, `rsync -a`,
+    `shutil.copytree`) does not, whatever its path.
+
+    Returns:
+        64 hex digits.
+    """
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    if (folder / "config.json").is_file():
+        digest.update((folder / "config.json").read_bytes())
+    for path in sorted(folder.iterdir()):
+        if path.suffix in WEIGHT_SUFFIXES and path.is_file():
+            st = path.stat()
+            digest.update(f"{path.name}:{st.st_size}:{int(st.st_mtime)}\n".encode())
+    return digest.hexdigest()
 
 
 def missing_special_tokens(tokenizer) -> Dict[str, str]:

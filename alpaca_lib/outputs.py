@@ -20,7 +20,6 @@ another input file or other generation settings is refused instead of mixed in.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import sys
 import time
@@ -33,6 +32,7 @@ from alpaca_lib.data import load_records
 from alpaca_lib.errors import UsageError
 from alpaca_lib.fileio import atomic_write, sha256_of
 from alpaca_lib.journal import Journal, records_of_run
+from alpaca_lib.modeling import model_folder_digest
 from alpaca_lib.prompt import format_prompt
 
 if TYPE_CHECKING:
@@ -138,16 +138,10 @@ class LocalModel:
 
     @staticmethod
     def fingerprint(model_dir: str, gguf_file: Optional[str] = None) -> dict[str, Any]:
-        """What identifies a saved model without loading it: its folder and each weight file's name, size
-        and mtime (retraining into the same folder changes it)."""
+        """What identifies a saved model without loading it: its folder and `model_folder_digest` (retraining
+        into the same folder changes it)."""
         folder = Path(model_dir)
-        files = sorted(p for p in folder.iterdir()
-                       if p.suffix in (".safetensors", ".bin", ".gguf") or p.name == "config.json")
-        h = hashlib.sha256()
-        for p in files:
-            st = p.stat()
-            h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
-        return {"model": str(folder.resolve()), "gguf_file": gguf_file, "weights": h.hexdigest()}
+        return {"model": str(folder.resolve()), "gguf_file": gguf_file, "weights": model_folder_digest(folder)}
 
     def answer(self, prompts: Sequence[str], settings: GenerationSettings, batch_size: int) -> Iterator[
             tuple[list[int], list[Answer]]]:

@@ -50,20 +50,57 @@ def _expected(required: Sequence[str], optional: Sequence[str]) -> str:
     return names + (f" (and optionally {', '.join(repr(k) for k in optional)})" if optional else "")
 
 
-def check_record(path: str, record: Any, where: str, required: Sequence[str], optional: Sequence[str]) -> dict:
-    """Returns `record` if it is an object with the `required` string fields (and maybe the `optional` ones)."""
-    expected = _expected(required, optional)
+@dataclass(frozen=True)
+class RecordMessages:
+    """How a reader words each way a record can be wrong: `str.format` templates.
+
+    Every template may use {where}, {expected} (the fields, as `_expected` words them), {keys} (the record's
+    sorted keys), {type} (the record's type in `not_object`, else the offending value's) and {key}, {value}
+    (the offending field and its value, None when absent); `missing` also {missing} (the absent fields).
+    """
+
+    not_object: str = "{where} is a {type}, expected an object with {expected}."
+    # None: an absent field reads as one that is not a string, in field order.
+    missing: Optional[str] = "{where} has keys {keys}; expected {expected}. Missing: {missing}."
+    not_string: str = ("{where} field '{key}' is a {type} ({value!r:.60}), expected a string. "
+                       "Convert it to text, or use \"\" for an empty input.")
+    blank: str = "{where} field '{key}' is blank; expected some text."
+
+
+def check_record(record: Any, where: str, fields: Sequence[str], optional: Sequence[str] = (), *,
+                 non_blank: Sequence[str] = (), messages: RecordMessages = RecordMessages(),
+                 error: type[UsageError] = DataError) -> dict:
+    """The one check of an Alpaca-style record, for every reader: an object whose `fields` are strings.
+
+    Args:
+        record: the decoded JSON value.
+        where: where it is, opening each message, e.g. "data.json: record 3".
+        fields: the fields to check, in the order their problems are reported.
+        optional: those of `fields` that may be absent.
+        non_blank: those of `fields` that must hold more than whitespace.
+        messages: the reader's wording.
+        error: the error type raised.
+    Returns:
+        `record`, unchanged.
+    Raises:
+        `error` (DataError): the first problem, worded by `messages`.
+    """
+    required = [k for k in fields if k not in optional]
+    words = dict(where=where, expected=_expected(required, [k for k in fields if k in optional]))
     if not isinstance(record, dict):
-        raise DataError(f"{path}: {where} is a {type(record).__name__}, expected an object with {expected}.")
+        raise error(messages.not_object.format(**words, type=type(record).__name__, keys=None, key=None, value=None))
+    words["keys"] = sorted(record)
     missing = [k for k in required if k not in record]
-    if missing:
-        raise DataError(f"{path}: {where} has keys {sorted(record)}; expected {expected}. Missing: {', '.join(missing)}.")
-    for key in (*required, *optional):
-        if key in record and not isinstance(record[key], str):
-            raise DataError(
-                f"{path}: {where} field '{key}' is a {type(record[key]).__name__} ({record[key]!r:.60}), "
-                f"expected a string. Convert it to text, or use \"\" for an empty input."
-            )
+    if missing and messages.missing is not None:
+        raise error(messages.missing.format(**words, missing=", ".join(missing), key=missing[0], value=None,
+                                            type="NoneType"))
+    for key in fields:
+        value = record.get(key)
+        if (key in record or key not in optional) and not isinstance(value, str):
+            raise error(messages.not_string.format(**words, key=key, value=value, type=type(value).__name__))
+    for key in non_blank:
+        if key in record and not record[key].strip():
+            raise error(messages.blank.format(**words, key=key, value=record[key], type="str"))
     return record
 
 
@@ -216,7 +253,7 @@ def iter_json_records(
     if stripped[0] == "[":
         n = 0
         for n, record in enumerate(_JsonListReader(path, chunks, first), start=1):
-            yield check_record(path, record, f"record {n - 1}", required, optional)
+            yield check_record(record, f"{path}: record {n - 1}", [*required, *optional], optional)
         if n == 0:
             raise DataError(f"{path}: the list holds no records.")
         return
@@ -230,7 +267,7 @@ def iter_json_records(
         except json.JSONDecodeError as e:
             hint = " (a JSON file must be one list: [ {...}, {...} ])" if lineno == 1 else ""
             raise DataError(f"{path}: invalid JSON on line {lineno}, column {e.colno}: {e.msg}{hint}.") from None
-        yield check_record(path, record, f"record {index} (line {lineno})", required, optional)
+        yield check_record(record, f"{path}: record {index} (line {lineno})", [*required, *optional], optional)
         index += 1
 
 

@@ -26,6 +26,7 @@ from alpaca_lib.config_file import expand_config
 from alpaca_lib.data import DataError, default_cache_dir
 from alpaca_lib.errors import UsageError
 from alpaca_lib.lora import DEFAULT_TARGET_MODULES, check_qlora_available
+from alpaca_lib.packing import PACKED_ATTENTION_CHOICES
 from alpaca_lib.preflight import (
     check_model_source,
     check_not_an_input,
@@ -132,6 +133,12 @@ class TrainingArguments(transformers.TrainingArguments):
         default=False,
         metadata={"help": "Pack several examples into each row of up to --model_max_length tokens, without padding "
                           "and without attention across examples; a batch is --per_device_train_batch_size rows."},
+    )
+    packed_attention: str = field(
+        default="auto",
+        metadata={"help": "Attention of packed rows: auto (on CUDA torch's variable-length flash-attention if a probe "
+                          "passes, else flash-attn's if installed, else sdpa over a block-diagonal mask; on CPU sdpa "
+                          "per example), or one of varlen, flash, sdpa, per_example to force it."},
     )
 
     def __post_init__(self):
@@ -320,6 +327,12 @@ def _check_flags(model_args: ModelArguments, data_args: DataArguments, training_
             f"--evaluation_strategy {eval_strategy} needs evaluation data: pass --eval_data_path FILE or "
             "--val_set_size N (examples held out of --data_path)."
         )
+    if training_args.packed_attention not in PACKED_ATTENTION_CHOICES:
+        raise FlagError(f"--packed_attention {training_args.packed_attention!r} is not one of: "
+                        f"{', '.join(PACKED_ATTENTION_CHOICES)}.")
+    if training_args.packed_attention != "auto" and not training_args.packing:
+        raise FlagError(f"--packed_attention {training_args.packed_attention} applies to packed rows only; add "
+                        "--packing True, or drop --packed_attention.")
     if model_args.lora_r < 0:
         raise FlagError(f"--lora_r must be 0 (full fine-tuning) or a positive rank, got {model_args.lora_r}.")
     if model_args.load_in_4bit and not model_args.lora_r:

@@ -13,9 +13,10 @@ process, `--bf16 True --tf32 True`, `--model_max_length 512`:
 - faithful: the original recipe's random padded batches (`--per_device_train_batch_size 64`);
 - group_by_length: the same batches of similar length (`--group_by_length True`);
 - packed: `--packing True`, 16 rows of up to 512 tokens per step (about as many examples as 64 padded ones),
-  attention through the best variable-length kernel found here (torch's built-in flash-attention
-  `varlen_attn` when it runs and matches sdpa on a probe, else train.py's own choice); the log says which;
-- packed_sdpa: the same with train.py's own attention on a GPU (sdpa over a block-diagonal mask);
+  with the attention train.py chooses for a user on this machine (`--packed_attention auto`: torch's
+  variable-length flash-attention when its probe passes; `alpaca_lib.packing.choose_packed_attention`);
+  the figures carry train.py's log line of the choice and how many attention calls ran each kernel;
+- packed_sdpa: the same rows with `--packed_attention sdpa` (sdpa over a block-diagonal mask), for comparison;
 - lora: faithful batches with `--lora_r 16 --lora_alpha 32 --lora_target_modules all-linear`;
 - gradient_checkpointing: faithful batches with `--gradient_checkpointing True`;
 - fsdp: `torchrun --nproc_per_node 1 ... --fsdp "full_shard auto_wrap"` on faithful batches; it saves the
@@ -42,8 +43,8 @@ is rehearsed; its figures mean nothing.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -54,7 +55,6 @@ from pathlib import Path
 from benchutil import REPO_ROOT, bundled_records, peak_rss_mb, synthesize_records
 
 CHILD_MARKER = "CHILD_FIGURES "
-VARLEN = "alpaca_varlen_flash"  # the name the varlen attention is registered under in a child process
 H100_H200_BF16_TFLOPS = 989.4  # dense bf16, SXM datasheet
 
 # What differs between the GPU run and its CPU rehearsal.
@@ -67,106 +67,11 @@ MODES = {
     "faithful": [],
     "group_by_length": ["--group_by_length", "True"],
     "packed": ["--packing", "True"],
-    "packed_sdpa": ["--packing", "True"],
+    "packed_sdpa": ["--packing", "True", "--packed_attention", "sdpa"],
     "lora": ["--lora_r", "16", "--lora_alpha", "32", "--lora_dropout", "0.05", "--lora_target_modules", "all-linear"],
     "gradient_checkpointing": ["--gradient_checkpointing", "True"],
     "fsdp": ["--fsdp", "full_shard auto_wrap", "--fsdp_transformer_layer_cls_to_wrap", "LlamaDecoderLayer"],
 }
-
-
-# ----------------------------------------------------------------------------------------------------
-# The packed attention: torch's variable-length flash-attention, when this machine has it.
-
-def _cu_seqlens(position_ids, rows: int, cache={}):  # noqa: B006 - one entry, shared by the layers of a forward
-    """Example boundaries (int32, cumulative) and the longest example of a flattened packed batch.
-
-    A new example starts at each position id 0. Every layer of one forward gets the same position_ids
-    tensor, so the boundaries are computed (one device-to-host read) once per forward: the cache holds
-    the tensor itself, which keeps its identity from being reused by a later batch.
-    """
-    import torch
-
-    if cache.get("tensor") is not position_ids or cache.get("rows") != rows:
-        flat = position_ids.expand(rows, -1).reshape(-1)
-        starts = torch.nonzero(flat == 0).flatten()
-        bounds = torch.cat([starts, torch.tensor([flat.numel()], device=flat.device)]).to(torch.int32)
-        cache.update(tensor=position_ids, rows=rows, value=(bounds, int((bounds[1:] - bounds[:-1]).max())))
-    return cache["value"]
-
-
-VARLEN_CALLS = [0]  # forwards that ran the varlen kernel (not the fallback), reported with the figures
-
-
-def _varlen_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, position_ids=None,
-                      **kwargs):
-    """Attention within each packed example through `torch.nn.attention.varlen.varlen_attn` (flash-attention).
-
-    Query/key/value are [batch, heads, length, head_dim]; examples start where the position id is 0, as
-    train.py's packed rows and their padding lay them out. Under autocast they are cast to its dtype, as
-    sdpa would cast them (rotary embeddings leave query and key in float32 there). float32 without autocast
-    (train.py's start-up probes) goes through the project's per-example sdpa, which the kernel does not take.
-    Returns [batch, length, heads, head_dim], as transformers' attention functions do.
-    """
-    import torch
-    from torch.nn.attention.varlen import varlen_attn
-
-    from alpaca_lib.packing import _packed_sdpa_attention
-
-    device_type = query.device.type
-    if torch.is_autocast_enabled(device_type):
-        dtype = torch.get_autocast_dtype(device_type)
-        query, key, value = (t.to(dtype) for t in (query, key, value))
-    if query.dtype not in (torch.float16, torch.bfloat16) or position_ids is None:
-        return _packed_sdpa_attention(module, query, key, value, attention_mask, dropout, scaling, position_ids)
-    b, h, n, d = query.shape
-    if key.shape[1] != h:  # grouped-query attention: one key/value head per group of query heads
-        key = key.repeat_interleave(h // key.shape[1], dim=1)
-        value = value.repeat_interleave(h // value.shape[1], dim=1)
-    bounds, longest = _cu_seqlens(position_ids, b)
-    q, k, v = (t.transpose(1, 2).reshape(b * n, h, d) for t in (query, key, value))
-    params = inspect.signature(varlen_attn).parameters
-    causal = {"is_causal": True} if "is_causal" in params else {"window_size": (-1, 0)}
-    out = varlen_attn(q, k, v, bounds, bounds, longest, longest, scale=scaling, **causal)
-    VARLEN_CALLS[0] += 1
-    return out.reshape(b, n, h, d), None
-
-
-def _probe_varlen(device) -> str:
-    """'' when the varlen attention runs forward and backward here and matches per-example sdpa; else why not.
-
-    Two rows of 512 laid out as train.py packs them (the second ends in a block of padding), float32
-    query and key and a bfloat16 value under bf16 autocast, as a LLaMA layer hands them over in training.
-    """
-    import torch
-
-    from alpaca_lib.packing import _packed_sdpa_attention
-
-    if device.type != "cuda":
-        return "no CUDA device"
-    try:
-        gen = torch.Generator(device="cpu").manual_seed(0)
-        positions = torch.stack([torch.cat([torch.arange(n) for n in lengths])
-                                 for lengths in ((37, 200, 5, 270), (300, 100, 112))]).to(device)
-        shape = (2, 8, 512, 128)
-        qkv = [torch.randn(*shape, generator=gen).to(device, dtype).requires_grad_()
-               for dtype in (torch.float32, torch.float32, torch.bfloat16)]
-        calls = VARLEN_CALLS[0]
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            out, _ = _varlen_attention(None, *qkv, None, scaling=128 ** -0.5, position_ids=positions)
-        if VARLEN_CALLS[0] != calls + 1:
-            return "the varlen kernel was not called (fell back to per-example sdpa)"
-        out.float().square().sum().backward()
-        ref_in = [t.detach().to(torch.bfloat16).float().requires_grad_() for t in qkv]
-        module = torch.nn.Module().eval()
-        ref, _ = _packed_sdpa_attention(module, *ref_in, None, scaling=128 ** -0.5, position_ids=positions)
-        ref.square().sum().backward()
-    except Exception as e:  # a capability probe: any failure means "not here", said in the figures
-        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
-    pairs = [(out, ref), *((a.grad, r.grad) for a, r in zip(qkv, ref_in))]
-    errors = [((a.float() - r).norm() / r.norm()).item() for a, r in pairs]
-    if not all(e < 5e-2 for e in errors):  # bf16 against float32: about 1e-3 to 1e-2; a wrong mask, far more (or NaN)
-        return f"differs from sdpa: relative errors {['%.1e' % e for e in errors]}"
-    return ""
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -178,6 +83,7 @@ def _child(spec: dict) -> None:
     import transformers
 
     import train
+    from alpaca_lib.packing import KERNEL_FORWARDS
 
     warmup, device_is_cuda = spec["warmup"], torch.cuda.is_available()
     clock, counts = {}, []
@@ -215,30 +121,17 @@ def _child(spec: dict) -> None:
     transformers.Trainer.__init__ = timed_init
     transformers.Trainer.training_step = counted_step
 
-    attention = "train.py's choice (sdpa; per-example sdpa for packed rows on CPU)"
-    if spec["mode"] == "packed":
-        why_not = _probe_varlen(torch.device("cuda") if device_is_cuda else torch.device("cpu"))
-        if why_not:
-            attention += f"; varlen flash-attention not used: {why_not}"
-        else:
-            from transformers import AttentionInterface
-            from transformers.masking_utils import AttentionMaskInterface
+    # train.py's own log line of the packed attention it chose ("packed attention: varlen (torch 2.13, probe ok)").
+    chosen = []
 
-            from alpaca_lib.packing import _no_mask
+    class ChoiceLog(logging.Handler):
+        def emit(self, record):
+            if record.getMessage().startswith("packed attention: "):
+                chosen.append(record.getMessage()[len("packed attention: "):])
 
-            AttentionInterface.register(VARLEN, _varlen_attention)
-            AttentionMaskInterface.register(VARLEN, _no_mask)
-            load = train._load_model_and_tokenizer
-
-            def load_with_varlen(*args, **kwargs):
-                model, tokenizer = load(*args, **kwargs)
-                model.set_attn_implementation(VARLEN)
-                return model, tokenizer
-
-            # This process only: train.py has no attention flag yet, so the loaded model is switched here.
-            train._load_model_and_tokenizer = load_with_varlen
-            attention = "varlen flash-attention (torch.nn.attention.varlen.varlen_attn)"
-            VARLEN_CALLS[0] = 0  # count the training forwards only, not the probe's
+    packing_log = logging.getLogger("alpaca_lib.packing")
+    packing_log.addHandler(ChoiceLog())
+    packing_log.setLevel(logging.INFO)
     if spec["mode"] != "fsdp":
         # The final save is timed in the fsdp run only: the other runs skip writing a 4 GB model.
         train._save_final_model = lambda *args, **kwargs: None
@@ -254,10 +147,11 @@ def _child(spec: dict) -> None:
     figures = {
         "seconds": clock["end"] - clock["start"], "steps": trainer.state.global_step - warmup,
         "warmup_steps": warmup, "computed_tokens": int(timed[0]), "tokens": int(timed[1]),
-        "loss_tokens": int(timed[2]), "attention": attention,
+        "loss_tokens": int(timed[2]), "attention": "; ".join(chosen) or "not packed",
         "peak_mem_gb": (torch.cuda.max_memory_allocated() if device_is_cuda else peak_rss_mb() * 2 ** 20) / 2 ** 30,
         "mem_kind": "cuda_max_allocated" if device_is_cuda else "cpu_peak_rss",
-        "distributed_type": trainer.accelerator.distributed_type.value, "varlen_forwards": VARLEN_CALLS[0],
+        "distributed_type": trainer.accelerator.distributed_type.value,
+        "kernel_forwards": dict(KERNEL_FORWARDS),  # attention calls through each variable-length kernel
     }
     if spec["mode"] == "fsdp":
         figures["roundtrip"] = _compare_saved(trainer, spec) if is_main else None

@@ -1,13 +1,17 @@
 """Shared fixtures and helpers. Run the suite with `bash scripts/test.sh` (CPU, no network).
 
 The project is installed editable into .venv (`pip install -e .`), so tests import `train`, `utils`
-and `alpaca_lib` as installed modules; nothing here edits sys.path.
+and `alpaca_lib` as installed modules; nothing here edits sys.path, and the run stops at once if they
+would come from another checkout than this one.
 """
 
 from __future__ import annotations
 
+import copy
+import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +24,20 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ALPACA_DATA = REPO_ROOT / "alpaca_data.json"  # 254 records, shipped with the repo
+
+
+def pytest_sessionstart(session) -> None:
+    """Stops the run unless `alpaca_lib` and the scripts are imported from this checkout: an environment
+    installed from another one would test that code instead."""
+    for name, own in [("alpaca_lib", REPO_ROOT / "alpaca_lib" / "__init__.py"),
+                      *[(m, REPO_ROOT / f"{m}.py") for m in ("train", "utils", "eval_model")]]:
+        spec = importlib.util.find_spec(name)
+        found = Path(spec.origin).resolve() if spec and spec.origin else None
+        if found != own:
+            raise pytest.UsageError(
+                f"tests in {REPO_ROOT} would import {name} from {found}, not from this checkout. Install this checkout "
+                f"into the environment (bash scripts/setup_env.sh, or pip install -e {REPO_ROOT}) and run again."
+            )
 
 
 @pytest.fixture(scope="session")
@@ -70,6 +88,32 @@ def write_alpaca_subset(path: Path, which: slice) -> Path:
     return path
 
 
+def original_preprocess(records, tokenizer):
+    """The original Alpaca preprocess(), one call per string, kept here as the reference (test_train.py,
+    test_eval_split.py): returns (input_ids, labels), lists of 1-D LongTensors."""
+    from alpaca_lib.modeling import IGNORE_INDEX
+    from alpaca_lib.prompt import PROMPT_DICT
+
+    sources = [
+        PROMPT_DICT["prompt_input"].format_map(ex) if ex.get("input", "") != ""
+        else PROMPT_DICT["prompt_no_input"].format_map(ex)
+        for ex in records
+    ]
+    targets = [f"{ex['output']}{tokenizer.eos_token}" for ex in records]
+
+    def tokenize(strings):
+        out = [tokenizer(s, return_tensors="pt", padding="longest", max_length=tokenizer.model_max_length,
+                         truncation=True) for s in strings]
+        return [t.input_ids[0] for t in out], [t.input_ids.ne(tokenizer.pad_token_id).sum().item() for t in out]
+
+    input_ids, _ = tokenize([s + t for s, t in zip(sources, targets)])
+    _, source_lens = tokenize(sources)
+    labels = copy.deepcopy(input_ids)
+    for label, source_len in zip(labels, source_lens):
+        label[:source_len] = IGNORE_INDEX
+    return input_ids, labels
+
+
 def seed_task(i: int, instruction: str, task_input: str = "", output: str = "out") -> dict:
     """One record of a self-instruct seed file (seed_tasks.jsonl's format), with a single instance."""
     return {"id": f"seed_task_{i}", "name": f"t{i}", "instruction": instruction,
@@ -89,6 +133,12 @@ def run_script(cmd: list[str], cwd: Path, expect: int = 0, timeout: float = 900)
     log = proc.stdout + proc.stderr
     assert proc.returncode == expect, log[-6000:]
     return log
+
+
+def logged_steps(log: str) -> int:
+    """How many optimizer steps a train.py run trained: the loss lines (`{'loss': ...}`, one per step with
+    --logging_steps 1, printed by the main process only) in its output."""
+    return len(re.findall(r"^\{'loss': ", log, flags=re.M))
 
 
 def run_train_expecting_error(tmp_path: Path, args: list[str], output_dir: Path | None = None) -> str:

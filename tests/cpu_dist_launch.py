@@ -55,4 +55,7 @@ if __name__ == "__main__":
     _allow_deepspeed_on_cpu()
     script = sys.argv[1]
     sys.argv = sys.argv[1:]
+    # As `python train.py` does: the script's own folder first on sys.path (not tests/), so that it imports
+    # the alpaca_lib next to it, not whichever one the environment has installed.
+    sys.path[0] = os.path.dirname(os.path.abspath(script))
     runpy.run_path(script, run_name="__main__")

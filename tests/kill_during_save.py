@@ -15,9 +15,13 @@ import runpy
 import signal
 import sys
 
-import transformers
+# As `python train.py` does: the script's own folder first on sys.path (not tests/), so that alpaca_lib,
+# patched below, is the one next to the script, not whichever one the environment has installed.
+sys.path[0] = os.path.dirname(os.path.abspath(sys.argv[1]))
 
-import alpaca_lib.checkpoints as checkpoints
+import transformers  # noqa: E402
+
+import alpaca_lib.checkpoints as checkpoints  # noqa: E402
 
 
 def _kill() -> None:

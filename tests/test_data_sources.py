@@ -364,3 +364,81 @@ def test_training_goes_through_damaged_cache_entries(tmp_path, tiny_llama_dir):
     assert second.count("preprocessing cache: miss") == 2
     assert (entry.read_bytes(), held_entry.read_bytes()) == (raw, held_raw)
     assert (tmp_path / "out" / "model.safetensors").exists()
+
+
+# One record check for every reader of Alpaca-style records: each keeps its own wording.
+BAD_RECORDS = [  # (record, training data, regen.json, export, seed task's instance)
+    (7,
+     "{p}: record 0 is a int, expected an object with 'instruction' and 'output' (and optionally 'input').",
+     "{p}: item 0 needs string 'instruction', 'input' and 'output'; found int. Fix or move the file to start afresh.",
+     "{p}: item 0 is int, expected an object",
+     None),
+    ({"output": "o", "input": 4},
+     "{p}: record 0 has keys ['input', 'output']; expected 'instruction' and 'output' (and optionally 'input'). "
+     "Missing: instruction.",
+     "{p}: item 0 needs string 'instruction', 'input' and 'output'; found ['input', 'output']. Fix or move the "
+     "file to start afresh.",
+     "{p}: item 0 has no string 'instruction' (keys ['input', 'output']); expected instruction, input, output",
+     "{p}:1: instances[0].input must be a string; found 4"),
+    ({"instruction": "i", "input": 4},  # two problems: each reader reports the first in its own order
+     "{p}: record 0 has keys ['input', 'instruction']; expected 'instruction' and 'output' (and optionally "
+     "'input'). Missing: output.",
+     "{p}: item 0 needs string 'instruction', 'input' and 'output'; found ['input', 'instruction']. Fix or move the "
+     "file to start afresh.",
+     "{p}: item 0 has no string 'input' (keys ['input', 'instruction']); expected instruction, input, output",
+     "{p}:1: instances[0].input must be a string; found 4"),
+    ({"instruction": "i", "output": 3},
+     "{p}: record 0 field 'output' is a int (3), expected a string. Convert it to text, or use \"\" for an empty input.",
+     "{p}: item 0 needs string 'instruction', 'input' and 'output'; found ['instruction', 'output']. Fix or move "
+     "the file to start afresh.",
+     "{p}: item 0 has no string 'output' (keys ['instruction', 'output']); expected instruction, input, output",
+     "{p}:1: instances[0].input must be a string; found None"),
+]
+
+
+@pytest.mark.parametrize("record,data_msg,regen_msg,export_msg,instance_msg", BAD_RECORDS)
+def test_every_reader_checks_records_with_the_one_check_in_its_own_words(tmp_path, monkeypatch, record, data_msg,
+                                                                         regen_msg, export_msg, instance_msg):
+    from alpaca_lib.errors import UsageError
+    from alpaca_lib.selfinstruct import postprocess, runner
+
+    calls = []
+    original = sources.check_record
+    monkeypatch.setattr(postprocess, "check_record", lambda *a, **k: calls.append("seeds") or original(*a, **k))
+    monkeypatch.setattr(runner, "check_record", lambda *a, **k: calls.append("runner") or original(*a, **k))
+    path = tmp_path / "items.json"
+    path.write_text(json.dumps([record]), encoding="utf-8")
+    with pytest.raises(DataError) as e:
+        list(sources.iter_json_records(str(path), ["instruction", "output"], ["input"], "--data_path"))
+    assert str(e.value) == data_msg.format(p=path)
+    for read, message in ((lambda: runner._load_legacy_regen(path), regen_msg),
+                          (lambda: runner.export_alpaca(path, tmp_path / "out.json"), export_msg)):
+        with pytest.raises(UsageError) as e:
+            read()
+        assert type(e.value) is UsageError and str(e.value) == message.format(p=path)
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text(json.dumps({"instruction": "i", "instances": [record]}) + "\n", encoding="utf-8")
+    if instance_msg is None:  # not an object: the seed reader's own check of "instances" words it
+        instance_msg = "{p}:1: 'instances' must be a non-empty list of {{\"input\": ..., \"output\": ...}} objects"
+    with pytest.raises(UsageError) as e:
+        postprocess.load_seed_tasks(seeds)
+    assert str(e.value) == instance_msg.format(p=seeds)
+    # The seed reader checks the task, then (when "instances" holds an object) its first instance.
+    assert calls == ["runner", "runner", "seeds"] + ([] if record == 7 else ["seeds"])
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_record_check_blank_and_absent_fields():
+    from alpaca_lib.errors import UsageError
+
+    record = {"instruction": " \t", "output": "o"}
+    assert sources.check_record(record, "r", ["instruction", "output"]) is record
+    with pytest.raises(DataError, match=r"^r field 'instruction' is blank; expected some text\.$"):
+        sources.check_record(record, "r", ["instruction", "output"], non_blank=["instruction"])
+    # With `missing=None` an absent field is reported as not a string, in field order; optional ones may be absent.
+    words = sources.RecordMessages(missing=None, not_string="{where}: {key}={value!r} ({type}) of {keys}")
+    with pytest.raises(UsageError, match=r"^r: input=None \(NoneType\) of \['output'\]$"):
+        sources.check_record({"output": "o"}, "r", ["input", "instruction", "output"], messages=words,
+                             error=UsageError)
+    assert sources.check_record({"instruction": "i", "output": "o"}, "r", ["instruction", "input", "output"], ["input"],
+                                messages=words) == {"instruction": "i", "output": "o"}

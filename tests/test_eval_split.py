@@ -12,7 +12,8 @@ import torch
 import train
 from alpaca_lib.data import tokenize_records
 from alpaca_lib.split import hold_out, select_examples
-from conftest import REPO_ROOT, alpaca_records, run_train_expecting_error, write_alpaca_subset
+from alpaca_lib.modeling import IGNORE_INDEX
+from conftest import REPO_ROOT, alpaca_records, original_preprocess, run_train_expecting_error, write_alpaca_subset
 
 
 def test_hold_out_is_a_seeded_disjoint_split(tokenizer):
@@ -73,8 +74,23 @@ def _padded_eval_loss(out_dir, eval_dataset):
         return model(**batch).loss.item()
 
 
+def _assert_masked_as_the_original(eval_dataset, records, tokenizer, held_out=None):
+    """`eval_dataset` holds the examples of `records` (those with a response token left, the `held_out`
+    positions among them) with the labels of the original preprocess(): each one's prompt masked."""
+    ref_ids, ref_labels = original_preprocess(records, tokenizer)
+    kept = [j for j, labels in enumerate(ref_labels) if (labels != IGNORE_INDEX).any()]
+    picked = [kept[k] for k in held_out] if held_out is not None else kept
+    assert len(eval_dataset) == len(picked)
+    for i, j in enumerate(picked):
+        example = eval_dataset[i]
+        assert example["input_ids"].tolist() == ref_ids[j].tolist(), f"held-out example {i} (record {j})"
+        assert example["labels"].tolist() == ref_labels[j].tolist(), f"held-out example {i} (record {j})"
+        prompt = int((ref_labels[j] == IGNORE_INDEX).sum())
+        assert prompt > 0 and (example["labels"][:prompt] == IGNORE_INDEX).all()
+
+
 @pytest.mark.parametrize("packing", [False, True])
-def test_val_set_size_reports_eval_loss_with_the_training_masking(tiny_llama_dir, tmp_path, packing):
+def test_val_set_size_reports_eval_loss_with_the_training_masking(tiny_llama_dir, tokenizer, tmp_path, packing):
     extra = ["--val_set_size", "8", "--evaluation_strategy", "steps", "--eval_steps", "2"]
     if packing:
         extra += ["--packing", "True"]
@@ -85,16 +101,20 @@ def test_val_set_size_reports_eval_loss_with_the_training_masking(tiny_llama_dir
     assert len(eval_dataset) == 8
     train_examples = trainer.train_dataset.examples if packing else trainer.train_dataset
     assert len(train_examples) + 8 == 251  # 254 records, 3 dropped: prompt alone fills 256 tokens
+    # The 8 that a permutation seeded by --seed (0) picks among the 251, in file order.
+    _assert_masked_as_the_original(eval_dataset, alpaca_records(), tokenizer,
+                                   np.sort(np.random.default_rng(0).permutation(251)[:8]))
     # The last evaluation scored the final (saved) model: one padded batch of the 8 held-out examples.
     assert evals[-1][1] == pytest.approx(_padded_eval_loss(tmp_path / "out", eval_dataset), abs=1e-4)
 
 
-def test_eval_data_path_is_scored(tiny_llama_dir, tmp_path):
+def test_eval_data_path_is_scored(tiny_llama_dir, tokenizer, tmp_path):
     eval_path = write_alpaca_subset(tmp_path / "eval.json", slice(-6, None))
     extra = ["--eval_data_path", str(eval_path), "--evaluation_strategy", "steps", "--eval_steps", "4"]
     trainer = train.train(_train_args(tiny_llama_dir, tmp_path / "out", tmp_path / "cache", extra))
     evals = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
     assert len(evals) == 1 and len(trainer.eval_dataset) == 6 and len(trainer.train_dataset) == 251
+    _assert_masked_as_the_original(trainer.eval_dataset, alpaca_records()[-6:], tokenizer)
     assert evals[0] == pytest.approx(_padded_eval_loss(tmp_path / "out", trainer.eval_dataset), abs=1e-4)
 
 

@@ -29,7 +29,7 @@ def _positive(value) -> bool:
 def test_gpu_check_dry_run_writes_every_figure(tmp_path):
     out = tmp_path / "out"
     log = run_script(["bash", str(REPO_ROOT / "bench" / "gpu_check.sh"), "--dry-run", "--out", str(out)],
-                     cwd=tmp_path, timeout=300)
+                     cwd=tmp_path, timeout=600)  # about 5 minutes when other work shares the 2 cores
     assert "RESULT " in log and "failed=none" in log, log[-3000:]
     report = json.loads((out / "gpu_check.json").read_text())
     assert report["dry_run"] is True and report["device"] == "cpu" and report["errors"] == {}
@@ -46,7 +46,11 @@ def test_gpu_check_dry_run_writes_every_figure(tmp_path):
     # Padded batches compute padding; packed rows (one per step here) hold none.
     assert modes["faithful"]["computed_tokens"] > modes["faithful"]["tokens"]
     assert modes["packed"]["computed_tokens"] == modes["packed"]["tokens"]
-    assert "varlen flash-attention not used: no CUDA device" in modes["packed"]["attention"]
+    # train.py's own choices, from its log: the packed mode measures what a user's run gets on this device.
+    assert modes["packed"]["attention"] == "per_example (cpu: sdpa once per example)"
+    assert modes["packed_sdpa"]["attention"] == "sdpa (--packed_attention sdpa)"
+    assert {m["attention"] for name, m in modes.items() if not name.startswith("packed")} == {"not packed"}
+    assert all(m["kernel_forwards"] == {"varlen": 0, "flash": 0} for m in modes.values())  # no GPU kernel on CPU
 
     fsdp = modes["fsdp"]
     assert fsdp["distributed_type"] == "FSDP"  # sharded for real (over gloo), not the DDP fallback
@@ -57,7 +61,9 @@ def test_gpu_check_dry_run_writes_every_figure(tmp_path):
 
     gen = report["generation"]
     assert (gen["n"], gen["batch_size"], gen["max_new_tokens"]) == (4, 4, 8)
-    assert _positive(gen["ratio"]) and _positive(gen["tokens"]) and 0 <= gen["identical"] <= 4
+    assert _positive(gen["ratio"]) and _positive(gen["tokens"])
+    # float32 on CPU: batching (left padding) changes the logits by rounding only, so greedy answers agree.
+    assert gen["identical"] == 4
     assert report["eval_model_outputs"]["records"] == 50  # eval_instructions.json, answered through the CLI
     assert set(report["targets"]) == {"packed_mfu", "packed_vs_faithful", "met"}
     assert (out / "gpu_check.log").read_text().count("=====") == len(MODES) + 2

@@ -8,7 +8,12 @@ client, the journal, ROUGE-L) lives at the library's top level.
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from conftest import REPO_ROOT
 
@@ -55,3 +60,19 @@ def test_requirements_txt_lists_exactly_pyprojects_dependencies():
         declared = tomllib.load(f)["project"]["dependencies"]
     listed = _requirement_lines((REPO_ROOT / "requirements.txt").read_text(encoding="utf-8"))
     assert listed == [d.split("#", 1)[0].strip() for d in declared]
+
+
+@pytest.mark.parametrize("launcher", ["kill_during_save.py", "cpu_dist_launch.py"])
+def test_test_launchers_import_what_the_launched_script_would(tmp_path, launcher):
+    """A launcher runs a script as `python script.py` would: the script's folder first on sys.path, so the
+    alpaca_lib next to it is imported (not whichever one the environment has installed)."""
+    (tmp_path / "alpaca_lib").symlink_to(REPO_ROOT / "alpaca_lib")
+    probe = tmp_path / "probe.py"
+    probe.write_text("import sys\nimport alpaca_lib\nprint(sys.path[0])\nprint(alpaca_lib.__file__)\n")
+    env = {**os.environ, "KILL_DURING_SAVE": "999:rng"}
+    direct, launched = (subprocess.run([sys.executable, *cmd, str(probe)], capture_output=True, text=True, env=env,
+                                       cwd=REPO_ROOT, timeout=120)
+                        for cmd in ([], [str(REPO_ROOT / "tests" / launcher)]))
+    assert direct.returncode == launched.returncode == 0, launched.stderr[-3000:]
+    assert direct.stdout.splitlines() == [str(tmp_path), str(tmp_path / "alpaca_lib" / "__init__.py")]
+    assert launched.stdout.splitlines()[-2:] == direct.stdout.splitlines()

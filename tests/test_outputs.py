@@ -236,3 +236,30 @@ def test_chat_answers_each_turn_over_a_pipe(tiny_llama_dir, tmp_path):
     # The streamed text of both turns, whitespace aside, is the two greedy answers in turn order.
     expected = "".join("".join(by_index[i].output.split()) for i in range(2))
     assert len(expected) > 0 and "".join(proc.stdout.split()) == expected
+
+
+def test_outputs_and_resume_identify_a_model_folder_by_one_rule(tiny_llama_dir, tmp_path):
+    """config.json's bytes and each weight file's name, size and time (whole seconds): a copy that keeps the times
+    is the same model wherever it lies, a retrained folder (same names and sizes, later time) is another."""
+    import os
+    import shutil
+
+    from alpaca_lib.checkpoints import run_identity
+    from alpaca_lib.modeling import model_folder_digest
+
+    copy = Path(shutil.copytree(tiny_llama_dir, tmp_path / "copy"))
+    weights = copy / "model.safetensors"
+    st = weights.stat()
+    expected = hashlib.sha256((copy / "config.json").read_bytes()
+                              + f"model.safetensors:{st.st_size}:{int(st.st_mtime)}\n".encode()).hexdigest()
+    assert model_folder_digest(tiny_llama_dir) == model_folder_digest(copy) == expected
+    assert LocalModel.fingerprint(str(copy)) == {"model": str(copy.resolve()), "gguf_file": None, "weights": expected}
+    assert run_identity(str(copy), None, "d" * 64, "a.json")["model_content"] == f"folder:{expected}"
+    assert run_identity("owner/model", None, "d" * 64, "a.json")["model_content"] == "owner/model"
+    (copy / "README.md").write_text("notes")  # neither weights nor config: not part of the model's identity
+    assert model_folder_digest(copy) == expected
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 5 * 10**9))  # retrained in place
+    retrained = model_folder_digest(copy)
+    assert retrained != expected
+    assert LocalModel.fingerprint(str(copy))["weights"] == retrained
+    assert run_identity(str(copy), None, "d" * 64, "a.json")["model_content"] == f"folder:{retrained}"

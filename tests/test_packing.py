@@ -23,7 +23,7 @@ from alpaca_lib.packing import (
     supports_supervised_logits,
     use_packed_sdpa,
 )
-from conftest import REPO_ROOT, write_alpaca_subset
+from conftest import REPO_ROOT, run_train_expecting_error, write_alpaca_subset
 
 
 def test_pack_rows_is_best_fit_decreasing_and_exact():
@@ -262,6 +262,8 @@ def test_packed_training_sees_every_example_once_per_epoch_and_learns(tiny_llama
         assert torch.equal(b["logits_to_keep"], supervised_positions(b["labels"])["logits_to_keep"])
         assert torch.equal(b["shift_labels"], b["labels"][:, 1:][b["labels"][:, 1:] != IGNORE_INDEX])
     assert "packing: the LM head runs on the loss-bearing positions only" in caplog.text
+    assert caplog.text.count("packed attention: ") == 1
+    assert "packed attention: per_example (cpu: sdpa once per example)" in caplog.text
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert losses[-1] < losses[0] - 0.5, losses
     assert (f"packing: 254 examples into {len(packed)} rows of up to 512 tokens ({254 / len(packed):.1f} examples "
@@ -292,3 +294,232 @@ def test_packing_and_group_by_length_conflict():
     parser = transformers.HfArgumentParser((train.ModelArguments, train.DataArguments, train.TrainingArguments))
     with pytest.raises(ValueError, match="--packing True and --group_by_length True"):
         parser.parse_args_into_dataclasses(args=["--output_dir", "o", "--packing", "True", "--group_by_length", "True"])
+
+
+# ----------------------------------------------------------------------------------------------------
+# The packed attention: chosen by device with a probe (stubbed here: no GPU), and the kernel path on CPU.
+
+CUDA, CPU = torch.device("cuda"), torch.device("cpu")
+
+
+def _torch_minor() -> str:
+    from packaging.version import Version
+
+    v = Version(torch.__version__)
+    return f"torch {v.major}.{v.minor}"
+
+
+@pytest.fixture()
+def fake_flash(monkeypatch):
+    """An installed flash-attn (version 9.9.9) whose varlen function is `_reference_varlen`."""
+    import types
+
+    module = types.ModuleType("flash_attn")
+    module.__version__ = "9.9.9"
+    module.flash_attn_varlen_func = lambda q, k, v, cu_q, cu_k, max_q, max_k, dropout_p, softmax_scale, causal: (
+        _reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale=softmax_scale, window_size=(-1, 0 if causal else -1)))
+    monkeypatch.setitem(__import__("sys").modules, "flash_attn", module)
+    return module
+
+
+def _stub_probe(results: dict, calls: list):
+    def probe(kernel, device):
+        calls.append((kernel, device.type))
+        return results[kernel]
+    return probe
+
+
+@pytest.mark.parametrize("requested, device, half, results, expected, probed", [
+    ("auto", CPU, True, {}, ("per_example", "cpu: sdpa once per example", False), []),
+    ("auto", torch.device("mps"), True, {},
+     ("sdpa", "mps: no variable-length kernel; sdpa over a block-diagonal mask", False), []),
+    ("auto", CUDA, False, {},
+     ("sdpa", "float32 training: the variable-length kernels take bf16/fp16 only", False), []),
+    ("auto", CUDA, True, {"varlen": ""}, ("varlen", "{torch}, probe ok", False), ["varlen"]),
+    ("auto", CUDA, True, {"varlen": "RuntimeError: no kernel image", "flash": ""},
+     ("flash", "flash-attn 9.9.9, probe ok; varlen not used: RuntimeError: no kernel image", False),
+     ["varlen", "flash"]),
+    ("auto", CUDA, True, {"varlen": "differs", "flash": "flash-attn does not import"},
+     ("sdpa", "block-diagonal mask; varlen not used: differs; flash not used: flash-attn does not import", False),
+     ["varlen", "flash"]),
+    ("varlen", CUDA, True, {"varlen": ""}, ("varlen", "{torch}, probe ok, --packed_attention varlen", True), ["varlen"]),
+    ("flash", CUDA, True, {"flash": ""}, ("flash", "flash-attn 9.9.9, probe ok, --packed_attention flash", True),
+     ["flash"]),
+    ("sdpa", CUDA, True, {}, ("sdpa", "--packed_attention sdpa", True), []),
+    ("per_example", CUDA, True, {}, ("per_example", "--packed_attention per_example", True), []),
+    ("sdpa", CPU, False, {}, ("sdpa", "--packed_attention sdpa", True), []),
+])
+def test_packed_attention_choice(requested, device, half, results, expected, probed, fake_flash, caplog):
+    from alpaca_lib.packing import choose_packed_attention
+
+    caplog.set_level(logging.INFO, logger="alpaca_lib.packing")
+    calls = []
+    choice = choose_packed_attention(requested, device, half, probe=_stub_probe(results, calls))
+    name, reason, forced = expected
+    reason = reason.format(torch=_torch_minor())
+    assert (choice.name, choice.reason, choice.forced) == (name, reason, forced)
+    assert calls == [(k, device.type) for k in probed]  # probes run only where a kernel may be used
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("packed attention:")]
+    assert lines == [f"packed attention: {name} ({reason})"]  # once, with the reason
+
+
+@pytest.mark.parametrize("requested, device, half, results, message", [
+    ("varlen", CPU, True, {}, "--packed_attention varlen needs a CUDA GPU; this run is on cpu. "
+                               "--packed_attention auto picks what runs here (or name sdpa)."),
+    ("flash", torch.device("mps"), True, {}, "--packed_attention flash needs a CUDA GPU; this run is on mps."),
+    ("flash", CUDA, False, {}, "--packed_attention flash runs in bf16/fp16 only; add --bf16 True (or --fp16 True), "
+                                "or --packed_attention auto picks what runs here (or name sdpa)."),
+    ("varlen", CUDA, True, {"varlen": "differs from per-example sdpa: relative errors 1.0e+00"},
+     "--packed_attention varlen cannot run on this GPU: differs from per-example sdpa: relative errors 1.0e+00. "),
+    ("flash", CUDA, True, {"flash": "flash-attn does not import (ModuleNotFoundError: x); pip install flash-attn"},
+     "--packed_attention flash cannot run on this GPU: flash-attn does not import (ModuleNotFoundError: x); "
+     "pip install flash-attn. "),
+    ("fastest", CUDA, True, {}, "--packed_attention 'fastest' is not one of: auto, varlen, flash, sdpa, per_example."),
+])
+def test_packed_attention_that_cannot_run_here_is_refused(requested, device, half, results, message, caplog):
+    from alpaca_lib.errors import UsageError
+    from alpaca_lib.packing import choose_packed_attention
+
+    caplog.set_level(logging.INFO, logger="alpaca_lib.packing")
+    with pytest.raises(UsageError) as e:
+        choose_packed_attention(requested, device, half, probe=_stub_probe(results, []))
+    assert message in str(e.value)
+    assert "packed attention:" not in caplog.text
+
+
+def _reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale=None, window_size=(-1, -1), **kwargs):
+    """torch's varlen_attn restated on CPU: causal sdpa over each [start, end) of the cumulative boundaries."""
+    assert window_size == (-1, 0) and cu_q is cu_k and cu_q.dtype == torch.int32
+    bounds = cu_q.tolist()
+    assert bounds[0] == 0 and bounds[-1] == q.shape[0] and max_q == max_k == max(np.diff(bounds))
+    parts = [torch.nn.functional.scaled_dot_product_attention(
+        *(t[s:e].transpose(0, 1) for t in (q, k, v)), is_causal=True, scale=scale, enable_gqa=True).transpose(0, 1)
+        for s, e in zip(bounds[:-1], bounds[1:])]
+    return torch.cat(parts)
+
+
+def _leaky_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale=None, **kwargs):
+    """A kernel with a wrong mask: causal over all the rows as one sequence."""
+    return torch.nn.functional.scaled_dot_product_attention(
+        *(t.transpose(0, 1) for t in (q, k, v)), is_causal=True, scale=scale, enable_gqa=True).transpose(0, 1)
+
+
+def _failing_varlen(*args, **kwargs):
+    raise RuntimeError("FlashAttention only supports Ampere GPUs or newer.\nmore detail")
+
+
+def test_kernel_probe_passes_a_right_kernel_and_names_what_is_wrong(monkeypatch, fake_flash):
+    from torch.nn.attention import varlen
+
+    from alpaca_lib.packing import KERNEL_FORWARDS, probe_packed_kernel
+
+    def probe(kernel):  # the GPU probe's layout, scaled down for CPU
+        return probe_packed_kernel(kernel, CPU, rows=((5, 20, 3, 12), (30, 6, 4)), head_dim=16)
+
+    monkeypatch.setattr(varlen, "varlen_attn", _reference_varlen)
+    assert probe("varlen") == ""  # bf16 autocast on CPU: the same casts a GPU run makes
+    assert probe("flash") == ""
+    assert KERNEL_FORWARDS == {"varlen": 0, "flash": 0}  # the probe's own calls are not counted
+    monkeypatch.setattr(varlen, "varlen_attn", _leaky_varlen)
+    assert probe("varlen").startswith("differs from per-example sdpa: relative errors ")
+    monkeypatch.setattr(varlen, "varlen_attn", _failing_varlen)
+    assert probe("varlen") == "RuntimeError: FlashAttention only supports Ampere GPUs or newer."
+    monkeypatch.setitem(__import__("sys").modules, "flash_attn", None)
+    assert probe("flash") == ("flash-attn does not import (ModuleNotFoundError: import of flash_attn "
+                                                 "halted; None in sys.modules); pip install flash-attn")
+
+
+@pytest.mark.parametrize("kernel", ["varlen", "flash"])
+def test_kernel_attention_gives_the_masked_sdpa_loss_and_gradients(kernel, dataset, tokenizer, tiny_llama_dir,
+                                                                   monkeypatch, fake_flash):
+    """Two packed rows (one padded) through the kernel path, all rows in one call, against masked sdpa."""
+    from torch.nn.attention import varlen
+    from transformers import AutoModelForCausalLM
+
+    from alpaca_lib.packing import KERNEL_FORWARDS, PackedAttention, packing_mode
+
+    monkeypatch.setattr(varlen, "varlen_attn", _reference_varlen)
+    monkeypatch.setitem(KERNEL_FORWARDS, kernel, 0)
+    m = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    m.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    rows = list(PackedDataset(dataset, dataset.lengths, 400))
+    batch = DataCollatorForPackedRows(tokenizer.pad_token_id)(rows[:2])
+    assert (batch["position_ids"][:, 1:] == 0).sum() >= 3  # several examples, and a padding block, in the rows
+    results = []
+    for attention in (None, PackedAttention(kernel, "test", forced=True)):
+        with packing_mode(m, attention=attention):
+            registered = {"varlen": "packed_torch_varlen", "flash": "packed_fa_varlen"}[kernel]
+            assert m.config._attn_implementation == ("sdpa" if attention is None else registered)
+            m.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = m(**batch).loss
+            loss.backward()
+            results.append((loss.item(), [p.grad.clone() for p in m.parameters()]))
+    assert m.config._attn_implementation == "sdpa"  # restored when the block ended
+    # One call per layer: the start-up probes run in float32 (per-example sdpa), the training forward in bf16.
+    assert KERNEL_FORWARDS[kernel] == m.config.num_hidden_layers
+    (loss_sdpa, g_sdpa), (loss_kernel, g_kernel) = results
+    assert loss_kernel == pytest.approx(loss_sdpa, rel=2e-2)  # bf16 both ways, summed in another order
+    for a, b in zip(g_sdpa, g_kernel):
+        assert ((b - a).norm() / a.norm().clamp_min(1e-12)).item() < 5e-2
+
+
+def test_forced_packed_attention_needs_a_model_on_sdpa(tiny_llama_dir):
+    from transformers import AutoModelForCausalLM
+
+    from alpaca_lib.errors import UsageError
+    from alpaca_lib.packing import PackedAttention, use_packed_attention
+
+    m = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, attn_implementation="eager")
+    assert use_packed_attention(m, PackedAttention("per_example", "auto")) is None  # auto keeps eager
+    assert m.config._attn_implementation == "eager"
+    with pytest.raises(UsageError, match=r"--packed_attention varlen: LlamaForCausalLM runs "
+                                         r"attn_implementation='eager', and the packed attentions replace sdpa only"):
+        use_packed_attention(m, PackedAttention("varlen", "forced", forced=True))
+
+
+def test_cpu_packed_attentions_train_to_the_same_losses(tiny_llama_dir, tmp_path, caplog):
+    """train.py end to end: per-example sdpa (CPU's auto choice) and masked sdpa, same seed, same losses."""
+    caplog.set_level(logging.INFO)
+    losses = {}
+    for attention in ("per_example", "sdpa"):
+        trainer = _run(tiny_llama_dir, tmp_path / attention, ["--packing", "True", "--per_device_train_batch_size", "2",
+                                                              "--max_steps", "4", "--packed_attention", attention])
+        losses[attention] = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        assert f"packed attention: {attention} (--packed_attention {attention})" in caplog.text
+        assert trainer.model.config._attn_implementation == "sdpa"
+    assert len(losses["sdpa"]) == 4
+    assert losses["per_example"] == pytest.approx(losses["sdpa"], rel=1e-4)
+    assert losses["sdpa"][-1] < losses["sdpa"][0]  # it trained
+
+
+def test_forced_kernel_on_cpu_stops_before_the_model_loads(tmp_path):
+    data = write_alpaca_subset(tmp_path / "data.json", slice(4))
+    stderr = run_train_expecting_error(tmp_path, ["--data_path", str(data), "--packing", "True",
+                                                  "--packed_attention", "varlen"])
+    assert stderr.strip().splitlines()[-1] == (
+        "error: --packed_attention varlen needs a CUDA GPU; this run is on cpu. --packed_attention auto picks what "
+        "runs here (or name sdpa).")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--packing", "True", "--packed_attention", "flash"],
+     "--packed_attention flash needs a CUDA GPU; this run is on cpu. --packed_attention auto picks what runs here "
+     "(or name sdpa)."),
+    (["--packing", "True", "--packed_attention", "fastest"],
+     "--packed_attention 'fastest' is not one of: auto, varlen, flash, sdpa, per_example."),
+    (["--packed_attention", "sdpa"],
+     "--packed_attention sdpa applies to packed rows only; add --packing True, or drop --packed_attention."),
+])
+def test_packed_attention_mistakes_stop_before_the_model_loads(tmp_path, args, message):
+    from alpaca_lib.errors import UsageError
+
+    model = tmp_path / "unloadable-model"  # any attempt to load it fails otherwise
+    model.mkdir()
+    (model / "config.json").write_text("not a config")
+    data = write_alpaca_subset(tmp_path / "data.json", slice(4))
+    with pytest.raises(UsageError) as e:
+        train.train(["--model_name_or_path", str(model), "--data_path", str(data), "--output_dir",
+                     str(tmp_path / "out"), *args])
+    assert str(e.value) == message
+    assert not (tmp_path / "out").exists()

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
@@ -18,7 +17,14 @@ import torch
 import train
 from alpaca_lib.data import DataError, encode_file, load_records, tokenize_records
 from alpaca_lib.modeling import IGNORE_INDEX
-from conftest import REPO_ROOT, alpaca_records, need_package, run_train_expecting_error, write_alpaca_subset
+from conftest import (
+    REPO_ROOT,
+    alpaca_records,
+    need_package,
+    original_preprocess,
+    run_train_expecting_error,
+    write_alpaca_subset,
+)
 from utils import PROMPT_DICT, format_prompt
 
 # The original Alpaca templates, typed out once more here so a change to utils.PROMPT_DICT fails loudly.
@@ -47,28 +53,6 @@ EXAMPLES = [
     {"instruction": "Summarize.", "input": "word " * 20, "output": "A response long enough to be truncated. " * 30},
 ]
 EXAMPLES[4]["output"] = "Outputs without an input key use the no-input template."
-
-
-def original_preprocess(records, tokenizer):
-    """The original Alpaca preprocess(), one call per string, kept here as the reference."""
-    sources = [
-        PROMPT_DICT["prompt_input"].format_map(ex) if ex.get("input", "") != ""
-        else PROMPT_DICT["prompt_no_input"].format_map(ex)
-        for ex in records
-    ]
-    targets = [f"{ex['output']}{tokenizer.eos_token}" for ex in records]
-
-    def tokenize(strings):
-        out = [tokenizer(s, return_tensors="pt", padding="longest", max_length=tokenizer.model_max_length,
-                         truncation=True) for s in strings]
-        return [t.input_ids[0] for t in out], [t.input_ids.ne(tokenizer.pad_token_id).sum().item() for t in out]
-
-    input_ids, _ = tokenize([s + t for s, t in zip(sources, targets)])
-    _, source_lens = tokenize(sources)
-    labels = copy.deepcopy(input_ids)
-    for label, source_len in zip(labels, source_lens):
-        label[:source_len] = IGNORE_INDEX
-    return input_ids, labels
 
 
 @pytest.fixture()

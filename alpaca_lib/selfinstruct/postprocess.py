@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from alpaca_lib.errors import UsageError
+from alpaca_lib.sources import RecordMessages, check_record
 
 # Stop sequences of the original request: the prompt asks for 20 tasks, so "20" marks the end.
 STOP_SEQUENCES = ["\n20", "20.", "20."]
@@ -184,6 +185,12 @@ def post_process_gpt3_response(
     return instructions
 
 
+_INSTRUCTION = "{where}: 'instruction' must be a non-empty string; found keys {keys}"
+_SEED_TASK = RecordMessages(not_object="{where}: expected a JSON object, found {type}", missing=None,
+                            not_string=_INSTRUCTION, blank=_INSTRUCTION)
+_SEED_INSTANCE = RecordMessages(missing=None, not_string="{where}: instances[0].{key} must be a string; found {value!r}")
+
+
 def load_seed_tasks(path: str | Path) -> list[dict[str, str]]:
     """Reads self-instruct seed tasks (JSON lines) into instruction/input/output records.
 
@@ -213,19 +220,15 @@ def load_seed_tasks(path: str | Path) -> list[dict[str, str]]:
                 task = json.loads(line)
             except json.JSONDecodeError as e:
                 raise UsageError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); each line must be one JSON object") from None
-            if not isinstance(task, dict):
-                raise UsageError(f"{where}: expected a JSON object, found {type(task).__name__}")
-            if not isinstance(task.get("instruction"), str) or not task["instruction"].strip():
-                raise UsageError(f"{where}: 'instruction' must be a non-empty string; found keys {sorted(task)}")
+            check_record(task, where, ["instruction"], non_blank=["instruction"], messages=_SEED_TASK,
+                         error=UsageError)
             instances = task.get("instances")
             if not isinstance(instances, list) or not instances or not isinstance(instances[0], dict):
                 raise UsageError(
                     f"{where}: 'instances' must be a non-empty list of {{\"input\": ..., \"output\": ...}} objects"
                 )
-            first = instances[0]
-            for key in ("input", "output"):
-                if not isinstance(first.get(key), str):
-                    raise UsageError(f"{where}: instances[0].{key} must be a string; found {first.get(key)!r}")
+            first = check_record(instances[0], where, ["input", "output"], messages=_SEED_INSTANCE,
+                                 error=UsageError)
             records.append({"instruction": task["instruction"], "input": first["input"], "output": first["output"]})
     if not records:
         raise UsageError(f"{path}: no seed tasks found; the file is empty")

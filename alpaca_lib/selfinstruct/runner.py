@@ -43,6 +43,7 @@ from alpaca_lib.journal import Journal
 from alpaca_lib.llm.pricing import load_price_table
 from alpaca_lib.locking import output_lock
 from alpaca_lib.rouge import RougeLPool
+from alpaca_lib.sources import ALPACA_FIELDS, RecordMessages, check_record
 
 from .accounting import format_summary, summarize
 from .config import GenerateConfig
@@ -67,16 +68,18 @@ def request_seed(seed: int, batch: int, slot: int) -> int:
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
+_NEEDS = "{where} needs string 'instruction', 'input' and 'output'; found {%s}. Fix or move the file to start afresh."
+_REGEN_ITEM = RecordMessages(not_object=_NEEDS % "type", missing=None, not_string=_NEEDS % "keys")
+_EXPORT_ITEM = RecordMessages(not_object="{where} is {type}, expected an object", missing=None,
+                              not_string="{where} has no string {key!r} (keys {keys}); expected instruction, input, output")
+
+
 def _load_legacy_regen(path: Path) -> list[dict]:
     items = jload(path)
     if not isinstance(items, list):
         raise UsageError(f"{path}: expected a JSON list of generated items; found {type(items).__name__}")
     for i, it in enumerate(items):
-        if not isinstance(it, dict) or not all(isinstance(it.get(k), str) for k in ("instruction", "input", "output")):
-            raise UsageError(
-                f"{path}: item {i} needs string 'instruction', 'input' and 'output'; "
-                f"found {sorted(it) if isinstance(it, dict) else type(it).__name__}. Fix or move the file to start afresh."
-            )
+        check_record(it, f"{path}: item {i}", ALPACA_FIELDS, messages=_REGEN_ITEM, error=UsageError)
     return items
 
 
@@ -484,11 +487,7 @@ def export_alpaca(input_path: str | Path, output_path: str | Path) -> int:
             raise UsageError(f"{src}: expected a JSON list of items; found {type(items).__name__}")
     records = []
     for i, it in enumerate(items):
-        if not isinstance(it, dict):
-            raise UsageError(f"{src}: item {i} is {type(it).__name__}, expected an object")
-        bad = [key for key in ("instruction", "input", "output") if not isinstance(it.get(key, "" if key == "input" else None), str)]
-        if bad:
-            raise UsageError(f"{src}: item {i} has no string {bad[0]!r} (keys {sorted(it)}); expected instruction, input, output")
+        check_record(it, f"{src}: item {i}", ALPACA_FIELDS, ["input"], messages=_EXPORT_ITEM, error=UsageError)
         records.append({"instruction": it["instruction"], "input": it.get("input", ""), "output": it["output"]})
     jdump(records, output_path)
     print(f"wrote {len(records)} records to {output_path}", file=sys.stderr)
