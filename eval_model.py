@@ -81,8 +81,14 @@ def main(argv: Optional[list] = None) -> None:
     from alpaca_lib.llm.client import GenerationError
     from alpaca_lib.preflight import check_fire_flags
 
+    from alpaca_lib.config_file import expand_fire_config
+
+    from alpaca_lib.quiet import quiet_deepspeed_probe
+
+    quiet_deepspeed_probe()
     argv = sys.argv[1:] if argv is None else argv
     try:
+        argv = expand_fire_config(argv, COMMANDS, "eval_model.py")  # --config FILE: flags from YAML
         check_fire_flags(argv, COMMANDS, "eval_model.py")
         fire.Fire(COMMANDS, command=argv)
     except (UsageError, GenerationError) as e:

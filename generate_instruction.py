@@ -79,9 +79,12 @@ def main() -> None:
     from alpaca_lib.llm.client import GenerationError
 
     commands = {"generate_instruction_following_data": generate_instruction_following_data, "to_alpaca": to_alpaca}
+    from alpaca_lib.config_file import expand_fire_config
+
     try:
-        check_fire_flags(sys.argv[1:], commands, "generate_instruction.py")
-        fire.Fire(commands)
+        argv = expand_fire_config(sys.argv[1:], commands, "generate_instruction.py")  # --config FILE: flags from YAML
+        check_fire_flags(argv, commands, "generate_instruction.py")
+        fire.Fire(commands, command=argv)
     except (UsageError, GenerationError) as e:  # a mistake to fix, or a server that kept failing: no traceback
         exit_with(e)
     except KeyboardInterrupt:

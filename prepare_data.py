@@ -104,12 +104,14 @@ COMMANDS = {"convert": convert, "report": report}
 def main() -> None:
     import fire
 
+    from alpaca_lib.config_file import expand_fire_config
     from alpaca_lib.preflight import check_fire_flags
 
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     try:
-        check_fire_flags(sys.argv[1:], COMMANDS, "prepare_data.py")
-        fire.Fire(COMMANDS)
+        argv = expand_fire_config(sys.argv[1:], COMMANDS, "prepare_data.py")  # --config FILE: flags from YAML
+        check_fire_flags(argv, COMMANDS, "prepare_data.py")
+        fire.Fire(COMMANDS, command=argv, serialize=lambda counts: None)  # convert prints its own summary
     except UsageError as e:
         exit_with(e)
 

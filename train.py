@@ -54,6 +54,7 @@ from alpaca_lib.errors import UsageError, exit_with
 from alpaca_lib.fileio import disk_full_as_error
 from alpaca_lib.locking import job_lock
 from alpaca_lib.lora import ADAPTER_SUBDIR, add_lora, quantization_config, save_adapter_and_merged
+from alpaca_lib.lossplot import plot_loss
 from alpaca_lib.modeling import (
     DEFAULT_BOS_TOKEN,
     DEFAULT_EOS_TOKEN,
@@ -64,6 +65,7 @@ from alpaca_lib.modeling import (
     smart_tokenizer_and_embedding_resize,
 )
 from alpaca_lib.packing import choose_packed_attention, packing_mode
+from alpaca_lib.quiet import quiet_deepspeed_probe
 from alpaca_lib.saving import save_final
 from alpaca_lib.supervised import (
     DataCollatorForSupervisedDataset,
@@ -79,6 +81,7 @@ from alpaca_lib.train_args import (
     check_flags,
     parse_flags,
 )
+from alpaca_lib.trainlog import describe_launch, log_callbacks, log_progress_off_terminal
 from utils import PROMPT_DICT
 
 __all__ = [
@@ -146,6 +149,7 @@ def _load_model_and_tokenizer(model_args: ModelArguments, training_args: Trainin
 
 def train(argv: Optional[Sequence[str]] = None) -> transformers.Trainer:
     """Parses the command line, fine-tunes, and saves the model and tokenizer to --output_dir."""
+    quiet_deepspeed_probe()
     model_args, data_args, training_args = parse_flags(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     # Everything that can be checked without the model is, before minutes go into loading it; nothing is
@@ -208,6 +212,9 @@ def _train_locked(model_args, data_args, training_args, records, eval_records, r
             trainer.load_without_training(resume_from)
         else:
             trainer.train(resume_from_checkpoint=resume_from)
+    if training_args.should_save:  # the main process: training (and eval) loss per logged step
+        plot_loss(trainer.state.log_history, training_args.output_dir,
+                  title=f"{model_args.model_name_or_path} on {data_args.data_path}")
     if sigterm.stopped_at is not None:
         raise Preempted(
             f"stopped by SIGTERM: saved {training_args.output_dir}/checkpoint-{sigterm.stopped_at} at step "
@@ -236,12 +243,11 @@ def _make_trainer(model, tokenizer, model_args, data_args, training_args, record
             eval_records=eval_records, supervised_logits_only=supervised_logits,
         )
     sigterm = StopOnSigterm()
-    trainer = ResumableTrainer(model=model, processing_class=tokenizer, args=training_args, callbacks=[sigterm],
-                               **data_module)
-    logger.info(
-        "training with %s over %d process(es) on %s", trainer.accelerator.distributed_type.value,
-        training_args.world_size, training_args.device,
-    )
+    trainer = ResumableTrainer(model=model, processing_class=tokenizer, args=training_args,
+                               callbacks=[sigterm, *log_callbacks(data_module["train_dataset"])], **data_module)
+    log_progress_off_terminal(trainer)
+    logger.info(describe_launch(trainer.accelerator.distributed_type.value, training_args.world_size,
+                                training_args.device))
     return trainer, sigterm
 
 

@@ -129,8 +129,14 @@ def main(argv: Optional[list] = None) -> None:
 
     import fire
 
+    from alpaca_lib.config_file import expand_fire_config
+
+    from alpaca_lib.quiet import quiet_deepspeed_probe
+
+    quiet_deepspeed_probe()
     argv = sys.argv[1:] if argv is None else argv
     try:
+        argv = expand_fire_config(argv, COMMANDS, "weight_diff.py")  # --config FILE: flags from YAML
         check_fire_flags(argv, COMMANDS, "weight_diff.py")
         fire.Fire(COMMANDS, command=argv)
     except UsageError as e:

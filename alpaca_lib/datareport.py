@@ -45,7 +45,10 @@ def token_lengths(records: Sequence[dict], tokenizer, batch_size: int = 4096) ->
         {"prompt", "total", "merges"}: int64 arrays of the prompt's and the example's lengths, and
         the number of examples whose tokenized prompt is not a prefix of the tokenized example.
     """
+    from alpaca_lib.progress import progress_bar
+
     prompt, total, merges = [], [], 0
+    bar = progress_bar(total=len(records), desc="report: tokenizing", unit="record")
     for start in range(0, len(records), batch_size):
         batch = records[start : start + batch_size]
         sources, targets = sources_and_targets(batch, tokenizer.eos_token)
@@ -53,6 +56,8 @@ def token_lengths(records: Sequence[dict], tokenizer, batch_size: int = 4096) ->
         prompt.extend(source_lens)
         total.extend(len(x) for x in ids)
         merges += m
+        bar.update(len(batch))
+    bar.close()
     return {"prompt": np.asarray(prompt, np.int64), "total": np.asarray(total, np.int64), "merges": merges}
 
 
@@ -60,11 +65,16 @@ def near_duplicates(instructions: Sequence[str], threshold: float = 0.7, workers
     """How many instructions score above `threshold` against an earlier kept one (the generator's rule)."""
     from alpaca_lib.rouge import RougeLPool
 
+    from alpaca_lib.progress import progress_bar
+
     pool = RougeLPool([], workers=workers)
     rejected = 0
+    bar = progress_bar(total=len(instructions), desc="report: near duplicates", unit="instruction")
     for start in range(0, len(instructions), _ROUGE_CHUNK):
         decisions = pool.filter_batch(list(instructions[start : start + _ROUGE_CHUNK]), threshold, top_k=1)
         rejected += sum(not d.kept for d in decisions)
+        bar.update(len(decisions))
+    bar.close()
     return rejected
 
 

@@ -243,7 +243,7 @@ def stream(
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from tqdm.auto import tqdm
+    from alpaca_lib.progress import progress_bar
 
     _big_allocations_use_mmap()
     result = StreamResult()
@@ -266,7 +266,7 @@ def stream(
             pending.result()  # re-raises a write error here, before more work is queued
         pending = pool.submit(emit, *args)
 
-    bar = tqdm(total=nbytes, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, dynamic_ncols=True)
+    bar = progress_bar(total=nbytes, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, dynamic_ncols=True)
     pending = None
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="weight-writer") as pool:

@@ -103,8 +103,9 @@ def main(
     Args:
         model_dir: a saved model and tokenizer (e.g. train.py's --output_dir).
         instruction: the instruction to answer (with --input for the optional input).
-        data_path: instead of --instruction, answer the first `num_examples` records of this file and
-            show each record's reference output beside the model's.
+        data_path: instead of --instruction, answer the first `num_examples` records of this file (an
+            Alpaca file, or instructions only, as eval_instructions.json) and show each record's reference
+            output, if it has one, beside the model's.
         max_new_tokens: generation budget per response (default 128; with --chat, eval_model.py chat's).
         gguf_file: a GGUF file inside `model_dir` to load instead of safetensors.
         chat: talk to the model turn by turn instead (see `chat_loop`).
@@ -123,7 +124,8 @@ def main(
     if instruction:
         examples = [{"instruction": instruction, "input": input}]
     elif data_path:
-        examples = load_records(data_path)[:num_examples]
+        # An instruction file (eval_instructions.json) has no outputs; a training file's are shown beside the answers.
+        examples = load_records(data_path, required=("instruction",), optional=("input", "output"))[:num_examples]
     else:
         raise UsageError("give --instruction TEXT (and optionally --input TEXT), --data_path FILE, or --chat.")
     lm = LocalModel.load(model_dir, gguf_file)

@@ -229,7 +229,7 @@ def judge_pairs(judge, pairing: Pairing, output_dir: Path, run: dict, progress: 
     Returns:
         {"verdicts": {(pair, order): the latest record}, "usage": tokens paid for over all runs}
     """
-    from tqdm import tqdm
+    from alpaca_lib.progress import progress_bar
 
     jpath = output_dir / JOURNAL_NAME
     earlier = records_of_run(jpath, run, "belongs to another judging run", "Use the same settings to continue it, "
@@ -251,8 +251,8 @@ def judge_pairs(judge, pairing: Pairing, output_dir: Path, run: dict, progress: 
                 a, b = (model_rec["output"], ref_rec["output"]) if order == 0 else (ref_rec["output"], model_rec["output"])
                 tasks.append(Task(i, order, judge_prompt(model_rec, a, b)))
     total = 2 * len(pairing.pairs)
-    bar = tqdm(total=total, initial=total - len(tasks), unit="verdict", dynamic_ncols=True,
-               disable=(not progress) if progress is not None else None)
+    bar = progress_bar(total=total, desc="judge", initial=total - len(tasks), unit="verdict", dynamic_ncols=True,
+                       disable=(not progress) if progress is not None else None)
     with Journal(jpath) as journal:
         journal.append({"t": "start", "time": time.time(), "run": run}, sync=True)
         try:

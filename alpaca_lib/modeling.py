@@ -76,34 +76,3 @@ def smart_tokenizer_and_embedding_resize(special_tokens_dict: Dict[str, str], to
             if output is not None and output.weight.data_ptr() != input_embeddings.data_ptr():
                 output.weight[-num_new_tokens:] = output.weight[:-num_new_tokens].mean(dim=0, keepdim=True)
     return num_new_tokens
-
-
-def save_dense_copy(model_dir: str, gguf_file: str, out_dir: str) -> str:
-    """Saves a GGUF model as a plain float32 safetensors checkpoint (once; an existing copy is reused).
-
-        python -c "from alpaca_lib.modeling import save_dense_copy; save_dense_copy(DIR, 'm.gguf', 'out')"
-
-    `transformers serve` and other tools cannot start from a GGUF file whose config names no architecture;
-    the copy can. It is written to a staging folder and renamed, so a killed export leaves no half copy.
-    """
-    from pathlib import Path
-
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from alpaca_lib.fileio import staging_dir
-
-    out = Path(out_dir)
-    if (out / "config.json").exists() and (out / "model.safetensors").exists():
-        return str(out)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, gguf_file=gguf_file, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, gguf_file=gguf_file)
-    # The GGUF config names no architecture and marks the weights as quantized; loaded, they are plain tensors.
-    model.config.architectures = [type(model).__name__]
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    with staging_dir(out, overwrite=True) as tmp:  # a half copy left by a killed export is replaced
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-    return str(out)

@@ -312,7 +312,7 @@ def write_outputs(
     Returns:
         The records written.
     """
-    from tqdm import tqdm
+    from alpaca_lib.progress import progress_bar
 
     jpath = journal_path(output_path)
     earlier = records_of_run(jpath, run, "holds outputs of another run", "Run with the same settings to continue it, "
@@ -322,7 +322,7 @@ def write_outputs(
     if done:
         print(f"{jpath}: {len(done)} of {len(records)} answers already made; continuing with the other {len(todo)}",
               file=sys.stderr, flush=True)
-    bar = tqdm(total=len(records), initial=len(done), unit="answer", dynamic_ncols=True,
+    bar = progress_bar(total=len(records), desc="outputs", initial=len(done), unit="answer", dynamic_ncols=True,
                disable=(not progress) if progress is not None else None)
     t0, tokens = time.monotonic(), 0
     with Journal(jpath) as journal:

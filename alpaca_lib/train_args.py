@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
@@ -21,6 +22,7 @@ from typing import Optional, Sequence
 import torch
 import transformers
 
+from alpaca_lib.config_file import expand_config
 from alpaca_lib.data import DataError, default_cache_dir
 from alpaca_lib.errors import UsageError
 from alpaca_lib.lora import DEFAULT_TARGET_MODULES, check_qlora_available
@@ -173,6 +175,8 @@ class TrainingArguments(transformers.TrainingArguments):
             classes = [c.strip() for c in self.fsdp_transformer_layer_cls_to_wrap.split(",") if c.strip()]
             config.setdefault("transformer_layer_cls_to_wrap", classes)
             self.fsdp_config = config
+        if isinstance(self.fsdp, str):
+            self.fsdp, self.fsdp_config = fsdp_string_to_config(self.fsdp, self.fsdp_config)
         if self.group_by_length:
             self.train_sampling_strategy = "group_by_length"
         if self.packing and self.train_sampling_strategy == "group_by_length":
@@ -207,6 +211,40 @@ class TrainingArguments(transformers.TrainingArguments):
             )
 
 
+# The original's `--fsdp "full_shard auto_wrap"` words, as FSDP2 settings in fsdp_config (transformers 5's
+# own translation of the string warns that it goes away, and will go). auto_wrap is FSDP2's default policy.
+_FSDP2_WORDS = {"full_shard": ("reshard_after_forward", True), "shard_grad_op": ("reshard_after_forward", False),
+                "offload": ("cpu_offload", True), "auto_wrap": None}
+
+
+def fsdp_string_to_config(fsdp: str, fsdp_config):
+    """(True, fsdp_config with the string's options) for an --fsdp string of FSDP2 words; else both unchanged.
+
+    Args:
+        fsdp: the --fsdp value, e.g. "full_shard auto_wrap" or "full_shard auto_wrap offload".
+        fsdp_config: None, a dict, or a JSON file or string (as --fsdp_config takes it).
+    Returns:
+        (fsdp, fsdp_config) to use. Strings with other words (hybrid_shard, ...) or an FSDP1 config
+        (version 1) are left to transformers as they are.
+    """
+    words = fsdp.split()
+    config = fsdp_config
+    if isinstance(config, str):
+        if config.lstrip().startswith("{"):
+            config = json.loads(config)
+        else:
+            with open(config, encoding="utf-8") as f:
+                config = json.load(f)
+    config = dict(config or {})
+    if not words or any(w not in _FSDP2_WORDS for w in words) or int(config.get("version", 2)) != 2:
+        return fsdp, fsdp_config
+    for word in words:
+        if _FSDP2_WORDS[word] is not None:
+            key, value = _FSDP2_WORDS[word]
+            config.setdefault(key, value)
+    return True, config
+
+
 def _has_other_accelerator() -> bool:
     for name in ("xpu", "mps", "npu", "mlu", "musa", "hpu"):
         backend = getattr(torch, name, None)
@@ -236,6 +274,9 @@ def parse_flags(argv: Optional[Sequence[str]] = None):
     """
     types = (ModelArguments, DataArguments, TrainingArguments)
     parser = _FlagParser(types)
+    # --config FILE: the file's flags go first, so the ones typed after them win (alpaca_lib/config_file.py).
+    argv = expand_config(sys.argv[1:] if argv is None else argv,
+                         ["--" + f.name for t in types for f in dataclasses.fields(t)], "train.py")
     try:
         *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     except UsageError:

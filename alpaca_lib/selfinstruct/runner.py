@@ -293,10 +293,10 @@ class _Progress:
     """The progress bar and its running counts (kept, generated, discarded, tokens)."""
 
     def __init__(self, target: int, state: JournalState, prices: dict, progress: bool | None):
-        from tqdm import tqdm
+        from alpaca_lib.progress import progress_bar
 
-        self.bar = tqdm(total=target, initial=min(len(state.items), target),
-                        disable=(not progress) if progress is not None else None, dynamic_ncols=True)
+        self.bar = progress_bar(total=target, desc="generate", unit="instruction", initial=min(len(state.items), target),
+                                disable=(not progress) if progress is not None else None, dynamic_ncols=True)
         totals = summarize(state.requests, state.batches, prices)
         self.counts = Counter(tokens=totals["total_tokens"], raw=totals["raw_items"], kept=totals["kept"])
         self.show()
@@ -326,7 +326,7 @@ def _generate(cfg: GenerateConfig, seeds: list[dict], prompt_text: str, prices: 
         summary = _finish_run(run, prices)
     finally:
         run.journal.close()
-    print(format_summary(summary))
+    print(format_summary(summary, cfg.base_url))
     print(f"{len(run.state.items)} instructions in {run.regen.path}")
     if stalled:
         raise GenerationStalled(_stall_message(cfg, stalled, summary, run.journal.path))
