@@ -47,6 +47,8 @@ for _ in $(seq 300); do
 done
 # transformers serve loads the model on the first request: make that one here, untimed, so that the
 # generator's requests (timeout 120 s, ample for a 135M model on 2 cores) do not wait behind it.
+# The generator sends one request at a time: two at once can leave the server with one request running
+# and one waiting at 0 tokens/s until a timeout.
 step "warming the server up (the first request loads the model)"
 $PY -c "
 import json, time, urllib.request
@@ -61,7 +63,7 @@ if todo generate; then
 $PY -m generate_instruction generate_instruction_following_data --output_dir="$OUT/regen" \
   --base_url="$URL" --model_name="$BASE" --api_style=completions --num_instructions_to_generate="${NUM_INSTRUCTIONS:-6}" \
   --num_prompt_instructions=2 --request_batch_size=2 --max_tokens=200 --max_batches=2 --seed=0 --num_cpus=2 \
-  --request_timeout=120
+  --request_timeout=120 --max_concurrency=1
 $PY -m generate_instruction to_alpaca --input_path="$OUT/regen" --output_path="$OUT/generated.json"
 $PY -c "
 import json
