@@ -67,9 +67,10 @@ def test_tilde_in_data_and_evaluation_paths_means_the_home_folder(tmp_path):
         run(str(REPO_ROOT / "eval_model.py"), "outputs", "--instructions_path", "~/data.json", "--output_path",
             "~/o/m.json", "--base_url", stub.base_url, "--model_name", "m", "--api_style", "chat")
         run(str(REPO_ROOT / "eval_model.py"), "judge", "--model_outputs", "~/o/m.json", "--reference_outputs",
-            "~/data.json", "--judge_model", "j", "--output_dir", "~/j/r", "--base_url", stub.base_url, "--api_key", "k")
+            "~/data.json", "--judge_model", "j", "--output_dir", "~/j/r", "--leaderboard", "~/board.csv",
+            "--base_url", stub.base_url, "--api_key", "k")
     assert [r["output"] for r in json.loads((home / "o" / "m.json").read_text())] == ["a", "a"]
-    assert (home / "j" / "r" / "summary.json").is_file()
+    assert (home / "j" / "r" / "summary.json").is_file() and (home / "board.csv").is_file()
     assert os.listdir(work) == []
 
 
