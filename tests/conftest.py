@@ -164,6 +164,15 @@ def run_train_expecting_error(tmp_path: Path, args: list[str], output_dir: Path 
     return proc.stderr
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (children, their children, ...), read from /proc (Linux)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        for child in (task / "children").read_text().split():
+            found += [int(child), *descendants(int(child))]
+    return found
+
+
 def kill_when_journaled(cmd: list[str], cwd: Path, journal: Path, marker: str, count: int) -> None:
     """Starts `cmd` and SIGKILLs it once `journal` holds `count` lines containing `marker` (a kill mid-run).
 

@@ -33,7 +33,7 @@ import torch
 from safetensors.torch import load_file
 
 from alpaca_lib.checkpoints import MANIFEST_NAME, PREEMPTED_EXIT_CODE, list_checkpoints, problem_with, rotate
-from conftest import REPO_ROOT, logged_steps, run_script, run_train_expecting_error, write_alpaca_subset
+from conftest import REPO_ROOT, descendants, logged_steps, run_script, run_train_expecting_error, write_alpaca_subset
 
 TRAIN = str(REPO_ROOT / "train.py")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
@@ -66,14 +66,6 @@ def _env():
     return {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
-def _descendants(pid: int) -> list:
-    found = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        for child in (task / "children").read_text().split():
-            found += [int(child), *_descendants(int(child))]
-    return found
-
-
 def _run_and_signal(cmd, cwd, out: Path, at_step: int, sig: int, target: str = "all"):
     """Starts `cmd`; once it has a complete checkpoint and has logged `at_step` steps, sends `sig`.
 
@@ -90,7 +82,7 @@ def _run_and_signal(cmd, cwd, out: Path, at_step: int, sig: int, target: str = "
         steps += bool(_LOSS_LINE.match(line))
         if not sent and steps >= at_step and any((p / MANIFEST_NAME).exists() for _, p in list_checkpoints(out)):
             if target == "all":
-                for pid in [proc.pid, *_descendants(proc.pid)]:
+                for pid in [proc.pid, *descendants(proc.pid)]:
                     os.kill(pid, sig)
             elif target == "launcher":
                 os.kill(proc.pid, sig)
@@ -252,7 +244,7 @@ def test_sigterm_under_torchrun_stops_both_processes_at_one_step(target, setup, 
 
 
 def _worker_with_rank(launcher_pid: int, rank: int) -> int:
-    for pid in _descendants(launcher_pid):
+    for pid in descendants(launcher_pid):
         with contextlib.suppress(OSError):
             if f"RANK={rank}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
                 return pid

@@ -25,7 +25,7 @@ import pytest
 from safetensors.torch import load_file
 
 from alpaca_lib.checkpoints import FINISHED_NAME, MANIFEST_NAME, list_checkpoints, problem_with
-from conftest import REPO_ROOT, run_script, write_alpaca_subset
+from conftest import REPO_ROOT, descendants, run_script, write_alpaca_subset
 
 TRAIN = str(REPO_ROOT / "train.py")
 HOOKS = str(REPO_ROOT / "tests" / "train_hooks.py")
@@ -150,17 +150,9 @@ def _start_holding(cmd, cwd, step: int):
     raise AssertionError("the run ended before it held:\n" + "".join(lines)[-4000:])
 
 
-def _descendants(pid: int) -> list:
-    found = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        for child in (task / "children").read_text().split():
-            found += [int(child), *_descendants(int(child))]
-    return found
-
-
 def _stop(proc) -> None:
     """SIGKILLs `proc` and everything under it (torchrun's workers run in sessions of their own)."""
-    for pid in [proc.pid, *_descendants(proc.pid)]:
+    for pid in [proc.pid, *descendants(proc.pid)]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     proc.wait(timeout=60)
