@@ -224,21 +224,17 @@ def summarize(rows: Sequence[dict], df_gamed: Optional[str] = "auto") -> dict[st
     counts and the judge's diagnostics.
 
     The project's keys: n_pairs (pairs with a readable verdict: AlpacaEval's n_total), n_unreadable,
-    n_losses and n_ties (pairs the model lost in both orders, and pairs whose two orders disagree; from the
-    preference, below or at 1.5, for annotations made elsewhere), weighting (`weighting_of`),
+    n_losses and n_ties (AlpacaEval's n_wins_base and n_draws: preference below, and at, 1.5, so that wins,
+    ties and losses add up to n_pairs whatever the weighting; with discrete verdicts, the pairs the model
+    lost in both orders and those whose two orders disagree), weighting (`weighting_of`),
     avg_length_model / avg_length_reference (characters, over readable pairs), and `judge_warnings`.
     """
     out = alpaca_eval_metrics(rows, df_gamed)
     readable = [r for r in rows if r.get("preference") is not None]
-    if readable and all(r.get("model_won") for r in readable):
-        n_losses = sum(sum(r["model_won"]) == 0 for r in readable)
-        n_ties = sum(sum(r["model_won"]) == 1 for r in readable)
-    else:
-        n_losses = sum(r["preference"] < 1.5 for r in readable)
-        n_ties = sum(r["preference"] == 1.5 for r in readable)
     diagnostics = judge_diagnostics(rows)
     out.update(
-        n_pairs=len(readable), n_unreadable=len(rows) - len(readable), n_losses=n_losses, n_ties=n_ties,
+        n_pairs=len(readable), n_unreadable=len(rows) - len(readable), n_losses=out["n_wins_base"],
+        n_ties=out["n_draws"],
         weighting=weighting_of(rows),
         avg_length_model=float(np.mean([len(r["output_2"]) for r in readable])) if readable else None,
         avg_length_reference=float(np.mean([len(r["output_1"]) for r in readable])) if readable else None,

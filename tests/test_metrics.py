@@ -20,6 +20,7 @@ from alpaca_lib.metrics import (
     alpaca_eval_metrics,
     annotation_frame,
     length_controlled,
+    summarize,
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # scikit-learn, on AlpacaEval's own calls
@@ -144,3 +145,17 @@ def test_win_rate_and_counts_are_get_winrates():
     assert out["discrete_win_rate"] == pytest.approx(100 * (3 + 2 / 2) / 7)  # each rounded to win/draw/loss
     assert out["avg_length"] == int(np.mean([12, 30, 5, 9, 4, 8, 20, 10])) == 12
     assert out["length_control"] is None
+
+
+def test_wins_ties_and_losses_add_up_to_the_pairs_under_letter_probabilities():
+    """Weighted verdicts whose letters disagree across the orders but whose probabilities do not average 0.5
+    count as AlpacaEval counts them (a win above 1.5, a loss below), so the three counts add up to n_pairs."""
+    rows = rows_from_model([10] * 4, [12] * 4, [1.6, 1.5, 1.4, 1.9])
+    for row, p_model in zip(rows, ([0.8, 0.4], [0.7, 0.3], [0.4, 0.4], [0.9, 0.9])):
+        row.update(verdicts=["a" if p_model[0] >= 0.5 else "b", "b" if p_model[1] >= 0.5 else "a"],
+                   model_won=[int(p >= 0.5) for p in p_model], p_model=p_model)
+    out = summarize(rows)
+    assert out["weighting"] == "logprobs"
+    assert (out["n_wins"], out["n_ties"], out["n_losses"], out["n_pairs"]) == (2, 1, 1, 4)
+    assert (out["n_ties"], out["n_losses"]) == (out["n_draws"], out["n_wins_base"])
+    assert out["order_consistency"] == 0.5  # the first two pairs' letters disagree across the orders
