@@ -65,7 +65,7 @@ from alpaca_lib.modeling import (
     smart_tokenizer_and_embedding_resize,
 )
 from alpaca_lib.packing import choose_packed_attention, packing_mode
-from alpaca_lib.quiet import quiet_deepspeed_probe
+from alpaca_lib.quiet import quiet_entry_point
 from alpaca_lib.saving import save_final
 from alpaca_lib.supervised import (
     DataCollatorForSupervisedDataset,
@@ -149,7 +149,7 @@ def _load_model_and_tokenizer(model_args: ModelArguments, training_args: Trainin
 
 def train(argv: Optional[Sequence[str]] = None) -> transformers.Trainer:
     """Parses the command line, fine-tunes, and saves the model and tokenizer to --output_dir."""
-    quiet_deepspeed_probe()
+    quiet_entry_point()
     model_args, data_args, training_args = parse_flags(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     # Everything that can be checked without the model is, before minutes go into loading it; nothing is

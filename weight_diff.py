@@ -131,9 +131,9 @@ def main(argv: Optional[list] = None) -> None:
 
     from alpaca_lib.config_file import expand_fire_config
 
-    from alpaca_lib.quiet import quiet_deepspeed_probe
+    from alpaca_lib.quiet import quiet_entry_point
 
-    quiet_deepspeed_probe()
+    quiet_entry_point()
     argv = sys.argv[1:] if argv is None else argv
     try:
         argv = expand_fire_config(argv, COMMANDS, "weight_diff.py")  # --config FILE: flags from YAML

@@ -107,9 +107,9 @@ if __name__ == "__main__":
     from alpaca_lib.errors import exit_with
     from alpaca_lib.preflight import check_fire_flags
 
-    from alpaca_lib.quiet import quiet_deepspeed_probe
+    from alpaca_lib.quiet import quiet_entry_point
 
-    quiet_deepspeed_probe()
+    quiet_entry_point()
     try:
         check_fire_flags(sys.argv[1:], write_bundled, "python -m alpaca_lib.bundled")
         fire.Fire(write_bundled, serialize=lambda _: None)

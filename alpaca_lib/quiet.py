@@ -1,6 +1,8 @@
 """Third-party log lines that say nothing to a user of this project, stopped where they start.
 
-    quiet_deepspeed_probe()      # at an entry point, before transformers or accelerate import DeepSpeed
+    quiet_entry_point()          # at an entry point: both of the below
+    quiet_deepspeed_probe()      # before transformers or accelerate import DeepSpeed
+    quiet_progress_bars()        # Hugging Face's own bars, off when stderr is a log rather than a terminal
 
 Only messages that are wrong or meaningless here are touched; warnings that matter are left alone.
 """
@@ -9,6 +11,14 @@ from __future__ import annotations
 
 import os
 import sys
+
+from alpaca_lib.progress import on_terminal
+
+
+def quiet_entry_point() -> None:
+    """What every command does first: `quiet_deepspeed_probe` and `quiet_progress_bars`."""
+    quiet_deepspeed_probe()
+    quiet_progress_bars()
 
 
 def quiet_deepspeed_probe() -> None:
@@ -27,3 +37,22 @@ def quiet_deepspeed_probe() -> None:
             getattr(getattr(torch, name, None), "is_available", lambda: False)() for name in ("xpu", "npu", "mps")):
         return
     os.environ["DS_ACCELERATOR"] = "cpu"
+
+
+def quiet_progress_bars() -> None:
+    """When stderr is not a terminal, turns off Hugging Face's own progress bars.
+
+    transformers draws a bar for each model it loads or saves ("Loading weights", "Writing model shards");
+    in a log file (nohup, a pipe, a scheduler) its carriage-return redraws become one long unreadable
+    line per model, and the project's own progress lines (alpaca_lib.progress) already say how far a run
+    is. `HF_HUB_DISABLE_PROGRESS_BARS`, which transformers and huggingface_hub read, is set unless the user
+    set it; if transformers is already imported, its switch is turned off as well. On a terminal nothing
+    changes.
+    """
+    if on_terminal():
+        return
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1" and "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
