@@ -6,8 +6,9 @@
     python eval_model.py judge ... --judge_model_dir runs/judge-model        # a local model, in-process
     python eval_model.py score --annotations runs/judge/demo_vs_base/annotations.json --output_dir D
 
-The records of the two files are paired by instruction (and input). For each pair the judge sees the
-instruction and the two outputs as "Output (a)" and "Output (b)" under a prompt written for this
+The records of the two files are paired by their request: the instruction, then the input after a blank
+line when a record has one (`alpaca_lib.prompt.request_text`, AlpacaEval's form), so a file that keeps
+the input apart pairs with one that does not. For each pair the judge sees that request and the two outputs as "Output (a)" and "Output (b)" under a prompt written for this
 project (`JUDGE_PROMPT`, version `PROMPT_VERSION`). Every pair is judged in both orders, so a judge that
 favours a position cancels out: the model's preference is 1 when it wins both, 0 when it loses both, 0.5
 when the two orders disagree (a tie). When every verdict comes with the judge's probabilities of the two
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 from alpaca_lib.journal import Journal, records_of_run
 from alpaca_lib.llm.client import GenerationError
+from alpaca_lib.prompt import request_text
 from alpaca_lib.verdicts import read_verdict
 
 if TYPE_CHECKING:
@@ -59,8 +61,8 @@ LETTERS = ("a", "b")
 JOURNAL_NAME = "judge.journal.jsonl"
 
 
-def pair_key(record: dict) -> tuple[str, str]:
-    return record["instruction"], record.get("input", "") or ""
+def pair_key(record: dict) -> str:
+    return request_text(record)
 
 
 @dataclass
@@ -84,7 +86,7 @@ class Pairing:
 
 
 def pair_records(model: Sequence[dict], reference: Sequence[dict]) -> Pairing:
-    """Matches records by instruction (and input); never guesses for a missing or repeated one."""
+    """Matches records by their request (`pair_key`); never guesses for a missing or repeated one."""
     def index(records):
         seen, dup = {}, set()
         for r in records:
@@ -105,15 +107,14 @@ def pair_records(model: Sequence[dict], reference: Sequence[dict]) -> Pairing:
             done.add(k)
     return Pairing(
         pairs=pairs,
-        only_model=[k[0] for k in m if k not in r and k not in duplicated],
-        only_reference=[k[0] for k in r if k not in m and k not in duplicated],
-        duplicated=[k[0] for k in duplicated],
+        only_model=[k for k in m if k not in r and k not in duplicated],
+        only_reference=[k for k in r if k not in m and k not in duplicated],
+        duplicated=list(duplicated),
     )
 
 
 def judge_prompt(record: dict, output_a: str, output_b: str) -> str:
-    request = record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
-    return JUDGE_PROMPT.format(request=request, output_a=output_a, output_b=output_b)
+    return JUDGE_PROMPT.format(request=request_text(record), output_a=output_a, output_b=output_b)
 
 
 def letter_probability(first_logprobs: Optional[dict[str, float]], letter: str) -> Optional[float]:
@@ -269,7 +270,7 @@ def judge_pairs(judge, pairing: Pairing, output_dir: Path, run: dict, progress: 
 def annotation_rows(pairing: Pairing, verdicts: dict, model: str, reference: str, annotator: str,
                     weighting: str) -> list[dict]:
     """The pairs and their verdicts in AlpacaEval's annotation layout (see alpaca_lib/metrics.py), plus the
-    project's fields: `input` and `dataset` when the records have them, the letter each order got
+    project's fields: `dataset` when the records have it, the letter each order got
     (`verdicts`, order 0 showing the model as Output (a)), the judge's `replies`, `model_won` and `p_model`
     per order, and `prompt_version`. `preference` is 1 + the model's preference (null when unreadable):
     the mean of its two `p_model` with weighting "logprobs", of its two `model_won` otherwise."""
@@ -283,11 +284,10 @@ def annotation_rows(pairing: Pairing, verdicts: dict, model: str, reference: str
             preference = None
         else:
             preference = 1 + (p_model[0] + p_model[1]) / 2 if weighting == "logprobs" else 1 + (won[0] + won[1]) / 2
-        row = {"instruction": model_rec["instruction"], "output_1": ref_rec["output"], "generator_1": reference,
+        row = {"instruction": request_text(model_rec), "output_1": ref_rec["output"], "generator_1": reference,
                "output_2": model_rec["output"], "generator_2": model, "annotator": annotator, "preference": preference}
-        for key in ("input", "dataset"):
-            if model_rec.get(key):
-                row[key] = model_rec[key]
+        if model_rec.get("dataset"):
+            row["dataset"] = model_rec["dataset"]
         row.update(verdicts=letters, replies=[v["reply"] for v in both], model_won=won, p_model=p_model,
                    prompt_version=PROMPT_VERSION)
         rows.append(row)
@@ -487,7 +487,8 @@ REFSCORE_NAME = "rouge.json"
 
 def score_against_references(model_outputs: str, references: str) -> dict:
     """ROUGE-L (alpaca_lib/refscore.py) of each model output against its reference, paired by instruction
-    and input: {"rouge_l": the mean, "n_records", "per_record": [{"instruction", "input", "rouge_l"}], ...}."""
+    request (`pair_key`): {"rouge_l": the mean, "n_records", "per_record": [{"instruction", "rouge_l"}], ...},
+    where each record's `instruction` is its request (its input, if any, after a blank line)."""
     from alpaca_lib.data import load_records
     from alpaca_lib.errors import UsageError
     from alpaca_lib.refscore import rouge_l
@@ -502,7 +503,7 @@ def score_against_references(model_outputs: str, references: str) -> dict:
     scores = rouge_l([m["output"] for m, _ in pairing.pairs], [r["output"] for _, r in pairing.pairs])
     return {"model": _name_of(model, model_outputs), "references": str(references),
             "rouge_l": sum(scores) / len(scores), "n_records": len(scores), "pairing": pairing.report("--references"),
-            "per_record": [{"instruction": m["instruction"], "input": m.get("input", ""), "rouge_l": s}
+            "per_record": [{"instruction": request_text(m), "rouge_l": s}
                            for (m, _), s in zip(pairing.pairs, scores)]}
 
 

@@ -7,9 +7,10 @@ Each record of the input (AlpacaEval's JSON, or Alpaca JSON / JSON Lines) is for
 template (`utils.format_prompt`: its input variant when the record has an `input`), exactly as in
 training, and answered either by a local model (`LocalModel`: batched generation, prompts sorted by
 length, left padding, the KV cache on) or by an OpenAI-compatible server (`ServedModel`, through the
-generator's `CompletionClient`: bounded retries, concurrency). The output is a JSON list in input order:
-`instruction` (unchanged), `input` and `dataset` when the input had them, `output` (the response only),
-`generator`, and two keys AlpacaEval ignores: `n_tokens` (generated tokens, the EOS included) and
+generator's `CompletionClient`: bounded retries, concurrency). The output is a JSON list in input order, in
+the form AlpacaEval's own data takes: `instruction` (with the record's input, if any, after a blank line, as
+AlpacaEval's judges must see it: they are shown only `instruction`), `output` (the response only),
+`generator`, `dataset` when the input had it, and two keys AlpacaEval ignores: `n_tokens` (generated tokens, the EOS included) and
 `stop_reason` (`eos`, or `length` when the `max_new_tokens` budget ran out).
 
 Every answer is journaled as it is made (`<output>.journal.jsonl` beside the output), so a killed run
@@ -33,7 +34,7 @@ from alpaca_lib.errors import UsageError
 from alpaca_lib.fileio import atomic_write, disk_full_as_error, sha256_of
 from alpaca_lib.journal import Journal, records_of_run
 from alpaca_lib.modeling import model_folder_digest
-from alpaca_lib.prompt import format_prompt
+from alpaca_lib.prompt import format_prompt, request_text
 
 if TYPE_CHECKING:
     from alpaca_lib.evalconfig import OutputsConfig
@@ -242,7 +243,7 @@ class ServedModel:
 
     def text_of(self, record: dict) -> str:
         if self.client.api_style == "chat":
-            return record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
+            return request_text(record)
         return prompt_of(record)
 
     def answer(self, records: Sequence[dict], settings: GenerationSettings,
@@ -338,10 +339,7 @@ def write_outputs(
     bar.close()
     out = []
     for i, r in enumerate(records):
-        row = {"instruction": r["instruction"]}
-        if "input" in r:
-            row["input"] = r["input"]
-        row.update(output=done[i]["output"], generator=generator)
+        row = {"instruction": request_text(r), "output": done[i]["output"], "generator": generator}
         if "dataset" in r:
             row["dataset"] = r["dataset"]
         row.update(n_tokens=done[i]["n_tokens"], stop_reason=done[i]["stop_reason"])

@@ -2,6 +2,7 @@
 
     >>> from alpaca_lib.prompt import PROMPT_DICT, format_prompt
     >>> format_prompt({"instruction": "Say hi.", "input": ""})
+    >>> request_text({"instruction": "Translate.", "input": "Hallo"})   # "Translate.\n\nHallo"
 
 `utils.py` re-exports both for the original's users. Nothing heavy is imported here.
 """
@@ -37,3 +38,13 @@ def format_prompt(example: Mapping[str, Any]) -> str:
     if example.get("input", "") != "":
         return PROMPT_DICT["prompt_input"].format_map(example)
     return PROMPT_DICT["prompt_no_input"].format_map(example)
+
+
+def request_text(example: Mapping[str, Any]) -> str:
+    """The request as one text: the instruction, then the input after a blank line when there is one.
+
+    This is the form AlpacaEval's own data takes (its records have no `input`; an instance's input follows
+    its instruction after a blank line) and all its judges see, so model outputs and annotations carry it
+    as their `instruction`, and records are paired on it whichever of the two forms a file uses.
+    """
+    return example["instruction"] + (f"\n\n{example['input']}" if example.get("input") else "")

@@ -67,7 +67,9 @@ def _files(tmp_path: Path, model_name: str = "tuned", suffix: str = ""):
     reference.append({"instruction": "lose", "output": "GOOD and longer answer", "generator": "base"})
     for i in range(2):  # neither is better: the judge's position bias decides, so the orders disagree
         model.append({"instruction": f"tie {i}", "input": "some input", "output": "plain", "generator": model_name})
-        reference.append({"instruction": f"tie {i}", "input": "some input", "output": "plain too", "generator": "base"})
+        # The reference file of the second keeps the input in the instruction, as AlpacaEval's data does: it pairs.
+        reference.append({"instruction": f"tie {i}", "input": "some input", "output": "plain too", "generator": "base"}
+                         if i == 0 else {"instruction": f"tie {i}\n\nsome input", "output": "plain too", "generator": "base"})
     model.append({"instruction": "UNREADABLE case", "output": "x", "generator": model_name})
     reference.append({"instruction": "UNREADABLE case", "output": "y", "generator": "base"})
     model.append({"instruction": "only in the model file", "output": "z", "generator": model_name})
@@ -138,11 +140,11 @@ def test_win_rate_counts_both_orders_ties_and_unreadable_pairs(tmp_path, capsys)
 
     read_back = get_winrate(annotations)
     assert {k: read_back[k] for k in AE_KEYS} == pytest.approx({k: summary[k] for k in AE_KEYS}, abs=1e-12)
-    tie = next(a for a in annotations if a["instruction"] == "tie 0")
+    tie = next(a for a in annotations if a["instruction"] == "tie 0\n\nsome input")  # AlpacaEval's form
     assert {k: tie[k] for k in ("output_1", "generator_1", "output_2", "generator_2", "annotator", "preference")} == {
         "output_1": "plain too", "generator_1": "base", "output_2": "plain", "generator_2": "tuned",
         "annotator": "judge-m", "preference": 1.5}
-    assert tie["verdicts"] == ["a", "a"] and tie["model_won"] == [1, 0] and tie["input"] == "some input"
+    assert tie["verdicts"] == ["a", "a"] and tie["model_won"] == [1, 0] and "input" not in tie
     unreadable = next(a for a in annotations if a["instruction"] == "UNREADABLE case")
     assert unreadable["preference"] is None and unreadable["verdicts"] == [None, None]
     assert unreadable["replies"][0] == "I cannot decide between them."
@@ -194,7 +196,7 @@ def test_a_chatty_judge_is_read_as_it_writes(tmp_path):
     rows = {r["instruction"]: r for r in json.loads((tmp_path / "out" / "annotations.json").read_text())}
     assert [rows[f"win {i}"]["preference"] for i in range(3)] == [2.0, 2.0, 2.0]
     assert rows["lose"]["preference"] == 1.0 and rows["lose"]["verdicts"] == ["b", "a"]
-    assert rows["tie 0"]["preference"] is None and rows["tie 1"]["preference"] is None
+    assert rows["tie 0\n\nsome input"]["preference"] is None and rows["tie 1\n\nsome input"]["preference"] is None
 
 
 def test_rerun_asks_again_for_pairs_without_a_readable_verdict(tmp_path):

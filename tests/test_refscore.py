@@ -34,7 +34,8 @@ def test_score_writes_rouge_l_per_record_and_overall(tmp_path):
     references = [{"instruction": "Name a colour.", "output": "Blue is a colour."},
                   {"instruction": "Add.", "input": "2 and 3", "output": "The sum is 5."},
                   {"instruction": "Only in the references.", "output": "x"}]
-    outputs = [{"instruction": "Add.", "input": "2 and 3", "output": "5, the sum.", "generator": "tuned"},
+    # The outputs carry the input in the instruction (as `eval_model.py outputs` writes them): they still pair.
+    outputs = [{"instruction": "Add.\n\n2 and 3", "output": "5, the sum.", "generator": "tuned"},
                {"instruction": "Name a colour.", "output": "Red is a nice colour.", "generator": "tuned"}]
     (tmp_path / "refs.json").write_text(json.dumps(references))
     (tmp_path / "out.json").write_text(json.dumps(outputs))
@@ -43,7 +44,8 @@ def test_score_writes_rouge_l_per_record_and_overall(tmp_path):
     result = json.loads((tmp_path / "scored" / "rouge.json").read_text())
     per = [SCORER.score("The sum is 5.", "5, the sum.")["rougeL"].fmeasure,
            SCORER.score("Blue is a colour.", "Red is a nice colour.")["rougeL"].fmeasure]
-    assert [(r["instruction"], r["rouge_l"]) for r in result["per_record"]] == [("Add.", per[0]), ("Name a colour.", per[1])]
+    assert [(r["instruction"], r["rouge_l"]) for r in result["per_record"]] == [("Add.\n\n2 and 3", per[0]),
+                                                                                ("Name a colour.", per[1])]
     assert result["rouge_l"] == sum(per) / 2 and result["n_records"] == 2
     assert result["pairing"] == "1 instruction(s) only in --references, left out (first: 'Only in the references.')"
     assert f"ROUGE-L of tuned against the references: {sum(per) / 2:.4f} (2 records)" in log
