@@ -263,9 +263,10 @@ def _save_final_model(trainer, tokenizer, model_args, training_args) -> None:
     save_adapter_and_merged(trainer, training_args.output_dir, tokenizer, reload_base)
 
 
-def main() -> None:
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """The command line: `train(argv)`, with a usage error as one `error:` line and exit status 1."""
     try:
-        train()
+        train(argv)
     except UsageError as e:
         exit_with(e)
     except Preempted as e:

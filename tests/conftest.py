@@ -21,6 +21,13 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Under pytest-xdist the workers share the cores: each worker, and every process it starts, gets its share of
+# threads (read by torch when it is first imported, after this), instead of every process starting one thread
+# per core and all of them spinning against each other.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    _threads = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_name, _threads)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ALPACA_DATA = REPO_ROOT / "alpaca_data.json"  # 254 records, shipped with the repo
@@ -142,26 +149,37 @@ def logged_steps(log: str) -> int:
 
 
 def run_train_expecting_error(tmp_path: Path, args: list[str], output_dir: Path | None = None) -> str:
-    """Runs `train.py ARGS --output_dir tmp/out` and returns stderr; asserts it failed before loading a model.
+    """Runs train.py's command line, `train.main(["--model_name_or_path", M, "--output_dir", tmp/out, *ARGS])`,
+    in this process from `tmp_path`, and returns what it wrote to stderr; asserts it failed before loading a model.
 
     The model is a folder whose config.json cannot be loaded: it passes the path checks, but any attempt
-    to load it would end in a traceback instead of the expected `error: ...` line. Asserts that the run
-    failed, wrote no output folder and printed no traceback.
+    to load it would end in a traceback (an exception out of this call) instead of the expected `error: ...`
+    line. Asserts that the run exited with status 1 and wrote no output folder. In-process, because these
+    checks end before any model loads: a new interpreter would spend seconds importing transformers for
+    each case (the launch itself, `python train.py` ending in one `error:` line and status 1, is run as a user
+    runs it in test_train_guards.py's refused-resume test).
     """
+    import contextlib
+    import io
+
+    import train
+
     model = tmp_path / "unloadable-model"
     model.mkdir(exist_ok=True)
     (model / "config.json").write_text("not a config: loading this model is a bug in the test")
     output_dir = output_dir or tmp_path / "out"
     existed = output_dir.exists()
-    proc = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "train.py"), "--model_name_or_path", str(model),
-         "--output_dir", str(output_dir), *args],
-        capture_output=True, text=True, cwd=tmp_path, timeout=300,
-    )
-    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-4000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-4000:]
+    stderr, cwd = io.StringIO(), os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()), \
+                pytest.raises(SystemExit) as exited:
+            train.main(["--model_name_or_path", str(model), "--output_dir", str(output_dir), *args])
+    finally:
+        os.chdir(cwd)
+    assert exited.value.code == 1, stderr.getvalue()[-4000:]
     assert existed or not output_dir.exists()
-    return proc.stderr
+    return stderr.getvalue()
 
 
 def descendants(pid: int) -> list[int]:
