@@ -28,6 +28,10 @@ import torch
 from alpaca_lib.saving import STAGING_NAME
 from conftest import REPO_ROOT, run_script, write_alpaca_subset
 
+# On one worker, one after another: each test is two training processes already, and two DeepSpeed jobs at once
+# would build (and lock) the same CPU extensions.
+pytestmark = pytest.mark.xdist_group("torchrun")
+
 # --standalone lets torchrun pick a free port itself: no race between choosing a port and binding it.
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 
@@ -153,7 +157,8 @@ def test_lora_under_torchrun_matches_one_process(setup, tiny_llama_dir):
     "mode, launcher, extra",
     [
         ("ddp", [], []),
-        ("deepspeed", [str(REPO_ROOT / "tests" / "cpu_dist_launch.py")], DEEPSPEED),
+        # DeepSpeed once in the default run (test_torchrun_two_processes); packed under it with the slow tests.
+        pytest.param("deepspeed", [str(REPO_ROOT / "tests" / "cpu_dist_launch.py")], DEEPSPEED, marks=pytest.mark.slow),
     ],
 )
 def test_packing_under_torchrun_matches_one_process(setup, single_losses, tiny_llama_dir, mode, launcher, extra):
