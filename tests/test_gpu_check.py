@@ -1,6 +1,6 @@
 """The GPU check's CPU rehearsal: `bash bench/gpu_check.sh --dry-run` runs every step and writes every figure.
 
-    .venv/bin/python -m pytest tests/test_gpu_check.py -q      # about a minute on 2 CPU cores
+    bash scripts/test.sh -m slow tests/test_gpu_check.py      # the rehearsal: about a minute on 2 CPU cores
 
 The GPU run itself needs a device (README, "Performance"); this keeps the script that spends those
 minutes working: each mode trains a tiny LLaMA for a few steps through train.py, the FSDP mode runs
@@ -26,6 +26,7 @@ def _positive(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
+@pytest.mark.slow  # a minute of training runs: with the slow tests, which CI runs too
 def test_gpu_check_dry_run_writes_every_figure(tmp_path):
     out = tmp_path / "out"
     log = run_script(["bash", str(REPO_ROOT / "bench" / "gpu_check.sh"), "--dry-run", "--out", str(out)],

