@@ -101,7 +101,7 @@ def write_report(output_dir: Path, summary: dict, rows: Sequence[dict], pairing_
         "",
         f"Average output length: {s['avg_length_model'] or 0:.0f} characters ({s['model']}) vs "
         f"{s['avg_length_reference'] or 0:.0f} ({s['reference']})."
-        + ("" if not s.get("usage") else f" Tokens: {s['usage']['total_tokens']:,}"
+        + ("" if not (s.get("usage") or {}).get("total_tokens") else f" Tokens: {s['usage']['total_tokens']:,}"
            + (f", about ${s['cost_usd']:.4f}." if s.get("cost_usd") is not None else ".")),
         "",
         f"![win rates and output lengths]({CHART_NAME})",

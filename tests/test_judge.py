@@ -472,6 +472,7 @@ def test_in_process_judge_reads_the_letters_probabilities_one_forward_pass_per_o
     rows = json.loads((tmp_path / "j" / "annotations.json").read_text())
     assert loaded[0].forward_passes == 2 * 7  # one per order of each pair, batch size 1
     assert summary["weighting"] == "logprobs" and summary["n_unreadable"] == 0 and summary["n_pairs"] == 7
+    assert "Tokens:" not in (tmp_path / "j" / "report.md").read_text()  # no request was sent: nothing to count
     # The same probabilities from a plain forward pass of each prompt, restated here.
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
     lm = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
