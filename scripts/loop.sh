@@ -11,6 +11,7 @@
 # 5. scores both on 20 held-out alpaca_data.json records with ROUGE-L against their reference outputs;
 # 6. has the same model judge tuned vs base in-process (letter probabilities, never unreadable), and prints
 #    the win rate, the judge's diagnostics, the ROUGE-L scores, the held-out loss and where the report is.
+# It takes 6 to 7 minutes on 2 quiet CPU cores (355 s and 437 s measured) and writes about 530 MB to runs/loop.
 # A 135M model is a weak generator and a weak judge: this run shows the machinery end to end; the
 # README shows the same loop at full scale. Sizes: NUM_INSTRUCTIONS (default 6, from at most 2 batches), EPOCHS (1),
 # MAX_NEW_TOKENS (96). Interrupted? Run it again: finished steps are skipped and the interrupted one
