@@ -73,26 +73,10 @@ COMMANDS = {"outputs": outputs, "judge": judge, "score": score, "chat": chat}
 
 
 def main(argv: Optional[list] = None) -> None:
-    import sys
-
-    import fire
-
-    from alpaca_lib.errors import UsageError, exit_with
+    from alpaca_lib.cli import run_fire
     from alpaca_lib.llm.client import GenerationError
-    from alpaca_lib.preflight import check_fire_flags
 
-    from alpaca_lib.config_file import expand_fire_config
-
-    from alpaca_lib.quiet import quiet_entry_point
-
-    quiet_entry_point()
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        argv = expand_fire_config(argv, COMMANDS, "eval_model.py")  # --config FILE: flags from YAML
-        check_fire_flags(argv, COMMANDS, "eval_model.py")
-        fire.Fire(COMMANDS, command=argv)
-    except (UsageError, GenerationError) as e:
-        exit_with(e)
+    run_fire(COMMANDS, "eval_model.py", argv, quiet=True, errors=(GenerationError,))
 
 
 if __name__ == "__main__":

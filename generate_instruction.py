@@ -72,21 +72,12 @@ def to_alpaca(input_path: str = "./", output_path: str = "alpaca_data.json") -> 
 
 
 def main() -> None:
-    import fire
-
-    from alpaca_lib.errors import UsageError, exit_with
-    from alpaca_lib.preflight import check_fire_flags
+    from alpaca_lib.cli import run_fire
     from alpaca_lib.llm.client import GenerationError
 
     commands = {"generate_instruction_following_data": generate_instruction_following_data, "to_alpaca": to_alpaca}
-    from alpaca_lib.config_file import expand_fire_config
-
-    try:
-        argv = expand_fire_config(sys.argv[1:], commands, "generate_instruction.py")  # --config FILE: flags from YAML
-        check_fire_flags(argv, commands, "generate_instruction.py")
-        fire.Fire(commands, command=argv)
-    except (UsageError, GenerationError) as e:  # a mistake to fix, or a server that kept failing: no traceback
-        exit_with(e)
+    try:  # a server that kept failing is an `error:` line too, not a traceback
+        run_fire(commands, "generate_instruction.py", errors=(GenerationError,))
     except KeyboardInterrupt:
         print("interrupted; everything kept so far is in the journal: re-run the same command to resume", file=sys.stderr)
         sys.exit(130)

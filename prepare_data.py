@@ -15,10 +15,9 @@ and writes OUTPUT_DIR/report.json and OUTPUT_DIR/lengths.png (alpaca_lib/datarep
 from __future__ import annotations
 
 import logging
-import sys
 from typing import Optional
 
-from alpaca_lib.errors import UsageError, exit_with
+from alpaca_lib.errors import UsageError
 from alpaca_lib.fileio import expand_home
 from alpaca_lib.preflight import check_model_source, check_output_dir, check_output_file
 from alpaca_lib.sources import DataError, open_source, write_alpaca_json
@@ -102,18 +101,10 @@ COMMANDS = {"convert": convert, "report": report}
 
 
 def main() -> None:
-    import fire
-
-    from alpaca_lib.config_file import expand_fire_config
-    from alpaca_lib.preflight import check_fire_flags
+    from alpaca_lib.cli import run_fire
 
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    try:
-        argv = expand_fire_config(sys.argv[1:], COMMANDS, "prepare_data.py")  # --config FILE: flags from YAML
-        check_fire_flags(argv, COMMANDS, "prepare_data.py")
-        fire.Fire(COMMANDS, command=argv, serialize=lambda counts: None)  # convert prints its own summary
-    except UsageError as e:
-        exit_with(e)
+    run_fire(COMMANDS, "prepare_data.py", serialize=lambda counts: None)  # convert prints its own summary
 
 
 if __name__ == "__main__":

@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Optional
 
 from alpaca_lib.diffing import smoke_test, stream_make_diff, stream_recover
-from alpaca_lib.errors import UsageError, exit_with
 from alpaca_lib.fileio import disk_full_as_error, expand_home
-from alpaca_lib.preflight import check_fire_flags, check_not_an_input, check_output_dir
+from alpaca_lib.preflight import check_not_an_input, check_output_dir
 
 
 def make_diff(
@@ -125,22 +124,9 @@ COMMANDS = {"make_diff": make_diff, "recover": recover}
 
 
 def main(argv: Optional[list] = None) -> None:
-    import sys
+    from alpaca_lib.cli import run_fire
 
-    import fire
-
-    from alpaca_lib.config_file import expand_fire_config
-
-    from alpaca_lib.quiet import quiet_entry_point
-
-    quiet_entry_point()
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        argv = expand_fire_config(argv, COMMANDS, "weight_diff.py")  # --config FILE: flags from YAML
-        check_fire_flags(argv, COMMANDS, "weight_diff.py")
-        fire.Fire(COMMANDS, command=argv)
-    except UsageError as e:
-        exit_with(e)
+    run_fire(COMMANDS, "weight_diff.py", argv, quiet=True)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ after an interruption, and a complete folder is left as it is.
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 
 from alpaca_lib.errors import UsageError
@@ -102,16 +101,6 @@ def write_bundled(output_dir: str = DEFAULT_OUTPUT_DIR) -> str:
 
 
 if __name__ == "__main__":
-    import fire
+    from alpaca_lib.cli import run_fire
 
-    from alpaca_lib.errors import exit_with
-    from alpaca_lib.preflight import check_fire_flags
-
-    from alpaca_lib.quiet import quiet_entry_point
-
-    quiet_entry_point()
-    try:
-        check_fire_flags(sys.argv[1:], write_bundled, "python -m alpaca_lib.bundled")
-        fire.Fire(write_bundled, serialize=lambda _: None)
-    except UsageError as e:
-        exit_with(e)
+    run_fire(write_bundled, "python -m alpaca_lib.bundled", config_file=False, quiet=True, serialize=lambda _: None)

@@ -141,13 +141,6 @@ def main(
 
 
 if __name__ == "__main__":
-    import fire
+    from alpaca_lib.cli import run_fire
 
-    from alpaca_lib.errors import UsageError, exit_with
-    from alpaca_lib.preflight import check_fire_flags
-
-    try:
-        check_fire_flags(sys.argv[1:], main, "python -m alpaca_lib.infer")
-        fire.Fire(main)
-    except UsageError as e:
-        exit_with(e)
+    run_fire(main, "python -m alpaca_lib.infer", config_file=False)

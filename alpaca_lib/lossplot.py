@@ -11,7 +11,6 @@ trainer_state.json.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -84,13 +83,6 @@ def main(output_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    import fire
+    from alpaca_lib.cli import run_fire
 
-    from alpaca_lib.errors import exit_with
-    from alpaca_lib.preflight import check_fire_flags
-
-    try:
-        check_fire_flags(sys.argv[1:], main, "python -m alpaca_lib.lossplot")
-        fire.Fire(main)
-    except UsageError as e:
-        exit_with(e)
+    run_fire(main, "python -m alpaca_lib.lossplot", config_file=False)
