@@ -8,10 +8,11 @@
 
 The records of the two files are paired by their request: the instruction, then the input after a blank
 line when a record has one (`alpaca_lib.prompt.request_text`, AlpacaEval's form), so a file that keeps
-the input apart pairs with one that does not. For each pair the judge sees that request and the two outputs as "Output (a)" and "Output (b)" under a prompt written for this
-project (`JUDGE_PROMPT`, version `PROMPT_VERSION`). Every pair is judged in both orders, so a judge that
-favours a position cancels out: the model's preference is 1 when it wins both, 0 when it loses both, 0.5
-when the two orders disagree (a tie). When every verdict comes with the judge's probabilities of the two
+the input apart pairs with one that does not. For each pair the judge sees that request and the two
+outputs as "Output (a)" and "Output (b)" under a prompt written for this project (`JUDGE_PROMPT`,
+version `PROMPT_VERSION`). Every pair is judged in both orders, so a judge that favours a position
+cancels out: the model's preference is 1 when it wins both, 0 when it loses both, 0.5 when the two
+orders disagree (a tie). When every verdict comes with the judge's probabilities of the two
 letters (an API's logprobs, or `InProcessJudge`), the preference is instead the model's letter's
 probability averaged over the two orders, as AlpacaEval 2 weights its votes.
 
@@ -109,7 +110,7 @@ def pair_records(model: Sequence[dict], reference: Sequence[dict]) -> Pairing:
         pairs=pairs,
         only_model=[k for k in m if k not in r and k not in duplicated],
         only_reference=[k for k in r if k not in m and k not in duplicated],
-        duplicated=list(duplicated),
+        duplicated=sorted(duplicated),
     )
 
 
