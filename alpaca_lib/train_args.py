@@ -163,15 +163,7 @@ class TrainingArguments(transformers.TrainingArguments):
             # transformers 5 reads a float below 1 in warmup_steps as a ratio of the total steps.
             self.warmup_steps = self.warmup_ratio
         if self.fsdp_transformer_layer_cls_to_wrap:
-            config = self.fsdp_config
-            if config is None:
-                config = {}
-            elif isinstance(config, str):
-                if config.lstrip().startswith("{"):
-                    config = json.loads(config)
-                else:
-                    with open(config, encoding="utf-8") as f:
-                        config = json.load(f)
+            config = read_fsdp_config(self.fsdp_config)
             classes = [c.strip() for c in self.fsdp_transformer_layer_cls_to_wrap.split(",") if c.strip()]
             config.setdefault("transformer_layer_cls_to_wrap", classes)
             self.fsdp_config = config
@@ -217,6 +209,18 @@ _FSDP2_WORDS = {"full_shard": ("reshard_after_forward", True), "shard_grad_op": 
                 "offload": ("cpu_offload", True), "auto_wrap": None}
 
 
+def read_fsdp_config(fsdp_config) -> dict:
+    """--fsdp_config as a dict: None is {}, a string is JSON text (starting with "{") or a JSON file's path."""
+    if fsdp_config is None:
+        return {}
+    if isinstance(fsdp_config, str):
+        if fsdp_config.lstrip().startswith("{"):
+            return json.loads(fsdp_config)
+        with open(fsdp_config, encoding="utf-8") as f:
+            return json.load(f)
+    return fsdp_config
+
+
 def fsdp_string_to_config(fsdp: str, fsdp_config):
     """(True, fsdp_config with the string's options) for an --fsdp string of FSDP2 words; else both unchanged.
 
@@ -228,14 +232,7 @@ def fsdp_string_to_config(fsdp: str, fsdp_config):
         (version 1) are left to transformers as they are.
     """
     words = fsdp.split()
-    config = fsdp_config
-    if isinstance(config, str):
-        if config.lstrip().startswith("{"):
-            config = json.loads(config)
-        else:
-            with open(config, encoding="utf-8") as f:
-                config = json.load(f)
-    config = dict(config or {})
+    config = dict(read_fsdp_config(fsdp_config))
     if not words or any(w not in _FSDP2_WORDS for w in words) or int(config.get("version", 2)) != 2:
         return fsdp, fsdp_config
     for word in words:
