@@ -14,7 +14,7 @@ from typing import Optional, TextIO
 
 import transformers
 
-from alpaca_lib.progress import LogProgress
+from alpaca_lib.progress import LogProgress, on_terminal
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,6 @@ def describe_launch(distributed_type: str, world_size: int, device) -> str:
 def log_callbacks(train_dataset, stream: Optional[TextIO] = None) -> list:
     """The callbacks train.py adds: progress lines when stderr is not a terminal, examples/s under packing."""
     from alpaca_lib.packing import PackedDataset
-    from alpaca_lib.progress import on_terminal
 
     callbacks = [] if on_terminal(stream) else [TrainerLogProgress(stream)]
     if isinstance(train_dataset, PackedDataset):
@@ -99,7 +98,6 @@ def log_callbacks(train_dataset, stream: Optional[TextIO] = None) -> list:
 def log_progress_off_terminal(trainer, stream: Optional[TextIO] = None) -> None:
     """Off a terminal, swaps the Trainer's tqdm bar (carriage-return redraws, unreadable in a log file) for
     the printer of its log dicts; the progress lines of `TrainerLogProgress` take the bar's place."""
-    from alpaca_lib.progress import on_terminal
 
     if not on_terminal(stream) and trainer.pop_callback(transformers.trainer_callback.ProgressCallback) is not None:
         trainer.add_callback(transformers.trainer_callback.PrinterCallback)
