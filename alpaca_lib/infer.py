@@ -143,4 +143,4 @@ def main(
 if __name__ == "__main__":
     from alpaca_lib.cli import run_fire
 
-    run_fire(main, "python -m alpaca_lib.infer", config_file=False)
+    run_fire(main, "python -m alpaca_lib.infer", config_file=False, quiet=True)
