@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, logged_steps, run_script, run_train_expecting_error, write_alpaca_subset
+from conftest import REPO_ROOT, logged_steps, run_train_expecting_error, write_alpaca_subset
 
 
 def _data(tmp_path: Path) -> Path:
@@ -97,10 +97,10 @@ def test_train_output_paths(tmp_path):
     assert f"error: --output_dir {tmp_path} holds --model_name_or_path {model}: writing it would destroy an input." in stderr
 
 
-def test_train_refuses_to_resume_another_runs_checkpoint(tmp_path, tiny_llama_dir):
+def test_train_refuses_to_resume_another_runs_checkpoint(tmp_path, tiny_llama_dir, warm):
     """A checkpoint records the model and the data it was trained from; the same --output_dir with other
     data is refused (nothing changed in it), copies of the same model and data resume, and
-    --overwrite_output_dir starts afresh."""
+    --overwrite_output_dir starts afresh. (In the warm Python, tests/warm_python.py.)"""
     import shutil
 
     first, second = write_alpaca_subset(tmp_path / "a.json", slice(0, 8)), write_alpaca_subset(tmp_path / "b.json", slice(8, 16))
@@ -110,12 +110,12 @@ def test_train_refuses_to_resume_another_runs_checkpoint(tmp_path, tiny_llama_di
             "--preprocessing_cache_dir", "", "--lr_scheduler_type", "constant",  # constant: a run may grow longer
             "--logging_steps", "1"]
     model = ["--model_name_or_path", str(tiny_llama_dir)]
-    run_script([*base, *model, "--data_path", str(first), "--max_steps", "1"], tmp_path)
+    warm.run_script([*base, *model, "--data_path", str(first), "--max_steps", "1"], tmp_path)
     manifest = json.loads((out / "checkpoint-1" / "checkpoint_manifest.json").read_text())["run"]
     assert (manifest["model"], manifest["data"], len(manifest["data_sha256"])) == (str(tiny_llama_dir), str(first), 64)
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
 
-    log = run_script([*base, *model, "--data_path", str(second), "--max_steps", "2"], tmp_path, expect=1)
+    log = warm.run_script([*base, *model, "--data_path", str(second), "--max_steps", "2"], tmp_path, expect=1)
     second_sha = hashlib.sha256(b"kind=json;split=train;columns=instruction=instruction,input=input,output=output\n"
                                 + second.read_bytes()).hexdigest()
     assert (f"error: --output_dir {out} holds checkpoint-1 of another run (training data {first} (sha256 "
@@ -126,11 +126,11 @@ def test_train_refuses_to_resume_another_runs_checkpoint(tmp_path, tiny_llama_di
     # The same model and data under other names (a copy on another disk) are the same run: it resumes.
     shutil.copytree(tiny_llama_dir, tmp_path / "model-copy")
     (tmp_path / "a-copy.json").write_bytes(first.read_bytes())
-    log = run_script([*base, "--model_name_or_path", str(tmp_path / "model-copy"), "--data_path",
+    log = warm.run_script([*base, "--model_name_or_path", str(tmp_path / "model-copy"), "--data_path",
                       str(tmp_path / "a-copy.json"), "--max_steps", "2"], tmp_path)
     assert f"resuming from {out}/checkpoint-1 (step 1), found in --output_dir" in log
     assert logged_steps(log) == 1  # step 2 only
-    log = run_script([*base, *model, "--data_path", str(second), "--max_steps", "1", "--overwrite_output_dir", "True"],
+    log = warm.run_script([*base, *model, "--data_path", str(second), "--max_steps", "1", "--overwrite_output_dir", "True"],
                      tmp_path)
     assert "resuming" not in log
     assert json.loads((out / "checkpoint-1" / "checkpoint_manifest.json").read_text())["run"]["data_sha256"] == second_sha

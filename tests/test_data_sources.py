@@ -23,7 +23,7 @@ import train
 from alpaca_lib import sources
 from alpaca_lib.data import DropOptions, encode_file, load_records, tokenize_records
 from alpaca_lib.sources import DataError, open_source
-from conftest import alpaca_records, run_script
+from conftest import alpaca_records
 
 DOLLY = "instruction=instruction,input=context,output=response"
 REVISION = "0123456789abcdef0123456789abcdef01234567"
@@ -324,8 +324,9 @@ def test_damaged_cache_entry_is_rebuilt(tmp_path, tokenizer, damage, caplog):
     assert encode_file(data, tokenizer, cache_dir=cache).stats["cache"] == "hit"
 
 
-def test_training_goes_through_damaged_cache_entries(tmp_path, tiny_llama_dir):
-    """train.py with an emptied, a truncated and a garbled cache entry: each is named, rebuilt, trained through."""
+def test_training_goes_through_damaged_cache_entries(tmp_path, tiny_llama_dir, warm):
+    """train.py (in the warm Python, tests/warm_python.py) with an emptied, a truncated and a garbled cache entry:
+    each is named, rebuilt, trained through."""
     import sys
 
     from transformers import AutoTokenizer
@@ -349,7 +350,7 @@ def test_training_goes_through_damaged_cache_entries(tmp_path, tiny_llama_dir):
            "--max_steps", "1", "--per_device_train_batch_size", "2", "--save_strategy", "no",
            "--report_to", "none", "--model_max_length", "128", "--preprocessing_cache_dir", str(cache),
            "--overwrite_output_dir", "True"]
-    first = run_script(cmd, tmp_path)
+    first = warm.run_script(cmd, tmp_path)
     assert f"preprocessing cache {entry} is damaged (empty file); rebuilding it" in first
     assert first.count("preprocessing cache: miss") == 2 and entry.stat().st_size > 0
     (held_entry,) = [p for p in cache.glob("*.bin") if p != entry]
@@ -358,7 +359,7 @@ def test_training_goes_through_damaged_cache_entries(tmp_path, tiny_llama_dir):
     garbled = bytearray(held_raw)
     garbled[-100] ^= 0xFF  # one bit of the arrays
     held_entry.write_bytes(bytes(garbled))
-    second = run_script(cmd, tmp_path)
+    second = warm.run_script(cmd, tmp_path)
     assert f"preprocessing cache {entry} is damaged ({len(raw) - 1000} bytes, expected {len(raw)}" in second
     assert f"preprocessing cache {held_entry} is damaged (checksum mismatch (garbled bytes)); rebuilding it" in second
     assert second.count("preprocessing cache: miss") == 2

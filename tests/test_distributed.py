@@ -62,16 +62,17 @@ def setup(tiny_llama_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def single_losses(setup, tiny_llama_dir):
-    """The losses of one process training on all 4 examples per step with `extra` flags; each made once."""
+def single_losses(setup, tiny_llama_dir, warm):
+    """The losses of one process training on all 4 examples per step with `extra` flags; each made once (in the
+    warm Python, tests/warm_python.py)."""
     root, data = setup
     done = {}
 
     def get(*extra: str) -> list[float]:
         if extra not in done:
             out = root / f"single-{len(done)}"
-            log = run_script([sys.executable, str(REPO_ROOT / "train.py"),
-                              *_train_args(tiny_llama_dir, data, out, root / "cache", 4, [*STEPS, *extra])], cwd=root)
+            log = warm.run_script([sys.executable, str(REPO_ROOT / "train.py"),
+                                   *_train_args(tiny_llama_dir, data, out, root / "cache", 4, [*STEPS, *extra])], root)
             done[extra] = _logged_losses(log)
         return done[extra]
 
@@ -134,11 +135,11 @@ def test_torchrun_two_processes(setup, single_losses, tiny_llama_dir, mode, laun
     _check_saved_model(out, vocab)
 
 
-def test_lora_under_torchrun_matches_one_process(setup, tiny_llama_dir):
+def test_lora_under_torchrun_matches_one_process(setup, tiny_llama_dir, warm):
     root, data = setup
     lora = ["--lora_r", "4", "--lora_alpha", "8", "--lora_dropout", "0"]
-    single = run_script([sys.executable, str(REPO_ROOT / "train.py"),
-                   *_train_args(tiny_llama_dir, data, root / "lora-single", root / "cache", 4, lora)], cwd=root)
+    single = warm.run_script([sys.executable, str(REPO_ROOT / "train.py"),
+                              *_train_args(tiny_llama_dir, data, root / "lora-single", root / "cache", 4, lora)], root)
     out = root / "lora-ddp"
     log = run_script([*TORCHRUN, "--standalone", "--nproc_per_node=2", str(REPO_ROOT / "train.py"),
                 *_train_args(tiny_llama_dir, data, out, root / "cache", 2, lora)], cwd=root)

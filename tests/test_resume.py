@@ -12,6 +12,10 @@ noise in a near-zero gradient can flip a whole update step (1e-3) of one weight:
 epsilon of 1e-6, which keeps Adam's state (and so tests its restoration) without that amplification.
 A wrong batch order or a lost optimizer state moves weights and losses by whole steps. The step at which
 a run is killed is random and shown in every failure message.
+
+Single-process runs start in the warm Python (tests/warm_python.py: the imports done once, a forked process
+per run), except the faithful mode's killed and resumed runs, which start as `python train.py`; torchrun
+starts its own interpreters.
 """
 
 from __future__ import annotations
@@ -66,16 +70,29 @@ def _env():
     return {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
-def _run_and_signal(cmd, cwd, out: Path, at_step: int, sig: int, target: str = "all"):
-    """Starts `cmd`; once it has a complete checkpoint and has logged `at_step` steps, sends `sig`.
+# The modes whose runs start in a new interpreter: torchrun, and one single-process mode as users run it.
+FRESH = {"faithful", "ddp"}
+
+
+def _run(cmd, cwd, warm) -> str:
+    """conftest.run_script, in `warm` (a WarmPython) or, when it is None, in a new interpreter."""
+    return run_script(cmd, cwd) if warm is None else warm.run_script(cmd, cwd)
+
+
+def _run_and_signal(cmd, cwd, out: Path, at_step: int, sig: int, target: str = "all", warm=None):
+    """Starts `cmd` (in `warm` unless it is None); once it has a complete checkpoint and has logged `at_step`
+    steps, sends `sig`.
 
     `target`: "all" signals the launched process and every process under it (SIGKILL: the node is lost;
     torchrun's workers run in sessions of their own, so a process group would miss them), "launcher" the
     launched process only (a scheduler's SIGTERM), "rank1" the torchrun worker of rank 1 only.
     Returns (exit code, log).
     """
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd,
-                            env=_env(), start_new_session=True)
+    if warm is None:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd,
+                                env=_env(), start_new_session=True)
+    else:
+        proc = warm.popen(cmd, cwd, env=_env())
     lines, steps, sent = [], 0, False
     for line in proc.stdout:
         lines.append(line)
@@ -130,7 +147,7 @@ def setup(tiny_llama_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def reference(setup, tiny_llama_dir):
+def reference(setup, tiny_llama_dir, warm):
     """One uninterrupted run per mode, made on first use."""
     root, data, data32 = setup
     done = {}
@@ -143,7 +160,7 @@ def reference(setup, tiny_llama_dir):
             if mode == "ddp":
                 run_script([*TORCHRUN, TRAIN, *_args(tiny_llama_dir, data32, out, root / "cache", per_device=1)], root)
             else:
-                run_script([sys.executable, TRAIN, *_args(tiny_llama_dir, d, out, root / "cache", extra)], root)
+                warm.run_script([sys.executable, TRAIN, *_args(tiny_llama_dir, d, out, root / "cache", extra)], root)
             done[mode] = out
         return done[mode]
 
@@ -187,8 +204,10 @@ def _assert_resumed(log: str, out: Path, ref: Path, lora: bool, context: str, af
 
 
 @pytest.mark.parametrize("mode", [*MODES, "ddp"])
-def test_sigkill_at_a_random_step_then_resume_matches_an_uninterrupted_run(mode, setup, reference, tiny_llama_dir):
+def test_sigkill_at_a_random_step_then_resume_matches_an_uninterrupted_run(mode, setup, reference, tiny_llama_dir,
+                                                                          warm):
     root = setup[0]
+    warm = None if mode in FRESH else warm
     ref = reference(mode)
     total = _steps(ref)
     # group_by_length draws a new order each epoch: kill in the second epoch, where a resume has to
@@ -198,21 +217,21 @@ def test_sigkill_at_a_random_step_then_resume_matches_an_uninterrupted_run(mode,
     context = f"mode={mode}, killed after step {at_step} of {total}"
     out = root / f"killed-{mode}"
     cmd = _resume_command(mode, tiny_llama_dir, setup, out)
-    code, log = _run_and_signal(cmd, root, out, at_step, signal.SIGKILL)
+    code, log = _run_and_signal(cmd, root, out, at_step, signal.SIGKILL, warm=warm)
     assert code == -signal.SIGKILL, context + "\n" + log[-3000:]
     assert not (out / "trainer_state.json").exists(), context  # it never reached the end
-    step = _assert_resumed(run_script(cmd, root), out, ref, mode == "lora", context)
+    step = _assert_resumed(_run(cmd, root, warm), out, ref, mode == "lora", context)
     assert SAVE_STEPS <= step <= at_step + 2 and step % SAVE_STEPS == 0, context
 
 
-def test_sigterm_saves_at_the_step_end_exits_143_and_resumes(setup, reference, tiny_llama_dir):
+def test_sigterm_saves_at_the_step_end_exits_143_and_resumes(setup, reference, tiny_llama_dir, warm):
     root = setup[0]
     ref = reference("group_by_length")
     out = root / "sigterm"
     cmd = _resume_command("group_by_length", tiny_llama_dir, setup, out)
     at_step = random.Random(time.time_ns()).randint(SAVE_STEPS + 1, _steps(ref) - 6)
     context = f"SIGTERM after step {at_step}"
-    code, log = _run_and_signal(cmd, root, out, at_step, signal.SIGTERM, target="launcher")
+    code, log = _run_and_signal(cmd, root, out, at_step, signal.SIGTERM, target="launcher", warm=warm)
     assert code == PREEMPTED_EXIT_CODE == 143, context + "\n" + log[-3000:]
     stopped = re.findall(r"train\.py: stopped by SIGTERM: saved (\S+)/checkpoint-(\d+) at step (\d+)\. "
                          r"Run the same command again to resume from it\.", log)
@@ -222,7 +241,7 @@ def test_sigterm_saves_at_the_step_end_exits_143_and_resumes(setup, reference, t
     assert problem_with(out / f"checkpoint-{step}") is None, context
     # The checkpoint holds the state at the end of that step.
     assert json.loads((out / f"checkpoint-{step}" / "trainer_state.json").read_text())["global_step"] == step
-    assert _assert_resumed(run_script(cmd, root), out, ref, False, context) == step
+    assert _assert_resumed(warm.run_script(cmd, root), out, ref, False, context) == step
 
 
 @pytest.mark.parametrize("target", ["launcher", "rank1"])
@@ -252,26 +271,26 @@ def _worker_with_rank(launcher_pid: int, rank: int) -> int:
 
 
 @pytest.mark.parametrize("where", ["rng", "manifest"])
-def test_killed_during_a_save_resumes_from_the_previous_complete_checkpoint(where, setup, reference, tiny_llama_dir):
+def test_killed_during_a_save_resumes_from_the_previous_complete_checkpoint(where, setup, reference, tiny_llama_dir,
+                                                                            warm):
     root, _, data32 = setup
     out = root / f"killed-saving-{where}"
     args = _args(tiny_llama_dir, data32, out, root / "cache", MODES["lora"])
     args[args.index("--save_total_limit") + 1] = "1"
     launcher = str(REPO_ROOT / "tests" / "kill_during_save.py")
-    proc = subprocess.run([sys.executable, launcher, TRAIN, *args], capture_output=True, text=True, cwd=root,
-                          env={**_env(), "KILL_DURING_SAVE": f"12:{where}"}, timeout=600, start_new_session=True)
+    proc = warm.run([sys.executable, launcher, TRAIN, *args], root, env={**_env(), "KILL_DURING_SAVE": f"12:{where}"})
     assert proc.returncode == -signal.SIGKILL, (proc.stdout + proc.stderr)[-3000:]
     # With --save_total_limit 1, checkpoint-6 is still there and complete: rotation waits for the manifest.
     assert [s for s, _ in list_checkpoints(out)] == [6, 12]
     assert problem_with(out / "checkpoint-6") is None
     assert "did not finish" in problem_with(out / "checkpoint-12")
-    log = run_script([sys.executable, TRAIN, *args], root)
+    log = warm.run_script([sys.executable, TRAIN, *args], root)
     assert f"not resuming from {out}/checkpoint-12: it has no {MANIFEST_NAME}: its save did not finish" in log
     assert _assert_resumed(log, out, reference("lora"), True, f"killed while saving ({where})") == 6
     assert [s for s, _ in list_checkpoints(out)] == [_steps(out)]
 
 
-def test_truncated_checkpoint_file_is_reported_and_the_previous_one_used(setup, reference, tiny_llama_dir):
+def test_truncated_checkpoint_file_is_reported_and_the_previous_one_used(setup, reference, tiny_llama_dir, warm):
     root, _, data32 = setup
     ref = reference("packing")
     out = root / "truncated"
@@ -282,14 +301,14 @@ def test_truncated_checkpoint_file_is_reported_and_the_previous_one_used(setup, 
     size = optimizer.stat().st_size
     with open(optimizer, "r+b") as f:
         f.truncate(size // 2)
-    log = run_script([sys.executable, TRAIN, *_args(tiny_llama_dir, data32, out, root / "cache", MODES["packing"])],
-                     root)
+    log = warm.run_script([sys.executable, TRAIN, *_args(tiny_llama_dir, data32, out, root / "cache",
+                                                          MODES["packing"])], root)
     assert (f"not resuming from {out}/checkpoint-{newer}: optimizer.pt has {size // 2} bytes, but {size} were "
             "written (truncated or damaged)") in log
     assert _assert_resumed(log, out, ref, False, "truncated optimizer.pt") == older
 
 
-def test_overwrite_output_dir_starts_afresh_and_deletes_old_checkpoints(setup, reference, tiny_llama_dir):
+def test_overwrite_output_dir_starts_afresh_and_deletes_old_checkpoints(setup, reference, tiny_llama_dir, warm):
     root, _, data32 = setup
     ref = reference("packing")
     out = root / "overwrite"
@@ -298,7 +317,7 @@ def test_overwrite_output_dir_starts_afresh_and_deletes_old_checkpoints(setup, r
     shutil.copytree(folder, out / folder.name)
     args = _args(tiny_llama_dir, data32, out, root / "cache", MODES["packing"])
     args[args.index("--save_strategy") + 1] = "no"
-    log = run_script([sys.executable, TRAIN, *args, "--overwrite_output_dir", "True"], root)
+    log = warm.run_script([sys.executable, TRAIN, *args, "--overwrite_output_dir", "True"], root)
     assert f"--overwrite_output_dir: deleting {out}/checkpoint-{step}" in log
     assert list_checkpoints(out) == []
     _assert_resumed(log, out, ref, False, "--overwrite_output_dir", afresh=True)

@@ -2,9 +2,11 @@
 
     bash scripts/test.sh tests/test_train_guards.py
 
-Each case runs train.py as a user would, on the tiny LLaMA, for a few steps (2 examples a step, a checkpoint
+Each case runs train.py's command line, on the tiny LLaMA, for a few steps (2 examples a step, a checkpoint
 every 2 steps). Kill points, holds and a file size limit (RLIMIT_FSIZE, which fails a write with EFBIG as a
-full disk fails it with ENOSPC) are armed by tests/train_hooks.py.
+full disk fails it with ENOSPC) are armed by tests/train_hooks.py. Single-process runs start in the warm
+Python (tests/warm_python.py: the imports done once, a forked process per run); the refused resume with
+changed settings starts as `python train.py`, and torchrun starts its own interpreters.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import pytest
 from safetensors.torch import load_file
 
 from alpaca_lib.checkpoints import FINISHED_NAME, MANIFEST_NAME, list_checkpoints, problem_with
-from conftest import REPO_ROOT, descendants, run_script, write_alpaca_subset
+from conftest import REPO_ROOT, descendants, write_alpaca_subset
 
 TRAIN = str(REPO_ROOT / "train.py")
 HOOKS = str(REPO_ROOT / "tests" / "train_hooks.py")
@@ -76,9 +78,14 @@ def _with(args: list, **flags) -> list:
     return args
 
 
-def _run(cmd, cwd, hook=None, expect=None, **env_vars):
+def _run(cmd, cwd, hook=None, expect=None, warm=None, **env_vars):
+    """Runs `cmd` to its end in `warm` (a WarmPython) or, when it is None, in a new interpreter."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **({"TRAIN_HOOK": hook} if hook else {}), **env_vars}
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=600, start_new_session=True)
+    if warm is not None:
+        proc = warm.run(cmd, cwd, env=env)
+    else:
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=600,
+                              start_new_session=True)
     if expect is not None:
         assert proc.returncode == expect, (proc.stdout + proc.stderr)[-5000:]
     return proc
@@ -101,13 +108,13 @@ def _global_step(out: Path) -> int:
 # ---- 1. a finished run is finished ----
 
 
-def test_rerunning_a_finished_run_trains_nothing_and_changes_nothing(tiny_llama_dir, root):
+def test_rerunning_a_finished_run_trains_nothing_and_changes_nothing(tiny_llama_dir, root, warm):
     out = root / "finished"
     args = _args(tiny_llama_dir, root, out)
-    run_script([sys.executable, TRAIN, *args], root)
+    warm.run_script([sys.executable, TRAIN, *args], root)
     assert _global_step(out) == 5
     before = _files(out)
-    log = run_script([sys.executable, TRAIN, *args], root)
+    log = warm.run_script([sys.executable, TRAIN, *args], root)
     assert _steps_trained(log) == 0, log[-3000:]
     assert (f"train.py: {out} already holds the final model of this run (step 5); nothing to train. To train it "
             "again from the start, pass --overwrite_output_dir True.") in log
@@ -115,14 +122,14 @@ def test_rerunning_a_finished_run_trains_nothing_and_changes_nothing(tiny_llama_
     assert _files(out) == before  # no checkpoint-6, the same final model, state and marker
 
 
-def test_a_final_save_killed_midway_is_finished_from_the_last_checkpoint_without_training(tiny_llama_dir, root):
+def test_a_final_save_killed_midway_is_finished_from_the_last_checkpoint_without_training(tiny_llama_dir, root, warm):
     out = root / "killed-final"
     args = _args(tiny_llama_dir, root, out)
-    proc = _run([sys.executable, HOOKS, TRAIN, *args], root, hook="kill_final")
+    proc = _run([sys.executable, HOOKS, TRAIN, *args], root, hook="kill_final", warm=warm)
     assert proc.returncode == -signal.SIGKILL, (proc.stdout + proc.stderr)[-3000:]
     assert not (out / "model.safetensors").exists() and not (out / FINISHED_NAME).exists()
     assert problem_with(out / "checkpoint-5") is None
-    log = run_script([sys.executable, TRAIN, *args], root)
+    log = warm.run_script([sys.executable, TRAIN, *args], root)
     assert f"{out}/checkpoint-5 is the last step of this run (5): saving the final model from it, training nothing." in log
     assert _steps_trained(log) == 0
     assert [s for s, _ in list_checkpoints(out)] == [2, 4, 5]
@@ -130,18 +137,22 @@ def test_a_final_save_killed_midway_is_finished_from_the_last_checkpoint_without
     final, saved = load_file(out / "model.safetensors"), load_file(out / "checkpoint-5" / "model.safetensors")
     assert final.keys() == saved.keys() and all(final[k].equal(saved[k]) for k in saved)
     assert json.loads((out / FINISHED_NAME).read_text())["step"] == 5
-    log = run_script([sys.executable, TRAIN, *args], root)
+    log = warm.run_script([sys.executable, TRAIN, *args], root)
     assert "already holds the final model of this run (step 5); nothing to train" in log
 
 
 # ---- 2. one writer per training folder ----
 
 
-def _start_holding(cmd, cwd, step: int):
-    """Starts `cmd` under the hold hook; returns the process once it holds at `step` (every rank's line seen)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1", "TRAIN_HOOK": f"hold:{step}"},
-                            start_new_session=True)
+def _start_holding(cmd, cwd, step: int, warm=None):
+    """Starts `cmd` (in `warm` unless it is None) under the hold hook; returns the process once it holds at
+    `step` (every rank's line seen)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TRAIN_HOOK": f"hold:{step}"}
+    if warm is not None:
+        proc = warm.popen(cmd, cwd, env=env)
+    else:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd, env=env,
+                                start_new_session=True)
     lines = []
     for line in proc.stdout:
         lines.append(line)
@@ -163,15 +174,15 @@ def _lock_holder_pid(out: Path) -> int:
 
 
 @pytest.mark.parametrize("first", ["single", "torchrun"])
-def test_a_second_run_on_the_same_output_dir_is_refused_naming_the_first(first, tiny_llama_dir, root):
+def test_a_second_run_on_the_same_output_dir_is_refused_naming_the_first(first, tiny_llama_dir, root, warm):
     """The first run holds the lock once for its whole job (under torchrun: rank 0 for both processes)."""
     out = root / f"locked-{first}"
     args = _args(tiny_llama_dir, root, out)
     launcher = [sys.executable, HOOKS] if first == "single" else [*TORCHRUN, HOOKS]
-    holder, lines = _start_holding([*launcher, TRAIN, *args], root, step=3)
+    holder, lines = _start_holding([*launcher, TRAIN, *args], root, step=3, warm=warm if first == "single" else None)
     try:
         before = {s for s, _ in list_checkpoints(out)}
-        proc = _run([sys.executable, TRAIN, *args], root, expect=1)
+        proc = _run([sys.executable, TRAIN, *args], root, expect=1, warm=warm)
         pid = _lock_holder_pid(out)
         if first == "single":
             assert pid == holder.pid
@@ -185,7 +196,7 @@ def test_a_second_run_on_the_same_output_dir_is_refused_naming_the_first(first, 
     finally:
         _stop(holder)
     if first == "single":  # the lock went with the killed holder: the same command now resumes
-        log = run_script([sys.executable, TRAIN, *args], root)
+        log = warm.run_script([sys.executable, TRAIN, *args], root)
         assert f"resuming from {out}/checkpoint-2 (step 2)" in log
 
 
@@ -193,10 +204,10 @@ def test_a_second_run_on_the_same_output_dir_is_refused_naming_the_first(first, 
 
 
 @pytest.fixture(scope="module")
-def checkpoint_2(tiny_llama_dir, root):
+def checkpoint_2(tiny_llama_dir, root, warm):
     """checkpoint-2 of a 5-step run (linear schedule, batch 2, one process)."""
     out = root / "settings-source"
-    proc = _run([sys.executable, HOOKS, TRAIN, *_args(tiny_llama_dir, root, out)], root, hook="kill_final")
+    proc = _run([sys.executable, HOOKS, TRAIN, *_args(tiny_llama_dir, root, out)], root, hook="kill_final", warm=warm)
     assert proc.returncode == -signal.SIGKILL
     return out / "checkpoint-2"
 
@@ -241,26 +252,26 @@ def test_a_resume_on_more_processes_is_refused(checkpoint_2, unloadable_copy, ro
             "--gradient_accumulation_steps x processes) 2 (2 x 1 x 1) -> 4 (2 x 1 x 2).") in proc.stderr
 
 
-def test_settings_that_do_not_change_the_result_may_change_on_a_resume(checkpoint_2, tiny_llama_dir, root):
+def test_settings_that_do_not_change_the_result_may_change_on_a_resume(checkpoint_2, tiny_llama_dir, root, warm):
     out = _out_with(checkpoint_2, root / "free")
     args = _with(_args(tiny_llama_dir, root, out), logging_steps=2, save_steps=3, save_total_limit=1,
                  dataloader_num_workers=1, per_device_train_batch_size=1, gradient_accumulation_steps=2)
-    log = run_script([sys.executable, TRAIN, *args], root)
+    log = warm.run_script([sys.executable, TRAIN, *args], root)
     assert f"resuming from {out}/checkpoint-2 (step 2)" in log
     assert _global_step(out) == 5
 
 
-def test_a_finished_constant_rate_run_is_extended_as_a_longer_run_would_end(tiny_llama_dir, root):
+def test_a_finished_constant_rate_run_is_extended_as_a_longer_run_would_end(tiny_llama_dir, root, warm):
     args = lambda out, steps: _with(_args(tiny_llama_dir, root, out), lr_scheduler_type="constant",  # noqa: E731
                                     max_steps=steps)
     extended, longer = root / "extended", root / "longer"
-    run_script([sys.executable, TRAIN, *args(extended, 4)], root)
-    log = run_script([sys.executable, TRAIN, *args(extended, 6)], root)
+    warm.run_script([sys.executable, TRAIN, *args(extended, 4)], root)
+    log = warm.run_script([sys.executable, TRAIN, *args(extended, 6)], root)
     assert ("extending the run from --max_steps 4 to 6: with a constant learning rate the steps already taken are "
             "those of a run of --max_steps 6, so it ends as that run would") in log
     assert f"resuming from {extended}/checkpoint-4 (step 4)" in log
     assert _steps_trained(log) == 2 and _global_step(extended) == 6
-    run_script([sys.executable, TRAIN, *args(longer, 6)], root)
+    warm.run_script([sys.executable, TRAIN, *args(longer, 6)], root)
     got, want = load_file(extended / "model.safetensors"), load_file(longer / "model.safetensors")
     for name in want:
         assert (got[name] - want[name]).abs().max() < 1e-5, name
@@ -270,19 +281,19 @@ def test_a_finished_constant_rate_run_is_extended_as_a_longer_run_would_end(tiny
 # ---- 4. rotation never leaves a run without a complete checkpoint ----
 
 
-def test_rotation_after_resuming_an_older_checkpoint_keeps_the_runs_own_newest(tiny_llama_dir, root):
+def test_rotation_after_resuming_an_older_checkpoint_keeps_the_runs_own_newest(tiny_llama_dir, root, warm):
     out = root / "rotation"
     args = _with(_args(tiny_llama_dir, root, out), max_steps=8)
-    run_script([sys.executable, TRAIN, *args], root)
+    warm.run_script([sys.executable, TRAIN, *args], root)
     assert [s for s, _ in list_checkpoints(out)] == [4, 6, 8]
     # Resumed from checkpoint-4 with a limit of 1, killed while saving checkpoint-8: the run's own checkpoint-6
     # must survive (checkpoint-8 of the earlier run is not this run's newer one).
     resumed = _with(args, resume_from_checkpoint=out / "checkpoint-4", save_total_limit=1)
-    proc = _run([sys.executable, KILL_DURING_SAVE, TRAIN, *resumed], root, KILL_DURING_SAVE="8:rng")
+    proc = _run([sys.executable, KILL_DURING_SAVE, TRAIN, *resumed], root, KILL_DURING_SAVE="8:rng", warm=warm)
     assert proc.returncode == -signal.SIGKILL, (proc.stdout + proc.stderr)[-3000:]
     assert [s for s, _ in list_checkpoints(out)] == [6, 8]
     assert problem_with(out / "checkpoint-6") is None and "did not finish" in problem_with(out / "checkpoint-8")
-    log = run_script([sys.executable, TRAIN, *args], root)
+    log = warm.run_script([sys.executable, TRAIN, *args], root)
     assert f"resuming from {out}/checkpoint-6 (step 6)" in log
     assert _global_step(out) == 8
 
@@ -290,24 +301,24 @@ def test_rotation_after_resuming_an_older_checkpoint_keeps_the_runs_own_newest(t
 # ---- 6. a full disk is one line ----
 
 
-def test_a_full_disk_during_a_checkpoint_save_is_one_line_and_keeps_the_previous_checkpoint(tiny_llama_dir, root):
+def test_a_full_disk_during_a_checkpoint_save_is_one_line_and_keeps_the_previous_checkpoint(tiny_llama_dir, root, warm):
     out = root / "full-checkpoint"
     args = _args(tiny_llama_dir, root, out)
-    proc = _run([sys.executable, HOOKS, TRAIN, *args], root, hook="fsize:4:4096", expect=1)
+    proc = _run([sys.executable, HOOKS, TRAIN, *args], root, hook="fsize:4:4096", expect=1, warm=warm)
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert proc.stderr.rstrip().splitlines()[-1] == (
         f"error: no space left on device while writing {out}/checkpoint-4 (file size limit reached); the previous "
         f"complete checkpoint, {out}/checkpoint-2, is intact (the same command resumes from it). Free some space "
         "(or choose a folder on a disk with more room) and run the same command again.")
     assert [s for s, _ in list_checkpoints(out)] == [2] and problem_with(out / "checkpoint-2") is None
-    log = run_script([sys.executable, TRAIN, *args], root)
+    log = warm.run_script([sys.executable, TRAIN, *args], root)
     assert f"resuming from {out}/checkpoint-2 (step 2)" in log and _global_step(out) == 5
 
 
-def test_a_full_disk_during_the_final_save_is_one_line_and_the_rerun_only_saves(tiny_llama_dir, root):
+def test_a_full_disk_during_the_final_save_is_one_line_and_the_rerun_only_saves(tiny_llama_dir, root, warm):
     out = root / "full-final"
     args = _args(tiny_llama_dir, root, out)
-    proc = _run([sys.executable, HOOKS, TRAIN, *args], root, hook="fsize:final:4096", expect=1)
+    proc = _run([sys.executable, HOOKS, TRAIN, *args], root, hook="fsize:final:4096", expect=1, warm=warm)
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert proc.stderr.rstrip().splitlines()[-1] == (
         f"error: no space left on device while writing {out} (file size limit reached); the files already in {out} "
@@ -315,7 +326,7 @@ def test_a_full_disk_during_the_final_save_is_one_line_and_the_rerun_only_saves(
         "command saves the final model from it without training. Free some space (or choose a folder on a disk "
         "with more room) and run the same command again.")
     assert not (out / "model.safetensors").exists() and not (out / ".final-model.partial").exists()
-    log = run_script([sys.executable, TRAIN, *args], root)
+    log = warm.run_script([sys.executable, TRAIN, *args], root)
     assert "saving the final model from it, training nothing" in log and _steps_trained(log) == 0
     assert (out / "model.safetensors").is_file() and (out / FINISHED_NAME).is_file()
 
@@ -382,7 +393,7 @@ def test_disk_full_reason_reads_errno_chained_errors_and_writers_messages(tmp_pa
                             tmp_path) is None
 
 
-def test_a_really_full_disk_during_a_checkpoint_save_is_one_line(tiny_llama_dir, root, tmp_path):
+def test_a_really_full_disk_during_a_checkpoint_save_is_one_line(tiny_llama_dir, root, tmp_path, warm):
     """On a 4 MiB tmpfs (needs root to mount; skipped otherwise): checkpoint-2 fits, checkpoint-4 does not, and
     torch.save's own error there says only `basic_ios::clear: iostream error`."""
     disk = tmp_path / "disk"
@@ -392,7 +403,7 @@ def test_a_really_full_disk_during_a_checkpoint_save_is_one_line(tiny_llama_dir,
     try:
         out = disk / "out"
         args = _with(_args(tiny_llama_dir, root, out), save_total_limit=1)
-        proc = _run([sys.executable, TRAIN, *args], root, expect=1)
+        proc = _run([sys.executable, TRAIN, *args], root, expect=1, warm=warm)
         assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
         assert proc.stderr.rstrip().splitlines()[-1] == (
             f"error: no space left on device while writing {out}/checkpoint-4; the previous complete checkpoint, "
@@ -400,7 +411,7 @@ def test_a_really_full_disk_during_a_checkpoint_save_is_one_line(tiny_llama_dir,
             "on a disk with more room) and run the same command again.")
         assert [s for s, _ in list_checkpoints(out)] == [2] and problem_with(out / "checkpoint-2") is None
         subprocess.run(["mount", "-o", "remount,size=16m", str(disk)], check=True)
-        log = run_script([sys.executable, TRAIN, *args], root)
+        log = warm.run_script([sys.executable, TRAIN, *args], root)
         assert f"resuming from {out}/checkpoint-2 (step 2)" in log and _global_step(out) == 5
     finally:
         subprocess.run(["umount", str(disk)], check=True)
