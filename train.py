@@ -21,7 +21,8 @@ Beyond the original recipe, all opt-in (the defaults train exactly as above):
     --eval_data_path F | --val_set_size N   evaluation set, with --evaluation_strategy steps --eval_steps K
 
 Killed? Run the same command again: it resumes from the newest complete checkpoint in --output_dir
-(alpaca_lib/checkpoints.py); --overwrite_output_dir True starts afresh. SIGTERM saves a checkpoint first.
+(alpaca_lib/checkpoints.py); --overwrite_output_dir True starts afresh. SIGTERM saves a checkpoint first
+(alpaca_lib/resumable.py).
 """
 
 from __future__ import annotations
@@ -39,8 +40,6 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 
 from alpaca_lib.checkpoints import (
     PREEMPTED_EXIT_CODE,
-    ResumableTrainer,
-    StopOnSigterm,
     clear_finished,
     delete_checkpoints,
     final_save_kept,
@@ -66,6 +65,7 @@ from alpaca_lib.modeling import (
 )
 from alpaca_lib.packing import choose_packed_attention, packing_mode
 from alpaca_lib.quiet import quiet_entry_point
+from alpaca_lib.resumable import ResumableTrainer, StopOnSigterm
 from alpaca_lib.saving import save_final
 from alpaca_lib.supervised import (
     DataCollatorForSupervisedDataset,

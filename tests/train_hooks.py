@@ -20,7 +20,7 @@ import signal
 import sys
 import time
 
-import alpaca_lib.checkpoints as checkpoints
+import alpaca_lib.resumable as resumable
 import alpaca_lib.saving as saving
 
 
@@ -33,7 +33,7 @@ def _arm(hook: str) -> None:
     kind, _, rest = hook.partition(":")
     if kind == "hold":
         step = int(rest)
-        original = checkpoints.StopOnSigterm.on_step_end
+        original = resumable.StopOnSigterm.on_step_end
 
         def on_step_end(self, args, state, control, **kwargs):
             if state.global_step == step:
@@ -42,7 +42,7 @@ def _arm(hook: str) -> None:
                     time.sleep(1)
             return original(self, args, state, control, **kwargs)
 
-        checkpoints.StopOnSigterm.on_step_end = on_step_end
+        resumable.StopOnSigterm.on_step_end = on_step_end
     elif kind == "kill_final":
         def publish(src, dst):
             sys.stdout.flush()
@@ -60,14 +60,14 @@ def _arm(hook: str) -> None:
 
             saving.save_final = save_final
         else:
-            original_save = checkpoints.ResumableTrainer._save_checkpoint
+            original_save = resumable.ResumableTrainer._save_checkpoint
 
             def _save_checkpoint(self, model, trial):
                 if self.state.global_step == int(where):
                     _limit_file_size(int(limit))
                 return original_save(self, model, trial)
 
-            checkpoints.ResumableTrainer._save_checkpoint = _save_checkpoint
+            resumable.ResumableTrainer._save_checkpoint = _save_checkpoint
     else:
         raise SystemExit(f"TRAIN_HOOK: unknown hook {hook!r}; use hold:STEP, kill_final or fsize:STEP|final:BYTES")
 
