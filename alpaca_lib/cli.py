@@ -28,7 +28,7 @@ def run_fire(commands: Commands, program: str, argv: Optional[Sequence[str]] = N
         program: the command's name in messages (`eval_model.py`, `python -m alpaca_lib.infer`).
         argv: the arguments; None reads the command line.
         config_file: whether `--config FILE` is read (see alpaca_lib/config_file.py).
-        quiet: start with `quiet.quiet_entry_point()` (commands that load models; it imports torch).
+        quiet: start with `quiet.quiet_entry_point()` (commands that load models).
         errors: exception types shown as one `error:` line besides `UsageError`.
         serialize: Fire's `serialize` (e.g. `lambda _: None` for a command that prints its own summary).
     """

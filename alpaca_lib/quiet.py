@@ -1,7 +1,7 @@
 """Third-party log lines that say nothing to a user of this project, stopped where they start.
 
     quiet_entry_point()          # at an entry point: both of the below
-    quiet_deepspeed_probe()      # before transformers or accelerate import DeepSpeed
+    quiet_deepspeed_probe()      # before transformers or accelerate import DeepSpeed (decided when they do)
     quiet_progress_bars()        # Hugging Face's own bars, off when stderr is a log rather than a terminal
 
 Only messages that are wrong or meaningless here are touched; warnings that matter are left alone.
@@ -9,6 +9,7 @@ Only messages that are wrong or meaningless here are touched; warnings that matt
 
 from __future__ import annotations
 
+import importlib.abc
 import os
 import sys
 
@@ -28,15 +29,35 @@ def quiet_deepspeed_probe() -> None:
     you have GPU or other accelerator, we were unable to detect it." on every command, DeepSpeed used or
     not. `DS_ACCELERATOR=cpu` is the choice it would make itself, said in advance, so it stays silent. A
     value the user set, or a machine with CUDA, is left as it is.
+
+    The decision needs torch, which takes a second to import, so it is made when DeepSpeed is first
+    imported (by transformers or accelerate, which have imported torch by then), not here: a command that
+    never loads a model, such as a judge on a server, never imports torch for it.
     """
     if "DS_ACCELERATOR" in os.environ or "deepspeed" in sys.modules:
         return
+    if not any(isinstance(finder, _BeforeDeepSpeed) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _BeforeDeepSpeed())
+
+
+def _set_cpu_accelerator_unless_a_device_is_there() -> None:
     import torch
 
-    if torch.cuda.is_available() or any(
+    if "DS_ACCELERATOR" in os.environ or torch.cuda.is_available() or any(
             getattr(getattr(torch, name, None), "is_available", lambda: False)() for name in ("xpu", "npu", "mps")):
         return
     os.environ["DS_ACCELERATOR"] = "cpu"
+
+
+class _BeforeDeepSpeed(importlib.abc.MetaPathFinder):
+    """Runs `_set_cpu_accelerator_unless_a_device_is_there` once, just before `deepspeed` is imported; finds
+    nothing itself, so the import then goes on as usual."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname == "deepspeed":
+            sys.meta_path.remove(self)
+            _set_cpu_accelerator_unless_a_device_is_there()
+        return None
 
 
 def quiet_progress_bars() -> None:

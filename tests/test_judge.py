@@ -215,6 +215,23 @@ def test_rerun_asks_again_for_pairs_without_a_readable_verdict(tmp_path):
     assert (summary["n_pairs"], summary["n_unreadable"]) == (7, 0) and "win rate of tuned vs base" in log
 
 
+def test_a_judge_on_a_server_starts_without_torch_or_transformers(tmp_path):
+    """Nothing on that path needs them (a second or more each to import): the command line as users type
+    it, with an atexit handler that writes down which of them it imported."""
+    model, ref = _files(tmp_path)
+    seen = tmp_path / "imported.json"
+    with OpenAIStub(default=_judge()) as stub:
+        code = (f"import atexit, json, runpy, sys\n"
+                f"atexit.register(lambda: open({str(seen)!r}, 'w').write(json.dumps(sorted(\n"
+                f"    {{'torch', 'transformers', 'deepspeed'}} & set(sys.modules)))))\n"
+                f"sys.argv = [{EVAL_MODEL!r}, *sys.argv[1:]]\n"
+                f"runpy.run_path({EVAL_MODEL!r}, run_name='__main__')\n")
+        run_script([sys.executable, "-c", code, "judge", "--model_outputs", str(model), "--reference_outputs",
+                    str(ref), "--judge_model", "j", "--output_dir", "out", "--base_url", stub.base_url], tmp_path)
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["n_pairs"] == 6
+    assert json.loads(seen.read_text()) == []
+
+
 def test_no_readable_verdict_at_all_fails_with_the_replies_and_a_rerun_recovers(tmp_path):
     model, ref = _files(tmp_path)
     cmd = [sys.executable, EVAL_MODEL, "judge", "--model_outputs", str(model), "--reference_outputs", str(ref),

@@ -29,9 +29,11 @@ def test_deepspeed_import_is_silent_on_a_cpu_machine():
         return proc.stdout + proc.stderr
 
     assert PROBE in run("import deepspeed")  # the warning the probe prevents
-    quiet = run("from alpaca_lib.quiet import quiet_deepspeed_probe; quiet_deepspeed_probe(); import deepspeed, os; "
+    # The probe decides when DeepSpeed is imported: until then, not even torch is.
+    quiet = run("import os, sys; from alpaca_lib.quiet import quiet_deepspeed_probe; quiet_deepspeed_probe(); "
+                "print('torch' in sys.modules, os.environ.get('DS_ACCELERATOR')); import deepspeed; "
                 "print(os.environ['DS_ACCELERATOR'])")
-    assert PROBE not in quiet and quiet.splitlines()[-1] == "cpu"
+    assert PROBE not in quiet and quiet.splitlines()[-2:] == ["False None", "cpu"]
 
 
 @pytest.mark.parametrize("url, local", [
