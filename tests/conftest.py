@@ -60,10 +60,17 @@ def warm(tmp_path_factory):
     done, about 5 s faster per train.py run than a new interpreter. One server per test process."""
     from warm_python import WarmPython
 
+    import shutil
+    import tempfile
+
     folder = tmp_path_factory.mktemp("warm")
-    server = WarmPython.start(folder / "socket", log=folder / "server.log")
+    # A Unix socket's path has room for 107 bytes: under a long temporary folder, the socket goes to /tmp.
+    short = None if len(str(folder / "socket")) < 100 else Path(tempfile.mkdtemp(prefix="warm-", dir="/tmp"))
+    server = WarmPython.start((short or folder) / "socket", log=folder / "server.log")
     yield server
     server.stop()
+    if short:
+        shutil.rmtree(short, ignore_errors=True)
 
 
 @pytest.fixture()
