@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.abc
 import os
 import sys
+import threading
 
 from alpaca_lib.progress import on_terminal
 
@@ -30,9 +31,10 @@ def quiet_deepspeed_probe() -> None:
     not. `DS_ACCELERATOR=cpu` is the choice it would make itself, said in advance, so it stays silent. A
     value the user set, or a machine with CUDA, is left as it is.
 
-    The decision needs torch, which takes a second to import, so it is made when DeepSpeed is first
-    imported (by transformers or accelerate, which have imported torch by then), not here: a command that
-    never loads a model, such as a judge on a server, never imports torch for it.
+    The decision needs torch, which takes a second to import, so it is made when DeepSpeed is first looked
+    for (transformers and accelerate check whether it is installed, with torch imported by then) or
+    imported, not here: a command that never loads a model, such as a judge on a server, never imports
+    torch for it.
     """
     if "DS_ACCELERATOR" in os.environ or "deepspeed" in sys.modules:
         return
@@ -50,13 +52,20 @@ def _set_cpu_accelerator_unless_a_device_is_there() -> None:
 
 
 class _BeforeDeepSpeed(importlib.abc.MetaPathFinder):
-    """Runs `_set_cpu_accelerator_unless_a_device_is_there` once, just before `deepspeed` is imported; finds
-    nothing itself, so the import then goes on as usual."""
+    """Runs `_set_cpu_accelerator_unless_a_device_is_there` once, the first time `deepspeed` is looked for;
+    finds nothing itself, so the search goes on as usual. It stays in `sys.meta_path` (removing itself while
+    importlib walks the list would skip the next finder), and a lock makes "once" hold across threads."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._done = False
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname == "deepspeed":
-            sys.meta_path.remove(self)
-            _set_cpu_accelerator_unless_a_device_is_there()
+        if fullname == "deepspeed" and not self._done:
+            with self._lock:
+                if not self._done:
+                    self._done = True  # first: importing torch below must not come back here
+                    _set_cpu_accelerator_unless_a_device_is_there()
         return None
 
 

@@ -6,9 +6,10 @@
 What a checkpoint holds and which one a run resumes from is alpaca_lib/checkpoints.py. Here:
 
 - **Saving.** `ResumableTrainer._save_checkpoint` removes a folder left by an interrupted save, lets every
-  process write its part, then writes the manifest (`checkpoints.write_manifest`) and only after it
-  rotates (`checkpoints.rotate`). A full disk during the save is one `error:` line naming the previous
-  complete checkpoint, and the half-written folder is removed.
+  process write its part, then writes the manifest (`write_manifest`, imported here from checkpoints.py:
+  tests/kill_during_save.py patches it in this module) and only after it rotates (`rotate`). A full disk
+  during the save is one `error:` line naming the previous complete checkpoint, and the half-written
+  folder is removed.
 - **SIGTERM** (what schedulers and spot instances send before a kill) is turned into a checkpoint at the
   end of the current optimizer step, then a stop with exit code 143. Under torchrun the processes agree on
   the step (a one-element all-reduce per step), so their checkpoint parts match.

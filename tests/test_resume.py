@@ -14,8 +14,8 @@ A wrong batch order or a lost optimizer state moves weights and losses by whole 
 a run is killed is random and shown in every failure message.
 
 Single-process runs start in the warm Python (tests/warm_python.py: the imports done once, a forked process
-per run), except the faithful mode's killed and resumed runs, which start as `python train.py`; torchrun
-starts its own interpreters.
+per run), except the faithful mode's killed and resumed runs and the SIGTERM stop, which start as
+`python train.py`; torchrun starts its own interpreters.
 """
 
 from __future__ import annotations
@@ -224,14 +224,15 @@ def test_sigkill_at_a_random_step_then_resume_matches_an_uninterrupted_run(mode,
     assert SAVE_STEPS <= step <= at_step + 2 and step % SAVE_STEPS == 0, context
 
 
-def test_sigterm_saves_at_the_step_end_exits_143_and_resumes(setup, reference, tiny_llama_dir, warm):
+def test_sigterm_saves_at_the_step_end_exits_143_and_resumes(setup, reference, tiny_llama_dir):
+    """As users run it (`python train.py`, not the warm Python): the handler, the save and the exit status."""
     root = setup[0]
     ref = reference("group_by_length")
     out = root / "sigterm"
     cmd = _resume_command("group_by_length", tiny_llama_dir, setup, out)
     at_step = random.Random(time.time_ns()).randint(SAVE_STEPS + 1, _steps(ref) - 6)
     context = f"SIGTERM after step {at_step}"
-    code, log = _run_and_signal(cmd, root, out, at_step, signal.SIGTERM, target="launcher", warm=warm)
+    code, log = _run_and_signal(cmd, root, out, at_step, signal.SIGTERM, target="launcher")
     assert code == PREEMPTED_EXIT_CODE == 143, context + "\n" + log[-3000:]
     stopped = re.findall(r"train\.py: stopped by SIGTERM: saved (\S+)/checkpoint-(\d+) at step (\d+)\. "
                          r"Run the same command again to resume from it\.", log)
@@ -241,7 +242,7 @@ def test_sigterm_saves_at_the_step_end_exits_143_and_resumes(setup, reference, t
     assert problem_with(out / f"checkpoint-{step}") is None, context
     # The checkpoint holds the state at the end of that step.
     assert json.loads((out / f"checkpoint-{step}" / "trainer_state.json").read_text())["global_step"] == step
-    assert _assert_resumed(warm.run_script(cmd, root), out, ref, False, context) == step
+    assert _assert_resumed(run_script(cmd, root), out, ref, False, context) == step
 
 
 @pytest.mark.parametrize("target", ["launcher", "rank1"])

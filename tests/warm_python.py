@@ -13,19 +13,25 @@ own (`start_new_session`), takes the caller's stdin, stdout and stderr, working 
 argv, puts the script's folder first on sys.path and runs the script as `__main__`. Its exit status comes
 back to the caller as subprocess reports it (a signal as its negative number). Everything the script does
 after its imports is its own: argument parsing, the run, its signal handlers, atexit, exit. The caller
-signals the child by its pid, as a process it started.
+signals the child by its pid while it runs, as a process it started. A run that the caller stops waiting
+for (a timeout, an interrupt) is killed with its session, and so is any run still going when the test
+session ends.
 
 What it does not reproduce: what happens while those libraries are imported (an environment variable
-they read at import time has the server's value, the test process's own environment), and the teardown of
-the imported modules at exit, which no outcome depends on (a child exits as the interpreter's exit begins:
-threads joined, atexit handlers run, streams flushed). A script next to another copy of alpaca_lib is
-refused: this checkout's is imported already. Tests of import-time behaviour (quiet logs, the test
-launchers) and torchrun's processes use new interpreters, and each kind of run the resume and guard tests
-make is also made once as `python train.py`, to check the launch itself.
+they read at import time has the server's value, the test process's own environment; the hash seed is the
+server's), and the teardown of the imported modules at exit: a child exits as the interpreter's exit
+begins (threads joined, atexit handlers run, stdout and stderr flushed), so a file a script forgot to
+close loses what it had not yet written, where a new interpreter's teardown would usually write it. A
+script next to another copy of alpaca_lib is refused: this checkout's is imported already. Tests of
+import-time behaviour (quiet logs, the test launchers) use new interpreters, torchrun starts its own, and
+so do the runs that check the launch itself: in test_resume.py the faithful mode's kill and resume and
+the SIGTERM stop (exit 143), in test_train_guards.py the refused resume with changed settings.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import select
@@ -35,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -45,23 +52,27 @@ _MAX_MESSAGE = 1 << 20
 
 
 class WarmProcess:
-    """A command the server started: `pid`, `returncode`, `wait()`, `poll()`, and `stdout` when piped."""
+    """A command the server started: `pid`, `returncode`, `wait()`, `poll()`, `kill()`, and `stdout` when piped."""
 
     def __init__(self, args: list[str], conn: socket.socket, stdout=None):
         self.args, self._conn, self.stdout, self.returncode = args, conn, stdout, None
-        self.pid = json.loads(conn.recv(_MAX_MESSAGE))["pid"]
+        conn.settimeout(60)
+        self.pid = self._receive()["pid"]
+
+    def _receive(self) -> dict:
+        message = self._conn.recv(_MAX_MESSAGE)
+        if not message:
+            raise RuntimeError(f"the warm Python server went away while it ran {self.args}")
+        return json.loads(message)
 
     def wait(self, timeout: float | None = None) -> int:
         if self.returncode is None:
             self._conn.settimeout(timeout)
             try:
-                message = self._conn.recv(_MAX_MESSAGE)
+                self.returncode = self._receive()["status"]
             except TimeoutError:
-                os.killpg(self.pid, signal.SIGKILL)  # its own session, so its own process group
+                self.kill()
                 raise subprocess.TimeoutExpired(self.args, timeout) from None
-            if not message:
-                raise RuntimeError(f"the warm Python server went away while {self.args} ran")
-            self.returncode = json.loads(message)["status"]
             self._conn.close()
         return self.returncode
 
@@ -70,12 +81,19 @@ class WarmProcess:
             self.wait()
         return self.returncode
 
+    def kill(self) -> None:
+        """SIGKILLs the command and what it started in its session (its own process group), unless it ended."""
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGKILL)
+
 
 class WarmPython:
     """The client of a server started with `python tests/warm_python.py SOCKET` (see the module docstring)."""
 
     def __init__(self, socket_path: Path, server: subprocess.Popen):
         self.socket_path, self.server = socket_path, server
+        self._started: list[WarmProcess] = []
 
     @classmethod
     def start(cls, socket_path: Path, log: Path, timeout: float = 300) -> "WarmPython":
@@ -95,43 +113,67 @@ class WarmPython:
         return cls(socket_path, server)
 
     def stop(self) -> None:
+        """Kills what is still running (a test that stopped midway leaves no run behind), then the server."""
+        for proc in self._started:
+            proc.kill()
         self.server.kill()
         self.server.wait()
 
     def _start(self, cmd: list[str], cwd: Path, env: dict | None, fds: tuple[int, int, int]) -> socket.socket:
         if len(cmd) < 2 or cmd[0] != sys.executable or cmd[1].startswith("-"):
             raise ValueError(f"warm Python runs `[sys.executable, script, *args]`, not {cmd}")
-        script = Path(cmd[1]).resolve()
-        beside = script.parent / "alpaca_lib"
-        if beside.exists() and beside.resolve() != REPO_ROOT / "alpaca_lib":
-            raise ValueError(f"{script} would import {beside}, but warm Python has this checkout's alpaca_lib "
-                             "imported already; run it in a new interpreter")
-        request = {"argv": [str(script), *map(str, cmd[2:])], "cwd": str(cwd),
+        # The script, and a script that a test launcher runs in turn, import the alpaca_lib beside them.
+        for script in [Path(a).resolve() for a in cmd[1:] if str(a).endswith(".py") and Path(a).is_file()]:
+            beside = script.parent / "alpaca_lib"
+            if beside.exists() and beside.resolve() != REPO_ROOT / "alpaca_lib":
+                raise ValueError(f"{script} would import {beside}, but warm Python has this checkout's alpaca_lib "
+                                 "imported already; run it in a new interpreter")
+        if not Path(cwd).is_dir():  # as subprocess reports it, in the caller
+            raise FileNotFoundError(errno.ENOENT, "no such working folder", str(cwd))
+        request = {"argv": [str(Path(cmd[1]).resolve()), *map(str, cmd[2:])], "cwd": str(cwd),
                    "env": dict(os.environ if env is None else env)}
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        conn.connect(str(self.socket_path))
-        socket.send_fds(conn, [json.dumps(request).encode()], list(fds))
+        try:
+            conn.connect(str(self.socket_path))
+            socket.send_fds(conn, [json.dumps(request).encode()], list(fds))
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
+    def _track(self, proc: WarmProcess) -> WarmProcess:
+        self._started = [p for p in self._started if p.returncode is None] + [proc]
+        return proc
+
     def popen(self, cmd: list[str], cwd: Path, env: dict | None = None) -> WarmProcess:
-        """Starts `cmd`, its stdout and stderr together in the returned process's `stdout` (text lines)."""
+        """Starts `cmd`, its stdout and stderr together in the returned process's `stdout` (text lines,
+        newlines translated, as `Popen(stdout=PIPE, stderr=STDOUT, text=True)` gives them)."""
         read, write = os.pipe()
-        with open(os.devnull, "rb") as stdin:
-            try:
-                conn = self._start(cmd, cwd, env, (stdin.fileno(), write, write))
-            finally:
-                os.close(write)
-        return WarmProcess(cmd, conn, stdout=open(read, encoding="utf-8"))
+        try:
+            with open(os.devnull, "rb") as stdin:
+                try:
+                    conn = self._start(cmd, cwd, env, (stdin.fileno(), write, write))
+                finally:
+                    os.close(write)
+            return self._track(WarmProcess(cmd, conn, stdout=open(read, encoding="utf-8")))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.close(read)
+            raise
 
     def run(self, cmd: list[str], cwd: Path, env: dict | None = None,
             timeout: float = 600) -> subprocess.CompletedProcess:
-        """Runs `cmd` to its end: `subprocess.run(cmd, capture_output=True, text=True, start_new_session=True)`."""
+        """Runs `cmd` to its end: `subprocess.run(cmd, capture_output=True, text=True, start_new_session=True)`,
+        which also kills the command when the wait ends in an exception (a timeout, an interrupted test)."""
         with open(os.devnull, "rb") as stdin, tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            proc = WarmProcess(cmd, self._start(cmd, cwd, env, (stdin.fileno(), out.fileno(), err.fileno())))
-            code = proc.wait(timeout)
-            out.seek(0)
-            err.seek(0)
-            return subprocess.CompletedProcess(cmd, code, out.read().decode(), err.read().decode())
+            proc = self._track(WarmProcess(cmd, self._start(cmd, cwd, env, (stdin.fileno(), out.fileno(),
+                                                                            err.fileno()))))
+            try:
+                code = proc.wait(timeout)
+            except BaseException:
+                proc.kill()
+                raise
+            return subprocess.CompletedProcess(cmd, code, _text(out), _text(err))
 
     def run_script(self, cmd: list[str], cwd: Path, expect: int = 0, timeout: float = 900) -> str:
         """conftest.run_script, warm: runs `cmd` unbuffered, asserts its exit status, returns stdout + stderr."""
@@ -141,11 +183,18 @@ class WarmPython:
         return log
 
 
+def _text(file) -> str:
+    """What a file holds as `text=True` reads it: UTF-8, with \\r\\n and \\r read as \\n."""
+    file.seek(0)
+    return file.read().decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+
+
 # ---- the server ----
 
 
 def _serve(socket_path: str) -> None:
-    """Imports what `python train.py` imports, then forks one child per request until its parent is gone."""
+    """Imports what `python train.py` imports, then forks one child per request until its parent is gone;
+    then kills the children still running."""
     sys.path[0] = str(REPO_ROOT)  # as `python train.py` has it
     import train  # noqa: F401  (the imports, done once)
 
@@ -161,10 +210,15 @@ def _serve(socket_path: str) -> None:
             message, fds, _, _ = socket.recv_fds(conn, _MAX_MESSAGE, 3)
             pid = os.fork()
             if pid == 0:
-                listener.close()
-                for other in running.values():
-                    other.close()
-                _become(json.loads(message), fds, conn)  # does not return
+                try:
+                    listener.close()
+                    for other in running.values():
+                        other.close()
+                    _become(json.loads(message), fds, conn)  # ends the process
+                except BaseException:  # a failure before the script ran, or while exiting: never back in here
+                    traceback.print_exc()
+                finally:
+                    os._exit(1)
             for fd in fds:
                 os.close(fd)
             _send(conn, {"pid": pid})
@@ -176,6 +230,9 @@ def _serve(socket_path: str) -> None:
             conn = running.pop(pid)
             _send(conn, {"status": os.waitstatus_to_exitcode(status)})
             conn.close()
+    for pid in running:  # the test process is gone: so are its runs
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
 
 
 def _send(conn: socket.socket, message: dict) -> None:
@@ -201,9 +258,13 @@ def _become(request: dict, fds: list[int], conn: socket.socket) -> None:
     unbuffered = bool(os.environ.get("PYTHONUNBUFFERED"))
     sys.stdout.reconfigure(line_buffering=False, write_through=unbuffered)
     sys.stderr.reconfigure(line_buffering=True, write_through=unbuffered)
+    # A new interpreter's global RNGs start from fresh entropy (Python's `random` is reseeded at fork already).
+    if "numpy" in sys.modules:
+        sys.modules["numpy"].random.seed()
     script = request["argv"][0]
     sys.argv = list(request["argv"])
     sys.path[0] = os.path.dirname(script)
+    signum = None
     try:
         runpy.run_path(script, run_name="__main__")
         status = 0
@@ -213,9 +274,10 @@ def _become(request: dict, fds: list[int], conn: socket.socket) -> None:
         tb = e.__traceback__
         while tb is not None and tb.tb_frame.f_code.co_filename != script:
             tb = tb.tb_next
-        sys.excepthook(type(e), e, e.with_traceback(tb or e.__traceback__).__traceback__)
-        status = -signal.SIGINT if isinstance(e, KeyboardInterrupt) else 1
-    _exit(status)
+        # (None when the script never ran: a SyntaxError is then printed without a traceback, as there)
+        sys.excepthook(type(e), e, e.with_traceback(tb).__traceback__)
+        status, signum = 1, signal.SIGINT if isinstance(e, KeyboardInterrupt) else None
+    _exit(status, signum)
 
 
 def _exit_status(code) -> int:
@@ -226,24 +288,23 @@ def _exit_status(code) -> int:
     return 1
 
 
-def _exit(status: int) -> None:
+def _exit(status: int, signum: int | None = None) -> None:
     """Ends the child as the interpreter's own exit begins: waits for its threads, runs the atexit handlers and
-    flushes stdout and stderr. It then skips tearing down the imported modules, which takes a new interpreter
-    about a second with torch and transformers loaded and does nothing a run's outcome depends on."""
+    flushes stdout and stderr. It then skips tearing down the imported modules (see the module docstring).
+    `signum`: ended by that signal (Ctrl-C), which a new interpreter re-raises with its default action."""
     import atexit
     import threading
 
     threading._shutdown()
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
-        try:
+        with contextlib.suppress(OSError, ValueError):
             stream.flush()
-        except (OSError, ValueError):
-            pass
-    if status < 0:  # ended by a signal (Ctrl-C): a new interpreter re-raises it with the default action
-        signal.signal(-status, signal.SIG_DFL)
-        os.kill(os.getpid(), -status)
+    if signum is not None:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
     os._exit(status & 0xFF)
+
 
 if __name__ == "__main__":
     _serve(sys.argv[1])
