@@ -6,10 +6,9 @@
 What a checkpoint holds and which one a run resumes from is alpaca_lib/checkpoints.py. Here:
 
 - **Saving.** `ResumableTrainer._save_checkpoint` removes a folder left by an interrupted save, lets every
-  process write its part, then writes the manifest (`write_manifest`, imported here from checkpoints.py:
-  tests/kill_during_save.py patches it in this module) and only after it rotates (`rotate`). A full disk
-  during the save is one `error:` line naming the previous complete checkpoint, and the half-written
-  folder is removed.
+  process write its part, then writes the manifest (`checkpoints.write_manifest`) and only after it
+  rotates (`checkpoints.rotate`). A full disk during the save is one `error:` line naming the previous
+  complete checkpoint, and the half-written folder is removed.
 - **SIGTERM** (what schedulers and spot instances send before a kill) is turned into a checkpoint at the
   end of the current optimizer step, then a stop with exit code 143. Under torchrun the processes agree on
   the step (a one-element all-reduce per step), so their checkpoint parts match.
@@ -32,7 +31,8 @@ import torch
 import transformers
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from alpaca_lib.checkpoints import CHECKPOINT_PREFIX, list_checkpoints, problem_with, rotate, write_manifest
+from alpaca_lib import checkpoints
+from alpaca_lib.checkpoints import CHECKPOINT_PREFIX, list_checkpoints, problem_with, rotate
 from alpaca_lib.fileio import disk_full_as_error
 
 logger = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class ResumableTrainer(transformers.Trainer):
                 super()._save_checkpoint(model, trial)
                 self.accelerator.wait_for_everyone()  # every process has written its part
                 if self.args.should_save:
-                    write_manifest(folder, step, self.run_identity)
+                    checkpoints.write_manifest(folder, step, self.run_identity)
         finally:
             self.args.save_total_limit = limit
         if self.args.should_save:

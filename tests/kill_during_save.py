@@ -21,7 +21,7 @@ sys.path[0] = os.path.dirname(os.path.abspath(sys.argv[1]))
 
 import transformers  # noqa: E402
 
-import alpaca_lib.resumable as resumable  # noqa: E402
+import alpaca_lib.checkpoints as checkpoints  # noqa: E402
 
 
 def _kill() -> None:
@@ -40,14 +40,14 @@ def _arm(step: int, where: str) -> None:
 
         transformers.Trainer._save_rng_state = save_rng_state
     elif where == "manifest":
-        original = resumable.write_manifest
+        original = checkpoints.write_manifest
 
         def write_manifest(folder, at_step, run=None):
             if at_step == step:
                 _kill()
             original(folder, at_step, run)
 
-        resumable.write_manifest = write_manifest
+        checkpoints.write_manifest = write_manifest
     else:
         raise SystemExit(f"KILL_DURING_SAVE: unknown place {where!r}; use rng or manifest")
 
