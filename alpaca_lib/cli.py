@@ -47,7 +47,6 @@ def run_fire(commands: Commands, program: str, argv: Optional[Sequence[str]] = N
 
             argv = expand_fire_config(argv, commands, program)
         check_fire_flags(argv, commands, program)
-        fire_kwargs = {} if serialize is None else {"serialize": serialize}
-        fire.Fire(commands, command=argv, **fire_kwargs)
+        fire.Fire(commands, command=argv, serialize=serialize)
     except (UsageError, *errors) as e:
         exit_with(e)

@@ -25,6 +25,7 @@ import transformers
 from alpaca_lib.config_file import expand_config
 from alpaca_lib.data import DataError, default_cache_dir
 from alpaca_lib.errors import UsageError
+from alpaca_lib.fileio import jload
 from alpaca_lib.lora import DEFAULT_TARGET_MODULES, check_qlora_available
 from alpaca_lib.packing import PACKED_ATTENTION_CHOICES
 from alpaca_lib.preflight import (
@@ -216,8 +217,7 @@ def read_fsdp_config(fsdp_config) -> dict:
     if isinstance(fsdp_config, str):
         if fsdp_config.lstrip().startswith("{"):
             return json.loads(fsdp_config)
-        with open(fsdp_config, encoding="utf-8") as f:
-            return json.load(f)
+        return jload(fsdp_config)
     return fsdp_config
 
 
