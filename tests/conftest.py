@@ -58,19 +58,24 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
 def warm(tmp_path_factory):
     """A warm Python (tests/warm_python.py): runs this checkout's scripts in a forked process whose imports are
     done, about 5 s faster per train.py run than a new interpreter. One server per test process."""
-    from warm_python import WarmPython
-
-    import shutil
     import tempfile
 
-    folder = tmp_path_factory.mktemp("warm")
-    # A Unix socket's path has room for 107 bytes: under a long temporary folder, the socket goes to /tmp.
-    short = None if len(str(folder / "socket")) < 100 else Path(tempfile.mkdtemp(prefix="warm-", dir="/tmp"))
-    server = WarmPython.start((short or folder) / "socket", log=folder / "server.log")
-    yield server
-    server.stop()
-    if short:
-        shutil.rmtree(short, ignore_errors=True)
+    from warm_python import WarmPython
+
+    log = tmp_path_factory.mktemp("warm") / "server.log"
+    # In /tmp: a Unix socket's path has room for 107 bytes, which pytest's temporary folders can exceed.
+    with tempfile.TemporaryDirectory(prefix="warm-", dir="/tmp") as folder:
+        server = WarmPython.start(Path(folder) / "socket", log=log)
+        yield server
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def fresh():
+    """The warm Python's interface over subprocess: each run in a new interpreter (tests/warm_python.py)."""
+    from warm_python import NewPython
+
+    return NewPython()
 
 
 @pytest.fixture()

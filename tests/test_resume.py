@@ -27,7 +27,6 @@ import random
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,7 +36,7 @@ import torch
 from safetensors.torch import load_file
 
 from alpaca_lib.checkpoints import MANIFEST_NAME, PREEMPTED_EXIT_CODE, list_checkpoints, problem_with, rotate
-from conftest import REPO_ROOT, descendants, logged_steps, run_script, run_train_expecting_error, write_alpaca_subset
+from conftest import REPO_ROOT, descendants, logged_steps, run_train_expecting_error, write_alpaca_subset
 
 TRAIN = str(REPO_ROOT / "train.py")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
@@ -70,29 +69,21 @@ def _env():
     return {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
-# The modes whose runs start in a new interpreter: torchrun, and one single-process mode as users run it.
+# The modes whose runs start in a new interpreter (the `fresh` launcher): torchrun, and one single-process mode
+# as users run it.
 FRESH = {"faithful", "ddp"}
 
 
-def _run(cmd, cwd, warm) -> str:
-    """conftest.run_script, in `warm` (a WarmPython) or, when it is None, in a new interpreter."""
-    return run_script(cmd, cwd) if warm is None else warm.run_script(cmd, cwd)
-
-
-def _run_and_signal(cmd, cwd, out: Path, at_step: int, sig: int, target: str = "all", warm=None):
-    """Starts `cmd` (in `warm` unless it is None); once it has a complete checkpoint and has logged `at_step`
-    steps, sends `sig`.
+def _run_and_signal(launcher, cmd, cwd, out: Path, at_step: int, sig: int, target: str = "all"):
+    """Starts `cmd` with `launcher` (the `warm` or the `fresh` fixture); once it has a complete checkpoint and
+    has logged `at_step` steps, sends `sig`.
 
     `target`: "all" signals the launched process and every process under it (SIGKILL: the node is lost;
     torchrun's workers run in sessions of their own, so a process group would miss them), "launcher" the
     launched process only (a scheduler's SIGTERM), "rank1" the torchrun worker of rank 1 only.
     Returns (exit code, log).
     """
-    if warm is None:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd,
-                                env=_env(), start_new_session=True)
-    else:
-        proc = warm.popen(cmd, cwd, env=_env())
+    proc = launcher.popen(cmd, cwd, env=_env())
     lines, steps, sent = [], 0, False
     for line in proc.stdout:
         lines.append(line)
@@ -147,7 +138,7 @@ def setup(tiny_llama_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def reference(setup, tiny_llama_dir, warm):
+def reference(setup, tiny_llama_dir, warm, fresh):
     """One uninterrupted run per mode, made on first use."""
     root, data, data32 = setup
     done = {}
@@ -158,7 +149,8 @@ def reference(setup, tiny_llama_dir, warm):
             d = data if mode == "faithful" else data32
             extra = MODES.get(mode, [])
             if mode == "ddp":
-                run_script([*TORCHRUN, TRAIN, *_args(tiny_llama_dir, data32, out, root / "cache", per_device=1)], root)
+                fresh.run_script([*TORCHRUN, TRAIN, *_args(tiny_llama_dir, data32, out, root / "cache", per_device=1)],
+                                 root)
             else:
                 warm.run_script([sys.executable, TRAIN, *_args(tiny_llama_dir, d, out, root / "cache", extra)], root)
             done[mode] = out
@@ -205,9 +197,9 @@ def _assert_resumed(log: str, out: Path, ref: Path, lora: bool, context: str, af
 
 @pytest.mark.parametrize("mode", [*MODES, "ddp"])
 def test_sigkill_at_a_random_step_then_resume_matches_an_uninterrupted_run(mode, setup, reference, tiny_llama_dir,
-                                                                          warm):
+                                                                          warm, fresh):
     root = setup[0]
-    warm = None if mode in FRESH else warm
+    launcher = fresh if mode in FRESH else warm
     ref = reference(mode)
     total = _steps(ref)
     # group_by_length draws a new order each epoch: kill in the second epoch, where a resume has to
@@ -217,14 +209,14 @@ def test_sigkill_at_a_random_step_then_resume_matches_an_uninterrupted_run(mode,
     context = f"mode={mode}, killed after step {at_step} of {total}"
     out = root / f"killed-{mode}"
     cmd = _resume_command(mode, tiny_llama_dir, setup, out)
-    code, log = _run_and_signal(cmd, root, out, at_step, signal.SIGKILL, warm=warm)
+    code, log = _run_and_signal(launcher, cmd, root, out, at_step, signal.SIGKILL)
     assert code == -signal.SIGKILL, context + "\n" + log[-3000:]
     assert not (out / "trainer_state.json").exists(), context  # it never reached the end
-    step = _assert_resumed(_run(cmd, root, warm), out, ref, mode == "lora", context)
+    step = _assert_resumed(launcher.run_script(cmd, root), out, ref, mode == "lora", context)
     assert SAVE_STEPS <= step <= at_step + 2 and step % SAVE_STEPS == 0, context
 
 
-def test_sigterm_saves_at_the_step_end_exits_143_and_resumes(setup, reference, tiny_llama_dir):
+def test_sigterm_saves_at_the_step_end_exits_143_and_resumes(setup, reference, tiny_llama_dir, fresh):
     """As users run it (`python train.py`, not the warm Python): the handler, the save and the exit status."""
     root = setup[0]
     ref = reference("group_by_length")
@@ -232,7 +224,7 @@ def test_sigterm_saves_at_the_step_end_exits_143_and_resumes(setup, reference, t
     cmd = _resume_command("group_by_length", tiny_llama_dir, setup, out)
     at_step = random.Random(time.time_ns()).randint(SAVE_STEPS + 1, _steps(ref) - 6)
     context = f"SIGTERM after step {at_step}"
-    code, log = _run_and_signal(cmd, root, out, at_step, signal.SIGTERM, target="launcher")
+    code, log = _run_and_signal(fresh, cmd, root, out, at_step, signal.SIGTERM, target="launcher")
     assert code == PREEMPTED_EXIT_CODE == 143, context + "\n" + log[-3000:]
     stopped = re.findall(r"train\.py: stopped by SIGTERM: saved (\S+)/checkpoint-(\d+) at step (\d+)\. "
                          r"Run the same command again to resume from it\.", log)
@@ -242,11 +234,11 @@ def test_sigterm_saves_at_the_step_end_exits_143_and_resumes(setup, reference, t
     assert problem_with(out / f"checkpoint-{step}") is None, context
     # The checkpoint holds the state at the end of that step.
     assert json.loads((out / f"checkpoint-{step}" / "trainer_state.json").read_text())["global_step"] == step
-    assert _assert_resumed(run_script(cmd, root), out, ref, False, context) == step
+    assert _assert_resumed(fresh.run_script(cmd, root), out, ref, False, context) == step
 
 
 @pytest.mark.parametrize("target", ["launcher", "rank1"])
-def test_sigterm_under_torchrun_stops_both_processes_at_one_step(target, setup, reference, tiny_llama_dir):
+def test_sigterm_under_torchrun_stops_both_processes_at_one_step(target, setup, reference, tiny_llama_dir, fresh):
     """Signalled through torchrun, or, as a scheduler signalling processes one by one might, at rank 1 only."""
     root = setup[0]
     ref = reference("ddp")
@@ -254,13 +246,13 @@ def test_sigterm_under_torchrun_stops_both_processes_at_one_step(target, setup, 
     cmd = _resume_command("ddp", tiny_llama_dir, setup, out)
     at_step = random.Random(time.time_ns()).randint(SAVE_STEPS + 1, _steps(ref) - 6)
     context = f"SIGTERM to {target} after step {at_step}"
-    code, log = _run_and_signal(cmd, root, out, at_step, signal.SIGTERM, target=target)
+    code, log = _run_and_signal(fresh, cmd, root, out, at_step, signal.SIGTERM, target=target)
     assert code != 0, context + "\n" + log[-3000:]
     step, folder = list_checkpoints(out)[-1]
     assert at_step <= step <= at_step + 3 and problem_with(folder) is None, context + "\n" + log[-3000:]
     # Both processes wrote their part of the same step's checkpoint.
     assert {"rng_state_0.pth", "rng_state_1.pth"} <= {p.name for p in folder.iterdir()}, context
-    assert _assert_resumed(run_script(cmd, root), out, ref, False, context) == step
+    assert _assert_resumed(fresh.run_script(cmd, root), out, ref, False, context) == step
 
 
 def _worker_with_rank(launcher_pid: int, rank: int) -> int:

@@ -78,14 +78,10 @@ def _with(args: list, **flags) -> list:
     return args
 
 
-def _run(cmd, cwd, hook=None, expect=None, warm=None, **env_vars):
-    """Runs `cmd` to its end in `warm` (a WarmPython) or, when it is None, in a new interpreter."""
+def _run(launcher, cmd, cwd, hook=None, expect=None, **env_vars):
+    """Runs `cmd` to its end with `launcher` (the `warm` or the `fresh` fixture), unbuffered, a hook armed."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **({"TRAIN_HOOK": hook} if hook else {}), **env_vars}
-    if warm is not None:
-        proc = warm.run(cmd, cwd, env=env)
-    else:
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=600,
-                              start_new_session=True)
+    proc = launcher.run(cmd, cwd, env=env)
     if expect is not None:
         assert proc.returncode == expect, (proc.stdout + proc.stderr)[-5000:]
     return proc
@@ -125,7 +121,7 @@ def test_rerunning_a_finished_run_trains_nothing_and_changes_nothing(tiny_llama_
 def test_a_final_save_killed_midway_is_finished_from_the_last_checkpoint_without_training(tiny_llama_dir, root, warm):
     out = root / "killed-final"
     args = _args(tiny_llama_dir, root, out)
-    proc = _run([sys.executable, HOOKS, TRAIN, *args], root, hook="kill_final", warm=warm)
+    proc = _run(warm, [sys.executable, HOOKS, TRAIN, *args], root, hook="kill_final")
     assert proc.returncode == -signal.SIGKILL, (proc.stdout + proc.stderr)[-3000:]
     assert not (out / "model.safetensors").exists() and not (out / FINISHED_NAME).exists()
     assert problem_with(out / "checkpoint-5") is None
@@ -144,15 +140,10 @@ def test_a_final_save_killed_midway_is_finished_from_the_last_checkpoint_without
 # ---- 2. one writer per training folder ----
 
 
-def _start_holding(cmd, cwd, step: int, warm=None):
-    """Starts `cmd` (in `warm` unless it is None) under the hold hook; returns the process once it holds at
-    `step` (every rank's line seen)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TRAIN_HOOK": f"hold:{step}"}
-    if warm is not None:
-        proc = warm.popen(cmd, cwd, env=env)
-    else:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd, env=env,
-                                start_new_session=True)
+def _start_holding(launcher, cmd, cwd, step: int):
+    """Starts `cmd` with `launcher` under the hold hook; returns the process once it holds at `step` (every
+    rank's line seen)."""
+    proc = launcher.popen(cmd, cwd, env={**os.environ, "PYTHONUNBUFFERED": "1", "TRAIN_HOOK": f"hold:{step}"})
     lines = []
     for line in proc.stdout:
         lines.append(line)
@@ -174,15 +165,15 @@ def _lock_holder_pid(out: Path) -> int:
 
 
 @pytest.mark.parametrize("first", ["single", "torchrun"])
-def test_a_second_run_on_the_same_output_dir_is_refused_naming_the_first(first, tiny_llama_dir, root, warm):
+def test_a_second_run_on_the_same_output_dir_is_refused_naming_the_first(first, tiny_llama_dir, root, warm, fresh):
     """The first run holds the lock once for its whole job (under torchrun: rank 0 for both processes)."""
     out = root / f"locked-{first}"
     args = _args(tiny_llama_dir, root, out)
     launcher = [sys.executable, HOOKS] if first == "single" else [*TORCHRUN, HOOKS]
-    holder, lines = _start_holding([*launcher, TRAIN, *args], root, step=3, warm=warm if first == "single" else None)
+    holder, lines = _start_holding(warm if first == "single" else fresh, [*launcher, TRAIN, *args], root, step=3)
     try:
         before = {s for s, _ in list_checkpoints(out)}
-        proc = _run([sys.executable, TRAIN, *args], root, expect=1, warm=warm)
+        proc = _run(warm, [sys.executable, TRAIN, *args], root, expect=1)
         pid = _lock_holder_pid(out)
         if first == "single":
             assert pid == holder.pid
@@ -207,7 +198,7 @@ def test_a_second_run_on_the_same_output_dir_is_refused_naming_the_first(first, 
 def checkpoint_2(tiny_llama_dir, root, warm):
     """checkpoint-2 of a 5-step run (linear schedule, batch 2, one process)."""
     out = root / "settings-source"
-    proc = _run([sys.executable, HOOKS, TRAIN, *_args(tiny_llama_dir, root, out)], root, hook="kill_final", warm=warm)
+    proc = _run(warm, [sys.executable, HOOKS, TRAIN, *_args(tiny_llama_dir, root, out)], root, hook="kill_final")
     assert proc.returncode == -signal.SIGKILL
     return out / "checkpoint-2"
 
@@ -218,13 +209,13 @@ def _out_with(checkpoint: Path, out: Path) -> Path:
 
 
 def test_a_resume_with_settings_that_change_the_result_is_refused_before_the_model_loads(
-        checkpoint_2, unloadable_copy, root):
+        checkpoint_2, unloadable_copy, root, fresh):
     out = _out_with(checkpoint_2, root / "changed")
     changed = _with(_args(unloadable_copy, root, out), learning_rate="2e-3", lr_scheduler_type="cosine",
                     warmup_steps=1, adam_beta2=0.99, weight_decay=0.1, per_device_train_batch_size=4, seed=1,
                     max_steps=7, packing="True", model_max_length=256, drop_truncated_responses="True",
                     lora_r=4)
-    proc = _run([sys.executable, TRAIN, *changed], root, expect=1)
+    proc = _run(fresh, [sys.executable, TRAIN, *changed], root, expect=1)
     err = proc.stderr
     assert "Traceback" not in err, err[-3000:]
     assert err.count("\nerror: ") + err.startswith("error: ") == 1
@@ -244,9 +235,9 @@ def test_a_resume_with_settings_that_change_the_result_is_refused_before_the_mod
     assert [s for s, _ in list_checkpoints(out)] == [2] and not (out / ".alpaca.lock").exists()
 
 
-def test_a_resume_on_more_processes_is_refused(checkpoint_2, unloadable_copy, root):
+def test_a_resume_on_more_processes_is_refused(checkpoint_2, unloadable_copy, root, fresh):
     out = _out_with(checkpoint_2, root / "more-processes")
-    proc = _run([*TORCHRUN, TRAIN, *_args(unloadable_copy, root, out)], root)
+    proc = _run(fresh, [*TORCHRUN, TRAIN, *_args(unloadable_copy, root, out)], root)
     assert proc.returncode != 0
     assert ("resuming would mix the two runs: effective batch (--per_device_train_batch_size x "
             "--gradient_accumulation_steps x processes) 2 (2 x 1 x 1) -> 4 (2 x 1 x 2).") in proc.stderr
@@ -289,7 +280,7 @@ def test_rotation_after_resuming_an_older_checkpoint_keeps_the_runs_own_newest(t
     # Resumed from checkpoint-4 with a limit of 1, killed while saving checkpoint-8: the run's own checkpoint-6
     # must survive (checkpoint-8 of the earlier run is not this run's newer one).
     resumed = _with(args, resume_from_checkpoint=out / "checkpoint-4", save_total_limit=1)
-    proc = _run([sys.executable, KILL_DURING_SAVE, TRAIN, *resumed], root, KILL_DURING_SAVE="8:rng", warm=warm)
+    proc = _run(warm, [sys.executable, KILL_DURING_SAVE, TRAIN, *resumed], root, KILL_DURING_SAVE="8:rng")
     assert proc.returncode == -signal.SIGKILL, (proc.stdout + proc.stderr)[-3000:]
     assert [s for s, _ in list_checkpoints(out)] == [6, 8]
     assert problem_with(out / "checkpoint-6") is None and "did not finish" in problem_with(out / "checkpoint-8")
@@ -304,7 +295,7 @@ def test_rotation_after_resuming_an_older_checkpoint_keeps_the_runs_own_newest(t
 def test_a_full_disk_during_a_checkpoint_save_is_one_line_and_keeps_the_previous_checkpoint(tiny_llama_dir, root, warm):
     out = root / "full-checkpoint"
     args = _args(tiny_llama_dir, root, out)
-    proc = _run([sys.executable, HOOKS, TRAIN, *args], root, hook="fsize:4:4096", expect=1, warm=warm)
+    proc = _run(warm, [sys.executable, HOOKS, TRAIN, *args], root, hook="fsize:4:4096", expect=1)
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert proc.stderr.rstrip().splitlines()[-1] == (
         f"error: no space left on device while writing {out}/checkpoint-4 (file size limit reached); the previous "
@@ -318,7 +309,7 @@ def test_a_full_disk_during_a_checkpoint_save_is_one_line_and_keeps_the_previous
 def test_a_full_disk_during_the_final_save_is_one_line_and_the_rerun_only_saves(tiny_llama_dir, root, warm):
     out = root / "full-final"
     args = _args(tiny_llama_dir, root, out)
-    proc = _run([sys.executable, HOOKS, TRAIN, *args], root, hook="fsize:final:4096", expect=1, warm=warm)
+    proc = _run(warm, [sys.executable, HOOKS, TRAIN, *args], root, hook="fsize:final:4096", expect=1)
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert proc.stderr.rstrip().splitlines()[-1] == (
         f"error: no space left on device while writing {out} (file size limit reached); the files already in {out} "
@@ -403,7 +394,7 @@ def test_a_really_full_disk_during_a_checkpoint_save_is_one_line(tiny_llama_dir,
     try:
         out = disk / "out"
         args = _with(_args(tiny_llama_dir, root, out), save_total_limit=1)
-        proc = _run([sys.executable, TRAIN, *args], root, expect=1, warm=warm)
+        proc = _run(warm, [sys.executable, TRAIN, *args], root, expect=1)
         assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
         assert proc.stderr.rstrip().splitlines()[-1] == (
             f"error: no space left on device while writing {out}/checkpoint-4; the previous complete checkpoint, "

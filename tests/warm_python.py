@@ -9,23 +9,24 @@
 runs, and 1 s more tearing them down at exit; the resume and guard tests start it some 60 times. Here a
 server process (this file, run as a script) does those imports once, as `python train.py` would, and for
 each command forks a child that goes on as a new interpreter would from there: it starts a session of its
-own (`start_new_session`), takes the caller's stdin, stdout and stderr, working folder, environment and
-argv, puts the script's folder first on sys.path and runs the script as `__main__`. Its exit status comes
-back to the caller as subprocess reports it (a signal as its negative number). Everything the script does
-after its imports is its own: argument parsing, the run, its signal handlers, atexit, exit. The caller
-signals the child by its pid while it runs, as a process it started. A run that the caller stops waiting
-for (a timeout, an interrupt) is killed with its session, and so is any run still going when the test
-session ends.
+own (`start_new_session`), takes the caller's stdout and stderr (stdin is /dev/null), working folder,
+environment and argv, puts the script's folder first on sys.path and runs the script as `__main__`. Its
+exit status comes back to the caller as subprocess reports it (a signal as its negative number).
+Everything the script does after its imports is its own: argument parsing, the run, its signal handlers,
+atexit, exit. The caller signals the child by its pid while it runs, as a process it started. A run that
+the caller stops waiting for in `run` (a timeout, an interrupt) is killed with its session, and so is any
+run still going when the test session ends.
 
 What it does not reproduce: what happens while those libraries are imported (an environment variable
 they read at import time has the server's value, the test process's own environment; the hash seed is the
 server's), and the teardown of the imported modules at exit: a child exits as the interpreter's exit
 begins (threads joined, atexit handlers run, stdout and stderr flushed), so a file a script forgot to
 close loses what it had not yet written, where a new interpreter's teardown would usually write it. A
-script next to another copy of alpaca_lib is refused: this checkout's is imported already. Tests of
-import-time behaviour (quiet logs, the test launchers) use new interpreters, torchrun starts its own, and
-so do the runs that check the launch itself: in test_resume.py the faithful mode's kill and resume and
-the SIGTERM stop (exit 143), in test_train_guards.py the refused resume with changed settings.
+script next to another copy of alpaca_lib is refused: this checkout's is imported already.
+
+`NewPython` (conftest's `fresh` fixture) has the same interface over `subprocess`: the tests of import-time
+behaviour, torchrun's runs and the runs that check the launch itself are given it instead (each test
+module says which).
 """
 
 from __future__ import annotations
@@ -51,6 +52,31 @@ _MAX_MESSAGE = 1 << 20
 # ---- the client, used by the tests ----
 
 
+class _Launcher:
+    """What WarmPython and NewPython share: `run_script` on top of their `run`."""
+
+    def run_script(self, cmd: list[str], cwd: Path, expect: int = 0, timeout: float = 900) -> str:
+        """As conftest.run_script: runs `cmd` unbuffered, asserts its exit status, returns stdout + stderr."""
+        proc = self.run(cmd, cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, timeout=timeout)
+        log = proc.stdout + proc.stderr
+        assert proc.returncode == expect, log[-6000:]
+        return log
+
+
+class NewPython(_Launcher):
+    """WarmPython's interface over `subprocess`: each command in a new interpreter and a session of its own
+    (conftest's `fresh` fixture), so a test picks how a run starts by the launcher it is given."""
+
+    def popen(self, cmd: list[str], cwd: Path, env: dict | None = None) -> subprocess.Popen:
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, cwd=cwd, env=env, start_new_session=True)
+
+    def run(self, cmd: list[str], cwd: Path, env: dict | None = None,
+            timeout: float = 600) -> subprocess.CompletedProcess:
+        return subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd=cwd, env=env,
+                              timeout=timeout, start_new_session=True)
+
+
 class WarmProcess:
     """A command the server started: `pid`, `returncode`, `wait()`, `poll()`, `kill()`, and `stdout` when piped."""
 
@@ -70,8 +96,7 @@ class WarmProcess:
             self._conn.settimeout(timeout)
             try:
                 self.returncode = self._receive()["status"]
-            except TimeoutError:
-                self.kill()
+            except TimeoutError:  # still running, as Popen.wait leaves it
                 raise subprocess.TimeoutExpired(self.args, timeout) from None
             self._conn.close()
         return self.returncode
@@ -88,7 +113,7 @@ class WarmProcess:
                 os.killpg(self.pid, signal.SIGKILL)
 
 
-class WarmPython:
+class WarmPython(_Launcher):
     """The client of a server started with `python tests/warm_python.py SOCKET` (see the module docstring)."""
 
     def __init__(self, socket_path: Path, server: subprocess.Popen):
@@ -119,7 +144,8 @@ class WarmPython:
         self.server.kill()
         self.server.wait()
 
-    def _start(self, cmd: list[str], cwd: Path, env: dict | None, fds: tuple[int, int, int]) -> socket.socket:
+    def _start(self, cmd: list[str], cwd: Path, env: dict | None, fds: tuple[int, int]) -> socket.socket:
+        """Sends `cmd` to the server with `fds` as its stdout and stderr (its stdin is the server's, /dev/null)."""
         if len(cmd) < 2 or cmd[0] != sys.executable or cmd[1].startswith("-"):
             raise ValueError(f"warm Python runs `[sys.executable, script, *args]`, not {cmd}")
         # The script, and a script that a test launcher runs in turn, import the alpaca_lib beside them.
@@ -149,38 +175,28 @@ class WarmPython:
         """Starts `cmd`, its stdout and stderr together in the returned process's `stdout` (text lines,
         newlines translated, as `Popen(stdout=PIPE, stderr=STDOUT, text=True)` gives them)."""
         read, write = os.pipe()
+        stdout = open(read, encoding="utf-8")
         try:
-            with open(os.devnull, "rb") as stdin:
-                try:
-                    conn = self._start(cmd, cwd, env, (stdin.fileno(), write, write))
-                finally:
-                    os.close(write)
-            return self._track(WarmProcess(cmd, conn, stdout=open(read, encoding="utf-8")))
+            conn = self._start(cmd, cwd, env, (write, write))
         except BaseException:
-            with contextlib.suppress(OSError):
-                os.close(read)
+            stdout.close()
             raise
+        finally:
+            os.close(write)
+        return self._track(WarmProcess(cmd, conn, stdout=stdout))
 
     def run(self, cmd: list[str], cwd: Path, env: dict | None = None,
             timeout: float = 600) -> subprocess.CompletedProcess:
         """Runs `cmd` to its end: `subprocess.run(cmd, capture_output=True, text=True, start_new_session=True)`,
         which also kills the command when the wait ends in an exception (a timeout, an interrupted test)."""
-        with open(os.devnull, "rb") as stdin, tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            proc = self._track(WarmProcess(cmd, self._start(cmd, cwd, env, (stdin.fileno(), out.fileno(),
-                                                                            err.fileno()))))
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            proc = self._track(WarmProcess(cmd, self._start(cmd, cwd, env, (out.fileno(), err.fileno()))))
             try:
                 code = proc.wait(timeout)
             except BaseException:
                 proc.kill()
                 raise
             return subprocess.CompletedProcess(cmd, code, _text(out), _text(err))
-
-    def run_script(self, cmd: list[str], cwd: Path, expect: int = 0, timeout: float = 900) -> str:
-        """conftest.run_script, warm: runs `cmd` unbuffered, asserts its exit status, returns stdout + stderr."""
-        proc = self.run(cmd, cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, timeout=timeout)
-        log = proc.stdout + proc.stderr
-        assert proc.returncode == expect, log[-6000:]
-        return log
 
 
 def _text(file) -> str:
@@ -207,7 +223,7 @@ def _serve(socket_path: str) -> None:
     while os.getppid() == parent:
         if select.select([listener], [], [], 0.02)[0]:
             conn, _ = listener.accept()
-            message, fds, _, _ = socket.recv_fds(conn, _MAX_MESSAGE, 3)
+            message, fds, _, _ = socket.recv_fds(conn, _MAX_MESSAGE, 2)
             pid = os.fork()
             if pid == 0:
                 try:
@@ -248,7 +264,7 @@ def _become(request: dict, fds: list[int], conn: socket.socket) -> None:
 
     conn.close()
     os.setsid()
-    for target, fd in enumerate(fds):
+    for target, fd in zip((1, 2), fds):
         os.dup2(fd, target)
         os.close(fd)
     os.chdir(request["cwd"])
