@@ -13,6 +13,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -192,14 +193,19 @@ def run_train_expecting_error(tmp_path: Path, args: list[str], output_dir: Path 
     (model / "config.json").write_text("not a config: loading this model is a bug in the test")
     output_dir = output_dir or tmp_path / "out"
     existed = output_dir.exists()
-    stderr, cwd = io.StringIO(), os.getcwd()
+    stderr, cwd, environ, meta_path = io.StringIO(), os.getcwd(), dict(os.environ), list(sys.meta_path)
     os.chdir(tmp_path)
     try:
         with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()), \
                 pytest.raises(SystemExit) as exited:
             train.main(["--model_name_or_path", str(model), "--output_dir", str(output_dir), *args])
     finally:
+        # What train.main sets up for its process (quiet_entry_point's variables and import hook) stays here:
+        # the test process's later runs must see the environment their tests gave them.
         os.chdir(cwd)
+        os.environ.clear()
+        os.environ.update(environ)
+        sys.meta_path[:] = meta_path
     assert exited.value.code == 1, stderr.getvalue()[-4000:]
     assert existed or not output_dir.exists()
     return stderr.getvalue()
