@@ -44,8 +44,8 @@ class OutputsConfig:
     temperature: float = same_as(GenerationSettings, "temperature")
     top_p: float = same_as(GenerationSettings, "top_p")
     seed: int = same_as(GenerationSettings, "seed")
-    dtype: str = _help("A local model's weights: auto (bfloat16 on a GPU, float32 on CPU), float32, bfloat16, float16.",
-                       "auto")
+    dtype: str = _help("A local model's weights: auto (bfloat16 where this device runs it natively, else float16 "
+                       "on a GPU and float32 on a CPU), float32, bfloat16, float16.", "auto")
     request_timeout: float = same_as(ClientConfig, "request_timeout",
                                      "Seconds before a request to the server counts as failed (it is then retried).")
     max_retries: int = same_as(ClientConfig, "max_retries",

@@ -45,7 +45,7 @@ class LocalJudge:
 
     @classmethod
     def load(cls, model_dir: str, gguf_file: Optional[str] = None, dtype: str = "auto") -> "LocalJudge":
-        return cls(LocalModel.load(model_dir, gguf_file, dtype))
+        return cls(LocalModel.load(model_dir, gguf_file, dtype, flag="--judge_dtype"))
 
     def prompt_ids(self, prompt: str) -> list[int]:
         """The tokens the model reads before its verdict."""

@@ -95,6 +95,23 @@ def prompt_of(record: dict) -> str:
 # ---- local model ----
 
 
+def resolve_dtype(dtype: str, device: Optional[str] = None, flag: str = "--dtype") -> str:
+    """The dtype a local model runs in: "auto" by `alpaca_lib.precision.auto_dtype`, any other name as given,
+    with one warning line on stderr where that name is a half precision this device only emulates."""
+    from alpaca_lib.precision import auto_dtype, emulation_warning
+
+    if dtype == "auto":
+        return auto_dtype(device)
+    warning = emulation_warning(dtype, f"{flag} {dtype}", f"{flag} auto runs {auto_dtype(device)} here", device)
+    if warning and warning not in _WARNED:
+        _WARNED.add(warning)
+        print(warning, file=sys.stderr, flush=True)
+    return dtype
+
+
+_WARNED: set = set()  # each warning once a process: `outputs` resolves the dtype, then LocalModel.load again
+
+
 class LocalModel:
     """A causal LM and its tokenizer on this machine, answering prompts in length-sorted batches.
 
@@ -117,11 +134,14 @@ class LocalModel:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
 
     @classmethod
-    def load(cls, model_dir: str, gguf_file: Optional[str] = None, dtype: str = "auto") -> "LocalModel":
+    def load(cls, model_dir: str, gguf_file: Optional[str] = None, dtype: str = "auto",
+             flag: str = "--dtype") -> "LocalModel":
         """Loads a saved model (train.py's --output_dir) or a GGUF file inside `model_dir`.
 
         Args:
-            dtype: "auto" (bfloat16 on a GPU, float32 on CPU), or a torch dtype name.
+            dtype: "auto" (`alpaca_lib.precision.auto_dtype`: bfloat16 where this device runs it natively),
+                or a torch dtype name.
+            flag: the flag that set `dtype`, for the warning about an emulated half precision.
         """
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -131,8 +151,7 @@ class LocalModel:
         check_model_source(model_dir, gguf_file, flag="--model_dir", hub=False)
         extra = {"gguf_file": gguf_file} if gguf_file else {}
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        if dtype == "auto":
-            dtype = "bfloat16" if device == "cuda" else "float32"
+        dtype = resolve_dtype(dtype, device, flag)
         tokenizer = AutoTokenizer.from_pretrained(model_dir, **extra)
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype), **extra).to(device)
         return cls(model, tokenizer)
@@ -388,9 +407,11 @@ def run_outputs(cfg: "OutputsConfig") -> OutputsResult:
     run = {"instructions_sha256": file_digest(cfg.instructions_path), **vars(settings)}
     if cfg.model_dir is not None:
         prompts = [prompt_of(r) for r in records]
+        dtype = resolve_dtype(cfg.dtype)  # what "auto" means here is part of the run: a resume may not mix two
+        run["dtype"] = dtype
 
         def answer_batches(todo):  # the model loads only when there is something left to answer
-            model = LocalModel.load(cfg.model_dir, cfg.gguf_file, cfg.dtype)
+            model = LocalModel.load(cfg.model_dir, cfg.gguf_file, dtype)
             for idx, answers in model.answer([prompts[i] for i in todo], settings, cfg.batch_size, ids=todo):
                 yield [todo[i] for i in idx], answers
 

@@ -28,6 +28,7 @@ from alpaca_lib.errors import UsageError
 from alpaca_lib.fileio import jload
 from alpaca_lib.lora import DEFAULT_TARGET_MODULES, check_qlora_available
 from alpaca_lib.packing import PACKED_ATTENTION_CHOICES
+from alpaca_lib.precision import decide, emulation_warning
 from alpaca_lib.preflight import (
     check_model_source,
     check_not_an_input,
@@ -135,6 +136,14 @@ class TrainingArguments(transformers.TrainingArguments):
         metadata={"help": "Pack several examples into each row of up to --model_max_length tokens, without padding "
                           "and without attention across examples; a batch is --per_device_train_batch_size rows."},
     )
+    # A string on the command line so that it can say "auto"; __post_init__ turns it into the bool the Trainer reads.
+    bf16: str = field(
+        default="False",
+        metadata={"help": "bf16 mixed precision: True, False, or auto (bf16 where this device runs it natively: a "
+                          "CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX; float32 elsewhere, where bf16 is "
+                          "emulated and many times slower). The choice and its reason are logged.",
+                  "nargs": "?", "const": "True"},
+    )
     packed_attention: str = field(
         default="auto",
         metadata={"help": "Attention of packed rows: auto (on CUDA torch's variable-length flash-attention if a probe "
@@ -190,6 +199,8 @@ class TrainingArguments(transformers.TrainingArguments):
                     f"train.py: launched with {world_size} processes and no GPU: training distributed on CPU "
                     "(gloo backend, as with --use_cpu True)."
                 )
+        other = not self.use_cpu and not has_cuda and _has_other_accelerator()
+        self._choose_precision("cuda" if has_cuda and not self.use_cpu else None if other else "cpu")
         if self.tf32 and not has_cuda:
             _rank0_warning("train.py: --tf32 needs an Ampere or newer NVIDIA GPU; none here, so it is ignored.")
             self.tf32 = None
@@ -202,6 +213,50 @@ class TrainingArguments(transformers.TrainingArguments):
                 "train.py: --deepspeed needs a GPU; accelerate sets up no CPU process group for DeepSpeed, so "
                 "without one the run is expected to fail. Drop --deepspeed to train with DDP on CPU."
             )
+
+    def _choose_precision(self, device: Optional[str]) -> None:
+        """Turns --bf16 into a bool: "auto" by what `device` runs natively, logged in one line; an explicit
+        half precision that this device emulates (or, on a CPU, ignores) is kept, with one warning line."""
+        asked = self.bf16
+        if isinstance(asked, str):
+            value = asked.strip().lower()
+            if value not in _BOOL_WORDS and value != "auto":
+                raise FlagError(f"--bf16 {asked} is not a choice: give True, False or auto.")
+            asked = "auto" if value == "auto" else _BOOL_WORDS[value]
+        if device is None:  # another accelerator (XPU, MPS, NPU, ...): its own checks in transformers decide
+            self.bf16 = True if asked == "auto" else asked
+            return
+        if asked == "auto":
+            decision = decide("bfloat16", device)
+            self.bf16 = decision.native and not self.fp16
+            if self.fp16:
+                reason = "--fp16 True was given"
+            else:
+                reason = (f"this {device.upper()} runs bf16 natively" if decision.native
+                          else f"this {device.upper()} only emulates bf16") + f" {decision.evidence}"
+            _rank0_note(f"train.py: --bf16 auto: {'bf16 mixed precision' if self.bf16 else 'float32'}, "
+                        f"since {reason}.")
+            return
+        self.bf16 = asked
+        if self.bf16:
+            warning = emulation_warning("bfloat16", "--bf16 True", "--bf16 auto (or False) trains in float32 here",
+                                        device)
+            if warning:
+                _rank0_note(f"train.py: {warning}")
+        if self.fp16 and device == "cpu":
+            _rank0_note("train.py: warning: --fp16 True on a CPU is not used: accelerate runs fp16 mixed precision on "
+                        "GPUs only, so this run trains in float32, as with --fp16 False; --bf16 auto trains in bf16 "
+                        "where this CPU runs it natively.")
+
+
+_BOOL_WORDS = {"true": True, "1": True, "yes": True, "y": True, "t": True,
+               "false": False, "0": False, "no": False, "n": False, "f": False}
+
+
+def _rank0_note(message: str) -> None:
+    """One line to stderr from the first process only (every rank parses the same flags)."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(message, file=sys.stderr, flush=True)
 
 
 # The original's `--fsdp "full_shard auto_wrap"` words, as FSDP2 settings in fsdp_config (transformers 5's

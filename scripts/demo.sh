@@ -36,7 +36,7 @@ $PY train.py \
   --lr_scheduler_type "cosine" \
   --logging_steps 5 \
   --model_max_length 512 \
-  --bf16 True \
+  --bf16 auto \
   --report_to none \
   --disable_tqdm True \
   --seed 42

@@ -19,7 +19,7 @@
 # Every step prints progress (a line every ALPACA_PROGRESS_INTERVAL_S seconds, 15 here, when not on a terminal).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup_env.sh
+bash scripts/setup_env.sh serve
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false ALPACA_PROGRESS_INTERVAL_S="${ALPACA_PROGRESS_INTERVAL_S:-15}"
 PY=.venv/bin/python
 OUT=runs/loop
@@ -86,7 +86,7 @@ $PY train.py --model_name_or_path "$BASE" --data_path "$OUT/train.json" --output
   --num_train_epochs "${EPOCHS:-1}" --per_device_train_batch_size 1 --packing True \
   --lora_r 8 --lora_alpha 16 --lora_dropout 0.05 --learning_rate 2e-4 --warmup_ratio 0.03 \
   --lr_scheduler_type cosine --save_strategy steps --save_steps 20 --save_total_limit 1 --logging_steps 10 \
-  --model_max_length 512 --bf16 True --report_to none --disable_tqdm True --seed 42 \
+  --model_max_length 512 --bf16 auto --report_to none --disable_tqdm True --seed 42 \
   --eval_data_path "$OUT/heldout.json" --eval_strategy epoch 2>&1 \
   | tee "$OUT/train.log" | grep --line-buffered -E "^training: "
 rc=${PIPESTATUS[0]}

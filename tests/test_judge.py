@@ -484,7 +484,8 @@ def test_in_process_judge_reads_the_letters_probabilities_one_forward_pass_per_o
     monkeypatch.setattr(local_judge.LocalJudge, "load",
                         classmethod(lambda cls, *a, **k: loaded.append(real_load(*a, **k)) or loaded[-1]))
     eval_model.judge(model_outputs=str(model), reference_outputs=str(ref), output_dir=str(tmp_path / "j"),
-                     judge_model_dir=str(tiny_llama_dir), judge_batch_size=1, leaderboard=str(tmp_path / "board.csv"))
+                     judge_model_dir=str(tiny_llama_dir), judge_batch_size=1, leaderboard=str(tmp_path / "board.csv"),
+                     judge_dtype="float32")  # as the float32 forward passes below
     summary = json.loads((tmp_path / "j" / "summary.json").read_text())
     rows = json.loads((tmp_path / "j" / "annotations.json").read_text())
     assert loaded[0].forward_passes == 2 * 7  # one per order of each pair, batch size 1

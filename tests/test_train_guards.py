@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import json
 import os
+import platform
 import re
 import shutil
 import signal
@@ -233,6 +234,34 @@ def test_a_resume_with_settings_that_change_the_result_is_refused_before_the_mod
     assert line.endswith("Fix: run with the old settings to resume, or pass --overwrite_output_dir True to start "
                          "afresh with the new ones (it deletes the checkpoints and the final model's marker).")
     assert [s for s, _ in list_checkpoints(out)] == [2] and not (out / ".alpaca.lock").exists()
+
+
+def test_a_resume_compares_the_precision_that_bf16_auto_chose(checkpoint_2, unloadable_copy, tiny_llama_dir, root,
+                                                              fresh, monkeypatch, tmp_path):
+    """checkpoint-2 trained in float32. Where `--bf16 auto` picks bf16, resuming it is refused, naming the change;
+    where it picks float32 (oneDNN capped at AVX2 makes bf16 emulated for real), the same command resumes."""
+    import torch
+
+    from alpaca_lib import precision
+    from conftest import run_train_expecting_error
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(precision, "_cpu_timings", lambda: {"float32": 1.0, "bfloat16": 0.4, "float16": 25.0})
+    monkeypatch.setattr(precision, "cpu_features", lambda: "AMX")
+    out = _out_with(checkpoint_2, root / "auto-native")
+    stderr = run_train_expecting_error(tmp_path, _with(_args(unloadable_copy, root, out), bf16="auto"), output_dir=out)
+    assert "train.py: --bf16 auto: bf16 mixed precision, since this CPU runs bf16 natively" in stderr
+    line = stderr[stderr.index("error: "):].splitlines()[0]
+    assert line.startswith(f"error: {out}/checkpoint-2 was trained with other settings, and resuming would mix the "
+                           "two runs: --bf16 False -> True")
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return  # ONEDNN_MAX_CPU_ISA caps x86 CPUs only
+    out = _out_with(checkpoint_2, root / "auto-emulated")
+    proc = _run(fresh, [sys.executable, TRAIN, *_with(_args(tiny_llama_dir, root, out), bf16="auto")], root,
+                expect=0, ONEDNN_MAX_CPU_ISA="AVX2")
+    assert "train.py: --bf16 auto: float32, since this CPU only emulates bf16" in proc.stderr
+    assert f"resuming from {out}/checkpoint-2 (step 2)" in proc.stdout + proc.stderr
+    assert _global_step(out) == 5
 
 
 def test_a_resume_on_more_processes_is_refused(checkpoint_2, unloadable_copy, root, fresh):
