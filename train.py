@@ -49,6 +49,7 @@ from alpaca_lib.checkpoints import (
     run_settings,
 )
 from alpaca_lib.data import open_source
+from alpaca_lib.deepspeed_ops import announce_first_compile
 from alpaca_lib.errors import UsageError, exit_with
 from alpaca_lib.fileio import disk_full_as_error
 from alpaca_lib.locking import job_lock
@@ -155,6 +156,8 @@ def train(argv: Optional[Sequence[str]] = None) -> transformers.Trainer:
     # Everything that can be checked without the model is, before minutes go into loading it; nothing is
     # created before these checks pass.
     check_flags(model_args, data_args, training_args)
+    if training_args.deepspeed and not torch.cuda.is_available():
+        announce_first_compile()  # minutes of compiling, said before they start
     # Packed rows' attention is chosen on this device: a forced one that cannot run here stops the run now.
     packed_attention = None
     if training_args.packing:
