@@ -17,6 +17,7 @@ allow bf16; where they rule it out, it is emulated.
 from __future__ import annotations
 
 import functools
+import os
 import platform
 import time
 from dataclasses import dataclass
@@ -83,11 +84,11 @@ def cpu_features() -> str:
 
 
 def describe_cpu() -> str:
-    """One phrase for a figure's machine: "AMD EPYC 7B13, 2 cores, AVX2 only"."""
-    import os
-
+    """One phrase for a figure's machine: "AMD EPYC 7B13, 2 cores, AVX2 only" (and ", oneDNN capped at AVX2" where
+    ONEDNN_MAX_CPU_ISA says so)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cpu_name()}, {cores} cores, {cpu_features()}"
+    capped = os.environ.get("ONEDNN_MAX_CPU_ISA")  # oneDNN's kernels limited to an older instruction set
+    return f"{cpu_name()}, {cores} cores, {cpu_features()}" + (f", oneDNN capped at {capped}" if capped else "")
 
 
 def _time_products() -> dict:
