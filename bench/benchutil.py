@@ -7,6 +7,7 @@ synthesized from it here, deterministically, so a fresh clone reproduces the REA
 from __future__ import annotations
 
 import json
+import os
 import random
 import resource
 import time
@@ -30,6 +31,21 @@ def peak_rss_mb() -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def machine_fields() -> dict:
+    """The machine a figure was measured on, as RESULT keys: the CPU's model, its cores, what its matrix products
+    run on (AMX, AVX512-BF16, AVX2 only, ...) and whether bf16 is native there; and the GPU, if there is one."""
+    import torch
+
+    from alpaca_lib import precision
+
+    fields = {"cpu": "_".join(precision.cpu_name().split()), "cores": len(os.sched_getaffinity(0)),
+              "cpu_features": precision.cpu_features(),
+              "cpu_bf16": "native" if precision.decide("bfloat16", "cpu").native else "emulated"}
+    if torch.cuda.is_available():
+        fields["gpu"] = "_".join(torch.cuda.get_device_name().split())
+    return fields
 
 
 def bundled_records() -> list[dict]:
