@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchutil import REPO_ROOT, machine_fields
+from benchutil import REPO_ROOT, with_machine
 
 CHILD_MARKER = "CHILD_FIGURES "
 DEMO_FLAGS = [  # scripts/demo.sh's training flags, less the data, model, output and precision
@@ -160,7 +160,7 @@ def main() -> None:
     if native_bf16.native:
         figures["bf16_train_speedup"] = f"{float(figures['fp32_step_s']) / float(figures['bf16_step_s']):.2f}"
     print(f"bf16 on this CPU: {'native' if native_bf16.native else 'emulated (not trained in)'} {native_bf16.evidence}")
-    print("RESULT " + " ".join(f"{k}={v}" for k, v in {**figures, **machine_fields()}.items()))
+    print(with_machine("RESULT " + " ".join(f"{k}={v}" for k, v in figures.items())))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchutil import bundled_records, peak_rss_mb
+from benchutil import bundled_records, peak_rss_mb, with_machine
 
 
 def synthesize(n: int, seed: int = 0) -> list[dict]:
@@ -68,8 +68,8 @@ def main() -> None:
     print(f"total            : {total:6.2f} s  (peak RSS {peak_rss_mb():.0f} MB)")
     print(f"CPU time of the tokenizing and ROUGE-L phases: {cpu_build:.1f} s over {t_build:.1f} s of wall time "
           f"(other jobs on the machine show as wall time above CPU time)")
-    print(f"RESULT records={args.n} total_s={total:.1f} read_s={t_read:.2f} tokenize_s={report['timings']['tokenize_s']:.1f} "
-          f"rouge_s={report['timings']['rouge_s']:.1f} build_cpu_s={cpu_build:.1f} write_s={t_write:.2f} total_x_read={total / t_read:.0f}")
+    print(with_machine(f"RESULT records={args.n} total_s={total:.1f} read_s={t_read:.2f} tokenize_s={report['timings']['tokenize_s']:.1f} "
+          f"rouge_s={report['timings']['rouge_s']:.1f} build_cpu_s={cpu_build:.1f} write_s={t_write:.2f} total_x_read={total / t_read:.0f}"))
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from benchutil import bundled_instructions, bundled_records, peak_rss_mb
+from benchutil import bundled_instructions, bundled_records, peak_rss_mb, with_machine
 
 NEAR_COPY_SHARE = 0.04  # items that re-use one of the recurring instructions
 RECURRING = 1000  # how many recurring instructions there are
@@ -211,11 +211,11 @@ def main() -> None:
     print(f"wall {wall:.1f} s (CPU {cpu:.1f} s): waiting for replies {s['requests']:.1f} s (client and server), "
           f"ROUGE-L {s['rouge']:.1f} s (CPU {c['rouge']:.1f} s, of which the LCS {c['lcs']:.1f} s), journal {s['journal']:.1f} s, "
           f"regen.json {s['regen']:.1f} s; peak RSS {rss:.0f} MB; load average after: {os.getloadavg()[0]:.2f}")
-    print(f"RESULT kept={summary['kept']} wall_s={wall:.1f} peak_rss_mb={rss:.0f} rouge_s={s['rouge']:.1f} "
+    print(with_machine(f"RESULT kept={summary['kept']} wall_s={wall:.1f} peak_rss_mb={rss:.0f} rouge_s={s['rouge']:.1f} "
           f"journal_s={s['journal']:.1f} regen_write_s={s['regen']:.1f} requests_s={s['requests']:.1f} "
           f"not_requests_s={wall - s['requests']:.1f} cpu_s={cpu:.1f} rouge_cpu_s={c['rouge']:.1f} lcs_cpu_s={c['lcs']:.1f} "
           f"journal_cpu_s={c['journal']:.1f} regen_write_cpu_s={c['regen']:.1f} candidates={summary['candidates']} "
-          f"requests={summary['requests']} regen_mb={regen_mb:.0f} journal_mb={journal_mb:.0f}")
+          f"requests={summary['requests']} regen_mb={regen_mb:.0f} journal_mb={journal_mb:.0f}"))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import os
 import time
 from pathlib import Path
 
-from benchutil import REPO_ROOT
+from benchutil import REPO_ROOT, with_machine
 
 
 def main() -> None:
@@ -58,8 +58,8 @@ def main() -> None:
     print(f"batches of {args.batch_size:<3}:     {batched_s:7.2f} s  {tokens / batched_s:7.1f} generated tokens/s")
     print(f"batched vs one at a time: {ratio:.2f}x; identical answers: {same} of {len(prompts)}; "
           f"{tokens} tokens generated, {sum(a.stop_reason == 'length' for a in single.values())} answers hit the budget")
-    print(f"RESULT n={len(prompts)} batch_size={args.batch_size} single_s={single_s:.2f} batched_s={batched_s:.2f} "
-          f"ratio={ratio:.2f} identical={same} tokens={tokens}")
+    print(with_machine(f"RESULT n={len(prompts)} batch_size={args.batch_size} single_s={single_s:.2f} batched_s={batched_s:.2f} "
+          f"ratio={ratio:.2f} identical={same} tokens={tokens}"))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from alpaca_lib.data import encode_file, sources_and_targets
-from benchutil import synthesize_records
+from benchutil import synthesize_records, with_machine
 
 
 def load_tokenizer(kind: str, max_length: int):
@@ -105,8 +105,8 @@ def main() -> None:
     print(f"batched (cache cold) : {t_batched:7.2f} s  ({t_batched / n * 1e6:6.1f} us/example)  {t_orig / t_batched:5.2f}x")
     print(f"cached rerun         : {t_cached:7.2f} s  ({t_cached / n * 1e6:6.1f} us/example)  {t_orig / t_cached:5.1f}x")
     print("ids and masks identical to the original: yes")
-    print(f"RESULT examples={n} tokens={tokens} original_s={t_orig:.2f} batched_s={t_batched:.2f} "
-          f"cached_s={t_cached:.3f} batched_x={t_orig / t_batched:.2f} cached_x={t_orig / t_cached:.0f}")
+    print(with_machine(f"RESULT examples={n} tokens={tokens} original_s={t_orig:.2f} batched_s={t_batched:.2f} "
+          f"cached_s={t_cached:.3f} batched_x={t_orig / t_batched:.2f} cached_x={t_orig / t_cached:.0f}"))
 
 
 if __name__ == "__main__":

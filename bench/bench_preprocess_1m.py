@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchutil import REPO_ROOT, bundled_records, peak_rss_mb
+from benchutil import REPO_ROOT, bundled_records, peak_rss_mb, with_machine
 
 
 def write_jsonl(path: Path, n: int, seed: int = 0) -> int:
@@ -111,12 +111,12 @@ def main() -> None:
                / max(1e-9, base["cold"]["peak_rss_mb"] - base["cold"]["rss_start_mb"]))
     print(f"data grew {data_x:.1f}x ({base['n']} -> {big['n']} records); peak RSS grew {rss_x:.2f}x "
           f"({above_x:.2f}x above the process's start)")
-    print(f"RESULT records_small={base['n']} records_large={big['n']} "
+    print(with_machine(f"RESULT records_small={base['n']} records_large={big['n']} "
           f"small_s={base['cold']['check_s'] + base['cold']['encode_s']:.1f} "
           f"large_s={big['cold']['check_s'] + big['cold']['encode_s']:.1f} "
           f"small_rss_mb={base['cold']['peak_rss_mb']:.0f} large_rss_mb={big['cold']['peak_rss_mb']:.0f} "
           f"data_x={data_x:.1f} rss_x={rss_x:.2f} rss_above_start_x={above_x:.2f} "
-          f"large_hit_s={big['warm']['check_s'] + big['warm']['encode_s']:.1f}")
+          f"large_hit_s={big['warm']['check_s'] + big['warm']['encode_s']:.1f}"))
 
 
 if __name__ == "__main__":

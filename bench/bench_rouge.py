@@ -24,7 +24,7 @@ from functools import partial
 import numpy as np
 
 from alpaca_lib.rouge import RougeLPool
-from benchutil import bundled_instructions
+from benchutil import bundled_instructions, with_machine
 
 
 def _make_instructions(base: list[str], n: int, rng: random.Random) -> list[str]:
@@ -105,9 +105,9 @@ def main() -> None:
     _ = np.mean([s.fmeasure for s in scores])
     print(f"check: one candidate the original way vs 5K: measured {measured:.2f} s, model {5_000 * per_pair / args.workers + startup:.2f} s")
     (fast5, base5), (fast50, base50) = results[5_000], results[50_000]
-    print(f"RESULT ratio_5k={base5 / fast5:.0f} ratio_50k={base50 / fast50:.0f} fast_5k_s={fast5:.3f} "
+    print(with_machine(f"RESULT ratio_5k={base5 / fast5:.0f} ratio_50k={base50 / fast50:.0f} fast_5k_s={fast5:.3f} "
           f"fast_50k_s={fast50:.3f} original_5k_s={base5:.1f} original_50k_s={base50:.1f} "
-          f"per_pair_us={per_pair * 1e6:.1f} pool_startup_ms={startup * 1e3:.0f}")
+          f"per_pair_us={per_pair * 1e6:.1f} pool_startup_ms={startup * 1e3:.0f}"))
 
 
 if __name__ == "__main__":

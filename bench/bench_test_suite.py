@@ -1,4 +1,4 @@
-"""The default test suite's time against its 6-minute target, and what a training run's launch costs in it.
+"""The default test suite's time against its 8-minute limit, and what a training run's launch costs in it.
 
     .venv/bin/python bench/bench_test_suite.py                 # the launch figures, then the whole suite (~5 min)
     .venv/bin/python bench/bench_test_suite.py --no-suite      # the launch figures only (~1 min)
@@ -9,7 +9,7 @@ Two figures, both measured in this run:
   (tests/warm_python.py: train.py's imports done once, one forked process per run), `--repeat` times each,
   interleaved, median kept. Most of the suite's training runs start the second way.
 - suite: `bash scripts/test.sh` (the README's test command: a worker per core, slow tests left out), its wall
-  time and pytest's own, against the 360 s the default run must stay under on 2 cores.
+  time and pytest's own, against the 480 s the default run must stay under on 2 cores of either kind of CPU.
 
 Run it on a quiet machine: the suite's time doubles when something else holds the cores.
 """
@@ -26,8 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchutil import with_machine
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SUITE_LIMIT_S = 360.0
+SUITE_LIMIT_S = 480.0
 
 
 def _launch_times(repeat: int) -> tuple[float, float]:
@@ -81,7 +83,7 @@ def main() -> None:
               f"on 2 cores; this machine has {os.cpu_count()}")
         result += (f" suite_wall_s={wall:.0f} suite_pytest_s={pytest_s:.0f} limit_s={SUITE_LIMIT_S:.0f} "
                    f"suite_to_limit={wall / SUITE_LIMIT_S:.2f}")
-    print(f"RESULT {result}")
+    print(with_machine(f"RESULT {result}"))
 
 
 if __name__ == "__main__":

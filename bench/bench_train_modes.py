@@ -35,7 +35,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchutil import bundled_records, peak_rss_mb, synthesize_records, time_every_trainer
+from benchutil import bundled_records, peak_rss_mb, synthesize_records, time_every_trainer, with_machine
 
 THROUGHPUT_MODES = {
     "faithful": ["--per_device_train_batch_size", "4"],
@@ -203,7 +203,7 @@ def main() -> None:
             figures["lora_rss_mb"] = f"{lora['peak_rss_mb']:.0f}"
             figures["lora_rss_x"] = f"{lora['peak_rss_mb'] / full['peak_rss_mb']:.2f}"
     print(f"load average after: {os.getloadavg()[0]:.2f}")
-    print("RESULT " + " ".join(f"{k}={v}" for k, v in figures.items()))
+    print(with_machine("RESULT " + " ".join(f"{k}={v}" for k, v in figures.items())))
 
 
 if __name__ == "__main__":

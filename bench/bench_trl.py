@@ -40,7 +40,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchutil import REPO_ROOT, peak_rss_mb, synthesize_records, time_every_trainer
+from benchutil import REPO_ROOT, peak_rss_mb, synthesize_records, time_every_trainer, with_machine
 
 TRL_MIN_VERSION = "1.16.0"  # the SFTConfig fields used here: completion_only_loss, packing_strategy, padding_free
 TRL_INSTALL = f'pip install "trl>={TRL_MIN_VERSION}"  (or: pip install -e ".[bench]")'
@@ -258,7 +258,7 @@ def main() -> None:
     figures.update(padded_x=f"{padded_x:.2f}", packed_x=f"{packed_x:.2f}", padded_cpu_x=f"{padded_cpu_x:.2f}",
                    packed_cpu_x=f"{packed_cpu_x:.2f}", boundary_tokens=merged,
                    masks_agree=same_padded and same_packed)
-    print("RESULT " + " ".join(f"{k}={v}" for k, v in figures.items()))
+    print(with_machine("RESULT " + " ".join(f"{k}={v}" for k, v in figures.items())))
 
 
 if __name__ == "__main__":

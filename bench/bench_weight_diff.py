@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchutil import REPO_ROOT, peak_rss_mb
+from benchutil import REPO_ROOT, peak_rss_mb, with_machine
 
 
 def _child(method: str, path_raw: str, path_diff: str, path_out: str) -> None:
@@ -182,10 +182,10 @@ def main() -> None:
               f"(with manifest check {whole['seconds'] / manifest['seconds']:.2f}x)")
         same = _same_weights(work / "out_whole", work / "out_stream") and _same_weights(work / "out_whole", work / "out_manifest")
         print(f"outputs bit-identical to whole-model: {same}")
-        print(f"RESULT params_m={n_params / 1e6:.0f} whole_s={whole['seconds']:.1f} stream_s={stream['seconds']:.1f} "
+        print(with_machine(f"RESULT params_m={n_params / 1e6:.0f} whole_s={whole['seconds']:.1f} stream_s={stream['seconds']:.1f} "
               f"verify_s={manifest['seconds']:.1f} whole_mb={whole['peak_rss_mb']:.0f} stream_mb={stream['peak_rss_mb']:.0f} "
               f"verify_mb={manifest['peak_rss_mb']:.0f} rss_ratio={stream['peak_rss_mb'] / whole['peak_rss_mb']:.2f} "
-              f"speedup={whole['seconds'] / stream['seconds']:.2f} identical={same}")
+              f"speedup={whole['seconds'] / stream['seconds']:.2f} identical={same}"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

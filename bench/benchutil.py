@@ -48,6 +48,11 @@ def machine_fields() -> dict:
     return fields
 
 
+def with_machine(result: str) -> str:
+    """A bench's `RESULT k=v ...` line with `machine_fields()` added, so that every figure names its machine."""
+    return result + "".join(f" {k}={v}" for k, v in machine_fields().items())
+
+
 def bundled_records() -> list[dict]:
     """The records of the bundled alpaca_data.json, each with 'instruction', 'input' and 'output'."""
     from alpaca_lib.data import load_records

@@ -52,7 +52,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchutil import REPO_ROOT, bundled_records, peak_rss_mb, synthesize_records
+from benchutil import REPO_ROOT, bundled_records, peak_rss_mb, synthesize_records, with_machine
 
 CHILD_MARKER = "CHILD_FIGURES "
 H100_H200_BF16_TFLOPS = 989.4  # dense bf16, SXM datasheet
@@ -415,7 +415,7 @@ def main() -> None:
         figures["fsdp_roundtrip_diff"] = m["fsdp"]["roundtrip"]["max_abs_diff"]
     figures["failed"] = ",".join(report["errors"]) or "none"
     print(f"total {report['total_seconds']:.0f} s; targets: {report.get('targets')}")
-    print("RESULT " + " ".join(f"{k}={v}" for k, v in figures.items()), flush=True)
+    print(with_machine("RESULT " + " ".join(f"{k}={v}" for k, v in figures.items())), flush=True)
     if report["errors"]:
         raise SystemExit(1)
 
