@@ -159,6 +159,7 @@ def main() -> None:
     import generate_instruction
     from alpaca_lib import journal, rouge
     from alpaca_lib.selfinstruct import runner
+    from alpaca_lib.selfinstruct.journal import JOURNAL_NAME  # the generator's journal file
 
     timers = Timers()
     timers.wrap(rouge.RougeLPool, "__init__", "rouge")
@@ -195,11 +196,11 @@ def main() -> None:
                 generate_instruction.generate_instruction_following_data(**settings)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         rss = peak_rss_mb()
-        with open(out / journal.JOURNAL_NAME, "rb") as f:  # the summary is in the last record
+        with open(out / JOURNAL_NAME, "rb") as f:  # the summary is in the last record
             f.seek(max(0, f.seek(0, os.SEEK_END) - 65536))
             summary = json.loads(f.read().splitlines()[-1])["summary"]
         regen_mb = (out / runner.REGEN_NAME).stat().st_size / 1e6
-        journal_mb = (out / journal.JOURNAL_NAME).stat().st_size / 1e6
+        journal_mb = (out / JOURNAL_NAME).stat().st_size / 1e6
     finally:
         server.stdin.close()
         server.wait(10)
