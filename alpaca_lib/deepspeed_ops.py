@@ -50,12 +50,14 @@ def compile_cpu_ops() -> float:
 
 
 def main() -> None:
+    """Compiles the ops, or lets torch's loader check that the compiled ones fit this environment (it compiles
+    them again for another virtual environment or torch: their build commands name them)."""
     missing = missing_cpu_ops()
-    if not missing:
-        print("DeepSpeed's CPU ops are compiled already.")
-        return
-    print(f"compiling DeepSpeed's CPU ops ({', '.join(missing)}), once: about {COMPILE_MINUTES} minutes on 2 cores ...",
-          flush=True)
+    if missing:
+        print(f"compiling DeepSpeed's CPU ops ({', '.join(missing)}), once: about {COMPILE_MINUTES} minutes on 2 cores ...",
+              flush=True)
+    else:
+        print("DeepSpeed's CPU ops are compiled; checking that they were compiled for this environment ...", flush=True)
     print(f"done in {compile_cpu_ops():.0f} s")
 
 
