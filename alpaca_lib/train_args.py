@@ -16,11 +16,13 @@ import json
 import os
 import sys
 import warnings
+from argparse import ArgumentTypeError
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import torch
 import transformers
+from transformers.hf_argparser import string_to_bool
 
 from alpaca_lib.config_file import expand_config
 from alpaca_lib.data import DataError, default_cache_dir
@@ -218,11 +220,13 @@ class TrainingArguments(transformers.TrainingArguments):
         """Turns --bf16 into a bool: "auto" by what `device` runs natively, logged in one line; an explicit
         half precision that this device emulates (or, on a CPU, ignores) is kept, with one warning line."""
         asked = self.bf16
-        if isinstance(asked, str):
-            value = asked.strip().lower()
-            if value not in _BOOL_WORDS and value != "auto":
-                raise FlagError(f"--bf16 {asked} is not a choice: give True, False or auto.")
-            asked = "auto" if value == "auto" else _BOOL_WORDS[value]
+        if isinstance(asked, str) and asked.strip().lower() == "auto":
+            asked = "auto"
+        elif isinstance(asked, str):
+            try:
+                asked = string_to_bool(asked.strip())  # the words HfArgumentParser takes for a bool flag
+            except ArgumentTypeError:
+                raise FlagError(f"--bf16 {asked} is not a choice: give True, False or auto.") from None
         if device is None:  # another accelerator (XPU, MPS, NPU, ...): its own checks in transformers decide
             self.bf16 = True if asked == "auto" else asked
             return
@@ -247,10 +251,6 @@ class TrainingArguments(transformers.TrainingArguments):
             _rank0_note("train.py: warning: --fp16 True on a CPU is not used: accelerate runs fp16 mixed precision on "
                         "GPUs only, so this run trains in float32, as with --fp16 False; --bf16 auto trains in bf16 "
                         "where this CPU runs it natively.")
-
-
-_BOOL_WORDS = {"true": True, "1": True, "yes": True, "y": True, "t": True,
-               "false": False, "0": False, "no": False, "n": False, "f": False}
 
 
 def _rank0_note(message: str) -> None:
