@@ -91,7 +91,11 @@ def describe_cpu() -> str:
     return f"{cpu_name()}, {cores} cores, {cpu_features()}" + (f", oneDNN capped at {capped}" if capped else "")
 
 
-def _time_products() -> dict:
+_TIMED = ("float32", "bfloat16", "float16")
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_timings() -> dict:
     """The least CPU time of five `_PROBE_SIZE` matrix products in each format, interleaved, after one untimed.
 
     Timed on one thread, in that thread's CPU time: what other processes do with the cores does not change it
@@ -115,14 +119,6 @@ def _time_products() -> dict:
     finally:
         torch.set_num_threads(threads)
     return best
-
-
-_TIMED = ("float32", "bfloat16", "float16")
-
-
-@functools.lru_cache(maxsize=None)
-def _cpu_timings() -> dict:
-    return _time_products()
 
 
 def cpu_slowdown(dtype: str) -> float:
