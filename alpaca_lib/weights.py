@@ -30,6 +30,7 @@ from typing import Sequence
 import torch
 
 from alpaca_lib.errors import UsageError
+from alpaca_lib.weightfiles import check_bin, safetensors_header
 
 SAFE_INDEX = "model.safetensors.index.json"
 SAFE_SINGLE = "model.safetensors"
@@ -88,27 +89,13 @@ def parse_size(size: int | str) -> int:
     raise UsageError(f"max_shard_size={size!r} is not a size; use e.g. 2GB, 500MB or a number of bytes")
 
 
-def _safetensors_header(path: Path) -> dict:
-    # Format: 8-byte little-endian header length, then a JSON header; reading it costs one small read.
-    with open(path, "rb") as f:
-        raw_len = f.read(8)
-        if len(raw_len) != 8:
-            raise CheckpointError(f"{path}: too short to be a safetensors file; re-download or re-save it")
-        (n,) = struct.unpack("<Q", raw_len)
-        if n > 100_000_000:
-            raise CheckpointError(f"{path}: header length {n} is implausible; the file is not safetensors or is corrupt")
-        try:
-            return json.loads(f.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{path}: unreadable safetensors header ({e}); re-download or re-save it") from e
-
-
 def _torch_load(path: Path) -> tuple[dict, bool]:
     """Loads a `.bin` state dict safely: tensors only (no arbitrary code), memory-mapped when possible.
 
     Returns:
         (the state dict, whether it is memory-mapped).
     """
+    check_bin(path)  # a cut-short zip is one line naming the file, not torch's error
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True), True
     except RuntimeError as e:
@@ -195,7 +182,7 @@ class Checkpoint:
 
     def _read_infos(self, file: Path) -> list[TensorInfo]:
         if self.format == "safetensors":
-            header = _safetensors_header(file)
+            header = safetensors_header(file)  # its size checked against the header: a cut file stops here
             entries = [(k, v) for k, v in header.items() if k != "__metadata__"]
             try:
                 entries.sort(key=lambda kv: kv[1]["data_offsets"][0])
