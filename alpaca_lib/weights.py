@@ -95,7 +95,6 @@ def _torch_load(path: Path) -> tuple[dict, bool]:
     Returns:
         (the state dict, whether it is memory-mapped).
     """
-    check_bin(path)  # a cut-short zip is one line naming the file, not torch's error
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True), True
     except RuntimeError as e:
@@ -194,6 +193,7 @@ class Checkpoint:
                 return out
             except (KeyError, TypeError, IndexError) as e:
                 raise CheckpointError(f"{file}: malformed safetensors header ({e}); re-download or re-save it") from e
+        check_bin(file)  # a cut-short zip is one line naming the file, not torch's error
         state, _ = _torch_load(file)
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise CheckpointError(f"{file}: expected a dict of tensors (a state dict), found {type(state).__name__}")

@@ -106,6 +106,13 @@ def test_torchs_cpu_flag_probes_are_there():
 # ---- train.py ----
 
 
+def _refused_run_lines(tmp_path, *flags) -> list[str]:
+    """train.py's precision lines for FLAGS, in a run refused for its empty data before any model loads."""
+    data = tmp_path / "data.json"
+    data.write_text("[]")
+    return _precision_lines(run_train_expecting_error(tmp_path, ["--data_path", str(data), *flags]))
+
+
 def _precision_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("train.py: ") and ("bf16" in line or "fp16" in line)]
 
@@ -165,15 +172,12 @@ def test_explicit_bf16_on_an_emulating_cpu_runs_as_asked_with_one_warning_line(t
     *_, args = train.parse_flags(["--output_dir", str(tmp_path / "o"), "--bf16"])  # a bare --bf16 is True
     assert args.bf16 is True
     fake_cpu(NATIVE, "AMX")  # native: nothing to say
-    assert _precision_lines(run_train_expecting_error(tmp_path, ["--data_path", str(data), "--bf16", "True"])) == []
+    assert _refused_run_lines(tmp_path, "--bf16", "True") == []
 
 
 def test_fp16_on_a_cpu_is_said_to_be_unused(tmp_path, fake_cpu):
     fake_cpu(NATIVE, "AMX")
-    data = tmp_path / "data.json"
-    data.write_text("[]")
-    stderr = run_train_expecting_error(tmp_path, ["--data_path", str(data), "--fp16", "True"])
-    assert _precision_lines(stderr) == [
+    assert _refused_run_lines(tmp_path, "--fp16", "True") == [
         "train.py: warning: --fp16 True on a CPU is not used: accelerate runs fp16 mixed precision on GPUs only, so "
         "this run trains in float32, as with --fp16 False; --bf16 auto trains in bf16 where this CPU runs it natively."]
 

@@ -426,6 +426,15 @@ def test_naive_check_with_a_manifest_runs_only_when_asked(tiny, tmp_path):
         diffing.stream_recover(tiny["raw_st"], tmp_path / "diff", None, expected_sum=1.0)
 
 
+def _refused(*args) -> str:
+    """Runs `python weight_diff.py ARGS`, asserts it exits 1 without a traceback, returns its one `error:` line."""
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "weight_diff.py"), *map(str, args)], capture_output=True,
+                          text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+    return line
+
+
 @pytest.mark.parametrize("damage", ["cut", "empty", "not_safetensors"])
 def test_a_damaged_diff_file_is_one_error_line_naming_it(tiny, tmp_path, damage):
     """A diff file cut short by 100 bytes (an interrupted copy), emptied, or replaced by text: `recover` names it in
@@ -438,13 +447,7 @@ def test_a_damaged_diff_file_is_one_error_line_naming_it(tiny, tmp_path, damage)
         os.truncate(damaged, size - 100)
     else:
         damaged.write_bytes(b"" if damage == "empty" else b"this is not a safetensors file at all\n")
-    proc = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "weight_diff.py"), "recover", "--path_raw", str(tiny["raw_st"]),
-         "--path_diff", str(diff), "--path_tuned", str(tmp_path / "rec")],
-        capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=120,
-    )
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+    line = _refused("recover", "--path_raw", tiny["raw_st"], "--path_diff", diff, "--path_tuned", tmp_path / "rec")
     expected = {
         "cut": f"error: {damaged}: cut short: its header describes {size} bytes, the file has {size - 100}; "
                "re-download or re-create it",
@@ -462,13 +465,7 @@ def test_a_cut_short_bin_input_is_one_error_line_naming_it(tiny, tmp_path):
     shutil.copytree(tiny["tuned_bin"], tuned)
     shard = sorted(tuned.glob("*.bin"))[0]
     os.truncate(shard, shard.stat().st_size - 100)
-    proc = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "weight_diff.py"), "make_diff", "--path_raw", str(tiny["raw_st"]),
-         "--path_tuned", str(tuned), "--path_diff", str(tmp_path / "diff")],
-        capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=120,
-    )
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
-    assert line.startswith(f"error: {shard}: a torch checkpoint that is cut short or damaged (") , line
+    line = _refused("make_diff", "--path_raw", tiny["raw_st"], "--path_tuned", tuned, "--path_diff", tmp_path / "diff")
+    assert line.startswith(f"error: {shard}: a torch checkpoint that is cut short or damaged ("), line
     assert line.endswith("; re-download or re-create it"), line
     assert not (tmp_path / "diff").exists()
