@@ -9,7 +9,7 @@
     python eval_model.py score --annotations runs/judge/demo/annotations.json --output_dir runs/judge/demo_rescored
     python eval_model.py chat --model_dir runs/demo
 
-`outputs` writes AlpacaEval's format (alpaca_lib/outputs.py): batched generation for a local model, any
+`outputs` writes AlpacaEval's format (alpaca_lib/evaluation/outputs.py): batched generation for a local model, any
 OpenAI-compatible server for a served one, a journal that makes a killed run continue where it stopped.
 (The name does not shadow the `evaluate` or `alpaca_eval` packages when run from this folder.)
 """
@@ -18,12 +18,12 @@ from __future__ import annotations
 
 from typing import Optional
 
-from alpaca_lib.evalconfig import ChatConfig, JudgeConfig, OutputsConfig, ScoreConfig
+from alpaca_lib.evaluation.config import ChatConfig, JudgeConfig, OutputsConfig, ScoreConfig
 from alpaca_lib.llm.config import cli_command
 
 
 def _outputs(cfg: OutputsConfig) -> None:
-    from alpaca_lib.outputs import run_outputs
+    from alpaca_lib.evaluation.outputs import run_outputs
 
     result = run_outputs(cfg)
     stopped = sum(r["stop_reason"] == "length" for r in result.records)
@@ -32,7 +32,7 @@ def _outputs(cfg: OutputsConfig) -> None:
 
 
 def _print_result(result) -> None:
-    from alpaca_lib.report import headline
+    from alpaca_lib.evaluation.report import headline
 
     print(headline(result.summary) + f"; report: {result.report_path}")
     for warning in result.summary["judge_warnings"]:
@@ -40,13 +40,13 @@ def _print_result(result) -> None:
 
 
 def _judge(cfg: JudgeConfig) -> None:
-    from alpaca_lib.judge import run_judge
+    from alpaca_lib.evaluation.judge import run_judge
 
     _print_result(run_judge(cfg))
 
 
 def _score(cfg: ScoreConfig) -> None:
-    from alpaca_lib.judge import run_score
+    from alpaca_lib.evaluation.judge import run_score
 
     result = run_score(cfg)
     if result is not None:
@@ -54,12 +54,12 @@ def _score(cfg: ScoreConfig) -> None:
 
 
 def _chat(cfg: ChatConfig) -> None:
-    from alpaca_lib.infer import chat_loop
+    from alpaca_lib.evaluation.infer import chat_loop
 
     chat_loop(cfg)
 
 
-# Each command's flags, defaults and help come from its config (alpaca_lib/evalconfig.py).
+# Each command's flags, defaults and help come from its config (alpaca_lib/evaluation/config.py).
 outputs = cli_command(OutputsConfig, _outputs, "outputs", "Writes the model's answer to every instruction of an "
                       "evaluation set, in AlpacaEval's format.", positional=True)
 judge = cli_command(JudgeConfig, _judge, "judge", "Judges model outputs against reference outputs pairwise: win "
@@ -73,7 +73,7 @@ COMMANDS = {"outputs": outputs, "judge": judge, "score": score, "chat": chat}
 
 
 def main(argv: Optional[list] = None) -> None:
-    from alpaca_lib.cli import run_fire
+    from alpaca_lib.core.cli import run_fire
     from alpaca_lib.llm.client import GenerationError
 
     run_fire(COMMANDS, "eval_model.py", argv, quiet=True, errors=(GenerationError,))

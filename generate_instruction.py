@@ -4,7 +4,7 @@
         --output_dir=runs/regen --num_instructions_to_generate=100 --model_name=gpt-3.5-turbo-instruct --seed=0
     python -m generate_instruction to_alpaca --input_path=runs/regen --output_path=alpaca_data.json
 
-The algorithm is the original Alpaca generator's (see alpaca_lib/selfinstruct/): the same prompt
+The algorithm is the original Alpaca generator's (see alpaca_lib/generation/): the same prompt
 layout, reply filters, ROUGE-L > 0.7 dedup with the top-10 most similar instructions and the mean
 similarity recorded on each kept item, and the same stopping rule. What it runs on is today's: the
 `openai` client (>= 1.x) with the completions or chat API against OpenAI or any OpenAI-compatible
@@ -18,9 +18,9 @@ import sys
 from collections import Counter
 from typing import Any, Mapping, Sequence
 
-from alpaca_lib.selfinstruct import postprocess as _pp
+from alpaca_lib.generation import postprocess as _pp
 from alpaca_lib.llm.config import cli_docstring, cli_signature
-from alpaca_lib.selfinstruct.config import PROMPT_PATH, GenerateConfig
+from alpaca_lib.generation.config import PROMPT_PATH, GenerateConfig
 
 find_word_in_string = _pp.find_word_in_string
 
@@ -47,12 +47,12 @@ def post_process_gpt3_response(
 
 
 def generate_instruction_following_data(**settings: Any) -> None:
-    from alpaca_lib.selfinstruct.runner import run_generation
+    from alpaca_lib.generation.runner import run_generation
 
     run_generation(GenerateConfig(**settings))
 
 
-# The flags, their defaults and their help come from GenerateConfig (alpaca_lib/selfinstruct/config.py).
+# The flags, their defaults and their help come from GenerateConfig (alpaca_lib/generation/config.py).
 generate_instruction_following_data.__signature__ = cli_signature(GenerateConfig)
 generate_instruction_following_data.__doc__ = cli_docstring(
     GenerateConfig, "Generates instruction-following data into output_dir/regen.json (resumes if run again)."
@@ -66,13 +66,13 @@ def to_alpaca(input_path: str = "./", output_path: str = "alpaca_data.json") -> 
         input_path: the run's output_dir, or its regen.json or regen.journal.jsonl.
         output_path: where to write the JSON list of {instruction, input, output} (atomically).
     """
-    from alpaca_lib.selfinstruct.runner import export_alpaca
+    from alpaca_lib.generation.runner import export_alpaca
 
     export_alpaca(input_path, output_path)
 
 
 def main() -> None:
-    from alpaca_lib.cli import run_fire
+    from alpaca_lib.core.cli import run_fire
     from alpaca_lib.llm.client import GenerationError
 
     commands = {"generate_instruction_following_data": generate_instruction_following_data, "to_alpaca": to_alpaca}

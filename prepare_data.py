@@ -9,7 +9,7 @@
 `convert` writes any source train.py takes (Alpaca JSON/JSONL, .parquet, .csv, a save_to_disk folder,
 a hub dataset id) as an Alpaca JSON list, with the columns mapped and, optionally, records of more
 than --max_words whitespace words left out. `report` prints what training will make of a data set
-and writes OUTPUT_DIR/report.json and OUTPUT_DIR/lengths.png (alpaca_lib/datareport.py).
+and writes OUTPUT_DIR/report.json and OUTPUT_DIR/lengths.png (alpaca_lib/data/report.py).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from __future__ import annotations
 import logging
 from typing import Optional
 
-from alpaca_lib.errors import UsageError
-from alpaca_lib.fileio import expand_home
-from alpaca_lib.preflight import check_model_source, check_output_dir, check_output_file
-from alpaca_lib.sources import DataError, open_source, write_alpaca_json
+from alpaca_lib.core.errors import UsageError
+from alpaca_lib.core.fileio import expand_home
+from alpaca_lib.core.preflight import check_model_source, check_output_dir, check_output_file
+from alpaca_lib.data.sources import DataError, open_source, write_alpaca_json
 
 
 def convert(
@@ -76,8 +76,8 @@ def report(
     """
     from transformers import AutoTokenizer
 
-    from alpaca_lib.datareport import build_report, format_report, write_report
-    from alpaca_lib.modeling import missing_special_tokens
+    from alpaca_lib.data.report import build_report, format_report, write_report
+    from alpaca_lib.core.modeling import missing_special_tokens
 
     if not isinstance(model_max_length, int) or model_max_length < 1:
         raise DataError(f"--model_max_length must be a positive number of tokens, got {model_max_length!r}.")
@@ -101,7 +101,7 @@ COMMANDS = {"convert": convert, "report": report}
 
 
 def main() -> None:
-    from alpaca_lib.cli import run_fire
+    from alpaca_lib.core.cli import run_fire
 
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     run_fire(COMMANDS, "prepare_data.py", serialize=lambda counts: None)  # convert prints its own summary

@@ -11,18 +11,18 @@
 Every flag of the original Alpaca commands is accepted: the names transformers 5 renamed or removed
 (`--evaluation_strategy`, `--warmup_ratio`, `--fsdp_transformer_layer_cls_to_wrap`, `--group_by_length`)
 are mapped to their current spelling in `TrainingArguments.__post_init__`. The flags and all their checks live in
-alpaca_lib/train_args.py; the dataset, the collator and the data module in alpaca_lib/supervised.py.
+alpaca_lib/training/args.py; the dataset, the collator and the data module in alpaca_lib/data/supervised.py.
 
 Beyond the original recipe, all opt-in (the defaults train exactly as above):
     --group_by_length True      batches of similar length: less padding, same examples per step
-    --packing True              padding-free rows of up to --model_max_length tokens (alpaca_lib/packing.py)
+    --packing True              padding-free rows of up to --model_max_length tokens (alpaca_lib/data/packing.py)
     --lora_r 8 [--lora_alpha 16 --lora_dropout 0.05 --lora_target_modules q_proj,v_proj] [--load_in_4bit True]
-                                LoRA adapters (alpaca_lib/lora.py): output_dir/adapter + merged model in output_dir
+                                LoRA adapters (alpaca_lib/training/lora.py): output_dir/adapter + merged model in output_dir
     --eval_data_path F | --val_set_size N   evaluation set, with --evaluation_strategy steps --eval_steps K
 
 Killed? Run the same command again: it resumes from the newest complete checkpoint in --output_dir
-(alpaca_lib/checkpoints.py); --overwrite_output_dir True starts afresh. SIGTERM saves a checkpoint first
-(alpaca_lib/resumable.py).
+(alpaca_lib/training/checkpoints.py); --overwrite_output_dir True starts afresh. SIGTERM saves a checkpoint first
+(alpaca_lib/training/resumable.py).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import torch
 import transformers
 from transformers.integrations import is_deepspeed_zero3_enabled
 
-from alpaca_lib.checkpoints import (
+from alpaca_lib.training.checkpoints import (
     PREEMPTED_EXIT_CODE,
     clear_finished,
     delete_checkpoints,
@@ -48,14 +48,14 @@ from alpaca_lib.checkpoints import (
     run_identity,
     run_settings,
 )
-from alpaca_lib.data import open_source
-from alpaca_lib.deepspeed_ops import announce_first_compile
-from alpaca_lib.errors import UsageError, exit_with
-from alpaca_lib.fileio import disk_full_as_error
-from alpaca_lib.locking import job_lock
-from alpaca_lib.lora import ADAPTER_SUBDIR, add_lora, quantization_config, save_adapter_and_merged
-from alpaca_lib.lossplot import plot_loss
-from alpaca_lib.modeling import (
+from alpaca_lib.data.tokenizing import open_source
+from alpaca_lib.training.deepspeed_ops import announce_first_compile
+from alpaca_lib.core.errors import UsageError, exit_with
+from alpaca_lib.core.fileio import disk_full_as_error
+from alpaca_lib.core.locking import job_lock
+from alpaca_lib.training.lora import ADAPTER_SUBDIR, add_lora, quantization_config, save_adapter_and_merged
+from alpaca_lib.training.lossplot import plot_loss
+from alpaca_lib.core.modeling import (
     DEFAULT_BOS_TOKEN,
     DEFAULT_EOS_TOKEN,
     DEFAULT_PAD_TOKEN,
@@ -64,17 +64,17 @@ from alpaca_lib.modeling import (
     missing_special_tokens,
     smart_tokenizer_and_embedding_resize,
 )
-from alpaca_lib.packing import choose_packed_attention, packing_mode
-from alpaca_lib.quiet import quiet_entry_point
-from alpaca_lib.resumable import ResumableTrainer, StopOnSigterm
-from alpaca_lib.saving import save_final
-from alpaca_lib.supervised import (
+from alpaca_lib.data.packing import choose_packed_attention, packing_mode
+from alpaca_lib.core.quiet import quiet_entry_point
+from alpaca_lib.training.resumable import ResumableTrainer, StopOnSigterm
+from alpaca_lib.training.saving import save_final
+from alpaca_lib.data.supervised import (
     DataCollatorForSupervisedDataset,
     SupervisedDataset,
     make_supervised_data_module,
     preprocess,
 )
-from alpaca_lib.train_args import (
+from alpaca_lib.training.args import (
     DataArguments,
     FlagError,
     ModelArguments,
@@ -82,7 +82,7 @@ from alpaca_lib.train_args import (
     check_flags,
     parse_flags,
 )
-from alpaca_lib.trainlog import describe_launch, log_callbacks, log_progress_off_terminal
+from alpaca_lib.training.trainlog import describe_launch, log_callbacks, log_progress_off_terminal
 from utils import PROMPT_DICT
 
 __all__ = [
@@ -100,7 +100,7 @@ def safe_save_model_for_hf_trainer(trainer: transformers.Trainer, output_dir: st
     """Saves a complete model (gathered from FSDP/DeepSpeed shards) and the tokenizer to `output_dir`.
 
     The files are written to a staging folder first and moved into place only once all of them are
-    there and include the weights (`alpaca_lib.saving`).
+    there and include the weights (`alpaca_lib.training.saving`).
     """
 
     def check(staging):

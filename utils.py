@@ -3,8 +3,8 @@
     >>> from utils import PROMPT_DICT, format_prompt, jload
     >>> format_prompt({"instruction": "Say hi.", "input": ""})
 
-Kept where the original's users import them from; they live in `alpaca_lib.prompt` and `alpaca_lib.fileio`.
+Kept where the original's users import them from; they live in `alpaca_lib.core.prompt` and `alpaca_lib.core.fileio`.
 """
 
-from alpaca_lib.fileio import atomic_write, jdump, jload  # noqa: F401
-from alpaca_lib.prompt import PROMPT_DICT, format_prompt  # noqa: F401
+from alpaca_lib.core.fileio import atomic_write, jdump, jload  # noqa: F401
+from alpaca_lib.core.prompt import PROMPT_DICT, format_prompt  # noqa: F401

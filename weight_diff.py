@@ -21,9 +21,9 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from alpaca_lib.diffing import smoke_test, stream_make_diff, stream_recover
-from alpaca_lib.fileio import disk_full_as_error, expand_home
-from alpaca_lib.preflight import check_not_an_input, check_output_dir
+from alpaca_lib.weightdiff.diffing import smoke_test, stream_make_diff, stream_recover
+from alpaca_lib.core.fileio import disk_full_as_error, expand_home
+from alpaca_lib.core.preflight import check_not_an_input, check_output_dir
 
 
 def make_diff(
@@ -124,7 +124,7 @@ COMMANDS = {"make_diff": make_diff, "recover": recover}
 
 
 def main(argv: Optional[list] = None) -> None:
-    from alpaca_lib.cli import run_fire
+    from alpaca_lib.core.cli import run_fire
 
     run_fire(COMMANDS, "weight_diff.py", argv, quiet=True)
 

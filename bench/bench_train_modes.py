@@ -55,21 +55,21 @@ def _child(argv_json: str) -> None:
     """Trains once in this fresh process and prints one JSON line with the figures."""
     import torch
 
-    import alpaca_lib.packing
+    import alpaca_lib.data.packing
     import train
-    from alpaca_lib.modeling import IGNORE_INDEX
+    from alpaca_lib.core.modeling import IGNORE_INDEX
 
     argv = json.loads(argv_json)
     clock = time_every_trainer()
     all_logits = bool(os.environ.get(ALL_LOGITS_ENV))
     if all_logits:  # as for a model that takes no logits_to_keep mask
-        alpaca_lib.packing.supports_supervised_logits = lambda model, probe=True: False
+        alpaca_lib.data.packing.supports_supervised_logits = lambda model, probe=True: False
     trainer = train.train(argv)
     if "wall" not in clock:
         raise SystemExit("the timing callback never ran: train.py's Trainer no longer calls transformers.Trainer.__init__")
     if all_logits and getattr(trainer.data_collator, "supervised_logits_only", False):
         raise SystemExit("the LM head still ran on loss-bearing positions only: the patch of "
-                         "alpaca_lib.packing.supports_supervised_logits no longer reaches train.py")
+                         "alpaca_lib.data.packing.supports_supervised_logits no longer reaches train.py")
     # One more pass of the data loader (no model) counts the tokens each step computed, padding included.
     computed = loss_tokens = steps = 0
     for batch in trainer.get_train_dataloader():
@@ -106,8 +106,8 @@ def _build(work: Path, records, hidden: int, layers: int, heads: int, name: str)
     import torch
     from transformers import LlamaForCausalLM
 
-    from alpaca_lib.tiny import build_tokenizer, tiny_llama_config
-    from alpaca_lib.prompt import PROMPT_DICT
+    from testkit.tiny import build_tokenizer, tiny_llama_config
+    from alpaca_lib.core.prompt import PROMPT_DICT
 
     texts = [PROMPT_DICT["prompt_input"], PROMPT_DICT["prompt_no_input"]]
     texts += [r.get(k, "") for r in records for k in ("instruction", "input", "output")]

@@ -76,7 +76,7 @@ def _run_trl(model_dir: Path, data: Path, out: Path, mode: str):
     import transformers
     from trl import SFTConfig, SFTTrainer
 
-    from alpaca_lib.prompt import format_prompt
+    from alpaca_lib.core.prompt import format_prompt
 
     records = json.loads(data.read_text(encoding="utf-8"))
     pairs = datasets.Dataset.from_list([{"prompt": format_prompt(r), "completion": r["output"]} for r in records])
@@ -138,10 +138,10 @@ def _prepare_model(work: Path, quick: bool) -> tuple[Path, str]:
     import transformers
 
     from alpaca_lib.bundled import save_dense_copy
-    from alpaca_lib.modeling import missing_special_tokens, smart_tokenizer_and_embedding_resize
+    from alpaca_lib.core.modeling import missing_special_tokens, smart_tokenizer_and_embedding_resize
 
     if quick:
-        from alpaca_lib.tiny import build_tiny_llama
+        from testkit.tiny import build_tiny_llama
 
         source, name = build_tiny_llama(work / "tiny-llama", vocab_size=1000, hidden_size=64, num_layers=2), "tiny LLaMA"
     else:
@@ -172,7 +172,7 @@ def _boundary_tokens(model_dir: Path, records: list[dict]) -> int:
     """
     from transformers import AutoTokenizer
 
-    from alpaca_lib.prompt import format_prompt
+    from alpaca_lib.core.prompt import format_prompt
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     extra = 0

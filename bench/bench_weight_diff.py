@@ -11,7 +11,7 @@ Each method then runs in its own child process, which reports its own peak RSS
 (VmHWM from /proc/self/status, else `getrusage(RUSAGE_SELF).ru_maxrss`) and wall time:
 
 - whole-model: the original approach (both models loaded in float32, state dicts added in place,
-  naive sum, `save_pretrained`), i.e. `alpaca_lib.diffing.whole_model_recover`;
+  naive sum, `save_pretrained`), i.e. `alpaca_lib.weightdiff.diffing.whole_model_recover`;
 - streaming: `weight_diff.recover` on the same released-layout diff;
 - stream+verify: `weight_diff.recover` on the same diff re-written by `weight_diff.make_diff`
   (sharded safetensors with the SHA-256 manifest, every tensor verified).
@@ -40,7 +40,7 @@ def _child(method: str, path_raw: str, path_diff: str, path_out: str) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM  # noqa: F401
 
     import weight_diff
-    from alpaca_lib.diffing import whole_model_recover
+    from alpaca_lib.weightdiff.diffing import whole_model_recover
 
     baseline = peak_rss_mb()
     start = time.perf_counter()
@@ -68,7 +68,7 @@ def _build(work: Path, hidden: int, layers: int, shard_mb: int, seed: int) -> tu
     import torch
     from transformers import LlamaForCausalLM
 
-    from alpaca_lib.tiny import build_tokenizer, tiny_llama_config
+    from testkit.tiny import build_tokenizer, tiny_llama_config
 
     tokenizer = build_tokenizer(vocab_size=4000)
     config = tiny_llama_config(len(tokenizer), hidden_size=hidden, num_layers=layers, num_heads=hidden // 64)
@@ -80,7 +80,7 @@ def _build(work: Path, hidden: int, layers: int, shard_mb: int, seed: int) -> tu
     raw_dir.mkdir()
     diff_dir.mkdir()
     # Raw: random weights straight to disk shard by shard, so building never holds the whole model.
-    from alpaca_lib.weights import SafetensorsWriter
+    from alpaca_lib.weightdiff.weights import SafetensorsWriter
 
     items = [(k, tuple(s), torch.float16) for k, s in shapes.items()]
     writer = SafetensorsWriter(raw_dir, items, shard_mb << 20)
@@ -128,7 +128,7 @@ def _build(work: Path, hidden: int, layers: int, shard_mb: int, seed: int) -> tu
 def _same_weights(a: Path, b: Path) -> bool:
     import torch
 
-    from alpaca_lib.weights import Checkpoint
+    from alpaca_lib.weightdiff.weights import Checkpoint
 
     ca, cb = Checkpoint(a), Checkpoint(b)
     if sorted(ca.infos) != sorted(cb.infos):

@@ -38,7 +38,7 @@ def machine_fields() -> dict:
     run on (AMX, AVX512-BF16, AVX2 only, ...) and whether bf16 is native there; and the GPU, if there is one."""
     import torch
 
-    from alpaca_lib import precision
+    from alpaca_lib.core import precision
 
     fields = {"cpu": "_".join(precision.cpu_name().split()), "cores": len(os.sched_getaffinity(0)),
               "cpu_features": precision.cpu_features(),
@@ -55,7 +55,7 @@ def with_machine(result: str) -> str:
 
 def bundled_records() -> list[dict]:
     """The records of the bundled alpaca_data.json, each with 'instruction', 'input' and 'output'."""
-    from alpaca_lib.data import load_records
+    from alpaca_lib.data.tokenizing import load_records
 
     return [{k: r.get(k, "") for k in ("instruction", "input", "output")} for r in load_records(ALPACA_DATA)]
 

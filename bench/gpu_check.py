@@ -5,7 +5,7 @@
 
 Run it through gpu_check.sh, which checks the prerequisites first. The model is built here from a config
 (random weights: speed does not depend on them): LLaMA-7B's layer shape (hidden 4096, MLP 11008, 32 heads)
-with 4 layers, and a LLaMA-style BPE tokenizer trained on the bundled alpaca_data.json (`alpaca_lib.tiny`),
+with 4 layers, and a LLaMA-style BPE tokenizer trained on the bundled alpaca_data.json (`testkit.tiny`),
 about 0.9B parameters. The data is 52,002 Alpaca records (the size of the 52K release) synthesized from
 the bundled alpaca_data.json (`benchutil.synthesize_records`). Each mode is `train.train(argv)` in its own
 process, `--bf16 auto --tf32 True` (bf16 on the GPU; float32 on a CPU that emulates bf16), `--model_max_length 512`:
@@ -14,7 +14,7 @@ process, `--bf16 auto --tf32 True` (bf16 on the GPU; float32 on a CPU that emula
 - group_by_length: the same batches of similar length (`--group_by_length True`);
 - packed: `--packing True`, 16 rows of up to 512 tokens per step (about as many examples as 64 padded ones),
   with the attention train.py chooses for a user on this machine (`--packed_attention auto`: torch's
-  variable-length flash-attention when its probe passes; `alpaca_lib.packing.choose_packed_attention`);
+  variable-length flash-attention when its probe passes; `alpaca_lib.data.packing.choose_packed_attention`);
   the figures carry train.py's log line of the choice and how many attention calls ran each kernel;
 - packed_sdpa: the same rows with `--packed_attention sdpa` (sdpa over a block-diagonal mask), for comparison;
 - lora: faithful batches with `--lora_r 16 --lora_alpha 32 --lora_target_modules all-linear`;
@@ -32,7 +32,7 @@ lookup, not a matrix product) and the peak the datasheet's dense bf16 rate (`--p
 no attention FLOPs, the recomputation of gradient checkpointing as none, and the frozen weights of LoRA
 as if they took gradients, so it is the same yardstick across modes, not each mode's hardware work.
 Then generation: the FSDP run's saved model answers prompts one at a time and in batches
-(`alpaca_lib.outputs.LocalModel`, what `eval_model.py outputs` runs), and `eval_model.py outputs` itself
+(`alpaca_lib.evaluation.outputs.LocalModel`, what `eval_model.py outputs` runs), and `eval_model.py outputs` itself
 runs once on them.
 
 With --dry-run everything runs on CPU with a tiny LLaMA for a few steps per mode, and the FSDP run goes
@@ -83,7 +83,7 @@ def _child(spec: dict) -> None:
     import transformers
 
     import train
-    from alpaca_lib.packing import KERNEL_FORWARDS
+    from alpaca_lib.data.packing import KERNEL_FORWARDS
 
     warmup, device_is_cuda = spec["warmup"], torch.cuda.is_available()
     clock, counts = {}, []
@@ -129,7 +129,7 @@ def _child(spec: dict) -> None:
             if record.getMessage().startswith("packed attention: "):
                 chosen.append(record.getMessage()[len("packed attention: "):])
 
-    packing_log = logging.getLogger("alpaca_lib.packing")
+    packing_log = logging.getLogger("alpaca_lib.data.packing")
     packing_log.addHandler(ChoiceLog())
     packing_log.setLevel(logging.INFO)
     if spec["mode"] != "fsdp":
@@ -180,7 +180,7 @@ def _compare_saved(trainer, spec: dict) -> dict:
 # Generation (a child process): one prompt at a time against batches, then the eval_model.py command.
 
 def _generate_child(spec: dict) -> None:
-    from alpaca_lib.outputs import GenerationSettings, LocalModel, prompt_of
+    from alpaca_lib.evaluation.outputs import GenerationSettings, LocalModel, prompt_of
 
     records = json.loads((REPO_ROOT / "eval_instructions.json").read_text(encoding="utf-8"))
     records += json.loads((REPO_ROOT / "alpaca_data.json").read_text(encoding="utf-8"))
@@ -243,8 +243,8 @@ def _build_model(work: Path, cfg: dict, device) -> tuple[Path, int]:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from alpaca_lib.tiny import build_tokenizer
-    from alpaca_lib.prompt import PROMPT_DICT
+    from testkit.tiny import build_tokenizer
+    from alpaca_lib.core.prompt import PROMPT_DICT
 
     texts = [PROMPT_DICT["prompt_input"], PROMPT_DICT["prompt_no_input"]]
     texts += [r[k] for r in bundled_records() for k in ("instruction", "input", "output")]

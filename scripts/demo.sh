@@ -43,10 +43,10 @@ $PY train.py \
   --seed 42
 
 echo "== the tuned model answers instructions it has not seen (eval_instructions.json, greedy decoding)"
-$PY -m alpaca_lib.infer --model_dir runs/demo --data_path ./eval_instructions.json --num_examples 3 --max_new_tokens 96
+$PY -m alpaca_lib.evaluation.infer --model_dir runs/demo --data_path ./eval_instructions.json --num_examples 3 --max_new_tokens 96
 
 echo "== the loss curve: runs/demo/training_loss.png"
 echo "== disk: $(du -sh runs/demo | cut -f1) in runs/demo (the merged model in float32, and the LoRA adapter in" \
      "runs/demo/adapter), $(du -sh "$BASE" | cut -f1) in $BASE; rm -rf runs/demo to free it"
 echo "== the demo took $(( $(date +%s) - start )) s after setup, on" \
-     "$($PY -c 'from alpaca_lib.precision import describe_cpu; print(describe_cpu())')"
+     "$($PY -c 'from alpaca_lib.core.precision import describe_cpu; print(describe_cpu())')"

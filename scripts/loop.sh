@@ -147,4 +147,4 @@ print(f\"win rate of the tuned model over the base: {s['win_rate']:.1f}% ({s['n_
       f\"{s['n_losses']} losses over {s['n_pairs']} instructions; {s['n_unreadable']} unreadable verdicts left out)\")
 "
 echo "disk: $(du -sh "$OUT" | cut -f1) in $OUT, $(du -sh "$BASE" | cut -f1) in $BASE; the loop took $(( $(date +%s) - start )) s on" \
-     "$($PY -c 'from alpaca_lib.precision import describe_cpu; print(describe_cpu())')"
+     "$($PY -c 'from alpaca_lib.core.precision import describe_cpu; print(describe_cpu())')"

@@ -57,14 +57,14 @@ if [ "$PART" = dev ]; then
   pip install --no-build-isolation "deepspeed>=0.16"
   # Everything the tests use, the slow ones included: a missing package fails here, not as a skipped test.
   # DeepSpeed is imported as the commands import it, after quiet_deepspeed_probe: no accelerator warning on CPU.
-  .venv/bin/python -W ignore -c "from alpaca_lib.quiet import quiet_deepspeed_probe; quiet_deepspeed_probe(); import deepspeed, rapidfuzz, pytest, xdist, rouge_score, fastapi, uvicorn, sklearn, trl" \
+  .venv/bin/python -W ignore -c "from alpaca_lib.core.quiet import quiet_deepspeed_probe; quiet_deepspeed_probe(); import deepspeed, rapidfuzz, pytest, xdist, rouge_score, fastapi, uvicorn, sklearn, trl" \
     || { echo "setup_env.sh: .venv is incomplete; see the pip output above" >&2; exit 1; }
   # Without a GPU, DeepSpeed compiles its CPU ops the first time a run uses them: here instead, once, so that no
-  # test waits minutes for them (alpaca_lib/deepspeed_ops.py).
+  # test waits minutes for them (alpaca_lib/training/deepspeed_ops.py).
   .venv/bin/python -W ignore -c "
 import torch
 if not torch.cuda.is_available():
-    from alpaca_lib.deepspeed_ops import main; main()" > .venv/deepspeed-ops.log 2>&1 \
+    from alpaca_lib.training.deepspeed_ops import main; main()" > .venv/deepspeed-ops.log 2>&1 \
     || { tail -n 30 .venv/deepspeed-ops.log >&2; echo "setup_env.sh: compiling DeepSpeed's CPU ops failed; see above" >&2; exit 1; }
   tail -n 1 .venv/deepspeed-ops.log
   touch "$(done_mark dev)"

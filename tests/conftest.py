@@ -50,7 +50,7 @@ def pytest_sessionstart(session) -> None:
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory) -> Path:
     """A tiny random LLaMA (2 layers, hidden 64, torch seed 0) and a LLaMA-style tokenizer (1000 tokens, no pad)."""
-    from alpaca_lib.tiny import build_tiny_llama
+    from testkit.tiny import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama") / "model", vocab_size=1000)
 
@@ -122,8 +122,8 @@ def write_alpaca_subset(path: Path, which: slice) -> Path:
 def original_preprocess(records, tokenizer):
     """The original Alpaca preprocess(), one call per string, kept here as the reference (test_train.py,
     test_eval_split.py): returns (input_ids, labels), lists of 1-D LongTensors."""
-    from alpaca_lib.modeling import IGNORE_INDEX
-    from alpaca_lib.prompt import PROMPT_DICT
+    from alpaca_lib.core.modeling import IGNORE_INDEX
+    from alpaca_lib.core.prompt import PROMPT_DICT
 
     sources = [
         PROMPT_DICT["prompt_input"].format_map(ex) if ex.get("input", "") != ""

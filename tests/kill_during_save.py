@@ -21,7 +21,7 @@ sys.path[0] = os.path.dirname(os.path.abspath(sys.argv[1]))
 
 import transformers  # noqa: E402
 
-import alpaca_lib.checkpoints as checkpoints  # noqa: E402
+import alpaca_lib.training.checkpoints as checkpoints  # noqa: E402
 
 
 def _kill() -> None:

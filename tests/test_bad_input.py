@@ -172,9 +172,9 @@ def test_unknown_flags_of_the_fire_commands_name_the_nearest_known_one(tmp_path)
         ([py, str(REPO_ROOT / "prepare_data.py"), "convert", "--data_path", "d.json", "--output_pth", "x.json"],
          "error: prepare_data.py convert: unknown flag --output_pth (did you mean --output_path?). "
          "See `prepare_data.py convert --help`."),
-        ([py, "-m", "alpaca_lib.infer", "m", "--instructon", "hi"],
-         "error: python -m alpaca_lib.infer: unknown flag --instructon (did you mean --instruction?). "
-         "See `python -m alpaca_lib.infer --help`."),
+        ([py, "-m", "alpaca_lib.evaluation.infer", "m", "--instructon", "hi"],
+         "error: python -m alpaca_lib.evaluation.infer: unknown flag --instructon (did you mean --instruction?). "
+         "See `python -m alpaca_lib.evaluation.infer --help`."),
     ]
     for cmd, message in cases:
         assert _fails(cmd, tmp_path) == message
@@ -219,7 +219,7 @@ def test_a_second_writer_of_an_evaluation_output_is_refused(tmp_path):
     never interleave one journal. The refusal names the holder; nothing of its files changes."""
     import os
 
-    from alpaca_lib.locking import output_lock
+    from alpaca_lib.core.locking import output_lock
 
     py = sys.executable
     model = tmp_path / "model"

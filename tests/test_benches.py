@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-from alpaca_lib.precision import decide
+from alpaca_lib.core.precision import decide
 from conftest import REPO_ROOT
 
 MACHINE = ["cpu", "cores", "cpu_features", "cpu_bf16"]

@@ -17,7 +17,7 @@ import pytest
 from conftest import ALPACA_DATA, REPO_ROOT
 
 from alpaca_lib import bundled
-from alpaca_lib.errors import UsageError
+from alpaca_lib.core.errors import UsageError
 
 
 def _run(*args, cwd=REPO_ROOT):

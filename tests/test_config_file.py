@@ -14,8 +14,8 @@ import pytest
 
 from conftest import REPO_ROOT
 
-from alpaca_lib.config_file import config_flags, expand_config, expand_fire_config
-from alpaca_lib.errors import UsageError
+from alpaca_lib.core.config_file import config_flags, expand_config, expand_fire_config
+from alpaca_lib.core.errors import UsageError
 
 KNOWN = ["--learning_rate", "--fsdp", "--report_to", "--bf16", "--fsdp_config", "--output_dir", "--seed"]
 
@@ -102,7 +102,7 @@ README_COMMAND = [  # the README's Alpaca-7B flags, as typed there
 def _parsed(argv):
     import warnings
 
-    from alpaca_lib.train_args import parse_flags
+    from alpaca_lib.training.args import parse_flags
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # --tf32 / --fsdp on a machine without a GPU

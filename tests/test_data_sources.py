@@ -20,9 +20,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import train
-from alpaca_lib import sources
-from alpaca_lib.data import DropOptions, encode_file, load_records, tokenize_records
-from alpaca_lib.sources import DataError, open_source
+from alpaca_lib.data import sources
+from alpaca_lib.data.tokenizing import DropOptions, encode_file, load_records, tokenize_records
+from alpaca_lib.data.sources import DataError, open_source
 from conftest import alpaca_records
 
 DOLLY = "instruction=instruction,input=context,output=response"
@@ -331,8 +331,8 @@ def test_training_goes_through_damaged_cache_entries(tmp_path, tiny_llama_dir, w
 
     from transformers import AutoTokenizer
 
-    from alpaca_lib.data import cache_key
-    from alpaca_lib.modeling import missing_special_tokens
+    from alpaca_lib.data.tokenizing import cache_key
+    from alpaca_lib.core.modeling import missing_special_tokens
     from conftest import REPO_ROOT
 
     data, held = tmp_path / "a.json", tmp_path / "eval.json"
@@ -400,8 +400,8 @@ BAD_RECORDS = [  # (record, training data, regen.json, export, seed task's insta
 @pytest.mark.parametrize("record,data_msg,regen_msg,export_msg,instance_msg", BAD_RECORDS)
 def test_every_reader_checks_records_with_the_one_check_in_its_own_words(tmp_path, monkeypatch, record, data_msg,
                                                                          regen_msg, export_msg, instance_msg):
-    from alpaca_lib.errors import UsageError
-    from alpaca_lib.selfinstruct import postprocess, runner
+    from alpaca_lib.core.errors import UsageError
+    from alpaca_lib.generation import postprocess, runner
 
     calls = []
     original = sources.check_record
@@ -430,7 +430,7 @@ def test_every_reader_checks_records_with_the_one_check_in_its_own_words(tmp_pat
 
 
 def test_record_check_blank_and_absent_fields():
-    from alpaca_lib.errors import UsageError
+    from alpaca_lib.core.errors import UsageError
 
     record = {"instruction": " \t", "output": "o"}
     assert sources.check_record(record, "r", ["instruction", "output"]) is record

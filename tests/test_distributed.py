@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from alpaca_lib.saving import STAGING_NAME
+from alpaca_lib.training.saving import STAGING_NAME
 from conftest import REPO_ROOT, run_script, write_alpaca_subset
 
 # On one worker, one after another: each test is two training processes already, and two DeepSpeed jobs at once

@@ -10,7 +10,7 @@ import pytest
 from openai_stub import OpenAIStub, Step, chat, completion, error
 
 from alpaca_lib.llm.client import CompletionClient, GenerationError
-from alpaca_lib.selfinstruct.postprocess import STOP_SEQUENCES
+from alpaca_lib.generation.postprocess import STOP_SEQUENCES
 
 
 class Sleeps(list):

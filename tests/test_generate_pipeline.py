@@ -22,11 +22,11 @@ import pytest
 from conftest import REPO_ROOT, seed_task, write_seed_tasks
 from openai_stub import OpenAIStub, Step, chat, completion, fake_model, fake_reply
 
-from alpaca_lib.data import load_records
-from alpaca_lib.locking import LOCK_NAME
+from alpaca_lib.data.tokenizing import load_records
+from alpaca_lib.core.locking import LOCK_NAME
 from alpaca_lib.llm.client import GenerationError
-from alpaca_lib.selfinstruct.journal import JOURNAL_NAME, read_journal
-from alpaca_lib.selfinstruct.runner import GenerateConfig, export_alpaca, run_generation
+from alpaca_lib.generation.journal import JOURNAL_NAME, read_journal
+from alpaca_lib.generation.runner import GenerateConfig, export_alpaca, run_generation
 
 SEED_INSTRUCTIONS = [
     "Give three tips for staying healthy.",
@@ -436,7 +436,7 @@ def test_exported_file_loads_with_the_training_loader(tmp_path, seeds):
 
 
 def test_regen_json_is_written_as_jdump_writes_it(tmp_path):
-    from alpaca_lib.selfinstruct.runner import RegenFile
+    from alpaca_lib.generation.runner import RegenFile
     from utils import jdump
 
     items = [
@@ -457,7 +457,7 @@ def test_regen_json_is_written_as_jdump_writes_it(tmp_path):
 
 @pytest.mark.parametrize("signum, raised", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, SystemExit)])
 def test_a_signal_during_a_batch_commit_takes_effect_after_it(signum, raised):
-    from alpaca_lib.selfinstruct.runner import _StopSignals
+    from alpaca_lib.generation.runner import _StopSignals
 
     signals, committed = _StopSignals(), []
     # As in a terminal's foreground process, even when the tests run in the background (SIGINT ignored).
@@ -480,7 +480,7 @@ def test_a_signal_during_a_batch_commit_takes_effect_after_it(signum, raised):
 def test_each_item_is_encoded_once_and_the_journal_read_once(tmp_path, seeds, monkeypatch):
     # What grows with the data is done once per item: with regen.json saved after every batch
     # (save_every_s=0), each kept item is still encoded only once, and the journal is read once, at start.
-    from alpaca_lib.selfinstruct import runner
+    from alpaca_lib.generation import runner
 
     encoded, reads = [], []
     real_encode, real_read = runner._json_indented, runner.read_journal

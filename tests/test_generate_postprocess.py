@@ -16,9 +16,9 @@ import pytest
 from conftest import REPO_ROOT, seed_task
 
 import generate_instruction as gi
-from alpaca_lib.errors import UsageError
+from alpaca_lib.core.errors import UsageError
 from alpaca_lib.llm.client import default_logit_bias, infer_api_style
-from alpaca_lib.selfinstruct.postprocess import (
+from alpaca_lib.generation.postprocess import (
     STOP_SEQUENCES,
     load_seed_tasks,
     post_process_gpt3_response,

@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 
 import eval_model
-from alpaca_lib.judge import JOURNAL_NAME, judge_prompt
+from alpaca_lib.evaluation.judge import JOURNAL_NAME, judge_prompt
 from conftest import REPO_ROOT, kill_when_journaled, run_script
 from openai_stub import OpenAIStub, Request, Step, chat_body, error
 from test_metrics import plant_df_gamed
@@ -295,7 +295,7 @@ def test_leaderboard_rows_never_collide(tmp_path):
         rows = list(csv.DictReader(f))
     assert sorted((r["model"], r["outputs_sha256"]) for r in rows) == sorted(
         [("final", a["outputs_sha256"]), ("final", b["outputs_sha256"])])
-    from alpaca_lib.leaderboard import display_name
+    from alpaca_lib.evaluation.leaderboard import display_name
 
     assert sorted(display_name(r, rows) for r in rows) == sorted(
         [f"final [{a['outputs_sha256'][:6]}]", f"final [{b['outputs_sha256'][:6]}]"])
@@ -476,7 +476,7 @@ def test_in_process_judge_reads_the_letters_probabilities_one_forward_pass_per_o
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from alpaca_lib import local_judge
+    from alpaca_lib.evaluation import local_judge
 
     model, ref = _files(tmp_path)
     loaded = []

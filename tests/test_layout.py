@@ -43,9 +43,9 @@ def test_library_imports_no_top_level_script():
 def test_selfinstruct_is_imported_by_the_generator_path_only():
     importers = set()
     for p in sorted(REPO_ROOT.glob("*.py")) + sorted((REPO_ROOT / "alpaca_lib").rglob("*.py")):
-        if any(name.startswith("alpaca_lib.selfinstruct") for name in _imports(p)):
+        if any(name.startswith("alpaca_lib.generation") for name in _imports(p)):
             importers.add(str(p.relative_to(REPO_ROOT)))
-    inside = {i for i in importers if i.startswith("alpaca_lib/selfinstruct/")}
+    inside = {i for i in importers if i.startswith("alpaca_lib/generation/")}
     assert importers - inside == {"generate_instruction.py"}
 
 

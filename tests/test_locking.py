@@ -1,4 +1,4 @@
-"""One writer per output folder: alpaca_lib.locking.output_lock.
+"""One writer per output folder: alpaca_lib.core.locking.output_lock.
 
     .venv/bin/python -m pytest tests/test_locking.py -q
 
@@ -20,9 +20,9 @@ import pytest
 
 from conftest import REPO_ROOT
 
-from alpaca_lib import locking
-from alpaca_lib.errors import UsageError
-from alpaca_lib.locking import LOCK_NAME, OutputLockedError, output_lock
+from alpaca_lib.core import locking
+from alpaca_lib.core.errors import UsageError
+from alpaca_lib.core.locking import LOCK_NAME, OutputLockedError, output_lock
 
 
 def test_a_second_lock_is_refused_naming_the_holder_and_the_folder_is_free_after(tmp_path):
@@ -49,7 +49,7 @@ def test_a_second_lock_is_refused_naming_the_holder_and_the_folder_is_free_after
 
 def test_a_killed_holder_leaves_no_lock(tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from alpaca_lib.locking import output_lock\n"
+        [sys.executable, "-c", "import sys, time; from alpaca_lib.core.locking import output_lock\n"
          f"with output_lock({str(tmp_path)!r}, 'holder'):\n    print('locked', flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT,
     )

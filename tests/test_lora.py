@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import train
-from alpaca_lib.errors import UsageError
-from alpaca_lib.lora import ADAPTER_SUBDIR, parse_target_modules
+from alpaca_lib.core.errors import UsageError
+from alpaca_lib.training.lora import ADAPTER_SUBDIR, parse_target_modules
 from conftest import REPO_ROOT, run_train_expecting_error
 
 

@@ -8,7 +8,7 @@ import sys
 
 from conftest import REPO_ROOT
 
-from alpaca_lib.lossplot import PLOT_NAME, loss_points, plot_loss
+from alpaca_lib.training.lossplot import PLOT_NAME, loss_points, plot_loss
 
 HISTORY = [
     {"loss": 2.5, "grad_norm": 1.0, "learning_rate": 1e-4, "epoch": 0.1, "step": 1},
@@ -32,10 +32,10 @@ def test_png_is_written_and_nothing_when_nothing_was_logged(tmp_path):
 
 def test_command_redraws_from_trainer_state(tmp_path):
     (tmp_path / "trainer_state.json").write_text(json.dumps({"log_history": HISTORY}), encoding="utf-8")
-    result = subprocess.run([sys.executable, "-m", "alpaca_lib.lossplot", "--output_dir", str(tmp_path)],
+    result = subprocess.run([sys.executable, "-m", "alpaca_lib.training.lossplot", "--output_dir", str(tmp_path)],
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout == f"wrote {tmp_path / PLOT_NAME}\n"
-    missing = subprocess.run([sys.executable, "-m", "alpaca_lib.lossplot", "--output_dir", str(tmp_path / "no")],
+    missing = subprocess.run([sys.executable, "-m", "alpaca_lib.training.lossplot", "--output_dir", str(tmp_path / "no")],
                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert missing.returncode == 1 and missing.stderr.startswith(f"error: --output_dir {tmp_path / 'no'}: no trainer_state")
 
@@ -43,7 +43,7 @@ def test_command_redraws_from_trainer_state(tmp_path):
 def test_train_writes_the_plot_progress_lines_and_examples_per_second(tiny_llama_dir, tmp_path, monkeypatch, capsys):
     """One short packed run with a held-out split: the PNG, `training: ...` lines, and examples/s."""
     import train
-    from alpaca_lib.progress import INTERVAL_ENV
+    from alpaca_lib.core.progress import INTERVAL_ENV
 
     monkeypatch.setenv(INTERVAL_ENV, "0")  # a line at every step
     out = tmp_path / "out"

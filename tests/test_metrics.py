@@ -1,4 +1,4 @@
-"""alpaca_lib/metrics.py: AlpacaEval's win rate and length-controlled win rate, from AlpacaEval's code.
+"""alpaca_lib/evaluation/metrics.py: AlpacaEval's win rate and length-controlled win rate, from AlpacaEval's code.
 
     bash scripts/test.sh tests/test_metrics.py
 
@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from alpaca_lib.metrics import (
+from alpaca_lib.evaluation.metrics import (
     LC_MINIMAL,
     LC_V1,
     alpaca_eval_metrics,

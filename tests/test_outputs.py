@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 import eval_model
-from alpaca_lib.outputs import EOS, LENGTH, GenerationSettings, LocalModel, journal_path, load_instructions, prompt_of
-from alpaca_lib.prompt import request_text
+from alpaca_lib.evaluation.outputs import EOS, LENGTH, GenerationSettings, LocalModel, journal_path, load_instructions, prompt_of
+from alpaca_lib.core.prompt import request_text
 from conftest import REPO_ROOT, kill_when_journaled, need_package, run_script
 from openai_stub import OpenAIStub, Request, Step, chat_body, completion_body, error
 from utils import PROMPT_DICT
@@ -131,7 +131,7 @@ def test_killed_run_resumes_without_losing_or_repeating_an_answer(tiny_llama_dir
     err = run_script([*cmd, "--max_new_tokens", "7"], tmp_path, expect=1)
     assert f"error: {journal} holds outputs of another run (max_new_tokens was 12, now 7)." in err
     # So is another dtype: what --dtype auto chose on this machine is part of the run.
-    from alpaca_lib.precision import auto_dtype
+    from alpaca_lib.core.precision import auto_dtype
 
     chosen = auto_dtype()
     other = "float32" if chosen == "bfloat16" else "bfloat16"
@@ -305,8 +305,8 @@ def test_outputs_and_resume_identify_a_model_folder_by_one_rule(tiny_llama_dir, 
     import os
     import shutil
 
-    from alpaca_lib.checkpoints import run_identity
-    from alpaca_lib.modeling import model_folder_digest
+    from alpaca_lib.training.checkpoints import run_identity
+    from alpaca_lib.core.modeling import model_folder_digest
 
     copy = Path(shutil.copytree(tiny_llama_dir, tmp_path / "copy"))
     weights = copy / "model.safetensors"

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import train
-from alpaca_lib.modeling import IGNORE_INDEX
-from alpaca_lib.packing import (
+from alpaca_lib.core.modeling import IGNORE_INDEX
+from alpaca_lib.data.packing import (
     PACKED_SDPA,
     DataCollatorForPackedRows,
     PackedDataset,
@@ -350,9 +350,9 @@ def _stub_probe(results: dict, calls: list):
     ("sdpa", CPU, False, {}, ("sdpa", "--packed_attention sdpa", True), []),
 ])
 def test_packed_attention_choice(requested, device, half, results, expected, probed, fake_flash, caplog):
-    from alpaca_lib.packing import choose_packed_attention
+    from alpaca_lib.data.packing import choose_packed_attention
 
-    caplog.set_level(logging.INFO, logger="alpaca_lib.packing")
+    caplog.set_level(logging.INFO, logger="alpaca_lib.data.packing")
     calls = []
     choice = choose_packed_attention(requested, device, half, probe=_stub_probe(results, calls))
     name, reason, forced = expected
@@ -377,10 +377,10 @@ def test_packed_attention_choice(requested, device, half, results, expected, pro
     ("fastest", CUDA, True, {}, "--packed_attention 'fastest' is not one of: auto, varlen, flash, sdpa, per_example."),
 ])
 def test_packed_attention_that_cannot_run_here_is_refused(requested, device, half, results, message, caplog):
-    from alpaca_lib.errors import UsageError
-    from alpaca_lib.packing import choose_packed_attention
+    from alpaca_lib.core.errors import UsageError
+    from alpaca_lib.data.packing import choose_packed_attention
 
-    caplog.set_level(logging.INFO, logger="alpaca_lib.packing")
+    caplog.set_level(logging.INFO, logger="alpaca_lib.data.packing")
     with pytest.raises(UsageError) as e:
         choose_packed_attention(requested, device, half, probe=_stub_probe(results, []))
     assert message in str(e.value)
@@ -411,7 +411,7 @@ def _failing_varlen(*args, **kwargs):
 def test_kernel_probe_passes_a_right_kernel_and_names_what_is_wrong(monkeypatch, fake_flash):
     from torch.nn.attention import varlen
 
-    from alpaca_lib.packing import KERNEL_FORWARDS, probe_packed_kernel
+    from alpaca_lib.data.packing import KERNEL_FORWARDS, probe_packed_kernel
 
     def probe(kernel):  # the GPU probe's layout, scaled down for CPU
         return probe_packed_kernel(kernel, CPU, rows=((5, 20, 3, 12), (30, 6, 4)), head_dim=16)
@@ -436,7 +436,7 @@ def test_kernel_attention_gives_the_masked_sdpa_loss_and_gradients(kernel, datas
     from torch.nn.attention import varlen
     from transformers import AutoModelForCausalLM
 
-    from alpaca_lib.packing import KERNEL_FORWARDS, PackedAttention, packing_mode
+    from alpaca_lib.data.packing import KERNEL_FORWARDS, PackedAttention, packing_mode
 
     monkeypatch.setattr(varlen, "varlen_attn", _reference_varlen)
     monkeypatch.setitem(KERNEL_FORWARDS, kernel, 0)
@@ -467,8 +467,8 @@ def test_kernel_attention_gives_the_masked_sdpa_loss_and_gradients(kernel, datas
 def test_forced_packed_attention_needs_a_model_on_sdpa(tiny_llama_dir):
     from transformers import AutoModelForCausalLM
 
-    from alpaca_lib.errors import UsageError
-    from alpaca_lib.packing import PackedAttention, use_packed_attention
+    from alpaca_lib.core.errors import UsageError
+    from alpaca_lib.data.packing import PackedAttention, use_packed_attention
 
     m = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, attn_implementation="eager")
     assert use_packed_attention(m, PackedAttention("per_example", "auto")) is None  # auto keeps eager
@@ -512,7 +512,7 @@ def test_forced_kernel_on_cpu_stops_before_the_model_loads(tmp_path):
      "--packed_attention sdpa applies to packed rows only; add --packing True, or drop --packed_attention."),
 ])
 def test_packed_attention_mistakes_stop_before_the_model_loads(tmp_path, args, message):
-    from alpaca_lib.errors import UsageError
+    from alpaca_lib.core.errors import UsageError
 
     model = tmp_path / "unloadable-model"  # any attempt to load it fails otherwise
     model.mkdir()

@@ -17,8 +17,8 @@ import sys
 import pytest
 import torch
 
-from alpaca_lib import precision
-from alpaca_lib.outputs import resolve_dtype
+from alpaca_lib.core import precision
+from alpaca_lib.evaluation.outputs import resolve_dtype
 from conftest import REPO_ROOT, run_train_expecting_error
 
 NATIVE = {"float32": 1.0, "bfloat16": 0.4, "float16": 25.0}  # a CPU with AMX-BF16, as timed by the probe
@@ -89,7 +89,7 @@ def test_the_real_probe_finds_bf16_emulated_when_onednn_is_capped_at_avx2():
     if platform.machine().lower() not in ("x86_64", "amd64"):
         pytest.skip("ONEDNN_MAX_CPU_ISA=AVX2 caps x86 CPUs only")
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
-    out = subprocess.run([sys.executable, "-m", "alpaca_lib.precision"], cwd=REPO_ROOT, env=env,
+    out = subprocess.run([sys.executable, "-m", "alpaca_lib.core.precision"], cwd=REPO_ROOT, env=env,
                          capture_output=True, text=True, timeout=120, check=True).stdout
     lines = out.splitlines()
     assert lines[0].startswith("bfloat16: emulated on cpu (") and lines[-1] == "auto: float32", out
@@ -143,7 +143,7 @@ def test_bf16_auto_trains_in_float32_where_emulated(tmp_path, fake_cpu):
 
 
 def test_bf16_auto_on_a_gpu_follows_the_gpu(tmp_path, fake_cuda, capsys):
-    from alpaca_lib.train_args import TrainingArguments
+    from alpaca_lib.training.args import TrainingArguments
 
     fake_cuda(bf16=True)
     args = TrainingArguments.__new__(TrainingArguments)
@@ -189,7 +189,7 @@ def test_a_bf16_value_that_is_no_choice_is_one_error_line(tmp_path):
     assert stderr.strip().splitlines()[-1] == "error: --bf16 maybe is not a choice: give True, False or auto."
 
 
-# ---- models that answer: eval_model.py outputs|chat, the in-process judge, alpaca_lib.infer ----
+# ---- models that answer: eval_model.py outputs|chat, the in-process judge, alpaca_lib.evaluation.infer ----
 
 
 def test_dtype_auto_of_a_local_model_follows_the_same_rule(fake_cpu, fake_cuda, capsys):
@@ -212,7 +212,7 @@ def test_dtype_auto_of_a_local_model_follows_the_same_rule(fake_cpu, fake_cuda, 
 
 
 def test_deepspeeds_cpu_ops_are_looked_for_where_torch_builds_them(tmp_path, monkeypatch, capsys):
-    from alpaca_lib import deepspeed_ops
+    from alpaca_lib.training import deepspeed_ops
 
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     monkeypatch.setenv("RANK", "0")
@@ -220,7 +220,7 @@ def test_deepspeeds_cpu_ops_are_looked_for_where_torch_builds_them(tmp_path, mon
     deepspeed_ops.announce_first_compile()
     assert capsys.readouterr().err == (
         "train.py: DeepSpeed compiles its CPU ops (cpu_adam, deepspeed_shm_comm) on first use, once: about 2 to 4 "
-        "minutes on 2 cores before the first step (`python -m alpaca_lib.deepspeed_ops` compiles them ahead).\n")
+        "minutes on 2 cores before the first step (`python -m alpaca_lib.training.deepspeed_ops` compiles them ahead).\n")
     monkeypatch.setenv("RANK", "1")
     deepspeed_ops.announce_first_compile()
     assert capsys.readouterr().err == ""  # the first process speaks for all

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import REPO_ROOT
 
-from alpaca_lib.progress import INTERVAL_ENV, LogProgress, duration, progress_bar
+from alpaca_lib.core.progress import INTERVAL_ENV, LogProgress, duration, progress_bar
 
 
 class Clock:
@@ -125,7 +125,7 @@ def test_heartbeat_prints_while_the_count_stands_still():
     ("DEEPSPEED", 4, "training with DeepSpeed over 4 processes on cpu"),
 ])
 def test_the_launch_is_said_in_users_words(kind, world, line):
-    from alpaca_lib.trainlog import describe_launch
+    from alpaca_lib.training.trainlog import describe_launch
 
     assert describe_launch(kind, world, "cpu") == line
 
@@ -133,7 +133,7 @@ def test_the_launch_is_said_in_users_words(kind, world, line):
 def test_off_a_terminal_the_trainers_tqdm_bar_gives_way_to_its_log_printer():
     from transformers.trainer_callback import CallbackHandler, PrinterCallback, ProgressCallback
 
-    from alpaca_lib.trainlog import log_progress_off_terminal
+    from alpaca_lib.training.trainlog import log_progress_off_terminal
 
     class Trainer:  # the two methods of transformers.Trainer the swap uses, over the real CallbackHandler
         def __init__(self, callbacks):
@@ -154,7 +154,7 @@ def test_off_a_terminal_the_trainers_tqdm_bar_gives_way_to_its_log_printer():
 
 
 def test_the_data_reports_rouge_pass_prints_progress(monkeypatch, capsys):
-    from alpaca_lib import datareport
+    from alpaca_lib.data import report as datareport
 
     monkeypatch.setenv(INTERVAL_ENV, "0")
     monkeypatch.setattr(datareport, "_ROUGE_CHUNK", 2)

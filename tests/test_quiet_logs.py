@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from alpaca_lib.selfinstruct.accounting import format_summary, is_loopback
+from alpaca_lib.generation.accounting import format_summary, is_loopback
 
 PROBE = "Setting accelerator to CPU"
 
@@ -30,7 +30,7 @@ def test_deepspeed_import_is_silent_on_a_cpu_machine():
 
     assert PROBE in run("import deepspeed")  # the warning the probe prevents
     # The probe decides when DeepSpeed is imported: until then, not even torch is.
-    quiet = run("import os, sys; from alpaca_lib.quiet import quiet_deepspeed_probe; quiet_deepspeed_probe(); "
+    quiet = run("import os, sys; from alpaca_lib.core.quiet import quiet_deepspeed_probe; quiet_deepspeed_probe(); "
                 "print('torch' in sys.modules, os.environ.get('DS_ACCELERATOR')); import deepspeed; "
                 "print(os.environ['DS_ACCELERATOR'])")
     assert PROBE not in quiet and quiet.splitlines()[-2:] == ["False None", "cpu"]
@@ -62,7 +62,7 @@ def test_the_originals_fsdp_string_is_fsdp2_settings_without_the_deprecation(fsd
 
     import transformers
 
-    from alpaca_lib.train_args import parse_flags
+    from alpaca_lib.training.args import parse_flags
 
     cls = {"transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"]}
     with warnings.catch_warnings():
@@ -77,7 +77,7 @@ def test_the_originals_fsdp_string_is_fsdp2_settings_without_the_deprecation(fsd
 
 
 def test_fsdp_strings_it_does_not_know_are_left_to_transformers():
-    from alpaca_lib.train_args import fsdp_string_to_config
+    from alpaca_lib.training.args import fsdp_string_to_config
 
     assert fsdp_string_to_config("hybrid_shard auto_wrap", None) == ("hybrid_shard auto_wrap", None)
     assert fsdp_string_to_config("full_shard", {"version": 1}) == ("full_shard", {"version": 1})

@@ -1,4 +1,4 @@
-"""alpaca_lib/refscore.py and `eval_model.py score --model_outputs --references`: ROUGE-L against references.
+"""alpaca_lib/evaluation/refscore.py and `eval_model.py score --model_outputs --references`: ROUGE-L against references.
 
     bash scripts/test.sh tests/test_refscore.py
 
@@ -13,7 +13,7 @@ import sys
 
 from rouge_score import rouge_scorer
 
-from alpaca_lib.refscore import rouge_l
+from alpaca_lib.evaluation.refscore import rouge_l
 from conftest import REPO_ROOT, alpaca_records, run_script
 
 SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)

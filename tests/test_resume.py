@@ -35,7 +35,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from alpaca_lib.checkpoints import MANIFEST_NAME, PREEMPTED_EXIT_CODE, list_checkpoints, problem_with, rotate
+from alpaca_lib.training.checkpoints import MANIFEST_NAME, PREEMPTED_EXIT_CODE, list_checkpoints, problem_with, rotate
 from conftest import REPO_ROOT, descendants, logged_steps, run_train_expecting_error, write_alpaca_subset
 
 TRAIN = str(REPO_ROOT / "train.py")

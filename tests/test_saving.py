@@ -11,8 +11,8 @@ import pytest
 import transformers
 
 import train
-from alpaca_lib.fileio import publish
-from alpaca_lib.saving import STAGING_NAME
+from alpaca_lib.core.fileio import publish
+from alpaca_lib.training.saving import STAGING_NAME
 from conftest import REPO_ROOT
 
 

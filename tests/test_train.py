@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import train
-from alpaca_lib.data import DataError, encode_file, load_records, tokenize_records
-from alpaca_lib.modeling import IGNORE_INDEX
+from alpaca_lib.data.tokenizing import DataError, encode_file, load_records, tokenize_records
+from alpaca_lib.core.modeling import IGNORE_INDEX
 from conftest import (
     REPO_ROOT,
     alpaca_records,
@@ -88,7 +88,7 @@ def test_masked_spans_match_the_original_algorithm(tokenizer):
 
 
 def _sources_targets(records, tokenizer):
-    from alpaca_lib.data import sources_and_targets
+    from alpaca_lib.data.tokenizing import sources_and_targets
 
     return sources_and_targets(records, tokenizer.eos_token)
 
@@ -316,7 +316,7 @@ TRICKY_STARTS = ["", "\n", "\n\n", " ", "  two spaces", ":", "::", ":-)", "-", "
 
 @pytest.mark.parametrize("kind", ["llama_style", "byte_level"])
 def test_single_tokenization_fast_path_matches_the_original(kind, tokenizer):
-    from alpaca_lib.data import prompt_tokens_readable_from_example
+    from alpaca_lib.data.tokenizing import prompt_tokens_readable_from_example
 
     tok = tokenizer if kind == "llama_style" else _byte_level_tokenizer()
     assert prompt_tokens_readable_from_example(tok)
@@ -358,7 +358,7 @@ def test_gguf_base_trains_and_saves_a_dense_model(tmp_path):
 def test_tokenizer_fingerprint_leaves_the_tokenizer_as_it_was(tiny_llama_dir):
     from transformers import AutoTokenizer
 
-    from alpaca_lib.data import tokenizer_fingerprint
+    from alpaca_lib.data.tokenizing import tokenizer_fingerprint
 
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
     backend = tok.backend_tokenizer

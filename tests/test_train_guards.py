@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from alpaca_lib.checkpoints import FINISHED_NAME, MANIFEST_NAME, list_checkpoints, problem_with
+from alpaca_lib.training.checkpoints import FINISHED_NAME, MANIFEST_NAME, list_checkpoints, problem_with
 from conftest import REPO_ROOT, descendants, write_alpaca_subset
 
 TRAIN = str(REPO_ROOT / "train.py")
@@ -242,7 +242,7 @@ def test_a_resume_compares_the_precision_that_bf16_auto_chose(checkpoint_2, unlo
     where it picks float32 (oneDNN capped at AVX2 makes bf16 emulated for real), the same command resumes."""
     import torch
 
-    from alpaca_lib import precision
+    from alpaca_lib.core import precision
     from conftest import run_train_expecting_error
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -358,7 +358,7 @@ def test_a_full_disk_while_writing_the_preprocessing_cache_is_named_and_training
 import logging, resource, signal, sys
 logging.basicConfig(level=logging.WARNING, format="%(message)s")
 from transformers import AutoTokenizer
-from alpaca_lib.data import encode_file
+from alpaca_lib.data.tokenizing import encode_file
 tok = AutoTokenizer.from_pretrained({str(tiny_llama_dir)!r}, model_max_length=192)
 tok.add_special_tokens({{"pad_token": "[PAD]"}})
 plain = encode_file({str(root / "data.json")!r}, tok)
@@ -378,7 +378,7 @@ print(data.stats["cache"], len(data), len(plain), bool((data.input_ids == plain.
 
 
 def test_rotation_bounded_by_the_step_just_written_leaves_later_checkpoints_alone(tmp_path):
-    from alpaca_lib.checkpoints import rotate
+    from alpaca_lib.training.checkpoints import rotate
 
     for step in (2, 4, 6, 8):
         folder = tmp_path / f"checkpoint-{step}"
@@ -394,7 +394,7 @@ def test_rotation_bounded_by_the_step_just_written_leaves_later_checkpoints_alon
 def test_disk_full_reason_reads_errno_chained_errors_and_writers_messages(tmp_path):
     import errno
 
-    from alpaca_lib.fileio import disk_full_reason
+    from alpaca_lib.core.fileio import disk_full_reason
 
     assert disk_full_reason(OSError(errno.ENOSPC, "No space left on device")) == "no space left"
     assert disk_full_reason(OSError(errno.EDQUOT, "Disk quota exceeded")) == "disk quota exceeded"

@@ -1,4 +1,4 @@
-"""alpaca_lib/verdicts.py: replies as judges write them, read as the output they name (or as unreadable).
+"""alpaca_lib/evaluation/verdicts.py: replies as judges write them, read as the output they name (or as unreadable).
 
     bash scripts/test.sh tests/test_verdicts.py
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from alpaca_lib.verdicts import read_verdict
+from alpaca_lib.evaluation.verdicts import read_verdict
 
 REPLIES = [
     # a bare letter, any case, full width, bracketed, marked up

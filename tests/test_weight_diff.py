@@ -1,4 +1,4 @@
-"""Tests for weight_diff.py and its streaming engine (alpaca_lib.diffing, alpaca_lib.weights).
+"""Tests for weight_diff.py and its streaming engine (alpaca_lib.weightdiff.diffing, alpaca_lib.weightdiff.weights).
 
     .venv/bin/python -m pytest tests/test_weight_diff.py -q
 
@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from alpaca_lib import diffing
-from alpaca_lib.diffing import WeightDiffError
-from alpaca_lib.modeling import missing_special_tokens, smart_tokenizer_and_embedding_resize
-from alpaca_lib.fileio import staging_dir
-from alpaca_lib.weights import Checkpoint, CheckpointError, SafetensorsWriter
+from alpaca_lib.weightdiff import diffing
+from alpaca_lib.weightdiff.diffing import WeightDiffError
+from alpaca_lib.core.modeling import missing_special_tokens, smart_tokenizer_and_embedding_resize
+from alpaca_lib.core.fileio import staging_dir
+from alpaca_lib.weightdiff.weights import Checkpoint, CheckpointError, SafetensorsWriter
 from conftest import REPO_ROOT
 from utils import format_prompt
 
@@ -297,7 +297,7 @@ def test_leftovers_of_a_killed_run_are_cleaned_by_the_next_run(tiny, tmp_path):
 
 
 def test_a_replace_killed_between_its_renames_gets_the_old_folder_back(tmp_path):
-    from alpaca_lib.fileio import clean_leftovers
+    from alpaca_lib.core.fileio import clean_leftovers
 
     dead = _dead_pid()
     aside = tmp_path / f".out.old-{HOST}.{dead}-x" / "out"

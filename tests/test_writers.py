@@ -81,7 +81,7 @@ def test_tilde_in_model_paths_means_the_home_folder(tmp_path, tiny_llama_dir):
 
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from alpaca_lib.modeling import missing_special_tokens
+    from alpaca_lib.core.modeling import missing_special_tokens
     from train import smart_tokenizer_and_embedding_resize
 
     home, work, run = _home_and_runner(tmp_path)
@@ -91,7 +91,7 @@ def test_tilde_in_model_paths_means_the_home_folder(tmp_path, tiny_llama_dir):
     smart_tokenizer_and_embedding_resize(missing_special_tokens(tok), tok, tuned)  # what train.py saves
     tuned.save_pretrained(home / "tuned")
     tok.save_pretrained(home / "tuned")
-    out = run("-m", "alpaca_lib.infer", "--model_dir", "~/model", "--data_path", "~/data.json", "--num_examples", "1",
+    out = run("-m", "alpaca_lib.evaluation.infer", "--model_dir", "~/model", "--data_path", "~/data.json", "--num_examples", "1",
               "--max_new_tokens", "2")
     assert "### Instruction:\nSay hi." in out
     run(str(REPO_ROOT / "weight_diff.py"), "make_diff", "--path_raw", "~/model", "--path_tuned", "~/tuned",
@@ -146,7 +146,7 @@ def test_generator_on_a_full_disk_keeps_a_complete_journal_and_resumes(tmp_path)
     regen.json holds exactly the journal's items, and the rerun ends with the uninterrupted run's data."""
     from openai_stub import OpenAIStub
 
-    from alpaca_lib.selfinstruct.journal import read_journal
+    from alpaca_lib.generation.journal import read_journal
 
     def cmd(out):
         return [sys.executable, "-m", "generate_instruction", "generate_instruction_following_data", "--output_dir",
@@ -208,7 +208,7 @@ def test_outputs_on_a_full_disk_keep_every_answer_in_the_journal(tmp_path, small
 def test_weight_diff_on_a_full_disk_leaves_nothing_behind(tmp_path, small_disk, tiny_llama_dir):
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from alpaca_lib.modeling import missing_special_tokens
+    from alpaca_lib.core.modeling import missing_special_tokens
     from train import smart_tokenizer_and_embedding_resize
 
     disk, _ = small_disk

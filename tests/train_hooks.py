@@ -20,8 +20,8 @@ import signal
 import sys
 import time
 
-import alpaca_lib.resumable as resumable
-import alpaca_lib.saving as saving
+import alpaca_lib.training.resumable as resumable
+import alpaca_lib.training.saving as saving
 
 
 def _limit_file_size(limit: int) -> None:

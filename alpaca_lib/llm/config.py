@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from alpaca_lib.errors import UsageError
+from alpaca_lib.core.errors import UsageError
 
 # text-davinci-003, the original default, is retired; this is OpenAI's remaining completions model.
 DEFAULT_MODEL = "gpt-3.5-turbo-instruct"

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Mapping
 
-from alpaca_lib.errors import UsageError
+from alpaca_lib.core.errors import UsageError
 
 DEFAULT_PRICES: dict[str, tuple[float, float]] = {
     "gpt-3.5-turbo-instruct": (1.50, 2.00),

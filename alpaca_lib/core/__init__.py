@@ -1,0 +1,1 @@
+"""Shared plumbing: errors, atomic files, locks, journals, progress, prompts, ROUGE-L, model helpers, checks, CLI."""

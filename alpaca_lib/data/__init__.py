@@ -1,0 +1,1 @@
+"""Training data: sources, records, tokenizing with the prompt masked, the cache, packing of rows, the data report."""

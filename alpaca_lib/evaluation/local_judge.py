@@ -1,0 +1,79 @@
+"""A local model as the judge, in-process: the probability of each verdict letter, never an unreadable reply.
+
+    python eval_model.py judge --model_outputs M.json --reference_outputs R.json \
+        --judge_model_dir runs/judge-model [--judge_gguf_file model.gguf] --output_dir runs/judge/m_vs_r
+
+The judge's prompt (`alpaca_lib.evaluation.judge.JUDGE_PROMPT`) goes through the model's chat template (as a user
+message, the assistant's turn opened) when its tokenizer has one, else as plain text. One forward pass
+per prompt gives the next-token distribution at the answer position; the verdict is the probability of
+"a" against "b" (each letter's mass summed over the tokens that spell it alone: "a", "A", " a", " A"),
+normalised over the two. So every order of every pair gets a continuous preference, as AlpacaEval 2's
+weighted judge gets from the logprobs of an API, with no text to parse: a server that drops `logprobs`
+(`transformers serve` does) cannot give that.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from alpaca_lib.evaluation.outputs import LocalModel
+
+VARIANTS = {"a": ("a", "A", " a", " A"), "b": ("b", "B", " b", " B")}
+
+
+class LocalJudge:
+    """A causal LM that scores judge prompts in batches (left padding, one forward pass each batch).
+
+    Args:
+        local: a loaded `LocalModel` (model and tokenizer).
+    """
+
+    def __init__(self, local: LocalModel):
+        self.local = local
+        tok = local.tokenizer
+        self.letter_ids = {}
+        for letter, spellings in VARIANTS.items():
+            ids = set()
+            for s in spellings:
+                pieces = tok.encode(s, add_special_tokens=False)
+                if len(pieces) == 1:  # a spelling that is one token on its own
+                    ids.add(pieces[0])
+            self.letter_ids[letter] = sorted(ids)
+        if not self.letter_ids["a"] or not self.letter_ids["b"] or set(self.letter_ids["a"]) & set(self.letter_ids["b"]):
+            raise ValueError("the judge's tokenizer has no single token for the letters a and b")
+        self.forward_passes = 0  # counted for the tests and the summary
+
+    @classmethod
+    def load(cls, model_dir: str, gguf_file: Optional[str] = None, dtype: str = "auto") -> "LocalJudge":
+        return cls(LocalModel.load(model_dir, gguf_file, dtype, flag="--judge_dtype"))
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """The tokens the model reads before its verdict."""
+        tok = self.local.tokenizer
+        if getattr(tok, "chat_template", None):
+            ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                          tokenize=True, return_dict=False)
+            return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+        return tok.encode(prompt + "\n\nAnswer:", add_special_tokens=True)
+
+    def p_first(self, prompts: Sequence[str], batch_size: int = 8) -> list[float]:
+        """P("a") / (P("a") + P("b")) at the answer position of each prompt."""
+        import torch
+
+        rows = [self.prompt_ids(p) for p in prompts]
+        out: list[float] = [0.0] * len(rows)
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # similar lengths share a batch
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            batch = self.local._left_padded([rows[i] for i in idx])
+            # Positions counted from each row's first real token, as generate() counts them under left padding.
+            positions = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+            with torch.no_grad():
+                logits = self.local.model(**batch, position_ids=positions).logits[:, -1, :].float()
+            self.forward_passes += 1
+            probs = torch.softmax(logits, dim=-1)
+            p_a = probs[:, self.letter_ids["a"]].sum(-1)
+            p_b = probs[:, self.letter_ids["b"]].sum(-1)
+            for k, i in enumerate(idx):
+                out[i] = float(p_a[k] / (p_a[k] + p_b[k]))
+        return out
