@@ -20,7 +20,9 @@ from typing import Optional
 from alpaca_lib.core.errors import UsageError
 from alpaca_lib.core.fileio import expand_home
 from alpaca_lib.core.preflight import check_model_source, check_output_dir, check_output_file
-from alpaca_lib.data.sources import DataError, open_source, write_alpaca_json
+from alpaca_lib.data.convert import write_alpaca_json
+from alpaca_lib.data.records import DataError
+from alpaca_lib.data.sources import open_source
 
 
 def convert(

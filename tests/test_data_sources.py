@@ -20,9 +20,12 @@ import pyarrow.parquet as pq
 import pytest
 
 import train
-from alpaca_lib.data import sources
-from alpaca_lib.data.tokenizing import DropOptions, encode_file, load_records, tokenize_records
-from alpaca_lib.data.sources import DataError, open_source
+from alpaca_lib.data import json_reader
+from alpaca_lib.data.cache import encode_file
+from alpaca_lib.data.json_reader import iter_json_records, load_records
+from alpaca_lib.data.records import DataError, RecordMessages, check_record
+from alpaca_lib.data.sources import open_source
+from alpaca_lib.data.tokenizing import DropOptions, tokenize_records
 from conftest import alpaca_records
 
 DOLLY = "instruction=instruction,input=context,output=response"
@@ -233,7 +236,7 @@ def test_json_list_read_in_small_chunks_gives_the_same_records_and_lines(tmp_pat
     records = _reference()
     path = tmp_path / "d.json"
     path.write_text(json.dumps(records, indent=4, ensure_ascii=False) + "\n", encoding="utf-8")
-    monkeypatch.setattr(sources, "_READ_CHUNK", 7)
+    monkeypatch.setattr(json_reader, "_READ_CHUNK", 7)
     assert load_records(path) == records
     bad = json.dumps(records[:2], indent=4).splitlines()
     bad[7] = bad[7].replace('"instruction"', 'instruction')  # line 8: an unquoted key
@@ -331,7 +334,7 @@ def test_training_goes_through_damaged_cache_entries(tmp_path, tiny_llama_dir, w
 
     from transformers import AutoTokenizer
 
-    from alpaca_lib.data.tokenizing import cache_key
+    from alpaca_lib.data.cache import cache_key
     from alpaca_lib.core.modeling import missing_special_tokens
     from conftest import REPO_ROOT
 
@@ -401,19 +404,20 @@ BAD_RECORDS = [  # (record, training data, regen.json, export, seed task's insta
 def test_every_reader_checks_records_with_the_one_check_in_its_own_words(tmp_path, monkeypatch, record, data_msg,
                                                                          regen_msg, export_msg, instance_msg):
     from alpaca_lib.core.errors import UsageError
-    from alpaca_lib.generation import postprocess, runner
+    from alpaca_lib.generation import export, postprocess, regen
 
     calls = []
-    original = sources.check_record
+    original = check_record
     monkeypatch.setattr(postprocess, "check_record", lambda *a, **k: calls.append("seeds") or original(*a, **k))
-    monkeypatch.setattr(runner, "check_record", lambda *a, **k: calls.append("runner") or original(*a, **k))
+    for module in (regen, export):
+        monkeypatch.setattr(module, "check_record", lambda *a, **k: calls.append("runner") or original(*a, **k))
     path = tmp_path / "items.json"
     path.write_text(json.dumps([record]), encoding="utf-8")
     with pytest.raises(DataError) as e:
-        list(sources.iter_json_records(str(path), ["instruction", "output"], ["input"], "--data_path"))
+        list(iter_json_records(str(path), ["instruction", "output"], ["input"], "--data_path"))
     assert str(e.value) == data_msg.format(p=path)
-    for read, message in ((lambda: runner._load_legacy_regen(path), regen_msg),
-                          (lambda: runner.export_alpaca(path, tmp_path / "out.json"), export_msg)):
+    for read, message in ((lambda: regen.load_legacy_regen(path), regen_msg),
+                          (lambda: export.export_alpaca(path, tmp_path / "out.json"), export_msg)):
         with pytest.raises(UsageError) as e:
             read()
         assert type(e.value) is UsageError and str(e.value) == message.format(p=path)
@@ -433,13 +437,12 @@ def test_record_check_blank_and_absent_fields():
     from alpaca_lib.core.errors import UsageError
 
     record = {"instruction": " \t", "output": "o"}
-    assert sources.check_record(record, "r", ["instruction", "output"]) is record
+    assert check_record(record, "r", ["instruction", "output"]) is record
     with pytest.raises(DataError, match=r"^r field 'instruction' is blank; expected some text\.$"):
-        sources.check_record(record, "r", ["instruction", "output"], non_blank=["instruction"])
+        check_record(record, "r", ["instruction", "output"], non_blank=["instruction"])
     # With `missing=None` an absent field is reported as not a string, in field order; optional ones may be absent.
-    words = sources.RecordMessages(missing=None, not_string="{where}: {key}={value!r} ({type}) of {keys}")
+    words = RecordMessages(missing=None, not_string="{where}: {key}={value!r} ({type}) of {keys}")
     with pytest.raises(UsageError, match=r"^r: input=None \(NoneType\) of \['output'\]$"):
-        sources.check_record({"output": "o"}, "r", ["input", "instruction", "output"], messages=words,
-                             error=UsageError)
-    assert sources.check_record({"instruction": "i", "output": "o"}, "r", ["instruction", "input", "output"], ["input"],
-                                messages=words) == {"instruction": "i", "output": "o"}
+        check_record({"output": "o"}, "r", ["input", "instruction", "output"], messages=words, error=UsageError)
+    assert check_record({"instruction": "i", "output": "o"}, "r", ["instruction", "input", "output"], ["input"],
+                        messages=words) == {"instruction": "i", "output": "o"}

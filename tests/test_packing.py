@@ -13,17 +13,11 @@ import torch
 
 import train
 from alpaca_lib.core.modeling import IGNORE_INDEX
-from alpaca_lib.data.packing import (
-    PACKED_SDPA,
-    DataCollatorForPackedRows,
-    PackedDataset,
-    pack_rows,
-    prepare_model_for_packing,
-    supervised_positions,
-    supports_supervised_logits,
-    use_packed_sdpa,
-)
+from alpaca_lib.data.packing import DataCollatorForPackedRows, PackedDataset, pack_rows, supervised_positions
+from alpaca_lib.training.packed_attention import PACKED_SDPA, use_packed_sdpa
+from alpaca_lib.training.packed_model import prepare_model_for_packing, supports_supervised_logits
 from conftest import REPO_ROOT, run_train_expecting_error, write_alpaca_subset
+from testkit.kernel_calls import count_kernel_forwards
 
 
 def test_pack_rows_is_best_fit_decreasing_and_exact():
@@ -350,9 +344,9 @@ def _stub_probe(results: dict, calls: list):
     ("sdpa", CPU, False, {}, ("sdpa", "--packed_attention sdpa", True), []),
 ])
 def test_packed_attention_choice(requested, device, half, results, expected, probed, fake_flash, caplog):
-    from alpaca_lib.data.packing import choose_packed_attention
+    from alpaca_lib.training.packed_attention import choose_packed_attention
 
-    caplog.set_level(logging.INFO, logger="alpaca_lib.data.packing")
+    caplog.set_level(logging.INFO, logger="alpaca_lib.training.packed_attention")
     calls = []
     choice = choose_packed_attention(requested, device, half, probe=_stub_probe(results, calls))
     name, reason, forced = expected
@@ -378,9 +372,9 @@ def test_packed_attention_choice(requested, device, half, results, expected, pro
 ])
 def test_packed_attention_that_cannot_run_here_is_refused(requested, device, half, results, message, caplog):
     from alpaca_lib.core.errors import UsageError
-    from alpaca_lib.data.packing import choose_packed_attention
+    from alpaca_lib.training.packed_attention import choose_packed_attention
 
-    caplog.set_level(logging.INFO, logger="alpaca_lib.data.packing")
+    caplog.set_level(logging.INFO, logger="alpaca_lib.training.packed_attention")
     with pytest.raises(UsageError) as e:
         choose_packed_attention(requested, device, half, probe=_stub_probe(results, []))
     assert message in str(e.value)
@@ -408,10 +402,17 @@ def _failing_varlen(*args, **kwargs):
     raise RuntimeError("FlashAttention only supports Ampere GPUs or newer.\nmore detail")
 
 
-def test_kernel_probe_passes_a_right_kernel_and_names_what_is_wrong(monkeypatch, fake_flash):
+@pytest.fixture()
+def kernel_forwards():
+    """{kernel: attention calls of model forwards that ran it}, counted by the test itself (testkit.kernel_calls)."""
+    with count_kernel_forwards() as counts:
+        yield counts
+
+
+def test_kernel_probe_passes_a_right_kernel_and_names_what_is_wrong(monkeypatch, fake_flash, kernel_forwards):
     from torch.nn.attention import varlen
 
-    from alpaca_lib.data.packing import KERNEL_FORWARDS, probe_packed_kernel
+    from alpaca_lib.training.packed_attention import probe_packed_kernel
 
     def probe(kernel):  # the GPU probe's layout, scaled down for CPU
         return probe_packed_kernel(kernel, CPU, rows=((5, 20, 3, 12), (30, 6, 4)), head_dim=16)
@@ -419,7 +420,7 @@ def test_kernel_probe_passes_a_right_kernel_and_names_what_is_wrong(monkeypatch,
     monkeypatch.setattr(varlen, "varlen_attn", _reference_varlen)
     assert probe("varlen") == ""  # bf16 autocast on CPU: the same casts a GPU run makes
     assert probe("flash") == ""
-    assert KERNEL_FORWARDS == {"varlen": 0, "flash": 0}  # the probe's own calls are not counted
+    assert kernel_forwards == {"varlen": 0, "flash": 0}  # the probe's own calls are not counted
     monkeypatch.setattr(varlen, "varlen_attn", _leaky_varlen)
     assert probe("varlen").startswith("differs from per-example sdpa: relative errors ")
     monkeypatch.setattr(varlen, "varlen_attn", _failing_varlen)
@@ -431,15 +432,15 @@ def test_kernel_probe_passes_a_right_kernel_and_names_what_is_wrong(monkeypatch,
 
 @pytest.mark.parametrize("kernel", ["varlen", "flash"])
 def test_kernel_attention_gives_the_masked_sdpa_loss_and_gradients(kernel, dataset, tokenizer, tiny_llama_dir,
-                                                                   monkeypatch, fake_flash):
+                                                                   monkeypatch, fake_flash, kernel_forwards):
     """Two packed rows (one padded) through the kernel path, all rows in one call, against masked sdpa."""
     from torch.nn.attention import varlen
     from transformers import AutoModelForCausalLM
 
-    from alpaca_lib.data.packing import KERNEL_FORWARDS, PackedAttention, packing_mode
+    from alpaca_lib.training.packed_attention import PackedAttention
+    from alpaca_lib.training.packed_model import packing_mode
 
     monkeypatch.setattr(varlen, "varlen_attn", _reference_varlen)
-    monkeypatch.setitem(KERNEL_FORWARDS, kernel, 0)
     m = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
     m.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     rows = list(PackedDataset(dataset, dataset.lengths, 400))
@@ -457,7 +458,7 @@ def test_kernel_attention_gives_the_masked_sdpa_loss_and_gradients(kernel, datas
             results.append((loss.item(), [p.grad.clone() for p in m.parameters()]))
     assert m.config._attn_implementation == "sdpa"  # restored when the block ended
     # One call per layer: the start-up probes run in float32 (per-example sdpa), the training forward in bf16.
-    assert KERNEL_FORWARDS[kernel] == m.config.num_hidden_layers
+    assert kernel_forwards[kernel] == m.config.num_hidden_layers
     (loss_sdpa, g_sdpa), (loss_kernel, g_kernel) = results
     assert loss_kernel == pytest.approx(loss_sdpa, rel=2e-2)  # bf16 both ways, summed in another order
     for a, b in zip(g_sdpa, g_kernel):
@@ -468,7 +469,7 @@ def test_forced_packed_attention_needs_a_model_on_sdpa(tiny_llama_dir):
     from transformers import AutoModelForCausalLM
 
     from alpaca_lib.core.errors import UsageError
-    from alpaca_lib.data.packing import PackedAttention, use_packed_attention
+    from alpaca_lib.training.packed_attention import PackedAttention, use_packed_attention
 
     m = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, attn_implementation="eager")
     assert use_packed_attention(m, PackedAttention("per_example", "auto")) is None  # auto keeps eager

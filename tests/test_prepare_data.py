@@ -109,7 +109,7 @@ def test_convert_errors_leave_no_output(tmp_path):
            "'category']" in log
     assert "Traceback" not in log and list(tmp_path.iterdir()) == [src]
     from prepare_data import convert
-    from alpaca_lib.data.sources import DataError
+    from alpaca_lib.data.records import DataError
 
     with pytest.raises(DataError, match=r"no record left to write \(4 read, all longer than --max_words 1\)"):
         convert(str(src), str(out), data_columns=DOLLY, max_words=1)

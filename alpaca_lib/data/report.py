@@ -21,8 +21,10 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from alpaca_lib.data.tokenizing import encode_pairs, sources_and_targets
 from alpaca_lib.core.fileio import atomic_write
+from alpaca_lib.core.progress import progress_bar
+from alpaca_lib.core.rouge import RougeLPool
+from alpaca_lib.data.tokenizing import encode_pairs, sources_and_targets
 
 PERCENTILES = (50, 90, 95, 99)
 _UNTRUNCATED = 1 << 30  # a max length no text reaches: token lengths as they are
@@ -45,8 +47,6 @@ def token_lengths(records: Sequence[dict], tokenizer, batch_size: int = 4096) ->
         {"prompt", "total", "merges"}: int64 arrays of the prompt's and the example's lengths, and
         the number of examples whose tokenized prompt is not a prefix of the tokenized example.
     """
-    from alpaca_lib.core.progress import progress_bar
-
     prompt, total, merges = [], [], 0
     bar = progress_bar(total=len(records), desc="report: tokenizing", unit="record")
     for start in range(0, len(records), batch_size):
@@ -63,10 +63,6 @@ def token_lengths(records: Sequence[dict], tokenizer, batch_size: int = 4096) ->
 
 def near_duplicates(instructions: Sequence[str], threshold: float = 0.7, workers: int = 2) -> int:
     """How many instructions score above `threshold` against an earlier kept one (the generator's rule)."""
-    from alpaca_lib.core.rouge import RougeLPool
-
-    from alpaca_lib.core.progress import progress_bar
-
     pool = RougeLPool([], workers=workers)
     rejected = 0
     bar = progress_bar(total=len(instructions), desc="report: near duplicates", unit="instruction")
@@ -154,7 +150,7 @@ def format_report(report: dict) -> str:
 
 def write_report(report: dict, output_dir: str | Path, title: str = "") -> List[Path]:
     """Writes `report.json` and `lengths.png` into `output_dir` (each atomically); returns their paths."""
-    import matplotlib
+    import matplotlib  # here, not at the top: only the chart needs it, and it is slow to import
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -5,8 +5,8 @@
 
 `preprocess`, `SupervisedDataset`, `DataCollatorForSupervisedDataset` and `make_supervised_data_module` keep
 the original's names and signatures (train.py re-exports them); the examples are encoded (and cached) by
-`alpaca_lib.data.tokenizing`, held out by `alpaca_lib.data.split` and packed by `alpaca_lib.data.packing`. Log lines go to the
-"train" logger.
+`alpaca_lib.data.tokenizing` and `alpaca_lib.data.cache`, held out by `alpaca_lib.data.split` and packed by
+`alpaca_lib.data.packing`. Log lines go to the "train" logger.
 """
 
 from __future__ import annotations
@@ -20,18 +20,13 @@ import torch
 import transformers
 from torch.utils.data import Dataset
 
-from alpaca_lib.data.tokenizing import (
-    DataError,
-    DataSource,
-    DropOptions,
-    EncodedData,
-    encode_file,
-    encode_pairs,
-    labels_for,
-)
 from alpaca_lib.core.modeling import IGNORE_INDEX
+from alpaca_lib.data.cache import encode_file
 from alpaca_lib.data.packing import DataCollatorForPackedRows, PackedDataset
+from alpaca_lib.data.records import DataError
+from alpaca_lib.data.sources import DataSource
 from alpaca_lib.data.split import hold_out
+from alpaca_lib.data.tokenizing import DropOptions, EncodedData, encode_pairs, labels_for
 
 __all__ = ["preprocess", "SupervisedDataset", "DataCollatorForSupervisedDataset", "make_supervised_data_module"]
 
@@ -157,7 +152,7 @@ def make_supervised_data_module(
         training_args: `TrainingArguments` (for --packing and --seed); None trains as the original.
         eval_records: the same for `data_args.eval_data_path`.
         supervised_logits_only: packed batches ask the model for the logits of loss-bearing positions only
-            (`alpaca_lib.data.packing.supports_supervised_logits`).
+            (`alpaca_lib.training.packed_model.supports_supervised_logits`).
     Returns:
         dict(train_dataset, eval_dataset, data_collator) for `transformers.Trainer`.
     """

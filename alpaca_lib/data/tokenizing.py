@@ -1,75 +1,31 @@
-"""Supervised Alpaca data: loading and checking records, tokenizing with the prompt masked, caching.
+"""Tokenizing Alpaca records with the prompt masked, as the original `preprocess()` does, in batches.
 
-    from alpaca_lib.data.tokenizing import load_records, tokenize_records
-    records = load_records("alpaca_data.json")
+    from alpaca_lib.data.tokenizing import tokenize_records
     encoded = tokenize_records(records, tokenizer)   # same ids and labels as the original preprocess()
+    ids, source_len = encoded.example(0)             # labels: labels_for(ids, source_len)
 
 The masking is the original algorithm: labels are the input ids of `source + target` with the first
 `len(tokenize(source))` positions set to -100, where both strings are tokenized separately, truncated
 to `model_max_length`, and a source's length counts its non-pad tokens. It is computed here in
-batches (one call per batch instead of two calls per example) and cached on disk.
+batches (one call per batch instead of two calls per example), and the examples are kept in flat arrays
+(`EncodedData`); `alpaca_lib.data.cache.encode_file` does the same for a whole data source and caches the
+result on disk.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
-import logging
-import os
-import struct
 import zlib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, BinaryIO, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
-from alpaca_lib.core.fileio import atomic_write, disk_full_reason
 from alpaca_lib.core.modeling import IGNORE_INDEX
-from alpaca_lib.data.sources import (  # noqa: F401  (DataError and the keys are importable from here, where users look)
-    OPTIONAL_KEYS,
-    REQUIRED_KEYS,
-    DataError,
-    DataSource,
-    iter_json_records,
-    open_source,
-)
 from alpaca_lib.core.prompt import format_prompt
 
-logger = logging.getLogger(__name__)
-
-# Bump when the cached arrays would change for the same data, tokenizer and max length.
-CACHE_FORMAT_VERSION = 2
 TOKENIZE_BATCH_SIZE = 1024
-
-
-def load_records(
-    path: str | os.PathLike,
-    required: Sequence[str] = REQUIRED_KEYS,
-    optional: Sequence[str] = OPTIONAL_KEYS,
-    flag: str = "--data_path",
-) -> List[dict]:
-    """Reads and checks an Alpaca training file: a JSON list of records, or JSON Lines.
-
-    The file may be UTF-8 (with or without a BOM), or UTF-16 or UTF-32 with a BOM, as editors save it.
-    Other sources (parquet, CSV, saved datasets, hub ids) are read with `alpaca_lib.data.sources.open_source`.
-
-    Args:
-        path: `.json` holding a list of {"instruction", "input", "output"} objects, or JSON Lines
-            (one object per line; chosen by content, not by extension).
-        required, optional: the string fields each record must have, and those it may have (other keys
-            are kept as they are). The defaults are a training file's.
-        flag: the command-line flag that named the file, for the messages.
-    Returns:
-        The records, each with the required fields (and any optional one) as strings.
-    Raises:
-        DataError: naming the file, the record index or line (or byte offset), and the problem.
-    """
-    records = list(iter_json_records(path, required, optional, flag))
-    if not records:
-        raise DataError(f"{path}: the file holds no records.")
-    return records
 
 
 def sources_and_targets(records: Sequence[dict], eos_token: str) -> tuple[List[str], List[str]]:
@@ -199,8 +155,12 @@ class DropOptions:
     empty_or_duplicate: bool = False
 
 
-class _Encoder:
-    """Tokenizes batches of records as they come, keeping only flat arrays (or writing the ids to a file)."""
+class BatchEncoder:
+    """Tokenizes batches of records as they come, keeping only flat arrays (or writing the ids to a file).
+
+    `add` each batch, then `finish`; with a `sink`, the ids (int32) go to the file as they come and their
+    CRC-32 is kept in `crc` (the preprocessing cache writes its entries so).
+    """
 
     def __init__(self, tokenizer, max_length: int, drop: DropOptions, sink: Optional[BinaryIO] = None):
         self.tokenizer, self.max_length, self.drop, self.sink = tokenizer, max_length, drop, sink
@@ -280,7 +240,7 @@ def tokenize_records(
     """Tokenizes records with the prompt masked, dropping examples left with no label to learn.
 
     Args:
-        records: checked Alpaca records (see `load_records`).
+        records: checked Alpaca records (see `alpaca_lib.data.json_reader.load_records`).
         tokenizer: the training tokenizer, with its pad token already set.
         max_length: truncation length (default: `tokenizer.model_max_length`).
         drop: what else to leave out (nothing by default, as the original).
@@ -291,12 +251,13 @@ def tokenize_records(
         `blank_instructions`, `duplicates` (exact repeats of an earlier record), and what `drop` dropped
         (`dropped_truncated`, `dropped_empty_or_duplicate`).
     """
-    return _encode_batches([records], tokenizer, max_length or tokenizer.model_max_length, drop)
+    return encode_batches([records], tokenizer, max_length or tokenizer.model_max_length, drop)
 
 
-def _encode_batches(batches: Iterable[Sequence[dict]], tokenizer, max_length: int, drop: DropOptions,
-                    sink: Optional[BinaryIO] = None) -> EncodedData:
-    encoder = _Encoder(tokenizer, max_length, drop, sink)
+def encode_batches(batches: Iterable[Sequence[dict]], tokenizer, max_length: int, drop: DropOptions,
+                   sink: Optional[BinaryIO] = None) -> EncodedData:
+    """`tokenize_records` over batches of records as a source yields them (`DataSource.batches`)."""
+    encoder = BatchEncoder(tokenizer, max_length, drop, sink)
     for batch in batches:
         for start in range(0, len(batch), TOKENIZE_BATCH_SIZE * 4):
             encoder.add(batch[start : start + TOKENIZE_BATCH_SIZE * 4])
@@ -308,175 +269,3 @@ def labels_for(ids: np.ndarray, source_len: int) -> np.ndarray:
     labels = ids.astype(np.int64, copy=True)
     labels[:source_len] = IGNORE_INDEX
     return labels
-
-
-def tokenizer_fingerprint(tokenizer) -> str:
-    """A digest of everything about a tokenizer that changes token ids or the masked lengths."""
-    h = hashlib.sha256()
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        # Truncation and padding are set anew by each call (the ids of a call do not depend on the last
-        # one's), so they are left out of the digest; the tokenizer itself is not touched.
-        state = json.loads(backend.to_str())
-        state.pop("truncation", None)
-        state.pop("padding", None)
-        h.update(json.dumps(state, sort_keys=True).encode())
-    else:
-        h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
-    h.update(type(tokenizer).__name__.encode())
-    h.update(json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str).encode())
-    h.update(json.dumps([tokenizer.pad_token_id, tokenizer.eos_token, len(tokenizer)]).encode())
-    return h.hexdigest()
-
-
-def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "alpaca" / "preprocess"
-
-
-class CacheDamaged(Exception):
-    """A preprocessing cache entry that cannot be trusted (empty, truncated, garbled); it is rebuilt."""
-
-
-# A cache entry is one file: a fixed-size header (magic, then the length and CRC-32 of a JSON holding the
-# sizes, the arrays' CRC-32 and the stats), then the token ids (int32), the offsets (int64) and the masked
-# lengths (int32). The ids are memory-mapped when read: a large data set costs page cache, not process memory.
-_CACHE_MAGIC = b"ALPACA-TOKENS\x00\x00\x02"
-_HEADER_SPACE = 1 << 16
-
-
-def cache_key(source: DataSource | str | os.PathLike, tokenizer, max_length: int,
-              drop: DropOptions = DropOptions()) -> str:
-    """A digest of the data (`DataSource.key`: its bytes, split and columns), the tokenizer, the max length
-    and the drop options."""
-    if not isinstance(source, DataSource):
-        source = open_source(source)
-    h = hashlib.sha256()
-    h.update(source.key().encode())
-    h.update(tokenizer_fingerprint(tokenizer).encode())
-    h.update(f"max_length={max_length};format={CACHE_FORMAT_VERSION};drop={drop}".encode())
-    return h.hexdigest()[:32]
-
-
-def _write_header(f: BinaryIO, n: int, tokens: int, crc: int, stats: dict) -> None:
-    header = json.dumps({"examples": n, "tokens": tokens, "crc32": crc, "stats": stats}).encode()
-    if len(_CACHE_MAGIC) + 12 + len(header) > _HEADER_SPACE:
-        raise ValueError("preprocessing cache header too large")
-    f.seek(0)
-    f.write(_CACHE_MAGIC + struct.pack("<QI", len(header), zlib.crc32(header)) + header)
-
-
-def _write_tail(f: BinaryIO, data: EncodedData, crc: int) -> int:
-    for array in (data.offsets.astype(np.int64, copy=False), data.source_lens.astype(np.int32, copy=False)):
-        buf = array.tobytes()
-        crc = zlib.crc32(buf, crc)
-        f.write(buf)
-    return crc
-
-
-def load_encoded(path: Path) -> EncodedData:
-    """Reads a cache entry, checking its size and CRC; the ids stay memory-mapped.
-
-    Raises:
-        FileNotFoundError: no entry.
-        CacheDamaged: the entry is empty, truncated, garbled or of another format.
-    """
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        if size == 0:
-            raise CacheDamaged("empty file")
-        head = f.read(len(_CACHE_MAGIC) + 12)
-        if len(head) < len(_CACHE_MAGIC) + 12 or head[: len(_CACHE_MAGIC)] != _CACHE_MAGIC:
-            raise CacheDamaged("not a cache file of this version")
-        header_len, header_crc = struct.unpack("<QI", head[len(_CACHE_MAGIC):])
-        raw_header = f.read(min(header_len, _HEADER_SPACE))
-        if zlib.crc32(raw_header) != header_crc:
-            raise CacheDamaged("header checksum mismatch (garbled bytes)")
-        try:
-            header = json.loads(raw_header)
-            n, tokens, crc, stats = header["examples"], header["tokens"], header["crc32"], header["stats"]
-        except (ValueError, KeyError, TypeError) as e:
-            raise CacheDamaged(f"unreadable header: {e}") from None
-        expected = _HEADER_SPACE + 4 * tokens + 8 * (n + 1) + 4 * n
-        if size != expected:
-            raise CacheDamaged(f"{size} bytes, expected {expected} (truncated or padded)")
-        f.seek(_HEADER_SPACE)
-        actual = 0
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            actual = zlib.crc32(chunk, actual)
-        if actual != crc:
-            raise CacheDamaged("checksum mismatch (garbled bytes)")
-        f.seek(_HEADER_SPACE + 4 * tokens)
-        offsets = np.fromfile(f, dtype=np.int64, count=n + 1)
-        source_lens = np.fromfile(f, dtype=np.int32, count=n)
-    ids = np.memmap(path, dtype=np.int32, mode="r", offset=_HEADER_SPACE, shape=(tokens,)) if tokens else np.zeros(0, np.int32)
-    if offsets[0] != 0 or offsets[-1] != tokens or np.any(np.diff(offsets) <= 0):
-        raise CacheDamaged("inconsistent offsets")
-    return EncodedData(ids, offsets, source_lens, stats)
-
-
-def _encode_to_cache(path: Path, batches: Iterable[Sequence[dict]], tokenizer, max_length: int,
-                     drop: DropOptions) -> None:
-    with atomic_write(path, "wb") as f:
-        f.write(b"\0" * _HEADER_SPACE)
-        encoder = _Encoder(tokenizer, max_length, drop, sink=f)
-        for batch in batches:
-            encoder.add(batch)
-        data = encoder.finish()
-        crc = _write_tail(f, data, encoder.crc)
-        _write_header(f, len(data), int(data.offsets[-1]), crc, data.stats)
-
-
-def encode_file(
-    data_path: str | os.PathLike | DataSource,
-    tokenizer,
-    max_length: Optional[int] = None,
-    cache_dir: Optional[str | os.PathLike] = None,
-    records: Optional[Sequence[dict]] = None,
-    drop: DropOptions = DropOptions(),
-) -> EncodedData:
-    """Loads (or reuses from the cache) the tokenized form of a training data set.
-
-    A cache entry that is empty, truncated or garbled is reported by path and rebuilt.
-
-    Args:
-        data_path: the data: a path or hub id (`alpaca_lib.data.sources.open_source`), or a `DataSource`.
-        tokenizer: the training tokenizer (pad token set).
-        max_length: truncation length (default: `tokenizer.model_max_length`).
-        cache_dir: folder for cached arrays; None or "" disables the cache.
-        records: the already loaded records of `data_path`, to skip reading it again.
-        drop: examples to leave out beyond the original's (none by default).
-    Returns:
-        `EncodedData`; `stats["cache"]` says "hit", "miss" or "off".
-    """
-    max_length = max_length or tokenizer.model_max_length
-    source = data_path if isinstance(data_path, DataSource) else open_source(data_path)
-
-    def batches():  # a fresh pass over the data each time (a failed cache write may have used one up)
-        return [records] if records is not None else source.batches()
-
-    if not cache_dir:
-        data = _encode_batches(batches(), tokenizer, max_length, drop)
-        data.stats["cache"] = "off"
-        return data
-    cache_file = Path(cache_dir) / f"{cache_key(source, tokenizer, max_length, drop)}.bin"
-    try:
-        data = load_encoded(cache_file)
-        data.stats["cache"] = "hit"
-        return data
-    except FileNotFoundError:
-        pass
-    except (CacheDamaged, OSError) as e:  # a damaged cache is rebuilt, never fatal
-        logger.warning("preprocessing cache %s is damaged (%s); rebuilding it", cache_file, e)
-    try:
-        _encode_to_cache(cache_file, batches(), tokenizer, max_length, drop)
-        data = load_encoded(cache_file)
-    except (OSError, CacheDamaged) as e:
-        if disk_full_reason(e) is not None:  # the entries already there are intact: atomic writes
-            logger.warning("no space left on device while writing %s (%s); going on without the preprocessing "
-                           "cache (free some space to use it again)", cache_file, disk_full_reason(e))
-        else:
-            logger.warning("could not write preprocessing cache %s (%s); going on without it", cache_file, e)
-        data = _encode_batches(batches(), tokenizer, max_length, drop)
-    data.stats["cache"] = "miss"
-    return data
