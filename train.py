@@ -21,8 +21,8 @@ Beyond the original recipe, all opt-in (the defaults train exactly as above):
     --eval_data_path F | --val_set_size N   evaluation set, with --evaluation_strategy steps --eval_steps K
 
 Killed? Run the same command again: it resumes from the newest complete checkpoint in --output_dir
-(alpaca_lib/training/checkpoints.py); --overwrite_output_dir True starts afresh. SIGTERM saves a checkpoint first
-(alpaca_lib/training/resumable.py).
+(alpaca_lib/training/run.py holds the run's lifecycle, alpaca_lib/training/start.py decides where it starts);
+--overwrite_output_dir True starts afresh. SIGTERM saves a checkpoint first (alpaca_lib/training/resumable.py).
 """
 
 from __future__ import annotations
@@ -32,27 +32,15 @@ import dataclasses
 import logging
 import os
 import sys
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import torch
 import transformers
 from transformers.integrations import is_deepspeed_zero3_enabled
 
-from alpaca_lib.training.checkpoints import (
-    PREEMPTED_EXIT_CODE,
-    clear_finished,
-    delete_checkpoints,
-    final_save_kept,
-    mark_finished,
-    plan_start,
-    run_identity,
-    run_settings,
-)
-from alpaca_lib.data.tokenizing import open_source
+from alpaca_lib.data.sources import open_source
 from alpaca_lib.training.deepspeed_ops import announce_first_compile
 from alpaca_lib.core.errors import UsageError, exit_with
-from alpaca_lib.core.fileio import disk_full_as_error
-from alpaca_lib.core.locking import job_lock
 from alpaca_lib.training.lora import ADAPTER_SUBDIR, add_lora, quantization_config, save_adapter_and_merged
 from alpaca_lib.training.lossplot import plot_loss
 from alpaca_lib.core.modeling import (
@@ -64,9 +52,11 @@ from alpaca_lib.core.modeling import (
     missing_special_tokens,
     smart_tokenizer_and_embedding_resize,
 )
-from alpaca_lib.data.packing import choose_packed_attention, packing_mode
+from alpaca_lib.training.packed_attention import choose_packed_attention
+from alpaca_lib.training.packed_model import packing_mode
 from alpaca_lib.core.quiet import quiet_entry_point
-from alpaca_lib.training.resumable import ResumableTrainer, StopOnSigterm
+from alpaca_lib.training.resumable import ResumableTrainer
+from alpaca_lib.training.run import PREEMPTED_EXIT_CODE, Preempted, training_run
 from alpaca_lib.training.saving import save_final
 from alpaca_lib.data.supervised import (
     DataCollatorForSupervisedDataset,
@@ -114,10 +104,6 @@ def safe_save_model_for_hf_trainer(trainer: transformers.Trainer, output_dir: st
     save_final(trainer, output_dir, trainer.save_model, check)
 
 
-class Preempted(Exception):
-    """Training stopped early on SIGTERM, after saving a checkpoint to resume from."""
-
-
 def _load_model_and_tokenizer(model_args: ModelArguments, training_args: TrainingArguments):
     dtype = model_args.torch_dtype if model_args.torch_dtype == "auto" else getattr(torch, model_args.torch_dtype)
     extra = {"gguf_file": model_args.gguf_file} if model_args.gguf_file else {}
@@ -148,8 +134,18 @@ def _load_model_and_tokenizer(model_args: ModelArguments, training_args: Trainin
     return model, tokenizer
 
 
-def train(argv: Optional[Sequence[str]] = None) -> transformers.Trainer:
-    """Parses the command line, fine-tunes, and saves the model and tokenizer to --output_dir."""
+def train(argv: Optional[Sequence[str]] = None) -> Optional[transformers.Trainer]:
+    """Parses the command line, fine-tunes, and saves the model and tokenizer to --output_dir.
+
+    Args:
+        argv: the flags (default: the command line's).
+    Returns:
+        The Trainer, after the final save; None when --output_dir already holds the final model of this very
+        run (nothing is trained or saved then, and a line on stderr says so).
+    Raises:
+        UsageError: bad flags or data, a refused resume, --output_dir in use by another job.
+        Preempted: SIGTERM stopped training, after it saved a checkpoint to resume from.
+    """
     quiet_entry_point()
     model_args, data_args, training_args = parse_flags(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -158,84 +154,95 @@ def train(argv: Optional[Sequence[str]] = None) -> transformers.Trainer:
     check_flags(model_args, data_args, training_args)
     if training_args.deepspeed and not torch.cuda.is_available():
         announce_first_compile()  # minutes of compiling, said before they start
-    # Packed rows' attention is chosen on this device: a forced one that cannot run here stops the run now.
-    packed_attention = None
-    if training_args.packing:
-        half = bool(training_args.bf16 or training_args.fp16) or model_args.torch_dtype in ("bfloat16", "float16", "auto")
-        packed_attention = choose_packed_attention(training_args.packed_attention, training_args.device, half)
+    # Packed rows' attention is chosen on this device: a forced one that cannot run here stops the run now
+    # (with --torch_dtype auto and neither --bf16 nor --fp16, once the weights load: their dtype decides).
+    packed_attention = _packed_attention(model_args, training_args)
     # Read through once (a batch at a time) so that bad data stops the run here; tokenizing reads it again.
     records = open_source(data_args.data_path, data_args.data_split, data_args.data_columns, "--data_path").check()
     eval_records = open_source(data_args.eval_data_path, data_args.data_split, data_args.data_columns,
                                "--eval_data_path").check() if data_args.eval_data_path else None
-    identity = run_identity(model_args.model_name_or_path, model_args.gguf_file, records.key(), data_args.data_path)
-    run = {**identity, "settings": run_settings(model_args, data_args, training_args)}
-    # One job at a time writes --output_dir (under torchrun, rank 0 holds the lock for all processes).
-    with job_lock(training_args.output_dir, "train.py"):
-        return _train_locked(model_args, data_args, training_args, records, eval_records, run, packed_attention)
 
-
-def _train_locked(model_args, data_args, training_args, records, eval_records, run, packed_attention):
-    """Trains (or only finishes the final save, or does nothing) once this job holds --output_dir."""
-    start = plan_start(training_args.output_dir, training_args.resume_from_checkpoint,
-                       training_args.overwrite_output_dir, run)
-    if start.finished_step is not None:
-        if training_args.process_index == 0:
-            print(f"train.py: {training_args.output_dir} already holds the final model of this run (step "
-                  f"{start.finished_step}); nothing to train. To train it again from the start, pass "
-                  "--overwrite_output_dir True.", file=sys.stderr, flush=True)
-        return None
-    resume_from = start.checkpoint
-
-    # Seeded before the model loads, so that whatever it initialises (LoRA adapters, resized embeddings)
-    # is the same in every run with this --seed: a resumed run then repeats the interrupted one exactly.
-    transformers.set_seed(training_args.seed)
-    model, tokenizer = _load_model_and_tokenizer(model_args, training_args)
-    # The Trainer switches the KV cache off for training (--use_cache); the saved model keeps the loaded setting.
-    use_cache = model.config.use_cache
-    packing = contextlib.nullcontext(False)
-    if training_args.packing:
-        # Under DeepSpeed ZeRO-3 each process holds a shard of the weights: no forward can run before the
-        # engine gathers them, so the probes are skipped there.
-        packing = packing_mode(model, probe=not is_deepspeed_zero3_enabled(), attention=packed_attention)
-    with packing as supervised_logits:  # the model is back to its usual attention and cache afterwards
-        if training_args.packing:
-            logger.info(
-                "packing: the LM head runs on %s", "the loss-bearing positions only (prompt positions skip it)"
-                if supervised_logits else f"every position ({type(model).__name__} takes no logits_to_keep mask)",
-            )
-        trainer, sigterm = _make_trainer(model, tokenizer, model_args, data_args, training_args, records,
-                                         eval_records, supervised_logits)
-        trainer.run_identity = run
-        if training_args.overwrite_output_dir and training_args.should_save:
-            delete_checkpoints(training_args.output_dir)
-        if training_args.should_save:
-            clear_finished(training_args.output_dir)  # the final model there is no longer this run's last word
-        trainer.accelerator.wait_for_everyone()
-        if start.save_only:
-            trainer.load_without_training(resume_from)
-        else:
-            trainer.train(resume_from_checkpoint=resume_from)
-    if training_args.should_save:  # the main process: training (and eval) loss per logged step
-        plot_loss(trainer.state.log_history, training_args.output_dir,
-                  title=f"{model_args.model_name_or_path} on {data_args.data_path}")
-    if sigterm.stopped_at is not None:
-        raise Preempted(
-            f"stopped by SIGTERM: saved {training_args.output_dir}/checkpoint-{sigterm.stopped_at} at step "
-            f"{sigterm.stopped_at}. Run the same command again to resume from it."
-        )
-    kept = final_save_kept(training_args.output_dir, trainer.state.global_step)
-    with disk_full_as_error(training_args.output_dir, kept):  # a full disk: one line, the previous files intact
-        trainer.save_state()
-        model.config.use_cache = use_cache
-        _save_final_model(trainer, tokenizer, model_args, training_args)
-        if training_args.should_save:
-            mark_finished(training_args.output_dir, trainer.state.global_step, run)
+    # This job alone writes --output_dir from here on; where the run starts is decided before the model loads.
+    with training_run(model_args, data_args, training_args, records.key()) as run:
+        if run.already_finished():
+            return None
+        # Seeded before the model loads, so that whatever it initialises (LoRA adapters, resized embeddings)
+        # is the same in every run with this --seed: a resumed run then repeats the interrupted one exactly.
+        transformers.set_seed(training_args.seed)
+        model, tokenizer = _load_model_and_tokenizer(model_args, training_args)
+        # The Trainer switches the KV cache off for training (--use_cache); the saved model keeps the loaded setting.
+        use_cache = model.config.use_cache
+        with _packing(model, model_args, training_args, packed_attention) as supervised_logits:
+            trainer = _make_trainer(model, tokenizer, model_args, data_args, training_args, records, eval_records,
+                                    supervised_logits, run.sigterm)
+            run.train(trainer)
+        if training_args.should_save:  # the main process: training (and eval) loss per logged step
+            plot_loss(trainer.state.log_history, training_args.output_dir,
+                      title=f"{model_args.model_name_or_path} on {data_args.data_path}")
+        with run.final_save(trainer):  # raises Preempted after a SIGTERM; marks the run finished once saved
+            trainer.save_state()
+            model.config.use_cache = use_cache
+            _save_final_model(trainer, tokenizer, model_args, training_args)
     return trainer
 
 
+def _half_precision(model_args: ModelArguments, training_args: TrainingArguments,
+                    loaded_dtype: Optional[torch.dtype] = None) -> Optional[bool]:
+    """Whether training computes in bf16 or fp16, the only precisions the variable-length kernels take.
+
+    Args:
+        loaded_dtype: the dtype the weights loaded in (`model.dtype`), which --torch_dtype auto resolves to.
+    Returns:
+        True or False; None when only the loaded weights can tell (--torch_dtype auto, neither --bf16 nor
+        --fp16, and no `loaded_dtype` yet).
+    """
+    if training_args.bf16 or training_args.fp16:
+        return True
+    if model_args.torch_dtype != "auto":
+        return model_args.torch_dtype in ("bfloat16", "float16")
+    if loaded_dtype is None:
+        return None
+    return loaded_dtype in (torch.bfloat16, torch.float16)
+
+
+def _packed_attention(model_args: ModelArguments, training_args: TrainingArguments,
+                      loaded_dtype: Optional[torch.dtype] = None):
+    """The attention of packed rows (`choose_packed_attention`), or None: no --packing, or the precision is not
+    known until the weights load (see `_half_precision`)."""
+    half = _half_precision(model_args, training_args, loaded_dtype) if training_args.packing else None
+    if half is None:
+        return None
+    return choose_packed_attention(training_args.packed_attention, training_args.device, half)
+
+
+@contextlib.contextmanager
+def _packing(model, model_args: ModelArguments, training_args: TrainingArguments,
+             packed_attention) -> Iterator[bool]:
+    """`packing_mode` under --packing (the model is back to its usual attention and cache afterwards), else
+    nothing; yields whether the LM head runs on the loss-bearing positions only.
+
+    Args:
+        packed_attention: `_packed_attention` before the model loaded; None under --torch_dtype auto, chosen
+            here from the loaded weights' dtype.
+    """
+    if not training_args.packing:
+        yield False
+        return
+    if packed_attention is None:
+        packed_attention = _packed_attention(model_args, training_args, loaded_dtype=model.dtype)
+    # Under DeepSpeed ZeRO-3 each process holds a shard of the weights: no forward can run before the
+    # engine gathers them, so the probes are skipped there.
+    with packing_mode(model, probe=not is_deepspeed_zero3_enabled(), attention=packed_attention) as supervised_logits:
+        logger.info(
+            "packing: the LM head runs on %s", "the loss-bearing positions only (prompt positions skip it)"
+            if supervised_logits else f"every position ({type(model).__name__} takes no logits_to_keep mask)",
+        )
+        yield supervised_logits
+
+
 def _make_trainer(model, tokenizer, model_args, data_args, training_args, records, eval_records,
-                  supervised_logits: bool):
-    """Adds LoRA adapters when asked, tokenizes the data and builds the Trainer; returns it and its SIGTERM hook."""
+                  supervised_logits: bool, sigterm: transformers.TrainerCallback) -> ResumableTrainer:
+    """Adds LoRA adapters when asked, tokenizes the data and builds the Trainer, with `sigterm` among its callbacks."""
     if model_args.lora_r:
         model = add_lora(model, model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout,
                          model_args.lora_target_modules, training_args.gradient_checkpointing)
@@ -245,13 +252,12 @@ def _make_trainer(model, tokenizer, model_args, data_args, training_args, record
             tokenizer=tokenizer, data_args=data_args, records=records, training_args=training_args,
             eval_records=eval_records, supervised_logits_only=supervised_logits,
         )
-    sigterm = StopOnSigterm()
     trainer = ResumableTrainer(model=model, processing_class=tokenizer, args=training_args,
                                callbacks=[sigterm, *log_callbacks(data_module["train_dataset"])], **data_module)
     log_progress_off_terminal(trainer)
     logger.info(describe_launch(trainer.accelerator.distributed_type.value, training_args.world_size,
                                 training_args.device))
-    return trainer, sigterm
+    return trainer
 
 
 def _save_final_model(trainer, tokenizer, model_args, training_args) -> None:

@@ -35,7 +35,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from alpaca_lib.training.checkpoints import MANIFEST_NAME, PREEMPTED_EXIT_CODE, list_checkpoints, problem_with, rotate
+from alpaca_lib.training.checkpoints import MANIFEST_NAME, list_checkpoints, problem_with, rotate
+from alpaca_lib.training.run import PREEMPTED_EXIT_CODE
 from conftest import REPO_ROOT, descendants, logged_steps, run_train_expecting_error, write_alpaca_subset
 
 TRAIN = str(REPO_ROOT / "train.py")

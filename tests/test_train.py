@@ -15,7 +15,10 @@ import pytest
 import torch
 
 import train
-from alpaca_lib.data.tokenizing import DataError, encode_file, load_records, tokenize_records
+from alpaca_lib.data.cache import encode_file
+from alpaca_lib.data.json_reader import load_records
+from alpaca_lib.data.records import DataError
+from alpaca_lib.data.tokenizing import tokenize_records
 from alpaca_lib.core.modeling import IGNORE_INDEX
 from conftest import (
     REPO_ROOT,
@@ -358,7 +361,7 @@ def test_gguf_base_trains_and_saves_a_dense_model(tmp_path):
 def test_tokenizer_fingerprint_leaves_the_tokenizer_as_it_was(tiny_llama_dir):
     from transformers import AutoTokenizer
 
-    from alpaca_lib.data.tokenizing import tokenizer_fingerprint
+    from alpaca_lib.data.cache import tokenizer_fingerprint
 
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
     backend = tok.backend_tokenizer
@@ -371,3 +374,42 @@ def test_tokenizer_fingerprint_leaves_the_tokenizer_as_it_was(tiny_llama_dir):
     backend.no_truncation()
     backend.no_padding()
     assert tokenizer_fingerprint(tok) == digest  # and they do not count: they are set anew by every call
+
+
+@pytest.mark.parametrize("bf16, fp16, torch_dtype, loaded, half", [
+    (False, False, "float32", None, False),
+    (False, False, "bfloat16", None, True),
+    (True, False, "float32", None, True),
+    (False, True, "auto", None, True),
+    (False, False, "auto", None, None),  # only the loaded weights can tell
+    (False, False, "auto", torch.float32, False),
+    (False, False, "auto", torch.bfloat16, True),
+])
+def test_half_precision_is_what_training_computes_in(bf16, fp16, torch_dtype, loaded, half):
+    from types import SimpleNamespace
+
+    model_args, training_args = SimpleNamespace(torch_dtype=torch_dtype), SimpleNamespace(bf16=bf16, fp16=fp16)
+    assert train._half_precision(model_args, training_args, loaded) is half
+
+
+def test_torch_dtype_auto_on_float32_weights_chooses_packed_attention_for_float32(tiny_llama_dir, tmp_path,
+                                                                                  monkeypatch):
+    """--torch_dtype auto is half precision only when the weights load in bf16/fp16: the tiny model's are float32,
+    so the packed attention is chosen for float32 training (the kernels' bf16/fp16 path would not run)."""
+
+    class Chosen(Exception):
+        pass
+
+    seen = []
+
+    def choose(requested, device, half_precision, probe=None):
+        seen.append(half_precision)
+        raise Chosen  # the choice is all this test looks at
+
+    monkeypatch.setattr(train, "choose_packed_attention", choose)
+    data = write_alpaca_subset(tmp_path / "data.json", slice(4))
+    with pytest.raises(Chosen):
+        train.train(["--model_name_or_path", str(tiny_llama_dir), "--data_path", str(data), "--output_dir",
+                     str(tmp_path / "out"), "--packing", "True", "--torch_dtype", "auto", "--report_to", "none",
+                     "--preprocessing_cache_dir", ""])
+    assert seen == [False]

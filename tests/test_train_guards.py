@@ -27,7 +27,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from alpaca_lib.training.checkpoints import FINISHED_NAME, MANIFEST_NAME, list_checkpoints, problem_with
+from alpaca_lib.training.checkpoints import MANIFEST_NAME, list_checkpoints, problem_with
+from alpaca_lib.training.start import FINISHED_NAME
 from conftest import REPO_ROOT, descendants, write_alpaca_subset
 
 TRAIN = str(REPO_ROOT / "train.py")
@@ -358,7 +359,7 @@ def test_a_full_disk_while_writing_the_preprocessing_cache_is_named_and_training
 import logging, resource, signal, sys
 logging.basicConfig(level=logging.WARNING, format="%(message)s")
 from transformers import AutoTokenizer
-from alpaca_lib.data.tokenizing import encode_file
+from alpaca_lib.data.cache import encode_file
 tok = AutoTokenizer.from_pretrained({str(tiny_llama_dir)!r}, model_max_length=192)
 tok.add_special_tokens({{"pad_token": "[PAD]"}})
 plain = encode_file({str(root / "data.json")!r}, tok)

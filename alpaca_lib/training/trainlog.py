@@ -15,6 +15,7 @@ from typing import Optional, TextIO
 import transformers
 
 from alpaca_lib.core.progress import LogProgress, on_terminal
+from alpaca_lib.data.packing import PackedDataset
 
 logger = logging.getLogger(__name__)
 
@@ -87,8 +88,6 @@ def describe_launch(distributed_type: str, world_size: int, device) -> str:
 
 def log_callbacks(train_dataset, stream: Optional[TextIO] = None) -> list:
     """The callbacks train.py adds: progress lines when stderr is not a terminal, examples/s under packing."""
-    from alpaca_lib.data.packing import PackedDataset
-
     callbacks = [] if on_terminal(stream) else [TrainerLogProgress(stream)]
     if isinstance(train_dataset, PackedDataset):
         callbacks.append(PackedExamplesPerSecond(len(train_dataset.examples), len(train_dataset)))

@@ -1,0 +1,113 @@
+"""The life of one train.py run in its --output_dir: the lock, where it starts, how it ends.
+
+    with training_run(model_args, data_args, training_args, records.key()) as run:   # holds --output_dir
+        if run.already_finished():      # said on stderr: the final model of this run is there
+            return None
+        trainer = ResumableTrainer(..., callbacks=[run.sigterm, ...])
+        run.train(trainer)              # from the start, from a checkpoint, or only reloading the last step
+        with run.final_save(trainer):   # raises Preempted after a SIGTERM; a full disk is one error line
+            trainer.save_model(...)     # on success the run is marked finished
+
+train.py's `train` is the one caller; `main` turns `Preempted` into exit status `PREEMPTED_EXIT_CODE`.
+What the decisions are is alpaca_lib/training/start.py (where to start, the finished mark) and
+alpaca_lib/training/identity.py (whether a checkpoint is this run's); here they are made in their order.
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+from typing import Iterator
+
+from alpaca_lib.core.fileio import disk_full_as_error
+from alpaca_lib.core.locking import job_lock
+from alpaca_lib.training.checkpoints import final_save_kept
+from alpaca_lib.training.identity import run_identity, run_settings
+from alpaca_lib.training.resumable import StopOnSigterm
+from alpaca_lib.training.start import StartPoint, clear_finished, delete_checkpoints, mark_finished, plan_start
+
+# 128 + SIGTERM: what a process killed by SIGTERM reports, so schedulers read the stop as a preemption.
+PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM
+
+
+class Preempted(Exception):
+    """Training stopped early on SIGTERM, after saving a checkpoint to resume from."""
+
+
+class TrainingRun:
+    """One run of train.py in --output_dir, made by `training_run` (which holds the lock and plans the start)."""
+
+    def __init__(self, training_args, record: dict, start: StartPoint):
+        self.args = training_args
+        self.record = record  # `run_identity` and `run_settings`: recorded in each checkpoint and the finished mark
+        self.start = start
+        self.sigterm = StopOnSigterm()  # the Trainer's callback: a checkpoint, then a stop, on SIGTERM
+
+    def already_finished(self) -> bool:
+        """True when --output_dir holds the final model of this very run; then says so (main process) on stderr."""
+        if self.start.finished_step is None:
+            return False
+        if self.args.process_index == 0:
+            print(f"train.py: {self.args.output_dir} already holds the final model of this run (step "
+                  f"{self.start.finished_step}); nothing to train. To train it again from the start, pass "
+                  "--overwrite_output_dir True.", file=sys.stderr, flush=True)
+        return True
+
+    def train(self, trainer) -> None:
+        """Trains `trainer` (a `ResumableTrainer` with `self.sigterm` among its callbacks) from the planned start.
+
+        Clears what this run replaces first: the old checkpoints under --overwrite_output_dir, and the finished
+        mark. A run whose last checkpoint is its last step only reloads it (`load_without_training`).
+        """
+        args = self.args
+        trainer.run_identity = self.record
+        if args.overwrite_output_dir and args.should_save:
+            delete_checkpoints(args.output_dir)
+        if args.should_save:
+            clear_finished(args.output_dir)  # the final model there is no longer this run's last word
+        trainer.accelerator.wait_for_everyone()
+        if self.start.save_only:
+            trainer.load_without_training(self.start.checkpoint)
+        else:
+            trainer.train(resume_from_checkpoint=self.start.checkpoint)
+
+    @contextlib.contextmanager
+    def final_save(self, trainer) -> Iterator[None]:
+        """Wraps the final save: a full disk is one error line saying what is intact, and a save that completes
+        marks the run finished (main process).
+
+        Raises:
+            Preempted: SIGTERM stopped training (its checkpoint is saved); nothing is saved here then.
+        """
+        args = self.args
+        if self.sigterm.stopped_at is not None:
+            raise Preempted(
+                f"stopped by SIGTERM: saved {args.output_dir}/checkpoint-{self.sigterm.stopped_at} at step "
+                f"{self.sigterm.stopped_at}. Run the same command again to resume from it."
+            )
+        kept = final_save_kept(args.output_dir, trainer.state.global_step)
+        with disk_full_as_error(args.output_dir, kept):  # a full disk: one line, the previous files intact
+            yield
+            if args.should_save:
+                mark_finished(args.output_dir, trainer.state.global_step, self.record)
+
+
+@contextlib.contextmanager
+def training_run(model_args, data_args, training_args, data_key: str) -> Iterator[TrainingRun]:
+    """Holds --output_dir for this job and decides where the run starts, before the model loads.
+
+    Args:
+        model_args, data_args, training_args: train.py's parsed flags.
+        data_key: the training data's digest (`DataSource.key()`), recorded with the model to tell runs apart.
+    Yields:
+        The `TrainingRun`; the lock is released when the block ends.
+    Raises:
+        OutputLockedError: another job writes --output_dir. ResumeError: a resume refused (see `plan_start`).
+    """
+    record = {**run_identity(model_args.model_name_or_path, model_args.gguf_file, data_key, data_args.data_path),
+              "settings": run_settings(model_args, data_args, training_args)}
+    # One job at a time writes --output_dir (under torchrun, rank 0 holds the lock for all processes).
+    with job_lock(training_args.output_dir, "train.py"):
+        start = plan_start(training_args.output_dir, training_args.resume_from_checkpoint,
+                           training_args.overwrite_output_dir, record)
+        yield TrainingRun(training_args, record, start)
