@@ -18,9 +18,13 @@ import sys
 from collections import Counter
 from typing import Any, Mapping, Sequence
 
+from alpaca_lib.core.cli import run_fire
+from alpaca_lib.core.commands import cli_docstring, cli_signature
 from alpaca_lib.generation import postprocess as _pp
-from alpaca_lib.llm.config import cli_docstring, cli_signature
 from alpaca_lib.generation.config import PROMPT_PATH, GenerateConfig
+from alpaca_lib.generation.export import export_alpaca
+from alpaca_lib.generation.runner import run_generation
+from alpaca_lib.llm.client import GenerationError
 
 find_word_in_string = _pp.find_word_in_string
 
@@ -47,8 +51,6 @@ def post_process_gpt3_response(
 
 
 def generate_instruction_following_data(**settings: Any) -> None:
-    from alpaca_lib.generation.runner import run_generation
-
     run_generation(GenerateConfig(**settings))
 
 
@@ -66,15 +68,10 @@ def to_alpaca(input_path: str = "./", output_path: str = "alpaca_data.json") -> 
         input_path: the run's output_dir, or its regen.json or regen.journal.jsonl.
         output_path: where to write the JSON list of {instruction, input, output} (atomically).
     """
-    from alpaca_lib.generation.runner import export_alpaca
-
     export_alpaca(input_path, output_path)
 
 
 def main() -> None:
-    from alpaca_lib.core.cli import run_fire
-    from alpaca_lib.llm.client import GenerationError
-
     commands = {"generate_instruction_following_data": generate_instruction_following_data, "to_alpaca": to_alpaca}
     try:  # a server that kept failing is an `error:` line too, not a traceback
         run_fire(commands, "generate_instruction.py", errors=(GenerationError,))

@@ -158,7 +158,7 @@ def main() -> None:
 
     import generate_instruction
     from alpaca_lib.core import journal, rouge
-    from alpaca_lib.generation import runner
+    from alpaca_lib.generation import regen, runner
     from alpaca_lib.generation.journal import JOURNAL_NAME  # the generator's journal file
 
     timers = Timers()
@@ -167,7 +167,7 @@ def main() -> None:
     timers.wrap(rouge.RougeLPool, "_lcs_matrix", "lcs")  # inside the ROUGE-L time: rapidfuzz's LCS itself
     timers.wrap(journal.Journal, "append", "journal")
     timers.wrap(runner, "read_journal", "journal")
-    timers.wrap(runner.RegenFile, "save", "regen")
+    timers.wrap(regen.RegenFile, "save", "regen")
     timers.wrap(runner, "request_batch", "requests")
 
     server = subprocess.Popen([sys.executable, __file__, "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -199,7 +199,7 @@ def main() -> None:
         with open(out / JOURNAL_NAME, "rb") as f:  # the summary is in the last record
             f.seek(max(0, f.seek(0, os.SEEK_END) - 65536))
             summary = json.loads(f.read().splitlines()[-1])["summary"]
-        regen_mb = (out / runner.REGEN_NAME).stat().st_size / 1e6
+        regen_mb = (out / regen.REGEN_NAME).stat().st_size / 1e6
         journal_mb = (out / JOURNAL_NAME).stat().st_size / 1e6
     finally:
         server.stdin.close()

@@ -167,7 +167,7 @@ def test_oversized_replies_are_counted_and_journaled_cut_short(tmp_path, seeds):
     from alpaca_lib.generation.journal import read_journal
 
     from alpaca_lib.core.rouge import RougeLPool
-    from alpaca_lib.generation.runner import decide_batch
+    from alpaca_lib.generation.batch import decide_batch
 
     state = read_journal(out / "regen.journal.jsonl")
     assert state.next_batch == 2 and state.batches[-1]["discarded"]["oversized"] == 2

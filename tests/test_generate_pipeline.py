@@ -22,11 +22,12 @@ import pytest
 from conftest import REPO_ROOT, seed_task, write_seed_tasks
 from openai_stub import OpenAIStub, Step, chat, completion, fake_model, fake_reply
 
-from alpaca_lib.data.tokenizing import load_records
+from alpaca_lib.data.json_reader import load_records
 from alpaca_lib.core.locking import LOCK_NAME
 from alpaca_lib.llm.client import GenerationError
 from alpaca_lib.generation.journal import JOURNAL_NAME, read_journal
-from alpaca_lib.generation.runner import GenerateConfig, export_alpaca, run_generation
+from alpaca_lib.generation.export import export_alpaca
+from alpaca_lib.generation.runner import GenerateConfig, run_generation
 
 SEED_INSTRUCTIONS = [
     "Give three tips for staying healthy.",
@@ -436,7 +437,7 @@ def test_exported_file_loads_with_the_training_loader(tmp_path, seeds):
 
 
 def test_regen_json_is_written_as_jdump_writes_it(tmp_path):
-    from alpaca_lib.generation.runner import RegenFile
+    from alpaca_lib.generation.regen import RegenFile
     from utils import jdump
 
     items = [
@@ -457,9 +458,9 @@ def test_regen_json_is_written_as_jdump_writes_it(tmp_path):
 
 @pytest.mark.parametrize("signum, raised", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, SystemExit)])
 def test_a_signal_during_a_batch_commit_takes_effect_after_it(signum, raised):
-    from alpaca_lib.generation.runner import _StopSignals
+    from alpaca_lib.core.signals import StopSignals
 
-    signals, committed = _StopSignals(), []
+    signals, committed = StopSignals(), []
     # As in a terminal's foreground process, even when the tests run in the background (SIGINT ignored).
     outer = signal.signal(signal.SIGINT, signal.default_int_handler)
     signals.install()
@@ -480,11 +481,11 @@ def test_a_signal_during_a_batch_commit_takes_effect_after_it(signum, raised):
 def test_each_item_is_encoded_once_and_the_journal_read_once(tmp_path, seeds, monkeypatch):
     # What grows with the data is done once per item: with regen.json saved after every batch
     # (save_every_s=0), each kept item is still encoded only once, and the journal is read once, at start.
-    from alpaca_lib.generation import runner
+    from alpaca_lib.generation import regen, runner
 
     encoded, reads = [], []
-    real_encode, real_read = runner._json_indented, runner.read_journal
-    monkeypatch.setattr(runner, "_json_indented", lambda obj, level: (level == 1 and encoded.append(obj["instruction"]),
+    real_encode, real_read = regen._json_indented, runner.read_journal
+    monkeypatch.setattr(regen, "_json_indented", lambda obj, level: (level == 1 and encoded.append(obj["instruction"]),
                                                                        real_encode(obj, level))[1])
     monkeypatch.setattr(runner, "read_journal", lambda *a, **kw: (reads.append(a[0]), real_read(*a, **kw))[1])
     out = tmp_path / "out"

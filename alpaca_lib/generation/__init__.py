@@ -4,7 +4,8 @@
 
 config: the generator's settings; postprocess: the meta-prompt layout and the reply filters;
 journal: what a run records and how a resumed run reads it back; accounting: tokens, cost and discard
-counts; runner: the generation loop and the export. What the judge and the data report share with it
-lives beside this package: `alpaca_lib.llm` (client, settings, prices), `alpaca_lib.core.journal`,
-`alpaca_lib.core.rouge`.
+counts; batch: one batch's two phases (ask the model, keep or drop its items); runner: the loop over the
+batches; regen: regen.json, the kept items; export: the export to a training file. What the judge and the
+data report share with it lives beside this package: `alpaca_lib.llm` (client, settings, prices),
+`alpaca_lib.core.journal`, `alpaca_lib.core.rouge`, `alpaca_lib.core.signals` (the stop on Ctrl-C or SIGTERM).
 """

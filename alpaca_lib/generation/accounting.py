@@ -7,8 +7,10 @@ Prices come from `alpaca_lib.llm.pricing` (the defaults, merged with the user's 
 
 from __future__ import annotations
 
+import ipaddress
 from collections import Counter
 from typing import Any, Mapping
+from urllib.parse import urlparse
 
 from .postprocess import DISCARD_REASONS
 
@@ -90,9 +92,6 @@ def format_summary(s: Mapping[str, Any], base_url: str | None = None) -> str:
 
 def is_loopback(base_url: str | None) -> bool:
     """Whether `base_url` names this machine (localhost, 127.0.0.0/8, ::1): a local server, which costs nothing."""
-    import ipaddress
-    from urllib.parse import urlparse
-
     host = urlparse(base_url or "").hostname or ""
     if host == "localhost":
         return True

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from alpaca_lib.core.errors import UsageError
-from alpaca_lib.data.sources import RecordMessages, check_record
+from alpaca_lib.data.records import RecordMessages, check_record
 
 # Stop sequences of the original request: the prompt asks for 20 tasks, so "20" marks the end.
 STOP_SEQUENCES = ["\n20", "20.", "20."]

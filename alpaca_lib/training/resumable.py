@@ -3,7 +3,8 @@
     trainer = ResumableTrainer(model=model, args=training_args, callbacks=[StopOnSigterm()], ...)
     trainer.run_identity = {**run_identity(...), "settings": run_settings(...)}   # recorded in each manifest
 
-What a checkpoint holds and which one a run resumes from is alpaca_lib/training/checkpoints.py. Here:
+What a checkpoint holds is alpaca_lib/training/checkpoints.py, which one a run resumes from
+alpaca_lib/training/start.py. Here:
 
 - **Saving.** `ResumableTrainer._save_checkpoint` removes a folder left by an interrupted save, lets every
   process write its part, then writes the manifest (`checkpoints.write_manifest`) and only after it
@@ -34,6 +35,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from alpaca_lib.training import checkpoints
 from alpaca_lib.training.checkpoints import CHECKPOINT_PREFIX, list_checkpoints, problem_with, rotate
 from alpaca_lib.core.fileio import disk_full_as_error
+from alpaca_lib.core.signals import StopSignals
 
 logger = logging.getLogger(__name__)
 
@@ -129,24 +131,24 @@ class _StopBeforeAStep(transformers.TrainerCallback):
 class StopOnSigterm(transformers.TrainerCallback):
     """On SIGTERM, saves a checkpoint at the end of the current optimizer step and stops training.
 
-    `stopped_at` is then the step saved; train.py exits with `PREEMPTED_EXIT_CODE`.
+    `stopped_at` is then the step saved; train.py exits with `PREEMPTED_EXIT_CODE` (alpaca_lib/training/run.py).
     """
 
     def __init__(self):
-        self.requested = False
         self.stopped_at: Optional[int] = None
-        self._previous = None
+        # Noted by the handler, acted on at the end of the step; caught whatever handled SIGTERM before.
+        self._sigterm = StopSignals((signal.SIGTERM,), poll=True, take_over=True)
 
-    def _handle(self, signum, frame) -> None:
-        self.requested = True  # acted on at the end of the step; nothing else is safe inside a handler
+    @property
+    def requested(self) -> bool:
+        """Whether SIGTERM was caught: training saves and stops at the end of the current step."""
+        return self._sigterm.received is not None
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self._sigterm.install()
 
     def on_train_end(self, args, state, control, **kwargs):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
+        self._sigterm.restore()
 
     def on_step_end(self, args, state, control, **kwargs):
         requested = self.requested

@@ -1,0 +1,91 @@
+"""Stop signals (Ctrl-C's SIGINT, the SIGTERM a scheduler sends before a kill) acted on at a safe point.
+
+    stop = StopSignals()                                     # the generator: Ctrl-C or SIGTERM stops it at once...
+    stop.install()
+    try:
+        with stop.deferred():                                # ...except in here: it stops it right after the block
+            commit_one_batch()
+    finally:
+        stop.restore()
+
+    stop = StopSignals((signal.SIGTERM,), poll=True, take_over=True)   # training: a signal is only noted, and
+    ... if stop.received is not None: save a checkpoint, then stop     # the loop acts on it at the end of a step
+
+The one mechanism behind `generate_instruction.py`'s clean stop (alpaca_lib/generation/runner.py) and
+`train.py`'s checkpoint-then-stop (`StopOnSigterm` in alpaca_lib/training/resumable.py). A stop made of a
+signal is what the signal would have done, as an exception, so `finally` blocks still run: SIGINT raises
+KeyboardInterrupt, any other signal SystemExit(128 + signal number), 143 for SIGTERM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from typing import Any, Iterator, NoReturn, Sequence
+
+# The handler a signal has when nobody changed it: Python's own for SIGINT, the system's default for the rest.
+_UNCHANGED = {signal.SIGINT: signal.default_int_handler}
+
+
+def stop_on(signum: int) -> NoReturn:
+    """Stops the program as `signum` would have: KeyboardInterrupt for SIGINT, else SystemExit(128 + signum)."""
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise SystemExit(128 + signum)
+
+
+class StopSignals:
+    """Catches `signums` between `install()` and `restore()`; `received` is the last one caught and not acted on.
+
+    Outside the main thread, where Python cannot handle signals, `install` does nothing.
+
+    Args:
+        signums: the signals caught; by default SIGINT and SIGTERM.
+        poll: only note a signal (`received`), for a loop that looks at it at its own safe points. Without it a
+            signal stops the program at once (`stop_on`), or, inside a `deferred()` block, right after the block.
+        take_over: catch each signal whatever handles it now; without it a signal whose handling someone
+            changed (ignored, say) is left alone.
+    """
+
+    def __init__(self, signums: Sequence[int] = (signal.SIGINT, signal.SIGTERM), *, poll: bool = False,
+                 take_over: bool = False):
+        self.signums = tuple(signums)
+        self.poll = poll
+        self.take_over = take_over
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+        self._deferring = False
+
+    def install(self) -> None:
+        """Catches the signals from now on, remembering their handlers for `restore`."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in self.signums:
+            if self.take_over or signal.getsignal(signum) is _UNCHANGED.get(signum, signal.SIG_DFL):
+                self._previous[signum] = signal.signal(signum, self._handle)
+
+    def restore(self) -> None:
+        """Gives the signals back the handlers they had before `install`."""
+        for signum, handler in self._previous.items():
+            if handler is not None:  # None: a handler set outside Python, which cannot be put back from here
+                signal.signal(signum, handler)
+        self._previous = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.poll or self._deferring:
+            self.received = signum  # acted on later; nothing else is safe inside a handler
+        else:
+            stop_on(signum)
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """A block that a signal does not interrupt: the stop comes right after it."""
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+        if self.received is not None and not self.poll:
+            signum, self.received = self.received, None
+            stop_on(signum)
