@@ -23,7 +23,12 @@ import pandas as pd
 import pytest
 
 import eval_model
-from alpaca_lib.evaluation.judge import JOURNAL_NAME, judge_prompt
+from alpaca_lib.evaluation.judge import JOURNAL_NAME
+from alpaca_lib.evaluation.judges import judge_prompt
+from alpaca_lib.evaluation.provenance import model_source
+from alpaca_lib.evaluation.settings import journal_path
+from alpaca_lib.training.checkpoints import write_manifest
+from alpaca_lib.training.start import mark_finished
 from conftest import REPO_ROOT, kill_when_journaled, run_script
 from openai_stub import OpenAIStub, Request, Step, chat_body, error
 from test_metrics import plant_df_gamed
@@ -314,6 +319,56 @@ def test_leaderboard_row_names_the_train_folder_the_outputs_came_from(tmp_path):
     with open(tmp_path / "board.csv", newline="") as f:
         assert next(csv.DictReader(f))["model_source"] == summary["model_source"]
 
+
+
+def _trained_from(base: str) -> dict:
+    """A run record as train.py writes it (`run_identity` and the settings)."""
+    return {"model": base, "model_content": base, "gguf_file": None, "data": "alpaca_data.json",
+            "data_sha256": "0" * 64, "settings": {}}
+
+
+def _outputs_of_folder(tmp_path: Path, folder: Path) -> Path:
+    """Outputs whose journal says `eval_model.py outputs --model_dir folder` wrote them."""
+    outputs = tmp_path / "model_outputs.json"
+    journal_path(outputs).write_text(json.dumps({"t": "start", "run": {"model": str(folder)}}) + "\n")
+    return outputs
+
+
+def test_model_source_reads_the_newest_checkpoint_by_step_not_by_name(tmp_path):
+    """checkpoint-10 is newer than checkpoint-9, though it sorts first as a string."""
+    folder = tmp_path / "runs" / "a"
+    for step, base in ((9, "older-base"), (10, "newer-base")):
+        (folder / f"checkpoint-{step}").mkdir(parents=True)
+        write_manifest(folder / f"checkpoint-{step}", step, _trained_from(base))
+    assert model_source(str(_outputs_of_folder(tmp_path, folder))) == \
+        f"{folder} (trained from newer-base on alpaca_data.json)"
+
+
+def test_leaderboard_row_names_the_base_model_of_a_run_saved_without_checkpoints(tmp_path):
+    """`--save_strategy no` (the demo): training_finished.json is the only record of what the run trained from."""
+    folder = tmp_path / "runs" / "demo"
+    folder.mkdir(parents=True)
+    mark_finished(folder, 3, _trained_from("base-model"))
+    model, ref = _files(tmp_path)
+    (tmp_path / "model.journal.jsonl").write_text(json.dumps({"t": "start", "run": {"model": str(folder)}}) + "\n")
+    with OpenAIStub(default=_judge()) as stub:
+        summary = _judge_in_process(model, ref, tmp_path / "j", stub, tmp_path / "board.csv")
+    assert summary["model_source"] == f"{folder} (trained from base-model on alpaca_data.json)"
+    with open(tmp_path / "board.csv", newline="") as f:
+        assert next(csv.DictReader(f))["model_source"] == summary["model_source"]
+
+
+def test_model_source_prefers_the_final_models_record_to_a_checkpoints(tmp_path):
+    """The folder's final model is what `outputs --model_dir` loaded; a checkpoint beside it may be of another
+    run (a resume from another run's checkpoint, asked for by path)."""
+    folder = tmp_path / "runs" / "a"
+    (folder / "checkpoint-2").mkdir(parents=True)
+    write_manifest(folder / "checkpoint-2", 2, _trained_from("checkpoint-base"))
+    mark_finished(folder, 4, _trained_from("final-base"))
+    outputs = _outputs_of_folder(tmp_path, folder)
+    assert model_source(str(outputs)) == f"{folder} (trained from final-base on alpaca_data.json)"
+    mark_finished(folder, 4, None)  # a record that names no model: the checkpoint's is used
+    assert model_source(str(outputs)) == f"{folder} (trained from checkpoint-base on alpaca_data.json)"
 
 def test_score_recomputes_a_judge_run_from_its_annotations(tmp_path):
     model, ref = _files(tmp_path)

@@ -9,12 +9,14 @@
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Optional, Sequence, TextIO
+from typing import Optional, Sequence, TextIO
 
-from alpaca_lib.evaluation.outputs import GenerationSettings, LocalModel, prompt_of
-
-if TYPE_CHECKING:
-    from alpaca_lib.evaluation.config import ChatConfig
+from alpaca_lib.core.errors import UsageError
+from alpaca_lib.core.fileio import expand_home
+from alpaca_lib.data.json_reader import load_records
+from alpaca_lib.evaluation.config import ChatConfig
+from alpaca_lib.evaluation.outputs import LocalModel, prompt_of
+from alpaca_lib.evaluation.settings import GenerationSettings
 
 
 def generate_responses(
@@ -45,7 +47,7 @@ def generate_responses(
     return responses
 
 
-def chat_loop(cfg: "ChatConfig", stdin: Optional[TextIO] = None, stdout: Optional[TextIO] = None,
+def chat_loop(cfg: ChatConfig, stdin: Optional[TextIO] = None, stdout: Optional[TextIO] = None,
               stderr: Optional[TextIO] = None) -> None:
     """An interactive loop: reads an instruction, then an optional input (an empty line for none), and streams
     the answer. Ends at end of input (Ctrl-D). Prompts go to stderr, answers to stdout (one turn per line).
@@ -54,7 +56,7 @@ def chat_loop(cfg: "ChatConfig", stdin: Optional[TextIO] = None, stdout: Optiona
     Args:
         cfg: the model and the decoding settings (alpaca_lib/evaluation/config.py, where their defaults live).
     """
-    import torch
+    import torch  # deferred: --help and a bad flag answer without loading torch
     from transformers import TextStreamer
 
     stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
@@ -62,7 +64,7 @@ def chat_loop(cfg: "ChatConfig", stdin: Optional[TextIO] = None, stdout: Optiona
     lm = LocalModel.load(cfg.model_dir, cfg.gguf_file)
     sampling = GenerationSettings(do_sample=cfg.do_sample, temperature=cfg.temperature, top_p=cfg.top_p).sampling_kwargs()
 
-    class _Streamer(TextStreamer):
+    class _Streamer(TextStreamer):  # here, as its base class is imported only when a chat starts
         def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
             stdout.write(text if not stream_end else text.rstrip("\n") + "\n")
             stdout.flush()
@@ -110,12 +112,6 @@ def main(
         gguf_file: a GGUF file inside `model_dir` to load instead of safetensors.
         chat: talk to the model turn by turn instead (see `chat_loop`).
     """
-    from alpaca_lib.data.tokenizing import load_records
-    from alpaca_lib.core.errors import UsageError
-    from alpaca_lib.evaluation.config import ChatConfig
-
-    from alpaca_lib.core.fileio import expand_home
-
     model_dir, data_path = expand_home(model_dir), expand_home(data_path)
     budget = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}  # else each path's default
     if chat:

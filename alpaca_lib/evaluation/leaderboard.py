@@ -14,9 +14,10 @@ import csv
 import hashlib
 import json
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
-DEFAULT_LEADERBOARD = "runs/leaderboard.csv"
+from alpaca_lib.core.fileio import atomic_write
+
 FIELDS = ["model", "outputs_sha256", "reference", "judge_model", "win_rate", "standard_error",
           "length_controlled_winrate", "length_control", "discrete_win_rate", "n_total", "avg_length", "weighting",
           "order_consistency", "judge_reliable", "prompt_version", "model_source", "updated"]
@@ -53,8 +54,6 @@ def record(path: Path, row: dict) -> list[dict]:
     Args:
         row: the summary's values for FIELDS (others are ignored); `outputs_sha256` must be set.
     """
-    from alpaca_lib.core.fileio import atomic_write
-
     new = {k: "" if row.get(k) is None else row[k] for k in FIELDS}
     for k in _FLOATS:
         new[k] = "" if new[k] == "" else f"{float(new[k]):.4f}" if k == "order_consistency" else f"{float(new[k]):.2f}"
@@ -69,29 +68,3 @@ def record(path: Path, row: dict) -> list[dict]:
         writer.writerows(rows)
     return rows
 
-
-def model_source(model_outputs: Optional[str]) -> str:
-    """What is known of the model that wrote `model_outputs` (`eval_model.py outputs`): the folder or served
-    model its journal names and, for a train.py folder, the base model and data its checkpoint manifest
-    records. "" when nothing is known (outputs made elsewhere)."""
-    from alpaca_lib.training.checkpoints import MANIFEST_NAME
-    from alpaca_lib.evaluation.outputs import journal_path
-
-    if not model_outputs:
-        return ""
-    try:
-        with open(journal_path(model_outputs), encoding="utf-8") as f:
-            run = json.loads(f.readline()).get("run") or {}
-    except (OSError, ValueError, AttributeError):
-        return ""
-    source = str(run.get("model") or "")
-    folder = Path(source)
-    manifests = sorted(folder.glob(f"checkpoint-*/{MANIFEST_NAME}")) if source and folder.is_dir() else []
-    for manifest in manifests[-1:]:
-        try:
-            trained = json.loads(manifest.read_text(encoding="utf-8")).get("run") or {}
-        except (OSError, ValueError):
-            continue
-        if trained.get("model"):
-            source += f" (trained from {trained['model']} on {trained.get('data')})"
-    return source

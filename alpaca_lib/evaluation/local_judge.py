@@ -3,7 +3,7 @@
     python eval_model.py judge --model_outputs M.json --reference_outputs R.json \
         --judge_model_dir runs/judge-model [--judge_gguf_file model.gguf] --output_dir runs/judge/m_vs_r
 
-The judge's prompt (`alpaca_lib.evaluation.judge.JUDGE_PROMPT`) goes through the model's chat template (as a user
+The judge's prompt (`alpaca_lib.evaluation.judges.JUDGE_PROMPT`) goes through the model's chat template (as a user
 message, the assistant's turn opened) when its tokenizer has one, else as plain text. One forward pass
 per prompt gives the next-token distribution at the answer position; the verdict is the probability of
 "a" against "b" (each letter's mass summed over the tokens that spell it alone: "a", "A", " a", " A"),
@@ -58,7 +58,7 @@ class LocalJudge:
 
     def p_first(self, prompts: Sequence[str], batch_size: int = 8) -> list[float]:
         """P("a") / (P("a") + P("b")) at the answer position of each prompt."""
-        import torch
+        import torch  # deferred: a judge on a server imports this module and never needs torch
 
         rows = [self.prompt_ids(p) for p in prompts]
         out: list[float] = [0.0] * len(rows)

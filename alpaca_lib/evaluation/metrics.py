@@ -28,6 +28,7 @@ import warnings
 from typing import Any, Optional, Sequence
 
 import numpy as np
+from huggingface_hub import hf_hub_download  # 0.2 s, but alpaca_eval, which every caller uses, imports it anyway
 
 MIN_PAIRS_FOR_LC = 10  # AlpacaEval's fit cross-validates over 5 folds of pairs; fewer than 10 says little
 V1_N_INSTRUCTIONS = 805  # AlpacaEval's evaluation set; length_controlled_v1 indexes its difficulties by position
@@ -51,7 +52,7 @@ def _quiet():
 
 def _alpaca_eval_metrics_module():
     """alpaca_eval.metrics and its glm_winrate module, imported quietly."""
-    with _quiet():
+    with _quiet():  # deferred: alpaca_eval takes over a second to import, and only the numbers need it
         import alpaca_eval.metrics as metrics
         import alpaca_eval.metrics.glm_winrate as glm
     return metrics, glm
@@ -59,7 +60,7 @@ def _alpaca_eval_metrics_module():
 
 def annotation_frame(rows: Sequence[dict]):
     """The rows as the DataFrame AlpacaEval's metrics take (positions 0..n-1, preference float or NaN)."""
-    import pandas as pd
+    import pandas as pd  # deferred, as alpaca_eval (see `_alpaca_eval_metrics_module`)
 
     keys = ("instruction", "output_1", "generator_1", "output_2", "generator_2", "annotator", "preference")
     frame = pd.DataFrame([{k: r.get(k) for k in keys} for r in rows], columns=list(keys))
@@ -71,8 +72,6 @@ def find_df_gamed() -> Optional[str]:
     """The path of AlpacaEval's df_gamed.csv (downloaded, or from the local Hugging Face cache when
     offline), or None when it cannot be had."""
     try:
-        from huggingface_hub import hf_hub_download
-
         _, glm = _alpaca_eval_metrics_module()
         return hf_hub_download(repo_id=GAMED_REPO, filename=GAMED_FILE, repo_type="dataset",
                                cache_dir=glm.constants.DEFAULT_CACHE_DIR, token=glm.constants.DATASETS_TOKEN)
@@ -99,7 +98,7 @@ def _length_controlled_minimal(frame) -> tuple[float, float]:
     train = train[train["preference"].notna()]
     model = glm.fit_LogisticRegressionCV(train, "preference", is_ytrue_proba=True, **info["kwargs"])
     predicted = model.predict_proba(test)[:, 1]
-    import pandas as pd
+    import pandas as pd  # deferred, as in `annotation_frame`
 
     return float(predicted.mean() * 100), float(pd.Series(predicted).sem() * 100)
 

@@ -25,48 +25,27 @@ import json
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
-from alpaca_lib.data.tokenizing import load_records
 from alpaca_lib.core.errors import UsageError
 from alpaca_lib.core.fileio import atomic_write, disk_full_as_error, sha256_of
 from alpaca_lib.core.journal import Journal, records_of_run
+from alpaca_lib.core.locking import output_lock
 from alpaca_lib.core.modeling import model_folder_digest
+from alpaca_lib.core.precision import auto_dtype, emulation_warning
+from alpaca_lib.core.preflight import check_model_source, check_output_file
+from alpaca_lib.core.progress import progress_bar
 from alpaca_lib.core.prompt import format_prompt, request_text
-
-if TYPE_CHECKING:
-    from alpaca_lib.evaluation.config import OutputsConfig
+from alpaca_lib.data.json_reader import load_records
+from alpaca_lib.evaluation.config import OutputsConfig
+from alpaca_lib.evaluation.settings import GenerationSettings, journal_path
+from alpaca_lib.llm.client import CompletionClient, GenerationError
 
 INSTRUCTION_FIELDS = ("instruction",)
 OPTIONAL_FIELDS = ("input", "output", "dataset", "generator")
 EOS, LENGTH = "eos", "length"
-
-
-@dataclass
-class GenerationSettings:
-    """How each answer is generated; part of a run's identity (a resumed run must use the same)."""
-
-    max_new_tokens: int = field(default=512, metadata={"help": "Most tokens generated per answer."})
-    do_sample: bool = field(default=False, metadata={"help": "Sample instead of greedy decoding."})
-    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (with --do_sample True)."})
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling top_p (with --do_sample True)."})
-    seed: int = field(default=0, metadata={"help": "Seed of the sampling (with --do_sample True)."})
-
-    def sampling_kwargs(self) -> dict[str, Any]:
-        """`generate`'s sampling arguments: sampled, or greedy with the model's own sampling defaults off."""
-        if self.do_sample:
-            return dict(do_sample=True, temperature=self.temperature, top_p=self.top_p)
-        return dict(do_sample=False, temperature=None, top_p=None, top_k=None)
-
-    def check(self) -> None:
-        if not isinstance(self.max_new_tokens, int) or isinstance(self.max_new_tokens, bool) or self.max_new_tokens < 1:
-            raise UsageError(f"--max_new_tokens must be a positive integer; got {self.max_new_tokens!r}")
-        if self.do_sample and not self.temperature > 0:
-            raise UsageError(f"--temperature must be > 0 when sampling; got {self.temperature!r}")
-        if not 0 < self.top_p <= 1:
-            raise UsageError(f"--top_p must be in (0, 1]; got {self.top_p!r}")
 
 
 @dataclass
@@ -98,8 +77,6 @@ def prompt_of(record: dict) -> str:
 def resolve_dtype(dtype: str, device: Optional[str] = None, flag: str = "--dtype") -> str:
     """The dtype a local model runs in: "auto" by `alpaca_lib.core.precision.auto_dtype`, any other name as given,
     with one warning line on stderr where that name is a half precision this device only emulates."""
-    from alpaca_lib.core.precision import auto_dtype, emulation_warning
-
     if dtype == "auto":
         return auto_dtype(device)
     warning = emulation_warning(dtype, f"{flag} {dtype}", f"{flag} auto runs {auto_dtype(device)} here", device)
@@ -143,10 +120,8 @@ class LocalModel:
                 or a torch dtype name.
             flag: the flag that set `dtype`, for the warning about an emulated half precision.
         """
-        import torch
+        import torch  # deferred: only a local model needs torch (a served model and --help start without it)
         from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from alpaca_lib.core.preflight import check_model_source
 
         check_model_source(model_dir, gguf_file, flag="--model_dir", hub=False)
         extra = {"gguf_file": gguf_file} if gguf_file else {}
@@ -172,7 +147,7 @@ class LocalModel:
         index in `ids` (default: its position), so it does not depend on the prompts that share its batch
         either: a resumed run answers the remaining records as the uninterrupted run did.
         """
-        import torch
+        import torch  # deferred: only a local model needs torch (a served model and --help start without it)
         from transformers import LogitsProcessorList
 
         if not prompts:
@@ -198,7 +173,7 @@ class LocalModel:
 
     def _left_padded(self, rows: list[list[int]]) -> dict:
         """Left padding (a tokenizer without a pad token works too): each prompt's answer follows it directly."""
-        import torch
+        import torch  # deferred, as in `load`
 
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
@@ -223,13 +198,13 @@ class _RowSampler:
     torch generator, and leaves only that token possible, so greedy decoding takes it."""
 
     def __init__(self, seeds: Sequence[int], temperature: float, top_p: float):
-        import torch
+        import torch  # deferred, as in `LocalModel.load`
 
         self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
         self.temperature, self.top_p = temperature, top_p
 
     def __call__(self, input_ids, scores):
-        import torch
+        import torch  # deferred, as in `LocalModel.load`
 
         probs = torch.softmax(scores.float().cpu() / self.temperature, dim=-1)
         if self.top_p < 1.0:  # keep the most likely tokens up to top_p of the mass (at least one)
@@ -273,8 +248,6 @@ class ServedModel:
         position). A request that fails for good is raised once every other request has ended, so the
         answers already paid for are yielded (and journaled) first.
         """
-        from alpaca_lib.llm.client import GenerationError
-
         ids = list(range(len(records))) if ids is None else list(ids)
         errors = []
         with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
@@ -307,11 +280,6 @@ class ServedModel:
 # ---- the run ----
 
 
-def journal_path(output_path: str | Path) -> Path:
-    output_path = Path(output_path)
-    return output_path.with_name(output_path.stem + ".journal.jsonl")
-
-
 def write_outputs(
     records: Sequence[dict],
     answer_batches: Callable[[list[int]], Iterator[tuple[list[int], list[Answer]]]],
@@ -332,8 +300,6 @@ def write_outputs(
     Returns:
         The records written.
     """
-    from alpaca_lib.core.progress import progress_bar
-
     jpath = journal_path(output_path)
     earlier = records_of_run(jpath, run, "holds outputs of another run", "Run with the same settings to continue it, "
                              "or pass another --output_path (or delete the journal) to start afresh.")
@@ -383,15 +349,12 @@ class OutputsResult:
     output_path: str
 
 
-def run_outputs(cfg: "OutputsConfig") -> OutputsResult:
+def run_outputs(cfg: OutputsConfig) -> OutputsResult:
     """`eval_model.py outputs`: checks the settings, then answers every instruction (resuming a killed run).
 
     Raises:
         UsageError: a setting, path or input file that cannot work; nothing is created then.
     """
-    from alpaca_lib.core.locking import output_lock
-    from alpaca_lib.core.preflight import check_model_source, check_output_file
-
     settings = cfg.generation_settings()
     settings.check()
     if (cfg.model_dir is None) == (cfg.base_url is None):
@@ -418,8 +381,6 @@ def run_outputs(cfg: "OutputsConfig") -> OutputsResult:
         identity = LocalModel.fingerprint(cfg.model_dir, cfg.gguf_file)
         generator = cfg.generator or Path(cfg.model_dir).resolve().name
     else:
-        from alpaca_lib.llm.client import CompletionClient
-
         client = CompletionClient(cfg.model_name, base_url=cfg.base_url, api_key=cfg.api_key, api_style=cfg.api_style,
                                   max_tokens=cfg.max_new_tokens, temperature=cfg.temperature if cfg.do_sample else 0.0,
                                   top_p=cfg.top_p if cfg.do_sample else 1.0, logit_bias=None, stop=[],

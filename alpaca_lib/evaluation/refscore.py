@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+from rapidfuzz.distance import LCSseq
 
 from alpaca_lib.core.rouge import _code_point, rouge_l_fmeasure, rouge_tokenize
 
@@ -28,8 +29,6 @@ def rouge_l(outputs: Sequence[str], references: Sequence[str]) -> list[float]:
     Returns:
         One F-measure per pair, in [0, 1] (0 when either side has no tokens).
     """
-    from rapidfuzz.distance import LCSseq
-
     vocab: dict[str, str] = {}
 
     def encode(tokens: list[str]) -> str:
