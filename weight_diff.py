@@ -21,9 +21,11 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from alpaca_lib.weightdiff.diffing import smoke_test, stream_make_diff, stream_recover
+from alpaca_lib.core.cli import run_fire
 from alpaca_lib.core.fileio import disk_full_as_error, expand_home
 from alpaca_lib.core.preflight import check_not_an_input, check_output_dir
+from alpaca_lib.weightdiff.allocator import big_allocations_use_mmap
+from alpaca_lib.weightdiff.diffing import smoke_test, stream_make_diff, stream_recover
 
 
 def make_diff(
@@ -124,8 +126,9 @@ COMMANDS = {"make_diff": make_diff, "recover": recover}
 
 
 def main(argv: Optional[list] = None) -> None:
-    from alpaca_lib.core.cli import run_fire
-
+    # Process-wide and for good, so here, where the command owns its process, and not in the library: a caller
+    # of make_diff / recover keeps its own allocator settings (why it pays: alpaca_lib/weightdiff/allocator.py).
+    big_allocations_use_mmap()
     run_fire(COMMANDS, "weight_diff.py", argv, quiet=True)
 
 

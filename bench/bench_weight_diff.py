@@ -11,8 +11,9 @@ Each method then runs in its own child process, which reports its own peak RSS
 (VmHWM from /proc/self/status, else `getrusage(RUSAGE_SELF).ru_maxrss`) and wall time:
 
 - whole-model: the original approach (both models loaded in float32, state dicts added in place,
-  naive sum, `save_pretrained`), i.e. `alpaca_lib.weightdiff.diffing.whole_model_recover`;
-- streaming: `weight_diff.recover` on the same released-layout diff;
+  naive sum, `save_pretrained`), i.e. `testkit.whole_model.whole_model_recover`;
+- streaming: `weight_diff.recover` on the same released-layout diff, with glibc's mmap threshold set as
+  `weight_diff.py`'s command line sets it (`alpaca_lib.weightdiff.allocator`);
 - stream+verify: `weight_diff.recover` on the same diff re-written by `weight_diff.make_diff`
   (sharded safetensors with the SHA-256 manifest, every tensor verified).
 
@@ -40,8 +41,11 @@ def _child(method: str, path_raw: str, path_diff: str, path_out: str) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM  # noqa: F401
 
     import weight_diff
-    from alpaca_lib.weightdiff.diffing import whole_model_recover
+    from alpaca_lib.weightdiff.allocator import big_allocations_use_mmap
+    from testkit.whole_model import whole_model_recover
 
+    if method != "whole":
+        big_allocations_use_mmap()  # what `weight_diff.py`'s main() does before its command runs
     baseline = peak_rss_mb()
     start = time.perf_counter()
     if method == "whole":

@@ -1,4 +1,4 @@
-"""Tests for weight_diff.py and its streaming engine (alpaca_lib.weightdiff.diffing, alpaca_lib.weightdiff.weights).
+"""Tests for weight_diff.py and its streaming engine (alpaca_lib/weightdiff/).
 
     .venv/bin/python -m pytest tests/test_weight_diff.py -q
 
@@ -21,12 +21,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from alpaca_lib.weightdiff import diffing
-from alpaca_lib.weightdiff.diffing import WeightDiffError
-from alpaca_lib.core.modeling import missing_special_tokens, smart_tokenizer_and_embedding_resize
 from alpaca_lib.core.fileio import staging_dir
+from alpaca_lib.core.modeling import missing_special_tokens, smart_tokenizer_and_embedding_resize
+from alpaca_lib.weightdiff.diffing import SMOKE_TEST_INSTRUCTION, stream_recover
+from alpaca_lib.weightdiff.manifest import MANIFEST_NAME
+from alpaca_lib.weightdiff.plan import WeightDiffError, plan_raw, resize_rows
 from alpaca_lib.weightdiff.weights import Checkpoint, CheckpointError, SafetensorsWriter
 from conftest import REPO_ROOT
+from testkit.whole_model import whole_model_make_diff, whole_model_recover
 from utils import format_prompt
 
 import weight_diff
@@ -97,7 +99,7 @@ def tiny(tiny_llama_dir, tmp_path_factory):
     paths.update(raw_st=root / "raw_st", tuned_st=root / "tuned_st", root=root)
     assert len(list((root / "tuned_st").glob("model-*.safetensors"))) > 1
     # The released diff's layout: the whole-model diff saved as sharded fp32 .bin (no manifest).
-    diff_model = diffing.whole_model_make_diff(paths["raw_st"], paths["tuned_st"])
+    diff_model = whole_model_make_diff(paths["raw_st"], paths["tuned_st"])
     paths["diff_bin"] = _save_bin_sharded(diff_model, tok_tuned, root / "diff_bin")
     paths["tuned_sd"] = {k: v.detach().clone() for k, v in tuned.state_dict().items()}
     return paths
@@ -106,7 +108,7 @@ def tiny(tiny_llama_dir, tmp_path_factory):
 def test_plan_and_resize_rows_match_smart_resize_bit_for_bit(tiny):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    plan = diffing.plan_raw(tiny["raw_st"])
+    plan = plan_raw(tiny["raw_st"])
     assert (plan.special_tokens, plan.num_new_tokens, plan.vocab_size, plan.row_keys) == (
         {"pad_token": "[PAD]"},
         1,
@@ -119,7 +121,7 @@ def test_plan_and_resize_rows_match_smart_resize_bit_for_bit(tiny):
     raw = Checkpoint(tiny["raw_st"])
     for key, param in (("model.embed_tokens.weight", model.get_input_embeddings().weight),
                        ("lm_head.weight", model.get_output_embeddings().weight)):
-        rows = diffing.resize_rows(raw.load(key).float(), plan.vocab_size, plan.num_new_tokens)
+        rows = resize_rows(raw.load(key).float(), plan.vocab_size, plan.num_new_tokens)
         assert rows.shape == (VOCAB + 1, 64)
         assert torch.equal(_bits(rows), _bits(param)), key
         # the new row really is the mean, not a copy of some old row
@@ -134,15 +136,15 @@ def test_make_diff_then_recover_matches_whole_model_bit_for_bit(tiny, tmp_path, 
     path_raw, path_tuned = tiny[raw_layout], tiny[tuned_layout]
     weight_diff.make_diff(path_raw, path_tuned, tmp_path / "diff", max_shard_size="250KB")
     diff = _load_sd(tmp_path / "diff")
-    reference_diff = diffing.whole_model_make_diff(path_raw, path_tuned).state_dict()
+    reference_diff = whole_model_make_diff(path_raw, path_tuned).state_dict()
     _assert_bitwise_equal(diff, reference_diff)
     assert len(list((tmp_path / "diff").glob("model-*.safetensors"))) == 4
 
     weight_diff.recover(path_raw, tmp_path / "diff", tmp_path / "rec", test_inference=False)
     recovered = _load_sd(tmp_path / "rec")
-    reference_model, reference_sum = diffing.whole_model_recover(path_raw, tmp_path / "diff")
+    reference_model, reference_sum = whole_model_recover(path_raw, tmp_path / "diff")
     _assert_bitwise_equal(recovered, reference_model.state_dict())
-    manifest = json.loads((tmp_path / "diff" / diffing.MANIFEST_NAME).read_text())
+    manifest = json.loads((tmp_path / "diff" / MANIFEST_NAME).read_text())
     assert abs(manifest["recovered_sum"] - reference_sum) < 1e-3
     # Within float32 rounding of the tuned weights, but (tuned - raw) + raw is not always tuned exactly.
     inexact = 0
@@ -155,13 +157,13 @@ def test_make_diff_then_recover_matches_whole_model_bit_for_bit(tiny, tmp_path, 
 
 def test_recover_released_layout_bin_diff_without_manifest(tiny, tmp_path):
     """The released diff is sharded fp32 .bin with no manifest: the naive sum is the check."""
-    reference_model, reference_sum = diffing.whole_model_recover(tiny["raw_st"], tiny["diff_bin"])
-    out, result = diffing.stream_recover(tiny["raw_st"], tiny["diff_bin"], tmp_path / "rec", expected_sum=reference_sum)
+    reference_model, reference_sum = whole_model_recover(tiny["raw_st"], tiny["diff_bin"])
+    out, result = stream_recover(tiny["raw_st"], tiny["diff_bin"], tmp_path / "rec", expected_sum=reference_sum)
     _assert_bitwise_equal(_load_sd(out), reference_model.state_dict())
     # same tensors, same order as the state dict -> the same float32 running sum
     assert result.recovered_sum == reference_sum
     with pytest.raises(WeightDiffError, match=r"naive integrity check failed: the recovered parameters sum to .*expected 50637\.1836"):
-        diffing.stream_recover(tiny["raw_st"], tiny["diff_bin"], tmp_path / "rec2")  # default: Alpaca-7B's value
+        stream_recover(tiny["raw_st"], tiny["diff_bin"], tmp_path / "rec2")  # default: Alpaca-7B's value
     assert not (tmp_path / "rec2").exists()
 
 
@@ -176,8 +178,8 @@ def test_old_rotary_buffers_are_summed_but_not_written(tiny, tmp_path):
     for layer in range(2):
         sd[f"model.layers.{layer}.self_attn.rotary_emb.inv_freq"] = torch.zeros(8)
     save_file(sd, diff_dir / "model.safetensors", metadata={"format": "pt"})
-    manifest = json.loads((diff_dir / diffing.MANIFEST_NAME).read_text())
-    _, result = diffing.stream_recover(tiny["raw_st"], diff_dir, tmp_path / "rec", check_integrity_naively=False)
+    manifest = json.loads((diff_dir / MANIFEST_NAME).read_text())
+    _, result = stream_recover(tiny["raw_st"], diff_dir, tmp_path / "rec", check_integrity_naively=False)
     assert abs(result.recovered_sum - (manifest["recovered_sum"] + 2 * float(inv_freq.sum()))) < 1e-3
     assert not any("inv_freq" in k for k in Checkpoint(tmp_path / "rec").infos)
 
@@ -242,7 +244,7 @@ def test_missing_and_extra_keys_are_named(tiny, tmp_path):
     sd["model.extra.weight"] = sd.pop("model.norm.weight")
     save_file(sd, raw / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(WeightDiffError) as err:
-        diffing.stream_recover(raw, tiny["diff_bin"], None)
+        stream_recover(raw, tiny["diff_bin"], None)
     message = str(err.value)
     assert "1 tensor(s) in path_diff but not in raw: model.norm.weight" in message
     assert "1 tensor(s) in raw but not in path_diff: model.extra.weight" in message
@@ -337,7 +339,7 @@ def test_recovered_model_loads_and_generates_like_the_tuned_model(tiny, tmp_path
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "rec")
     assert model.dtype == torch.float32 and model.get_input_embeddings().weight.shape == (VOCAB + 1, 64)
     tuned = AutoModelForCausalLM.from_pretrained(tiny["tuned_bin"], dtype=torch.float32)
-    prompt = tokenizer(format_prompt({"instruction": diffing.SMOKE_TEST_INSTRUCTION}), return_tensors="pt")
+    prompt = tokenizer(format_prompt({"instruction": SMOKE_TEST_INSTRUCTION}), return_tensors="pt")
     out = tuned.generate(**prompt, max_new_tokens=12, do_sample=False)
     expected = tokenizer.decode(out[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True)
     assert completion == expected and len(out[0]) == prompt["input_ids"].shape[1] + 12
@@ -417,13 +419,13 @@ def test_remapping_and_legacy_bin_read_the_same_values(tiny, tmp_path):
 
 def test_naive_check_with_a_manifest_runs_only_when_asked(tiny, tmp_path):
     weight_diff.make_diff(tiny["raw_st"], tiny["tuned_st"], tmp_path / "diff")
-    manifest = json.loads((tmp_path / "diff" / diffing.MANIFEST_NAME).read_text())
+    manifest = json.loads((tmp_path / "diff" / MANIFEST_NAME).read_text())
     # default: the digests are the check, the Alpaca-7B sum is not applied to another model
-    _, result = diffing.stream_recover(tiny["raw_st"], tmp_path / "diff", None)
+    _, result = stream_recover(tiny["raw_st"], tmp_path / "diff", None)
     assert abs(result.recovered_sum - manifest["recovered_sum"]) < 1e-3
-    diffing.stream_recover(tiny["raw_st"], tmp_path / "diff", None, expected_sum=manifest["recovered_sum"])
+    stream_recover(tiny["raw_st"], tmp_path / "diff", None, expected_sum=manifest["recovered_sum"])
     with pytest.raises(WeightDiffError, match=r"sum to .* expected 1\.0000 \(atol 0\.01\)"):
-        diffing.stream_recover(tiny["raw_st"], tmp_path / "diff", None, expected_sum=1.0)
+        stream_recover(tiny["raw_st"], tmp_path / "diff", None, expected_sum=1.0)
 
 
 def _refused(*args) -> str:
@@ -469,3 +471,35 @@ def test_a_cut_short_bin_input_is_one_error_line_naming_it(tiny, tmp_path):
     assert line.startswith(f"error: {shard}: a torch checkpoint that is cut short or damaged ("), line
     assert line.endswith("; re-download or re-create it"), line
     assert not (tmp_path / "diff").exists()
+
+
+def _record_mallopt(monkeypatch) -> list:
+    """Every `mallopt(param, value)` call made through ctypes from now on, recorded and not applied."""
+    import ctypes
+
+    calls, real_cdll = [], ctypes.CDLL
+
+    class RecordingLibrary:
+        def __init__(self, *args, **kwargs):
+            self._library = real_cdll(*args, **kwargs)
+
+        def __getattr__(self, name):
+            if name == "mallopt":
+                return lambda *args: calls.append(args) or 1
+            return getattr(self._library, name)
+
+    monkeypatch.setattr(ctypes, "CDLL", RecordingLibrary)
+    return calls
+
+
+def test_library_calls_leave_the_process_allocator_alone(tiny, tmp_path, monkeypatch):
+    """glibc's mallopt is process-wide: make_diff and recover called in-process (tests, benches, notebooks) leave
+    the caller's allocator as it was; only weight_diff.py's command line sets its mmap threshold."""
+    calls = _record_mallopt(monkeypatch)
+    weight_diff.make_diff(tiny["raw_st"], tiny["tuned_st"], tmp_path / "diff")
+    weight_diff.recover(tiny["raw_st"], tmp_path / "diff", tmp_path / "rec", test_inference=False)
+    assert calls == []
+    ran = []
+    monkeypatch.setattr(weight_diff, "run_fire", lambda *args, **kwargs: ran.append(list(calls)))
+    weight_diff.main(["recover", "--path_raw", "raw", "--path_diff", "diff"])
+    assert ran == [[(-3, 1 << 20)]]  # M_MMAP_THRESHOLD = 1 MiB, set before the command runs

@@ -13,7 +13,12 @@ from __future__ import annotations
 import sys
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
+import fire
+
+from alpaca_lib.core.config_file import expand_fire_config
 from alpaca_lib.core.errors import UsageError, exit_with
+from alpaca_lib.core.preflight import check_fire_flags
+from alpaca_lib.core.quiet import quiet_entry_point
 
 Commands = Union[Mapping[str, Callable], Callable]
 
@@ -32,19 +37,11 @@ def run_fire(commands: Commands, program: str, argv: Optional[Sequence[str]] = N
         errors: exception types shown as one `error:` line besides `UsageError`.
         serialize: Fire's `serialize` (e.g. `lambda _: None` for a command that prints its own summary).
     """
-    import fire
-
-    from alpaca_lib.core.preflight import check_fire_flags
-
     if quiet:
-        from alpaca_lib.core.quiet import quiet_entry_point
-
         quiet_entry_point()
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if config_file:
-            from alpaca_lib.core.config_file import expand_fire_config
-
             argv = expand_fire_config(argv, commands, program)
         check_fire_flags(argv, commands, program)
         fire.Fire(commands, command=argv, serialize=serialize)
