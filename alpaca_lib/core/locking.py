@@ -17,6 +17,7 @@ Needs `fcntl` (Linux, macOS). On network file systems flock is only as good as t
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import socket
@@ -50,8 +51,6 @@ def output_lock(folder: str | os.PathLike, command: str, name: str = LOCK_NAME, 
         OutputLockedError: another process (or another lock in this one) holds it; the message names
             the holder's pid, host, command and start time, and says what to do.
     """
-    import fcntl
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name

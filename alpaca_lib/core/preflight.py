@@ -40,6 +40,8 @@ def looks_like_local_path(name: str) -> bool:
 
 
 def _offline() -> bool:
+    # huggingface_hub is imported only here and below: it reads HF_HUB_DISABLE_PROGRESS_BARS when first imported,
+    # and the entry points set that (alpaca_lib.core.quiet) after importing this module.
     from huggingface_hub.constants import is_offline_mode
 
     return is_offline_mode()
@@ -86,7 +88,7 @@ def check_model_source(name: str, gguf_file: Optional[str] = None, flag: str = "
             "such as owner/model."
         )
     if _offline():
-        from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub import try_to_load_from_cache  # late, as in _offline
 
         cached = try_to_load_from_cache(name, wanted, cache_dir=cache_dir)
         if not isinstance(cached, str):
