@@ -78,8 +78,8 @@ def report(
     """
     from transformers import AutoTokenizer
 
-    from alpaca_lib.data.report import build_report, format_report, write_report
     from alpaca_lib.core.modeling import missing_special_tokens
+    from alpaca_lib.data.report import build_report, format_report, write_report
 
     if not isinstance(model_max_length, int) or model_max_length < 1:
         raise DataError(f"--model_max_length must be a positive number of tokens, got {model_max_length!r}.")

@@ -38,11 +38,7 @@ import torch
 import transformers
 from transformers.integrations import is_deepspeed_zero3_enabled
 
-from alpaca_lib.data.sources import open_source
-from alpaca_lib.training.deepspeed_ops import announce_first_compile
 from alpaca_lib.core.errors import UsageError, exit_with
-from alpaca_lib.training.lora import ADAPTER_SUBDIR, add_lora, quantization_config, save_adapter_and_merged
-from alpaca_lib.training.lossplot import plot_loss
 from alpaca_lib.core.modeling import (
     DEFAULT_BOS_TOKEN,
     DEFAULT_EOS_TOKEN,
@@ -52,12 +48,8 @@ from alpaca_lib.core.modeling import (
     missing_special_tokens,
     smart_tokenizer_and_embedding_resize,
 )
-from alpaca_lib.training.packed_attention import choose_packed_attention
-from alpaca_lib.training.packed_model import packing_mode
 from alpaca_lib.core.quiet import quiet_entry_point
-from alpaca_lib.training.resumable import ResumableTrainer
-from alpaca_lib.training.run import PREEMPTED_EXIT_CODE, Preempted, training_run
-from alpaca_lib.training.saving import save_final
+from alpaca_lib.data.sources import open_source
 from alpaca_lib.data.supervised import (
     DataCollatorForSupervisedDataset,
     SupervisedDataset,
@@ -72,6 +64,14 @@ from alpaca_lib.training.args import (
     check_flags,
     parse_flags,
 )
+from alpaca_lib.training.deepspeed_ops import announce_first_compile
+from alpaca_lib.training.lora import ADAPTER_SUBDIR, add_lora, quantization_config, save_adapter_and_merged
+from alpaca_lib.training.lossplot import plot_loss
+from alpaca_lib.training.packed_attention import choose_packed_attention
+from alpaca_lib.training.packed_model import packing_mode
+from alpaca_lib.training.resumable import ResumableTrainer
+from alpaca_lib.training.run import PREEMPTED_EXIT_CODE, Preempted, training_run
+from alpaca_lib.training.saving import save_final
 from alpaca_lib.training.trainlog import describe_launch, log_callbacks, log_progress_off_terminal
 from utils import PROMPT_DICT
 

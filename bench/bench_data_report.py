@@ -37,9 +37,10 @@ def synthesize(n: int, seed: int = 0) -> list[dict]:
 
 
 def main() -> None:
+    from bench_preprocess import load_tokenizer
+
     from alpaca_lib.data.report import build_report, write_report
     from alpaca_lib.data.sources import open_source
-    from bench_preprocess import load_tokenizer
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=52002)

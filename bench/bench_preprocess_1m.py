@@ -43,9 +43,10 @@ def write_jsonl(path: Path, n: int, seed: int = 0) -> int:
 
 def child(data_path: str, cache_dir: str, tokenizer_kind: str, max_length: int) -> None:
     """One measured run: check pass and preprocessing, as train.py does them; prints a JSON line."""
+    from bench_preprocess import load_tokenizer
+
     from alpaca_lib.data.cache import encode_file
     from alpaca_lib.data.sources import open_source
-    from bench_preprocess import load_tokenizer
 
     tokenizer, _ = load_tokenizer(tokenizer_kind, max_length)
     rss_before = peak_rss_mb()

@@ -245,8 +245,8 @@ def _build_model(work: Path, cfg: dict, device) -> tuple[Path, int]:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from testkit.tiny import build_tokenizer
     from alpaca_lib.core.prompt import PROMPT_DICT
+    from testkit.tiny import build_tokenizer
 
     texts = [PROMPT_DICT["prompt_input"], PROMPT_DICT["prompt_no_input"]]
     texts += [r[k] for r in bundled_records() for k in ("instruction", "input", "output")]

@@ -14,10 +14,9 @@ import sys
 
 import pytest
 
-from conftest import ALPACA_DATA, REPO_ROOT
-
 from alpaca_lib import bundled
 from alpaca_lib.core.errors import UsageError
+from conftest import ALPACA_DATA, REPO_ROOT
 
 
 def _run(*args, cwd=REPO_ROOT):

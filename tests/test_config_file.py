@@ -12,10 +12,9 @@ import sys
 
 import pytest
 
-from conftest import REPO_ROOT
-
 from alpaca_lib.core.config_file import config_flags, expand_config, expand_fire_config
 from alpaca_lib.core.errors import UsageError
+from conftest import REPO_ROOT
 
 KNOWN = ["--learning_rate", "--fsdp", "--report_to", "--bf16", "--fsdp_config", "--output_dir", "--seed"]
 

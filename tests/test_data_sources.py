@@ -334,8 +334,8 @@ def test_training_goes_through_damaged_cache_entries(tmp_path, tiny_llama_dir, w
 
     from transformers import AutoTokenizer
 
-    from alpaca_lib.data.cache import cache_key
     from alpaca_lib.core.modeling import missing_special_tokens
+    from alpaca_lib.data.cache import cache_key
     from conftest import REPO_ROOT
 
     data, held = tmp_path / "a.json", tmp_path / "eval.json"

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import train
-from alpaca_lib.data.tokenizing import tokenize_records
-from alpaca_lib.data.split import hold_out, select_examples
 from alpaca_lib.core.modeling import IGNORE_INDEX
+from alpaca_lib.data.split import hold_out, select_examples
+from alpaca_lib.data.tokenizing import tokenize_records
 from conftest import REPO_ROOT, alpaca_records, original_preprocess, run_train_expecting_error, write_alpaca_subset
 
 

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from openai_stub import OpenAIStub, Step, chat, completion, error
-
-from alpaca_lib.llm.client import CompletionClient, GenerationError
 from alpaca_lib.generation.postprocess import STOP_SEQUENCES
+from alpaca_lib.llm.client import CompletionClient, GenerationError
+from openai_stub import OpenAIStub, Step, chat, completion, error
 
 
 class Sleeps(list):

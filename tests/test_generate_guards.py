@@ -164,10 +164,9 @@ def test_oversized_replies_are_counted_and_journaled_cut_short(tmp_path, seeds):
     assert sorted((c["size"], c["text"][:3], len(c["text"])) for r in requests for c in r["choices"]) == [
         (6000, "yyy", 1000), (6000, "yyy", 1000), (huge_size, '{"i', 1000), (huge_size, '{"i', 1000)]
     assert (out / "regen.journal.jsonl").stat().st_size < 12_000
-    from alpaca_lib.generation.journal import read_journal
-
     from alpaca_lib.core.rouge import RougeLPool
     from alpaca_lib.generation.batch import decide_batch
+    from alpaca_lib.generation.journal import read_journal
 
     state = read_journal(out / "regen.journal.jsonl")
     assert state.next_batch == 2 and state.batches[-1]["discarded"]["oversized"] == 2

@@ -17,12 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import seed_task, write_seed_tasks
-from openai_stub import OpenAIStub, Step, completion_body
-
 from alpaca_lib.generation import postprocess
 from alpaca_lib.generation.postprocess import BLACKLIST, find_word_in_string, post_process_gpt3_response
 from alpaca_lib.generation.runner import GenerateConfig, run_generation
+from conftest import seed_task, write_seed_tasks
+from openai_stub import OpenAIStub, Step, completion_body
 
 CHINESE_PROMPT = "你的任务是写出20条不同的任务指令。\n\n20条任务的列表：\n"
 # The reply, after "4. Instruction:": four Chinese instructions (the second a near-copy of the first),

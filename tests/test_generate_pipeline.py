@@ -6,8 +6,8 @@
 from __future__ import annotations
 
 import itertools
-import os
 import json
+import os
 import re
 import signal
 import socket
@@ -19,15 +19,14 @@ from pathlib import Path
 
 import pytest
 
+from alpaca_lib.core.locking import LOCK_NAME
+from alpaca_lib.data.json_reader import load_records
+from alpaca_lib.generation.export import export_alpaca
+from alpaca_lib.generation.journal import JOURNAL_NAME, read_journal
+from alpaca_lib.generation.runner import GenerateConfig, run_generation
+from alpaca_lib.llm.client import GenerationError
 from conftest import REPO_ROOT, seed_task, write_seed_tasks
 from openai_stub import OpenAIStub, Step, chat, completion, fake_model, fake_reply
-
-from alpaca_lib.data.json_reader import load_records
-from alpaca_lib.core.locking import LOCK_NAME
-from alpaca_lib.llm.client import GenerationError
-from alpaca_lib.generation.journal import JOURNAL_NAME, read_journal
-from alpaca_lib.generation.export import export_alpaca
-from alpaca_lib.generation.runner import GenerateConfig, run_generation
 
 SEED_INSTRUCTIONS = [
     "Give three tips for staying healthy.",

@@ -13,17 +13,16 @@ from collections import Counter
 
 import pytest
 
-from conftest import REPO_ROOT, seed_task
-
 import generate_instruction as gi
 from alpaca_lib.core.errors import UsageError
-from alpaca_lib.llm.client import default_logit_bias, infer_api_style
 from alpaca_lib.generation.postprocess import (
     STOP_SEQUENCES,
     load_seed_tasks,
     post_process_gpt3_response,
     strip_repeated_header,
 )
+from alpaca_lib.llm.client import default_logit_bias, infer_api_style
+from conftest import REPO_ROOT, seed_task
 
 EXPECTED_PROMPT_TXT = """\
 Your job is to write a set of 20 varied task instructions. These instructions will be given to a GPT model, and we will judge how well the model carries them out.

@@ -13,10 +13,9 @@ import pytest
 from rapidfuzz.distance import LCSseq
 from rouge_score import rouge_scorer, scoring
 
-from conftest import REPO_ROOT, alpaca_records
-
 from alpaca_lib.core import rouge
 from alpaca_lib.core.rouge import RougeLPool, rouge_tokenize, rouge_tokenize_chars
+from conftest import REPO_ROOT, alpaca_records
 
 SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
 WORDS = "the a of to write list give explain name short story poem two three summarize each sentence word".split()

@@ -24,13 +24,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, need_package
-
-from alpaca_lib.generation.journal import JOURNAL_NAME, read_journal
-from alpaca_lib.generation.postprocess import encode_prompt, load_seed_tasks
 from alpaca_lib.generation.batch import batch_prompt_ids
 from alpaca_lib.generation.export import export_alpaca
+from alpaca_lib.generation.journal import JOURNAL_NAME, read_journal
+from alpaca_lib.generation.postprocess import encode_prompt, load_seed_tasks
 from alpaca_lib.generation.runner import GenerateConfig, run_generation
+from conftest import REPO_ROOT, need_package
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_DIR = REPO_ROOT / ".cache" / "smollm2-135m-instruct"

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from test_metrics import plant_df_gamed
 
 import eval_model
 from alpaca_lib.evaluation.judge import JOURNAL_NAME
@@ -31,7 +32,6 @@ from alpaca_lib.training.checkpoints import write_manifest
 from alpaca_lib.training.start import mark_finished
 from conftest import REPO_ROOT, kill_when_journaled, run_script
 from openai_stub import OpenAIStub, Request, Step, chat_body, error
-from test_metrics import plant_df_gamed
 
 EVAL_MODEL = str(REPO_ROOT / "eval_model.py")
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # scikit-learn, on AlpacaEval's own calls

@@ -18,11 +18,10 @@ import sys
 
 import pytest
 
-from conftest import REPO_ROOT
-
 from alpaca_lib.core import locking
 from alpaca_lib.core.errors import UsageError
 from alpaca_lib.core.locking import LOCK_NAME, OutputLockedError, output_lock
+from conftest import REPO_ROOT
 
 
 def test_a_second_lock_is_refused_naming_the_holder_and_the_folder_is_free_after(tmp_path):

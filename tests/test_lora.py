@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
@@ -75,8 +74,9 @@ def test_merged_model_computes_what_base_plus_adapter_computes(lora_run, tiny_ll
 
 
 def test_merged_model_goes_through_weight_diff(lora_run, tiny_llama_dir, tmp_path):
-    import weight_diff
     from transformers import AutoModelForCausalLM
+
+    import weight_diff
 
     out, _ = lora_run
     weight_diff.make_diff(str(tiny_llama_dir), str(out), str(tmp_path / "diff"))

@@ -6,9 +6,8 @@ import json
 import subprocess
 import sys
 
-from conftest import REPO_ROOT
-
 from alpaca_lib.training.lossplot import PLOT_NAME, loss_points, plot_loss
+from conftest import REPO_ROOT
 
 HISTORY = [
     {"loss": 2.5, "grad_norm": 1.0, "learning_rate": 1e-4, "epoch": 0.1, "step": 1},

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 import eval_model
+from alpaca_lib.core.prompt import request_text
 from alpaca_lib.evaluation.outputs import EOS, LENGTH, LocalModel, load_instructions, prompt_of
 from alpaca_lib.evaluation.settings import GenerationSettings, journal_path
-from alpaca_lib.core.prompt import request_text
 from conftest import REPO_ROOT, kill_when_journaled, need_package, run_script
 from openai_stub import OpenAIStub, Request, Step, chat_body, completion_body, error
 from utils import PROMPT_DICT
@@ -306,8 +306,8 @@ def test_outputs_and_resume_identify_a_model_folder_by_one_rule(tiny_llama_dir, 
     import os
     import shutil
 
-    from alpaca_lib.training.identity import run_identity
     from alpaca_lib.core.modeling import model_folder_digest
+    from alpaca_lib.training.identity import run_identity
 
     copy = Path(shutil.copytree(tiny_llama_dir, tmp_path / "copy"))
     weights = copy / "model.safetensors"

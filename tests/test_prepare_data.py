@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from alpaca_lib.data.tokenizing import tokenize_records
 from alpaca_lib.data.report import build_report
+from alpaca_lib.data.tokenizing import tokenize_records
 from conftest import REPO_ROOT, run_script
 from utils import format_prompt
 
@@ -108,8 +108,8 @@ def test_convert_errors_leave_no_output(tmp_path):
     assert f"error: {src}: no column 'output' (output); the columns are ['instruction', 'context', 'response', " \
            "'category']" in log
     assert "Traceback" not in log and list(tmp_path.iterdir()) == [src]
-    from prepare_data import convert
     from alpaca_lib.data.records import DataError
+    from prepare_data import convert
 
     with pytest.raises(DataError, match=r"no record left to write \(4 read, all longer than --max_words 1\)"):
         convert(str(src), str(out), data_columns=DOLLY, max_words=1)

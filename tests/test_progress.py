@@ -15,9 +15,8 @@ import sys
 
 import pytest
 
-from conftest import REPO_ROOT
-
 from alpaca_lib.core.progress import INTERVAL_ENV, LogProgress, duration, progress_bar
+from conftest import REPO_ROOT
 
 
 class Clock:

@@ -12,9 +12,9 @@ import json
 from pathlib import Path
 
 import eval_model
-from alpaca_lib.llm.client import redact_url
 from alpaca_lib.generation.export import export_alpaca
 from alpaca_lib.generation.runner import GenerateConfig, run_generation
+from alpaca_lib.llm.client import redact_url
 from conftest import REPO_ROOT
 from openai_stub import OpenAIStub, Request, Step, chat_body
 

@@ -15,11 +15,11 @@ import pytest
 import torch
 
 import train
+from alpaca_lib.core.modeling import IGNORE_INDEX
 from alpaca_lib.data.cache import encode_file
 from alpaca_lib.data.json_reader import load_records
 from alpaca_lib.data.records import DataError
 from alpaca_lib.data.tokenizing import tokenize_records
-from alpaca_lib.core.modeling import IGNORE_INDEX
 from conftest import (
     REPO_ROOT,
     alpaca_records,

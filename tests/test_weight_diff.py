@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import weight_diff
 from alpaca_lib.core.fileio import staging_dir
 from alpaca_lib.core.modeling import missing_special_tokens, smart_tokenizer_and_embedding_resize
 from alpaca_lib.weightdiff.diffing import SMOKE_TEST_INSTRUCTION, stream_recover
@@ -30,8 +31,6 @@ from alpaca_lib.weightdiff.weights import Checkpoint, CheckpointError, Safetenso
 from conftest import REPO_ROOT
 from testkit.whole_model import whole_model_make_diff, whole_model_recover
 from utils import format_prompt
-
-import weight_diff
 
 VOCAB = 1000  # raw tokenizer size; the tuned model has VOCAB + 1 rows
 ROW_KEYS = ("model.embed_tokens.weight", "lm_head.weight")

@@ -144,9 +144,8 @@ def _file_size_limit(limit: int):
 def test_generator_on_a_full_disk_keeps_a_complete_journal_and_resumes(tmp_path):
     """The journal reaches the file size limit mid-run: one error line, the journal ends on a complete record,
     regen.json holds exactly the journal's items, and the rerun ends with the uninterrupted run's data."""
-    from openai_stub import OpenAIStub
-
     from alpaca_lib.generation.journal import read_journal
+    from openai_stub import OpenAIStub
 
     def cmd(out):
         return [sys.executable, "-m", "generate_instruction", "generate_instruction_following_data", "--output_dir",

@@ -12,8 +12,8 @@ from typing import Sequence, Tuple
 
 import numpy as np
 
-from alpaca_lib.data.tokenizing import EncodedData
 from alpaca_lib.core.errors import UsageError
+from alpaca_lib.data.tokenizing import EncodedData
 
 
 def select_examples(encoded: EncodedData, indices: Sequence[int]) -> EncodedData:

@@ -25,12 +25,8 @@ import transformers
 from transformers.hf_argparser import string_to_bool
 
 from alpaca_lib.core.config_file import expand_config
-from alpaca_lib.data.cache import default_cache_dir
-from alpaca_lib.data.records import DataError
 from alpaca_lib.core.errors import UsageError
 from alpaca_lib.core.fileio import jload
-from alpaca_lib.training.lora import DEFAULT_TARGET_MODULES, check_qlora_available
-from alpaca_lib.training.packed_attention import PACKED_ATTENTION_CHOICES
 from alpaca_lib.core.precision import decide, emulation_warning
 from alpaca_lib.core.preflight import (
     check_model_source,
@@ -39,6 +35,10 @@ from alpaca_lib.core.preflight import (
     check_report_to,
     unknown_flags_error,
 )
+from alpaca_lib.data.cache import default_cache_dir
+from alpaca_lib.data.records import DataError
+from alpaca_lib.training.lora import DEFAULT_TARGET_MODULES, check_qlora_available
+from alpaca_lib.training.packed_attention import PACKED_ATTENTION_CHOICES
 
 __all__ = ["FlagError", "ModelArguments", "DataArguments", "TrainingArguments", "parse_flags", "check_flags"]
 

@@ -23,7 +23,9 @@ COMPILE_MINUTES = "2 to 4"
 
 def missing_cpu_ops() -> list[str]:
     """The names of the CPU ops not yet compiled into torch's extension cache."""
-    from torch.utils.cpp_extension import _get_build_directory  # where torch's load() builds and looks (pinned by a test)
+    from torch.utils.cpp_extension import (
+        _get_build_directory,  # where torch's load() builds and looks (pinned by a test)
+    )
 
     return [name for _, name in CPU_OPS
             if not (Path(_get_build_directory(name, verbose=False)) / f"{name}.so").is_file()]

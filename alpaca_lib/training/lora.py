@@ -17,7 +17,6 @@ from typing import List, Union
 import torch
 
 from alpaca_lib.core.errors import UsageError
-
 from alpaca_lib.training.saving import save_final
 
 logger = logging.getLogger(__name__)

@@ -32,10 +32,10 @@ import torch
 import transformers
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from alpaca_lib.training import checkpoints
-from alpaca_lib.training.checkpoints import CHECKPOINT_PREFIX, list_checkpoints, problem_with, rotate
 from alpaca_lib.core.fileio import disk_full_as_error
 from alpaca_lib.core.signals import StopSignals
+from alpaca_lib.training import checkpoints
+from alpaca_lib.training.checkpoints import CHECKPOINT_PREFIX, list_checkpoints, problem_with, rotate
 
 logger = logging.getLogger(__name__)
 
