@@ -7,12 +7,8 @@ generator used them: tokens are lowercase runs of [a-z0-9]; the F-measure is the
 into precision (over the pool item) and recall (over the candidate), combined with the same float
 operations, so every score is bit-identical and the `> 0.7` rule decides the same way.
 
-Speed: each distinct token becomes one Unicode code point, so an instruction becomes a short string
-and rapidfuzz's bit-parallel LCS (`LCSseq.similarity` through `process.cdist`) compares a block of
-candidates with the whole pool at about ten nanoseconds a pair. No pair is skipped: every kept
-item records the mean score over the whole pool (`avg_similarity_score`), which needs them all. What
-is left per candidate is a table look-up per pair (a score depends only on the LCS and the two
-lengths) and numpy's max, top-k and mean over one reused buffer.
+How it is fast (each distinct token becomes one code point; rapidfuzz's bit-parallel LCS compares a block of
+candidates with the whole pool, and every pair is compared) and what it measures: docs/generation.md.
 
 Other scripts: rouge_score keeps only [a-z0-9], so an instruction in Chinese (or Russian, Arabic, ...)
 has no tokens and scores 0 against everything. `tokenizer="chars"` (`--rouge_tokenizer=chars`) keeps
