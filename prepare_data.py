@@ -17,11 +17,14 @@ from __future__ import annotations
 import logging
 from typing import Optional
 
+from alpaca_lib.core.cli import run_fire
 from alpaca_lib.core.errors import UsageError
 from alpaca_lib.core.fileio import expand_home
+from alpaca_lib.core.modeling import missing_special_tokens
 from alpaca_lib.core.preflight import check_model_source, check_output_dir, check_output_file
 from alpaca_lib.data.convert import write_alpaca_json
 from alpaca_lib.data.records import DataError
+from alpaca_lib.data.report import build_report, format_report, write_report
 from alpaca_lib.data.sources import open_source
 
 
@@ -76,10 +79,7 @@ def report(
         similarity_threshold: ROUGE-L above which an instruction is a near duplicate (the generator's 0.7).
         workers: threads for the ROUGE-L comparisons.
     """
-    from transformers import AutoTokenizer
-
-    from alpaca_lib.core.modeling import missing_special_tokens
-    from alpaca_lib.data.report import build_report, format_report, write_report
+    from transformers import AutoTokenizer  # seconds of imports, for `report` only (not for convert or --help)
 
     if not isinstance(model_max_length, int) or model_max_length < 1:
         raise DataError(f"--model_max_length must be a positive number of tokens, got {model_max_length!r}.")
@@ -103,8 +103,6 @@ COMMANDS = {"convert": convert, "report": report}
 
 
 def main() -> None:
-    from alpaca_lib.core.cli import run_fire
-
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     run_fire(COMMANDS, "prepare_data.py", serialize=lambda counts: None)  # convert prints its own summary
 

@@ -57,6 +57,7 @@ def save_dense_copy(model_dir: str, gguf_file: str, out_dir: str) -> str:
     Returns:
         `out_dir`.
     """
+    # torch and transformers only when the folder is written: --help and the "already there" answer skip them
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -63,7 +63,7 @@ def read_config(path: str) -> dict:
     Raises:
         UsageError: no such file, invalid YAML, or a top level that is not a mapping of names to values.
     """
-    import yaml
+    import yaml  # only when a --config file is given
 
     file = Path(path)
     if not file.is_file():

@@ -107,7 +107,7 @@ def job_lock(folder: str | os.PathLike, command: str) -> Iterator[Optional[Path]
     Yields:
         The lock file's path on the process that holds it, None on the others.
     """
-    import torch.distributed as dist
+    import torch.distributed as dist  # torch only for the job-wide lock (train.py), not for the commands' locks
 
     folder = Path(folder)
     existed = folder.exists()

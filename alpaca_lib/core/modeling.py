@@ -63,7 +63,7 @@ def smart_tokenizer_and_embedding_resize(special_tokens_dict: Dict[str, str], to
     Returns:
         The number of tokens added.
     """
-    import torch
+    import torch  # modeling's other helpers are used by commands that never load torch
 
     num_new_tokens = tokenizer.add_special_tokens(special_tokens_dict)
     model.resize_token_embeddings(len(tokenizer), mean_resizing=False)

@@ -70,7 +70,7 @@ def cpu_name() -> str:
 def cpu_features() -> str:
     """The matrix-product features torch finds on this CPU: "AMX", "AVX512-BF16", "AVX-512", "AVX2 only", or
     the architecture's name off x86."""
-    import torch
+    import torch  # torch only when a precision is decided (the commands' --help and flag checks skip it)
 
     probes = [("_is_amx_tile_supported", "AMX"), ("_is_avx512_bf16_supported", "AVX512-BF16"),
               ("_is_avx512_supported", "AVX-512"), ("_is_avx2_supported", "AVX2 only")]
@@ -101,7 +101,7 @@ def _cpu_timings() -> dict:
     Timed on one thread, in that thread's CPU time: what other processes do with the cores does not change it
     (wall-clock timings under load were seen to turn the answer round), and the formats are compared alike.
     """
-    import torch
+    import torch  # as in cpu_features
 
     g = torch.Generator().manual_seed(0)
     a32, b32 = torch.randn(_PROBE_SIZE, _PROBE_SIZE, generator=g), torch.randn(_PROBE_SIZE, _PROBE_SIZE, generator=g)
@@ -145,7 +145,7 @@ def decide(dtype: str = "bfloat16", device: Optional[str] = None) -> Decision:
     Returns:
         The `Decision`, with the measured slowdown on a CPU.
     """
-    import torch
+    import torch  # as in cpu_features
 
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -149,7 +149,7 @@ def check_output_file(path: str, flag: str, inputs: Optional[Mapping[str, Option
 
 def check_report_to(report_to: Iterable[str]) -> None:
     """Checks that every `--report_to` tracker is installed (transformers fails only once the model is loaded)."""
-    from transformers.integrations import get_available_reporting_integrations
+    from transformers.integrations import get_available_reporting_integrations  # transformers: only for train.py
 
     available = set(get_available_reporting_integrations())
     for name in report_to:

@@ -161,7 +161,7 @@ def progress_bar(total: Optional[float] = None, desc: str = "", unit: str = "it"
         disable: True hides progress; False forces the tqdm bar; None (default) picks by stderr.
         **kwargs: other tqdm arguments (`initial`, `unit_scale`, ...).
     """
-    from tqdm import tqdm
+    from tqdm import tqdm  # tqdm only when a bar is drawn
 
     if disable is None and not on_terminal():
         return LogProgress(total=total, desc=desc, unit=unit, heartbeat=True, **kwargs)

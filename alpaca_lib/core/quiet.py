@@ -43,7 +43,7 @@ def quiet_deepspeed_probe() -> None:
 
 
 def _set_cpu_accelerator_unless_a_device_is_there() -> None:
-    import torch
+    import torch  # only for train.py's entry point; the other commands start without torch
 
     if "DS_ACCELERATOR" in os.environ or torch.cuda.is_available() or any(
             getattr(getattr(torch, name, None), "is_available", lambda: False)() for name in ("xpu", "npu", "mps")):
@@ -83,6 +83,6 @@ def quiet_progress_bars() -> None:
         return
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1" and "transformers" in sys.modules:
-        from transformers.utils import logging as hf_logging
+        from transformers.utils import logging as hf_logging  # already imported: checked above
 
         hf_logging.disable_progress_bar()

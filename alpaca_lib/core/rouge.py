@@ -204,6 +204,7 @@ class RougeLPool:
         return table
 
     def _lcs_matrix(self, queries: list[str], choices: list[str], dtype: type = np.intp) -> np.ndarray:
+        # rapidfuzz only when a pool is compared: importing the generator's modules (and --help) skips it
         from rapidfuzz import process
         from rapidfuzz.distance import LCSseq
 

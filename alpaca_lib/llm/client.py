@@ -296,7 +296,7 @@ class CompletionClient:
         Raises:
             GenerationError: a non-retryable error, or retries exhausted.
         """
-        import openai
+        import openai  # imported by _make_openai_client already; here for its error types
 
         start = time.monotonic()
         attempts = 0

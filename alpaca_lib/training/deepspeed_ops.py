@@ -43,7 +43,7 @@ def announce_first_compile() -> None:
 def compile_cpu_ops() -> float:
     """Compiles the CPU ops that are missing; returns the seconds it took."""
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    from deepspeed.accelerator import get_accelerator
+    from deepspeed.accelerator import get_accelerator  # deepspeed takes seconds to import: only when it is used
 
     start = time.monotonic()
     for builder, _ in CPU_OPS:

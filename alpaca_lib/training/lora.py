@@ -66,7 +66,7 @@ def check_qlora_available() -> None:
 
 def quantization_config(compute_dtype: torch.dtype):
     """The QLoRA recipe: NF4 weights with double quantization, matmuls in `compute_dtype`."""
-    from transformers import BitsAndBytesConfig
+    from transformers import BitsAndBytesConfig  # only under --load_in_4bit (train.py's flags import this module)
 
     return BitsAndBytesConfig(
         load_in_4bit=True,
@@ -92,7 +92,7 @@ def add_lora(model, r: int, alpha: float, dropout: float, target_modules: str, g
         UsageError: a bad rank or dropout, or target names the model does not have (the message lists the
             names it has).
     """
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training  # peft only under --lora_r
 
     if r <= 0:
         raise UsageError(f"--lora_r must be a positive rank to train LoRA adapters, got {r}.")
@@ -140,7 +140,7 @@ def save_adapter_and_merged(trainer, output_dir: str, tokenizer, load_full_preci
         if trainer.args.should_save:
             peft_model = trainer.accelerator.unwrap_model(trainer.model)
             if load_full_precision_base is not None:
-                from peft import PeftModel
+                from peft import PeftModel  # as in add_lora
 
                 peft_model = PeftModel.from_pretrained(load_full_precision_base(), adapter_dir)
             merged = peft_model.merge_and_unload()

@@ -44,7 +44,7 @@ def plot_loss(log_history: Sequence[dict], output_dir: str | Path, title: str = 
     train, evals = loss_points(log_history)
     if not train and not evals:
         return None
-    import matplotlib
+    import matplotlib  # a second of imports, only when there is a curve to draw
 
     matplotlib.use("Agg")  # headless: no display is needed, on a cluster node or in CI
     import matplotlib.pyplot as plt

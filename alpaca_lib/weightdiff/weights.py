@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from safetensors import safe_open
 
 from alpaca_lib.core.errors import UsageError
 from alpaca_lib.core.weightfiles import check_bin, safetensors_header
@@ -221,8 +222,6 @@ class Checkpoint:
         if self._open_file != info.file or (self._mapped and self._served >= self.release_every):
             self.close()
             if self.format == "safetensors":
-                from safetensors import safe_open
-
                 self._handle = safe_open(str(info.file), framework="pt", device="cpu")
                 self._mapped = True
             else:  # a legacy (non-zip) .bin is read whole: keep it until the next file is needed
