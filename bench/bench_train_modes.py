@@ -107,7 +107,7 @@ def _build(work: Path, records, hidden: int, layers: int, heads: int, name: str)
     from transformers import LlamaForCausalLM
 
     from alpaca_lib.core.prompt import PROMPT_DICT
-    from testkit.tiny import build_tokenizer, tiny_llama_config
+    from alpaca_testkit.tiny import build_tokenizer, tiny_llama_config
 
     texts = [PROMPT_DICT["prompt_input"], PROMPT_DICT["prompt_no_input"]]
     texts += [r.get(k, "") for r in records for k in ("instruction", "input", "output")]

@@ -141,7 +141,7 @@ def _prepare_model(work: Path, quick: bool) -> tuple[Path, str]:
     from alpaca_lib.core.modeling import missing_special_tokens, smart_tokenizer_and_embedding_resize
 
     if quick:
-        from testkit.tiny import build_tiny_llama
+        from alpaca_testkit.tiny import build_tiny_llama
 
         source, name = build_tiny_llama(work / "tiny-llama", vocab_size=1000, hidden_size=64, num_layers=2), "tiny LLaMA"
     else:

@@ -11,7 +11,7 @@ Each method then runs in its own child process, which reports its own peak RSS
 (VmHWM from /proc/self/status, else `getrusage(RUSAGE_SELF).ru_maxrss`) and wall time:
 
 - whole-model: the original approach (both models loaded in float32, state dicts added in place,
-  naive sum, `save_pretrained`), i.e. `testkit.whole_model.whole_model_recover`;
+  naive sum, `save_pretrained`), i.e. `alpaca_testkit.whole_model.whole_model_recover`;
 - streaming: `weight_diff.recover` on the same released-layout diff, with glibc's mmap threshold set as
   `weight_diff.py`'s command line sets it (`alpaca_lib.weightdiff.allocator`);
 - stream+verify: `weight_diff.recover` on the same diff re-written by `weight_diff.make_diff`
@@ -42,7 +42,7 @@ def _child(method: str, path_raw: str, path_diff: str, path_out: str) -> None:
 
     import weight_diff
     from alpaca_lib.weightdiff.allocator import big_allocations_use_mmap
-    from testkit.whole_model import whole_model_recover
+    from alpaca_testkit.whole_model import whole_model_recover
 
     if method != "whole":
         big_allocations_use_mmap()  # what `weight_diff.py`'s main() does before its command runs
@@ -72,7 +72,7 @@ def _build(work: Path, hidden: int, layers: int, shard_mb: int, seed: int) -> tu
     import torch
     from transformers import LlamaForCausalLM
 
-    from testkit.tiny import build_tokenizer, tiny_llama_config
+    from alpaca_testkit.tiny import build_tokenizer, tiny_llama_config
 
     tokenizer = build_tokenizer(vocab_size=4000)
     config = tiny_llama_config(len(tokenizer), hidden_size=hidden, num_layers=layers, num_heads=hidden // 64)

@@ -5,7 +5,7 @@
 
 Run it through gpu_check.sh, which checks the prerequisites first. The model is built here from a config
 (random weights: speed does not depend on them): LLaMA-7B's layer shape (hidden 4096, MLP 11008, 32 heads)
-with 4 layers, and a LLaMA-style BPE tokenizer trained on the bundled alpaca_data.json (`testkit.tiny`),
+with 4 layers, and a LLaMA-style BPE tokenizer trained on the bundled alpaca_data.json (`alpaca_testkit.tiny`),
 about 0.9B parameters. The data is 52,002 Alpaca records (the size of the 52K release) synthesized from
 the bundled alpaca_data.json (`benchutil.synthesize_records`). Each mode is `train.train(argv)` in its own
 process, `--bf16 auto --tf32 True` (bf16 on the GPU; float32 on a CPU that emulates bf16), `--model_max_length 512`:
@@ -84,7 +84,7 @@ def _child(spec: dict) -> None:
     import transformers
 
     import train
-    from testkit.kernel_calls import count_kernel_forwards
+    from alpaca_testkit.kernel_calls import count_kernel_forwards
 
     warmup, device_is_cuda = spec["warmup"], torch.cuda.is_available()
     clock, counts = {}, []
@@ -246,7 +246,7 @@ def _build_model(work: Path, cfg: dict, device) -> tuple[Path, int]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from alpaca_lib.core.prompt import PROMPT_DICT
-    from testkit.tiny import build_tokenizer
+    from alpaca_testkit.tiny import build_tokenizer
 
     texts = [PROMPT_DICT["prompt_input"], PROMPT_DICT["prompt_no_input"]]
     texts += [r[k] for r in bundled_records() for k in ("instruction", "input", "output")]

@@ -55,7 +55,7 @@ for name, least in need.items():
     version = getattr(mod, "__version__", "0")
     if Version(version.split("+")[0]) < Version(least):
         problems.append(f"{name} {version} is older than the project needs ({least})")
-for module in ("train", "eval_model", "alpaca_lib.evaluation.outputs", "testkit.tiny", "bench.benchutil"):
+for module in ("train", "eval_model", "alpaca_lib.evaluation.outputs", "alpaca_testkit.tiny", "bench.benchutil"):
     try:
         importlib.import_module(module)
     except Exception as e:

@@ -50,7 +50,7 @@ def pytest_sessionstart(session) -> None:
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory) -> Path:
     """A tiny random LLaMA (2 layers, hidden 64, torch seed 0) and a LLaMA-style tokenizer (1000 tokens, no pad)."""
-    from testkit.tiny import build_tiny_llama
+    from alpaca_testkit.tiny import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama") / "model", vocab_size=1000)
 

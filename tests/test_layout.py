@@ -246,5 +246,5 @@ def test_functions_defer_only_heavy_imports():
 def test_the_product_imports_no_test_helper():
     importers = [str(p.relative_to(REPO_ROOT))
                  for p in sorted(REPO_ROOT.glob("*.py")) + sorted(LIBRARY.rglob("*.py"))
-                 if any(name.split(".")[0] == "testkit" for name in _imports(p))]
+                 if any(name.split(".")[0] == "alpaca_testkit" for name in _imports(p))]
     assert importers == []

@@ -17,7 +17,7 @@ from alpaca_lib.data.packing import DataCollatorForPackedRows, PackedDataset, pa
 from alpaca_lib.training.packed_attention import PACKED_SDPA, use_packed_sdpa
 from alpaca_lib.training.packed_model import prepare_model_for_packing, supports_supervised_logits
 from conftest import REPO_ROOT, run_train_expecting_error, write_alpaca_subset
-from testkit.kernel_calls import count_kernel_forwards
+from alpaca_testkit.kernel_calls import count_kernel_forwards
 
 
 def test_pack_rows_is_best_fit_decreasing_and_exact():
@@ -404,7 +404,7 @@ def _failing_varlen(*args, **kwargs):
 
 @pytest.fixture()
 def kernel_forwards():
-    """{kernel: attention calls of model forwards that ran it}, counted by the test itself (testkit.kernel_calls)."""
+    """{kernel: attention calls of model forwards that ran it}, counted by the test itself (alpaca_testkit.kernel_calls)."""
     with count_kernel_forwards() as counts:
         yield counts
 
@@ -428,6 +428,21 @@ def test_kernel_probe_passes_a_right_kernel_and_names_what_is_wrong(monkeypatch,
     monkeypatch.setitem(__import__("sys").modules, "flash_attn", None)
     assert probe("flash") == ("flash-attn does not import (ModuleNotFoundError: import of flash_attn "
                                                  "halted; None in sys.modules); pip install flash-attn")
+
+
+def test_kernel_probe_fails_when_the_kernel_was_never_called(monkeypatch):
+    """A device whose autocast does not give bf16 leaves the inputs in float32: the probe's call then goes through
+    per-example sdpa, which matches sdpa by construction, and the probe must not take that for the kernel."""
+    from torch.nn.attention import varlen
+
+    from alpaca_lib.training.packed_attention import probe_packed_kernel
+
+    calls = []
+    monkeypatch.setattr(varlen, "varlen_attn", lambda *a, **k: calls.append(1) or _reference_varlen(*a, **k))
+    monkeypatch.setattr(torch, "is_autocast_enabled", lambda *args: False)
+    assert probe_packed_kernel("varlen", CPU, rows=((5, 20, 3, 12), (30, 6, 4)), head_dim=16) == (
+        "the kernel was not called (fell back to per-example sdpa)")
+    assert calls == []
 
 
 @pytest.mark.parametrize("kernel", ["varlen", "flash"])

@@ -80,9 +80,25 @@ def test_the_last_signal_inside_a_deferred_block_is_the_one_acted_on():
 def test_install_outside_the_main_thread_does_nothing():
     stop = StopSignals((signal.SIGTERM,), poll=True, take_over=True)
     before = signal.getsignal(signal.SIGTERM)
-    worker = threading.Thread(target=stop.install)
+    installed = []
+    worker = threading.Thread(target=lambda: installed.append(stop.install()))
     worker.start()
     worker.join()
+    assert installed == [False]
     assert signal.getsignal(signal.SIGTERM) is before
     stop.restore()
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_training_outside_the_main_thread_says_sigterm_will_not_save(caplog):
+    from alpaca_lib.training.resumable import StopOnSigterm
+
+    callback = StopOnSigterm()
+    worker = threading.Thread(target=callback.on_train_begin, args=(None, None, None))
+    with caplog.at_level("WARNING"):
+        worker.start()
+        worker.join()
+    assert [r.getMessage() for r in caplog.records] == [
+        "training runs outside the main thread, where Python cannot catch signals: SIGTERM will stop it without "
+        "saving a checkpoint."]
+    callback.on_train_end(None, None, None)

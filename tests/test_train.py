@@ -392,6 +392,29 @@ def test_half_precision_is_what_training_computes_in(bf16, fp16, torch_dtype, lo
     assert train._half_precision(model_args, training_args, loaded) is half
 
 
+@pytest.mark.parametrize("device, requested, chosen_before_loading", [
+    ("cuda", "auto", False),  # the kernels take bf16/fp16 only: the loaded weights decide
+    ("cuda", "varlen", False),
+    ("cuda", "sdpa", True),  # named, and precision-free: chosen (or refused) before the model loads
+    ("cpu", "auto", True),
+    ("cpu", "varlen", True),  # refused before minutes go into loading: no CUDA GPU here
+])
+def test_under_torch_dtype_auto_only_a_gpus_kernel_choice_waits_for_the_weights(monkeypatch, device, requested,
+                                                                              chosen_before_loading):
+    from types import SimpleNamespace
+
+    seen = []
+    monkeypatch.setattr(train, "choose_packed_attention", lambda *args: seen.append(args) or "chosen")
+    model_args = SimpleNamespace(torch_dtype="auto")
+    training_args = SimpleNamespace(bf16=False, fp16=False, packing=True, packed_attention=requested,
+                                    device=torch.device(device))
+    assert train._packed_attention(model_args, training_args) == ("chosen" if chosen_before_loading else None)
+    assert seen == ([(requested, torch.device(device), False)] if chosen_before_loading else [])
+    seen.clear()
+    assert train._packed_attention(model_args, training_args, loaded_dtype=torch.bfloat16) == "chosen"
+    assert seen == [(requested, torch.device(device), True)]
+
+
 def test_torch_dtype_auto_on_float32_weights_chooses_packed_attention_for_float32(tiny_llama_dir, tmp_path,
                                                                                   monkeypatch):
     """--torch_dtype auto is half precision only when the weights load in bf16/fp16: the tiny model's are float32,

@@ -29,7 +29,7 @@ from alpaca_lib.weightdiff.manifest import MANIFEST_NAME
 from alpaca_lib.weightdiff.plan import WeightDiffError, plan_raw, resize_rows
 from alpaca_lib.weightdiff.weights import Checkpoint, CheckpointError, SafetensorsWriter
 from conftest import REPO_ROOT
-from testkit.whole_model import whole_model_make_diff, whole_model_recover
+from alpaca_testkit.whole_model import whole_model_make_diff, whole_model_recover
 from utils import format_prompt
 
 VOCAB = 1000  # raw tokenizer size; the tuned model has VOCAB + 1 rows

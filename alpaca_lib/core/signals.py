@@ -57,13 +57,18 @@ class StopSignals:
         self._previous: dict[int, Any] = {}
         self._deferring = False
 
-    def install(self) -> None:
-        """Catches the signals from now on, remembering their handlers for `restore`."""
+    def install(self) -> bool:
+        """Catches the signals from now on, remembering their handlers for `restore`.
+
+        Returns:
+            False outside the main thread, where nothing is caught; True otherwise.
+        """
         if threading.current_thread() is not threading.main_thread():
-            return
+            return False
         for signum in self.signums:
             if self.take_over or signal.getsignal(signum) is _UNCHANGED.get(signum, signal.SIG_DFL):
                 self._previous[signum] = signal.signal(signum, self._handle)
+        return True
 
     def restore(self) -> None:
         """Gives the signals back the handlers they had before `install`."""

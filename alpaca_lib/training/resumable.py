@@ -145,7 +145,9 @@ class StopOnSigterm(transformers.TrainerCallback):
         return self._sigterm.received is not None
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self._sigterm.install()
+        if not self._sigterm.install():
+            logger.warning("training runs outside the main thread, where Python cannot catch signals: SIGTERM "
+                           "will stop it without saving a checkpoint.")
 
     def on_train_end(self, args, state, control, **kwargs):
         self._sigterm.restore()

@@ -1,6 +1,6 @@
 """The original Alpaca weight_diff.py method, whole models in memory: the reference the streaming engine is pinned to.
 
-    from testkit.whole_model import whole_model_make_diff, whole_model_recover
+    from alpaca_testkit.whole_model import whole_model_make_diff, whole_model_recover
     model, naive_sum = whole_model_recover(path_raw, path_diff)
 
 tests/test_weight_diff.py compares `alpaca_lib.weightdiff.diffing` with these bit for bit, and

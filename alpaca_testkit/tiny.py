@@ -1,6 +1,6 @@
 """Tiny LLaMA-architecture models and a LLaMA-style tokenizer, built offline in seconds.
 
-    python -m testkit.tiny --out_dir runs/tiny-llama
+    python -m alpaca_testkit.tiny --out_dir runs/tiny-llama
 
 Tests and benchmarks use these instead of downloading a checkpoint (the demo uses SmolLM2-135M). The tokenizer
 mimics LLaMA's: SentencePiece-style BPE ("▁" word prefix, byte fallback), `<s>` prepended, `<unk>`,
