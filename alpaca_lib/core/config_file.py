@@ -57,19 +57,62 @@ def config_path(argv: Sequence[str]) -> tuple[Optional[str], List[str]]:
     return (found[0] if found else None), rest
 
 
+def _load_yaml(text: str, path: str) -> Any:
+    """`yaml.safe_load(text)`, refusing what a file of flags never needs and what makes loading unbounded.
+
+    An alias (`*name`) is refused: nested ones expand exponentially (nine levels of nine make 387 million
+    values, minutes and gigabytes), and one may refer to itself. A key given twice in one mapping is refused
+    (YAML would keep the last silently), and so is nesting deeper than Python's recursion allows.
+    """
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise UsageError(f"--config {path}: line {event.start_mark.line + 1} uses the alias *{event.anchor}; "
+                                 "a config file takes no aliases: write the value out.")
+            return super().compose_node(parent, index)
+
+        def construct_mapping(self, node, deep=False):
+            seen = {}
+            for key_node, _ in node.value if isinstance(node, yaml.MappingNode) else ():
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise UsageError(f"--config {path}: key {key!r} given twice (lines {seen[key]} and "
+                                     f"{key_node.start_mark.line + 1}); keep one.")
+                seen[key] = key_node.start_mark.line + 1
+            return super().construct_mapping(node, deep=deep)
+
+    loader = Loader(text)
+    try:
+        return loader.get_single_data()
+    except RecursionError:
+        raise UsageError(f"--config {path}: values nested too deeply to read; a config file holds flags and their "
+                         "values.") from None
+    finally:
+        loader.dispose()
+
+
 def read_config(path: str) -> dict:
     """The mapping in a YAML config file.
 
     Raises:
-        UsageError: no such file, invalid YAML, or a top level that is not a mapping of names to values.
+        UsageError: no such file (or a folder), invalid YAML, an alias, a key given twice, or a top level that is
+            not a mapping of names to values.
     """
     import yaml  # only when a --config file is given
 
     file = Path(path)
+    if file.is_dir():
+        raise UsageError(f"--config {path}: a folder, not a file ({file.absolute()}); pass the YAML file, e.g. "
+                         "--config configs/alpaca_7b.yaml.")
     if not file.is_file():
         raise UsageError(f"--config {path}: no such file ({file.absolute()}).")
     try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+        data = _load_yaml(file.read_text(encoding="utf-8"), path)
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         line = f" on line {where.line + 1}" if where is not None else ""

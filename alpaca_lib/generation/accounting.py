@@ -12,6 +12,8 @@ from collections import Counter
 from typing import Any, Mapping
 from urllib.parse import urlparse
 
+from alpaca_lib.llm.config import redact_url
+
 from .postprocess import DISCARD_REASONS
 
 
@@ -76,7 +78,7 @@ def format_summary(s: Mapping[str, Any], base_url: str | None = None) -> str:
     """A few human-readable lines for the end of a run (`base_url`: the server, to tell a local one)."""
     reasons = ", ".join(f"{k} {v}" for k, v in s["discarded"].items() if v) or "none"
     if s["cost_usd"] is None and is_loopback(base_url):
-        cost = f"none (a server on this machine, {base_url})"
+        cost = f"none (a server on this machine, {redact_url(base_url)})"  # no token or password in a log
     elif s["cost_usd"] is not None:
         cost = f"${s['cost_usd']:.4f} (estimate from the price table)"
     else:

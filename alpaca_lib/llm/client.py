@@ -27,6 +27,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+from alpaca_lib.core.errors import UsageError
 
 from .config import ClientConfig, client_settings, redact_url  # noqa: F401 (redact_url: public here too)
 
@@ -164,8 +167,8 @@ class CompletionClient:
         self.max_reply_bytes = max_reply_bytes
         self._sleep = sleep
         self._lock = threading.Lock()
-        self._client = self._make_openai_client(config.base_url, config.api_key, config.organization,
-                                                config.request_timeout)
+        self._client, self._query = self._make_openai_client(config.base_url, config.api_key, config.organization,
+                                                             config.request_timeout)
 
     @classmethod
     def from_config(cls, config: ClientConfig, **kw: Any) -> "CompletionClient":
@@ -179,7 +182,7 @@ class CompletionClient:
             import openai
         except ImportError as e:  # pragma: no cover - openai is a dependency in pyproject.toml
             raise GenerationError("the `openai` package is needed to generate data: pip install 'openai>=1.40'") from e
-        base_url = base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_DEFAULT_BASE_URL
+        base_url, query = _split_query(base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_DEFAULT_BASE_URL)
         api_key = api_key or os.environ.get("OPENAI_API_KEY")
         if not api_key:
             if base_url.rstrip("/") == OPENAI_DEFAULT_BASE_URL:
@@ -189,15 +192,17 @@ class CompletionClient:
                 )
             api_key = "no-key"  # local servers ignore it, the client requires one
         organization = organization or os.environ.get("OPENAI_ORG") or os.environ.get("OPENAI_ORG_ID")
-        # Retries are ours (counted, bounded, logged), so the client's own are off.
-        return openai.OpenAI(
-            api_key=api_key, organization=organization, base_url=base_url, timeout=timeout, max_retries=0
-        )
+        # Retries are ours (counted, bounded, logged), so the client's own are off. The address's query
+        # (`?token=...`) goes with every request as default_query: left in base_url, the endpoint's path
+        # would be appended after it (`/v1/?token=...completions`).
+        client = openai.OpenAI(api_key=api_key, organization=organization, base_url=base_url, timeout=timeout,
+                               max_retries=0, default_query=dict(parse_qsl(query, keep_blank_values=True)) or None)
+        return client, query
 
     @property
     def base_url(self) -> str:
-        """The server's address, without a password it may carry (for messages)."""
-        return redact_url(str(self._client.base_url))
+        """The server's address, without a password or query values it may carry (for messages)."""
+        return redact_url(str(self._client.base_url) + (f"?{self._query}" if self._query else ""))
 
     def _request(self, prompts: Sequence[str], seed: int | None, max_tokens: int, logprobs: int = 0) -> Any:
         """Sends the request and returns the reply's JSON, read up to `max_reply_bytes` (`_ReplyTooLarge` beyond)."""
@@ -350,6 +355,21 @@ class CompletionClient:
                 ) from failure
             self._wait(retries, failure)
             retries += 1
+
+
+def _split_query(url: str) -> tuple[str, str]:
+    """`url` without its query (and fragment), and the query.
+
+    Raises:
+        UsageError: a query key given twice (the client sends each key once).
+    """
+    parts = urlsplit(url)
+    names = [name for name, _ in parse_qsl(parts.query, keep_blank_values=True)]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise UsageError(f"--base_url {redact_url(url)}: the query gives {', '.join(twice)} more than once; "
+                         "keep one value of each")
+    return urlunsplit(parts._replace(query="", fragment="")), parts.query
 
 
 def _transport_errors() -> tuple[type[BaseException], ...]:
