@@ -16,7 +16,9 @@ win rate:
   no difficulty term and no gamed baselines), fitted with AlpacaEval's own helpers. It removes what the
   length difference explains on these pairs only; it is not comparable with the leaderboard's LC.
 - None (no length-controlled number) with fewer than `MIN_PAIRS_FOR_LC` readable pairs, or when every
-  pair has the same length difference (then length explains nothing a fit could separate).
+  pair has the same length difference (then length explains nothing a fit could separate); except for a
+  model scored against itself (one generator name on both sides, the same outputs), which AlpacaEval's own
+  function gives 50, by construction, with no fit.
 """
 
 from __future__ import annotations
@@ -117,20 +119,31 @@ def length_controlled(frame, df_gamed: Optional[str] = "auto") -> dict[str, Any]
         return _length_controlled(frame, df_gamed)
 
 
+def _against_itself(frame) -> bool:
+    """Whether the rows compare a model with itself: one generator name on both sides (AlpacaEval's test, for
+    which its `get_length_controlled_winrate` gives 50 by construction, without a fit) and the same outputs
+    (two different models can share a name here, e.g. two `runs/*/final` folders)."""
+    names = set(frame["generator_1"].unique()) | set(frame["generator_2"].unique())
+    return len(names) == 1 and None not in names and frame["output_1"].equals(frame["output_2"])
+
+
 def _length_controlled(frame, df_gamed: Optional[str]) -> dict[str, Any]:
     none = {"length_controlled_winrate": None, "lc_standard_error": None, "length_control": None}
+    itself = _against_itself(frame)
     readable = frame["preference"].notna()
     delta = (frame["output_1"].str.len() - frame["output_2"].str.len())[readable]
-    if readable.sum() < MIN_PAIRS_FOR_LC or not delta.std() > 0:
+    if not itself and (readable.sum() < MIN_PAIRS_FOR_LC or not delta.std() > 0):
         return none
     if len(frame) == V1_N_INSTRUCTIONS and df_gamed == "auto":
         df_gamed = find_df_gamed()
-    if len(frame) == V1_N_INSTRUCTIONS and df_gamed not in (None, "auto"):
+    v1 = len(frame) == V1_N_INSTRUCTIONS and df_gamed not in (None, "auto")
+    if v1 or itself:
         _, glm = _alpaca_eval_metrics_module()
-        out = glm.get_length_controlled_winrate(frame, glm_name="length_controlled_v1", save_weights_dir=None,
+        out = glm.get_length_controlled_winrate(frame, glm_name="length_controlled_v1" if v1 else
+                                                "length_controlled_minimal", save_weights_dir=None,
                                                 is_add_glm_preference_inplace=False, is_warn_extreme_changes=False)
-        return {"length_controlled_winrate": float(out["length_controlled_winrate"]),
-                "lc_standard_error": float(out["lc_standard_error"]), "length_control": LC_V1}
+        return {"length_controlled_winrate": _number(out["length_controlled_winrate"]),
+                "lc_standard_error": _number(out["lc_standard_error"]), "length_control": LC_V1 if v1 else LC_MINIMAL}
     lc, se = _length_controlled_minimal(frame)
     return {"length_controlled_winrate": lc, "lc_standard_error": se, "length_control": LC_MINIMAL}
 

@@ -6,20 +6,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import io
 from typing import Sequence
 
-from alpaca_lib.core.fileio import atomic_write
 from alpaca_lib.evaluation.leaderboard import display_name
 
 CHART_NAME = "judge.png"
 REPORT_NAME = "report.md"
 
 
-def draw_chart(path: Path, leaderboard: Sequence[dict], len_model: Sequence[int], len_ref: Sequence[int],
-               outputs_sha256: str, model: str, reference: str) -> None:
-    """Win rate with its standard error per leaderboard row (this run's, found by its outputs digest, in
-    orange), and the two sides' output lengths."""
+def chart_png(leaderboard: Sequence[dict], len_model: Sequence[int], len_ref: Sequence[int],
+              outputs_sha256: str, model: str, reference: str) -> bytes:
+    """The chart, as PNG bytes: win rate with its standard error per leaderboard row (this run's, found by its
+    outputs digest, in orange), and the two sides' output lengths."""
     import matplotlib  # deferred: 0.4 s to import, and only the chart needs it
 
     matplotlib.use("Agg")  # no display needed
@@ -47,9 +46,10 @@ def draw_chart(path: Path, leaderboard: Sequence[dict], len_model: Sequence[int]
     ax2.set_title("Output lengths")
     ax2.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=110)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110)
     plt.close(fig)
+    return png.getvalue()
 
 
 def _quote(text: str, limit: int = 400) -> str:
@@ -76,9 +76,9 @@ def _pct(x) -> str:
     return "–" if x is None else f"{100 * x:.0f}%"
 
 
-def write_report(output_dir: Path, summary: dict, rows: Sequence[dict], pairing_note: str = "", n_lost: int = 3) -> None:
-    """report.md: the headline numbers, how they were made, how far the judge can be trusted, and the pairs
-    the model lost most clearly."""
+def report_markdown(summary: dict, rows: Sequence[dict], pairing_note: str = "", n_lost: int = 3) -> str:
+    """report.md's text: the headline numbers, how they were made, how far the judge can be trusted, and the
+    pairs the model lost most clearly."""
     s = summary
     lc = s["length_controlled_winrate"]
     lines = [
@@ -125,5 +125,4 @@ def write_report(output_dir: Path, summary: dict, rows: Sequence[dict], pairing_
             if r.get("input"):
                 lines += ["Input:", _quote(r["input"]), ""]
             lines += [f"{s['model']}:", _quote(r["output_2"]), "", f"{s['reference']}:", _quote(r["output_1"]), ""]
-    with atomic_write(output_dir / REPORT_NAME) as f:
-        f.write("\n".join(lines))
+    return "\n".join(lines)
