@@ -14,10 +14,16 @@ import difflib
 import inspect
 import re
 import tempfile
+import threading
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 from alpaca_lib.core.errors import UsageError
+
+# Seconds to wait for the hub to answer one HEAD request: it answers in well under a second where there is a
+# network, while transformers and datasets retry an unreachable hub for up to a minute before they fail.
+HUB_PROBE_TIMEOUT_S = 3.0
 
 # The pip package that provides each `--report_to` tracker transformers knows.
 TRACKER_PACKAGES = {
@@ -47,6 +53,29 @@ def _offline() -> bool:
     return is_offline_mode()
 
 
+@lru_cache(maxsize=1)
+def hub_unreachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> Optional[str]:
+    """Why the Hugging Face hub (`huggingface_hub.constants.ENDPOINT`, which HF_ENDPOINT sets) cannot be reached,
+    or None when it answers (any HTTP status). One HEAD request per process, through huggingface_hub's own
+    session (its proxies and certificates), bounded by `timeout` even where a name lookup hangs."""
+    from huggingface_hub.constants import ENDPOINT  # late, as in _offline
+    from huggingface_hub.utils import get_session
+
+    why: list[str] = []
+
+    def head() -> None:
+        try:
+            get_session().head(ENDPOINT, timeout=timeout)
+            why.append("")
+        except Exception as e:  # any way of getting no answer: name lookup, refused, TLS, proxy, timeout
+            why.append(f"{ENDPOINT}: {type(e).__name__}: {e}")
+
+    probe = threading.Thread(target=head, name="hub-probe", daemon=True)
+    probe.start()
+    probe.join(timeout + 1.0)
+    return (why[0] or None) if why else f"{ENDPOINT}: no answer in {timeout:g} s"
+
+
 def check_model_source(name: str, gguf_file: Optional[str] = None, flag: str = "--model_name_or_path",
                        cache_dir: Optional[str] = None, config_name: str = "config.json", hub: bool = True) -> None:
     """Checks that a model named by a local folder or a hub id can be loaded, without loading it.
@@ -60,7 +89,7 @@ def check_model_source(name: str, gguf_file: Optional[str] = None, flag: str = "
         hub: whether `name` may be a hub id; False for flags that take a local folder only.
     Raises:
         UsageError: a local folder that does not exist or is not a model folder, a file where a folder is
-            expected, or (offline) a hub id with no cached copy.
+            expected, or a hub id with no cached copy while offline or with no network to the hub.
     """
     path = Path(name).expanduser()
     wanted = gguf_file or config_name
@@ -87,16 +116,22 @@ def check_model_source(name: str, gguf_file: Optional[str] = None, flag: str = "
             f"{flag} {name}: no such folder ({path.resolve()}). Check the path, or pass a Hugging Face hub id "
             "such as owner/model."
         )
-    if _offline():
-        from huggingface_hub import try_to_load_from_cache  # late, as in _offline
+    from huggingface_hub import try_to_load_from_cache  # late, as in _offline
 
-        cached = try_to_load_from_cache(name, wanted, cache_dir=cache_dir)
-        if not isinstance(cached, str):
+    offline = _offline()
+    unreachable = None if offline else hub_unreachable()
+    if (offline or unreachable) and not isinstance(try_to_load_from_cache(name, wanted, cache_dir=cache_dir), str):
+        if offline:
             raise UsageError(
                 f"{flag} {name}: not a local folder, and the Hugging Face hub is offline (HF_HUB_OFFLINE=1) with no "
                 f"cached copy of {wanted}. Fix: download it where there is a network (`hf download {name}`) and "
                 "pass that folder, or unset HF_HUB_OFFLINE."
             )
+        raise UsageError(
+            f"{flag} {name}: not a local folder, and no network to the Hugging Face hub ({unreachable}), with no "
+            f"cached copy of {wanted}. Fix: download it first where there is a network (`hf download {name}`) and "
+            "pass that folder; for a model already downloaded, set HF_HUB_OFFLINE=1."
+        )
 
 
 def check_output_dir(path: str, flag: str = "--output_dir") -> None:

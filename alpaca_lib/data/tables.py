@@ -11,7 +11,9 @@ raises `DataError` saying what to do. `alpaca_lib.data.sources.open_source` deci
 from __future__ import annotations
 
 import csv
+import os
 
+from alpaca_lib.core.preflight import hub_unreachable
 from alpaca_lib.data.records import DataError
 
 
@@ -64,10 +66,29 @@ def _pick_split(dataset_dict, path: str, split: str):
     return dataset_dict[split]
 
 
+def _in_datasets_cache(path: str, cache_dir: str) -> bool:
+    """Whether `datasets` holds a prepared copy of hub dataset `path`: the folder where its own fallback to the
+    cache looks (`<cache>/<owner>___<name in snake_case>`, see datasets.load.CachedDatasetModuleFactory)."""
+    from datasets.naming import camelcase_to_snakecase
+
+    parts = path.split("/")
+    parts[-1] = camelcase_to_snakecase(parts[-1])
+    return os.path.isdir(os.path.join(os.path.expanduser(str(cache_dir)), "___".join(parts)))
+
+
 def _load_hub(path: str, split: str):
     import datasets  # deferred as in load_table
     from datasets import config as ds_config
 
+    # Without a network, datasets retries the hub for half a minute before it fails: ask once, briefly.
+    unreachable = None if ds_config.HF_HUB_OFFLINE else hub_unreachable()
+    if unreachable and not _in_datasets_cache(path, ds_config.HF_DATASETS_CACHE):
+        raise DataError(
+            f"{path}: no such local file or folder, and no network to the Hugging Face hub ({unreachable}) to load "
+            f"the dataset '{path}' from, nor a copy in the local cache ({ds_config.HF_DATASETS_CACHE}). Fix: download "
+            f"it first where there is a network (python -c \"import datasets; datasets.load_dataset('{path}')\") or "
+            "pass a local file; for a dataset already in the cache, set HF_HUB_OFFLINE=1."
+        )
     try:
         return datasets.load_dataset(path, split=split)
     except ValueError as e:

@@ -14,10 +14,20 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from alpaca_lib.core.commands import flag, same_as
+from alpaca_lib.core.commands import flag, is_int, same_as
+from alpaca_lib.core.errors import UsageError
 from alpaca_lib.core.fileio import expand_home_fields
 from alpaca_lib.evaluation.settings import DEFAULT_LEADERBOARD, GenerationSettings
 from alpaca_lib.llm.config import ClientConfig
+
+
+def _check_positive(cfg: Any, *names: str) -> None:
+    """Refuses a count flag below 1 as the user's mistake, before anything loads (a thread pool of 0 workers
+    would raise ValueError only once the run is under way)."""
+    for name in names:
+        value = getattr(cfg, name)
+        if not is_int(value) or value < 1:
+            raise UsageError(f"--{name} must be a positive integer; got {value!r}")
 
 
 @dataclass(kw_only=True)
@@ -53,6 +63,7 @@ class OutputsConfig:
 
     def __post_init__(self):
         expand_home_fields(self, "instructions_path", "output_path", "model_dir")
+        _check_positive(self, "max_concurrency")
 
     def generation_settings(self) -> GenerationSettings:
         """The decoding part, which is also part of the run's identity."""
@@ -92,6 +103,7 @@ class JudgeConfig:
 
     def __post_init__(self):
         expand_home_fields(self, "model_outputs", "reference_outputs", "output_dir", "judge_model_dir", "leaderboard")
+        _check_positive(self, "max_concurrency", "judge_batch_size")
 
 
 @dataclass(kw_only=True)

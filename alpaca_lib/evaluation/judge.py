@@ -35,7 +35,8 @@ from alpaca_lib.core.progress import progress_bar
 from alpaca_lib.core.prompt import request_text
 from alpaca_lib.evaluation.config import JudgeConfig
 from alpaca_lib.evaluation.judges import PROMPT_VERSION, Task, judge_prompt, make_judge
-from alpaca_lib.evaluation.leaderboard import outputs_digest
+from alpaca_lib.evaluation.leaderboard import outputs_digest, read_board
+from alpaca_lib.evaluation.local_judge import check_judge_tokenizer
 from alpaca_lib.evaluation.metrics import summarize
 from alpaca_lib.evaluation.outputs import file_digest
 from alpaca_lib.evaluation.pairing import Pairing, load_outputs, name_of, pair_records
@@ -128,7 +129,8 @@ def _unreadable_error(judge_name: str, rows: Sequence[dict]) -> str:
 
 
 def _check_flags(cfg: JudgeConfig) -> None:
-    """Refuses a judge named twice or not at all, and an --output_dir that cannot be written or is an input."""
+    """Refuses a judge named twice or not at all, an --output_dir that cannot be written or is an input, and a
+    local judge whose tokenizer cannot spell the verdict letters."""
     if (cfg.judge_model is None) == (cfg.judge_model_dir is None):
         raise UsageError("give either --judge_model (a judge on a server) or --judge_model_dir (a local model, "
                          "run in-process).")
@@ -139,6 +141,8 @@ def _check_flags(cfg: JudgeConfig) -> None:
                                                         "--reference_outputs": cfg.reference_outputs})
     if cfg.judge_model_dir:
         check_model_source(cfg.judge_model_dir, cfg.judge_gguf_file, flag="--judge_model_dir", hub=False)
+        check_judge_tokenizer(cfg.judge_model_dir, cfg.judge_gguf_file)  # before the model loads, not after
+    read_board(Path(cfg.leaderboard))  # a board that cannot be read refuses the run now, before the judge is paid
 
 
 def _pair_files(cfg: JudgeConfig) -> tuple[list[dict], list[dict], Pairing]:

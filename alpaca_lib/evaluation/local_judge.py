@@ -16,9 +16,42 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+from alpaca_lib.core.errors import UsageError
 from alpaca_lib.evaluation.outputs import LocalModel
 
 VARIANTS = {"a": ("a", "A", " a", " A"), "b": ("b", "B", " b", " B")}
+
+
+def letter_ids(tokenizer, where: str = "the judge's tokenizer") -> dict[str, list[int]]:
+    """The token ids that spell each verdict letter alone (`VARIANTS`), a list per letter.
+
+    Raises:
+        UsageError: `where` (the flag and folder) has no single token for a or for b, or the same for both.
+    """
+    ids = {}
+    for letter, spellings in VARIANTS.items():
+        found = set()
+        for s in spellings:
+            pieces = tokenizer.encode(s, add_special_tokens=False)
+            if len(pieces) == 1:  # a spelling that is one token on its own
+                found.add(pieces[0])
+        ids[letter] = sorted(found)
+    if not ids["a"] or not ids["b"] or set(ids["a"]) & set(ids["b"]):
+        raise UsageError(
+            f"{where}: its tokenizer has no single token for the letter a and another for b (tried "
+            f"{', '.join(repr(s) for s in VARIANTS['a'] + VARIANTS['b'])}), so the in-process judge cannot read a "
+            "verdict from its next-token probabilities. Fix: pass another model as --judge_model_dir, or serve "
+            "this one and pass --judge_model with --base_url.")
+    return ids
+
+
+def check_judge_tokenizer(model_dir: str, gguf_file: Optional[str] = None, flag: str = "--judge_model_dir") -> None:
+    """Loads only the judge's tokenizer (under a second) and refuses one without the verdict letters, so that
+    mistake costs no model load. Raises UsageError as `letter_ids`."""
+    from transformers import AutoTokenizer  # deferred: a judge on a server never needs transformers
+
+    extra = {"gguf_file": gguf_file} if gguf_file else {}
+    letter_ids(AutoTokenizer.from_pretrained(model_dir, **extra), f"{flag} {model_dir}")
 
 
 class LocalJudge:
@@ -30,17 +63,7 @@ class LocalJudge:
 
     def __init__(self, local: LocalModel):
         self.local = local
-        tok = local.tokenizer
-        self.letter_ids = {}
-        for letter, spellings in VARIANTS.items():
-            ids = set()
-            for s in spellings:
-                pieces = tok.encode(s, add_special_tokens=False)
-                if len(pieces) == 1:  # a spelling that is one token on its own
-                    ids.add(pieces[0])
-            self.letter_ids[letter] = sorted(ids)
-        if not self.letter_ids["a"] or not self.letter_ids["b"] or set(self.letter_ids["a"]) & set(self.letter_ids["b"]):
-            raise ValueError("the judge's tokenizer has no single token for the letters a and b")
+        self.letter_ids = letter_ids(local.tokenizer)
         self.forward_passes = 0  # counted for the tests and the summary
 
     @classmethod

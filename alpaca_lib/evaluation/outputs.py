@@ -11,7 +11,8 @@ generator's `CompletionClient`: bounded retries, concurrency). The output is a J
 the form AlpacaEval's own data takes: `instruction` (with the record's input, if any, after a blank line, as
 AlpacaEval's judges must see it: they are shown only `instruction`), `output` (the response only),
 `generator`, `dataset` when the input had it, and two keys AlpacaEval ignores: `n_tokens` (generated tokens, the EOS included) and
-`stop_reason` (`eos`, or `length` when the `max_new_tokens` budget ran out).
+`stop_reason` (`eos`, or `length` when the `max_new_tokens` budget ran out). Answers that repeat their prompt (a
+server that echoes it) are counted in one warning line at the end.
 
 Every answer is journaled as it is made (`<output>.journal.jsonl` beside the output), so a killed run
 continues where it stopped when the same command is run again; a journal written with another model,
@@ -336,6 +337,29 @@ def write_outputs(
     return out
 
 
+def echoed(answer: str, prompt: str, instruction: str) -> bool:
+    """Whether an answer repeats the text it was asked with: the prompt whole (or followed by more), or cut
+    short but past the request's instruction, as a server that echoes the prompt (or is cut off by the token
+    budget while echoing) replies."""
+    prompt = prompt.strip()
+    if answer.startswith(prompt):
+        return True
+    start = prompt.find(instruction) if instruction else -1
+    return start >= 0 and prompt.startswith(answer) and len(answer) >= start + len(instruction)
+
+
+def echo_warning(written: Sequence[dict], records: Sequence[dict], text_of: Callable[[dict], str],
+                 output_path: str, served: bool) -> Optional[str]:
+    """One line when answers repeat their prompt (`text_of(record)`, as sent), else None."""
+    n = sum(echoed(w["output"], text_of(r), r["instruction"].strip()) for w, r in zip(written, records))
+    if not n:
+        return None
+    why = ("the server echoes it (check its settings and --api_style)" if served
+           else "the model copies it (check that it was trained on the Alpaca template)")
+    return (f"warning: {n} of {len(written)} answers in {output_path} repeat their prompt: {why}. They are written "
+            f"as received; to ask again, delete {output_path} and {journal_path(output_path)}.")
+
+
 def file_digest(path: str) -> str:
     return sha256_of(Path(path).read_bytes())
 
@@ -369,7 +393,7 @@ def run_outputs(cfg: OutputsConfig) -> OutputsResult:
     records = load_instructions(cfg.instructions_path)
     run = {"instructions_sha256": file_digest(cfg.instructions_path), **vars(settings)}
     if cfg.model_dir is not None:
-        prompts = [prompt_of(r) for r in records]
+        prompts, text_of = [prompt_of(r) for r in records], prompt_of
         dtype = resolve_dtype(cfg.dtype)  # what "auto" means here is part of the run: a resume may not mix two
         run["dtype"] = dtype
 
@@ -386,7 +410,7 @@ def run_outputs(cfg: OutputsConfig) -> OutputsResult:
                                   top_p=cfg.top_p if cfg.do_sample else 1.0, logit_bias=None, stop=[],
                                   request_timeout=cfg.request_timeout, max_retries=cfg.max_retries)
         model = ServedModel(client, cfg.max_concurrency)
-        identity = model.fingerprint()
+        identity, text_of = model.fingerprint(), model.text_of
 
         def answer_batches(todo):
             for idx, answers in model.answer([records[i] for i in todo], settings, ids=todo):
@@ -398,4 +422,7 @@ def run_outputs(cfg: OutputsConfig) -> OutputsResult:
     with output_lock(target.parent, f"eval_model.py outputs --output_path {cfg.output_path}",
                      name=f".{target.name}.lock"):
         written = write_outputs(records, answer_batches, cfg.output_path, generator, run)
+    warning = echo_warning(written, records, text_of, cfg.output_path, served=cfg.base_url is not None)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     return OutputsResult(written, generator, cfg.output_path)
