@@ -49,6 +49,28 @@ def test_a_folder_with_other_files_is_refused_and_left_alone(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"] and os.listdir(out) == ["notes.txt"]
 
 
+def test_a_folder_lacking_one_expected_file_is_not_complete(tmp_path):
+    """Complete means every one of COMPLETE_FILES: a folder with all but one (an interrupted copy by other
+    means, say) is refused as it stands, not reused."""
+    assert bundled.COMPLETE_FILES == ("config.json", "model.safetensors", "tokenizer_config.json", "tokenizer.json")
+    for missing in bundled.COMPLETE_FILES:
+        folder = tmp_path / f"without-{missing}"
+        folder.mkdir()
+        for name in bundled.COMPLETE_FILES:
+            if name != missing:
+                (folder / name).write_text("x", encoding="utf-8")
+        assert bundled.is_complete(folder) is False, missing
+    assert bundled.is_complete(tmp_path / "absent") is False
+    out = tmp_path / "without-model.safetensors"
+    result = _run("--output_dir", str(out))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: --output_dir {out} exists and is not a complete model folder (it lacks one of config.json, "
+        "model.safetensors, tokenizer_config.json, tokenizer.json); remove it or pick another folder."
+    ]
+    assert sorted(os.listdir(out)) == ["config.json", "tokenizer.json", "tokenizer_config.json"]
+
+
 def test_an_unknown_flag_is_named(tmp_path):
     result = _run("--output", str(tmp_path / "x"))
     assert result.returncode == 1 and "unknown flag --output" in result.stderr

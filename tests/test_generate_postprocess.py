@@ -131,6 +131,26 @@ def test_near_misses_are_kept(instruction):
     assert [r["instruction"] for r in got] == [instruction]
 
 
+# The original generate_instruction.py's blacklist, copied here word for word: the list in postprocess.py
+# must not lose (or gain) a word unseen.
+ORIGINAL_BLACKLIST = [
+    "image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps",
+    "draw", "plot", "go to", "video", "audio", "music", "flowchart", "diagram",
+]
+
+
+def test_blacklist_is_the_originals_and_each_word_drops_an_instruction():
+    from alpaca_lib.generation.postprocess import BLACKLIST
+
+    assert BLACKLIST == ORIGINAL_BLACKLIST
+    for word in ORIGINAL_BLACKLIST:
+        stats = Counter()
+        instruction = f"Please describe the {word} in two short sentences."
+        got = post_process_gpt3_response(0, {"text": " " + _item(1, instruction)[len("1. Instruction:"):],
+                                             "finish_reason": "stop"}, stats)
+        assert (got, stats) == ([], Counter(blacklist=1)), word
+
+
 def test_malformed_items_are_counted_and_skipped():
     text = " Describe a sunny day at the beach.\n1. Output:\nno input header\n###\n" + _item(2, "List five kinds of fruit please.")
     stats = Counter()

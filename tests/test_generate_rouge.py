@@ -138,6 +138,24 @@ def test_sequential_semantics_and_pool_growth():
     assert pool.filter_batch(["name two rivers in africa today"])[0].kept is False
 
 
+def test_a_score_of_exactly_the_threshold_is_kept():
+    """The original drops a candidate only when a score is > 0.7: two 10-token instructions sharing a 7-token
+    subsequence score exactly 0.7 (precision and recall 7/10), and the candidate is kept."""
+    base = "one two three four five six seven eight nine ten"
+    at = "one two three four five six seven alpha beta gamma"  # 7 of 10 with base
+    above = "one two three four five six seven eight delta epsilon"  # 8 of 10 with base
+    again = "zeta eta theta one two three four five six seven"  # 7 of 10 with base and with `at`
+    assert _reference_scores(at, [base]).tolist() == [0.7]
+    assert _reference_scores(again, [base, at]).tolist() == [0.7, 0.7]
+    pool = RougeLPool([base])
+    d = pool.filter_batch([at, above, again])
+    assert [x.kept for x in d] == [True, False, True]
+    assert [x.max_score for x in d] == [0.7, float(_reference_scores(above, [base, at])[0]), 0.7]
+    assert d[1].max_score > 0.7
+    assert pool.texts == [base, at, again]
+    assert d[2].most_similar_instructions == {base: 0.7, at: 0.7}
+
+
 def test_empty_pool_keeps_with_zero_scores():
     d = RougeLPool([]).filter_batch(["Anything at all goes here."])
     assert d[0].kept and d[0].max_score == 0.0 and d[0].most_similar_instructions == {} and d[0].avg_similarity_score == 0.0

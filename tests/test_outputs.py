@@ -274,6 +274,46 @@ def test_a_killed_sampled_run_resumes_to_the_uninterrupted_file(tiny_llama_dir, 
     assert sum(a != b for a, b in zip(*answers)) > 12  # sampled, not greedy
 
 
+def test_sampled_answers_to_the_same_instruction_differ_per_record(tiny_llama_dir, tmp_path):
+    """Each record samples with its own seed (--seed + its index): four copies of one instruction, in two
+    batches, get four different answers (one seed for all would give each batch's rows the same draw)."""
+    _write(tmp_path / "eval.json", [{"instruction": "Name a fruit."}] * 4)
+    out = tmp_path / "outputs.json"
+    run_script(_outputs(tmp_path, tiny_llama_dir, out, ["--batch_size", "2", "--do_sample", "True", "--seed", "5",
+                                                         "--temperature", "1.0"]), tmp_path)
+    answers = [r["output"] for r in json.loads(out.read_text(encoding="utf-8"))]
+    assert len(set(answers)) == 4, answers
+    # The same answers as the library draws for those seeds, one prompt at a time.
+    lm = LocalModel.load(str(tiny_llama_dir))
+    settings = GenerationSettings(max_new_tokens=12, do_sample=True, temperature=1.0, seed=5)
+    one_by_one = {i: a.output for idx, ans in lm.answer([prompt_of({"instruction": "Name a fruit."})] * 4, settings, 1)
+                  for i, a in zip(idx, ans)}
+    assert answers == [one_by_one[i] for i in range(4)]
+
+
+def test_served_sampled_requests_carry_one_seed_per_record():
+    """A sampled request to a server carries --seed + the record's index; a greedy one none."""
+    from alpaca_lib.evaluation.outputs import ServedModel
+    from alpaca_lib.llm.client import Choice, Reply
+
+    class Client:
+        model, api_style, base_url, max_reply_bytes = "m", "completions", "http://stub", 1 << 20
+
+        def __init__(self):
+            self.seeds = []
+
+        def complete(self, prompts, seed=None, logprobs=0):
+            self.seeds.append(seed)
+            return Reply([Choice("an answer", "stop")], {"completion_tokens": 2})
+
+    records = [{"instruction": "Name a fruit."}] * 3
+    for do_sample, ids, expected in [(True, None, [7, 8, 9]), (True, [4, 0, 2], [7, 9, 11]), (False, None, [None] * 3)]:
+        client = Client()
+        settings = GenerationSettings(do_sample=do_sample, temperature=1.0, seed=7)
+        got = list(ServedModel(client, max_concurrency=1).answer(records, settings, ids=ids))
+        assert sorted(client.seeds, key=lambda s: -1 if s is None else s) == expected and len(got) == 3
+
+
 def test_answers_received_before_a_request_fails_are_kept_for_the_rerun(tmp_path):
     """One request fails for good while two others are still being answered: those two are journaled
     (paid for once), and the rerun asks only for the missing one."""

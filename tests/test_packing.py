@@ -16,8 +16,8 @@ from alpaca_lib.core.modeling import IGNORE_INDEX
 from alpaca_lib.data.packing import DataCollatorForPackedRows, PackedDataset, pack_rows, supervised_positions
 from alpaca_lib.training.packed_attention import PACKED_SDPA, use_packed_sdpa
 from alpaca_lib.training.packed_model import prepare_model_for_packing, supports_supervised_logits
-from conftest import REPO_ROOT, run_train_expecting_error, write_alpaca_subset
 from alpaca_testkit.kernel_calls import count_kernel_forwards
+from conftest import REPO_ROOT, run_train_expecting_error, write_alpaca_subset
 
 
 def test_pack_rows_is_best_fit_decreasing_and_exact():
@@ -86,6 +86,19 @@ def test_packed_rows_concatenate_examples_with_restarting_positions(dataset, tok
     assert (batch["input_ids"][short, k:] == tokenizer.pad_token_id).all()
     assert (batch["labels"][short, k:] == IGNORE_INDEX).all()
     assert batch["position_ids"][short, k:].tolist() == list(range(width - k))
+
+
+def test_each_packed_example_starts_with_a_masked_label():
+    """Examples whose labels are their own input ids (no prompt mask): packed, each example's first label
+    becomes -100, so no token is predicted from the previous example's last one; the rest are kept."""
+    examples = [{"input_ids": torch.tensor(ids), "labels": torch.tensor(ids)}
+                for ids in ([11, 12, 13], [21, 22], [31, 32, 33, 34], [41])]
+    packed = PackedDataset(examples, [3, 2, 4, 1], 10)
+    assert packed.rows == [[2, 0, 1, 3]]
+    row = packed[0]
+    assert row["input_ids"].tolist() == [31, 32, 33, 34, 11, 12, 13, 21, 22, 41]
+    assert row["labels"].tolist() == [-100, 32, 33, 34, -100, 12, 13, -100, 22, -100]
+    assert row["position_ids"].tolist() == [0, 1, 2, 3, 0, 1, 2, 0, 1, 0]
 
 
 def _per_example_losses(logits, labels, segments):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, write_alpaca_subset
 
 
 def _mode(path: Path) -> int:
@@ -34,6 +34,61 @@ def test_written_files_follow_the_umask(tmp_path, umask, expected):
     assert json.loads((tmp_path / "out" / "alpaca.json").read_text()) == items
     assert _mode(tmp_path / "out" / "alpaca.json") == expected
     assert _mode(tmp_path / "out") == 0o777 & ~umask
+
+
+def _modes(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): _mode(p) for p in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.parametrize("umask, lora", [(0o022, False), (0o027, True)])
+def test_saved_weights_and_checkpoints_follow_the_umask(tmp_path, tiny_llama_dir, umask, lora):
+    """train.py's final model, every checkpoint and the LoRA adapter: model.safetensors and
+    adapter_model.safetensors get the mode of every other file (safetensors writes them 0600)."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(REPO_ROOT / "train.py"), "--model_name_or_path", str(tiny_llama_dir),
+           "--data_path", str(write_alpaca_subset(tmp_path / "data.json", slice(0, 8))), "--output_dir", str(out),
+           "--max_steps", "2", "--per_device_train_batch_size", "2", "--save_strategy", "steps", "--save_steps", "1",
+           "--report_to", "none", "--model_max_length", "128", "--preprocessing_cache_dir", str(tmp_path / "cache"),
+           "--disable_tqdm", "True"]
+    if lora:
+        cmd += ["--lora_r", "4", "--lora_alpha", "8", "--lora_dropout", "0"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600,
+                          preexec_fn=lambda: os.umask(umask))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    weights = "adapter_model.safetensors" if lora else "model.safetensors"
+    expected_weights = ["model.safetensors", f"checkpoint-1/{weights}", f"checkpoint-2/{weights}"]
+    if lora:
+        expected_weights.append("adapter/adapter_model.safetensors")
+    modes = _modes(out)
+    assert sorted(name for name in modes if name.endswith(".safetensors")) == sorted(expected_weights)
+    folders = {"adapter", "checkpoint-1", "checkpoint-2"} if lora else {"checkpoint-1", "checkpoint-2"}
+    assert modes == {name: (0o777 if name in folders else 0o666) & ~umask for name in modes}
+
+
+def test_staged_and_published_safetensors_follow_the_umask(tmp_path):
+    """The bundled model and weight_diff write through `staging_dir`, train.py's final save through `publish`:
+    a safetensors file written into either ends up with a plain file's mode."""
+    script = """if True:
+        import sys, torch
+        from pathlib import Path
+        from safetensors.torch import save_file
+        from alpaca_lib.core.fileio import publish, staging_dir
+        root = Path(sys.argv[1])
+        with staging_dir(root / "staged") as tmp:
+            save_file({"w": torch.zeros(2)}, str(tmp / "model.safetensors"))
+            (tmp / "sub").mkdir()
+            save_file({"w": torch.zeros(2)}, str(tmp / "sub" / "adapter_model.safetensors"))
+        (root / "src" / "adapter").mkdir(parents=True)
+        save_file({"w": torch.zeros(2)}, str(root / "src" / "model.safetensors"))
+        save_file({"w": torch.zeros(2)}, str(root / "src" / "adapter" / "adapter_model.safetensors"))
+        publish(root / "src", root / "published")
+    """
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True,
+                          cwd=REPO_ROOT, timeout=120, preexec_fn=lambda: os.umask(0o027))
+    assert proc.returncode == 0, proc.stderr
+    assert _modes(tmp_path / "staged") == {"model.safetensors": 0o640, "sub": 0o750, "sub/adapter_model.safetensors": 0o640}
+    assert _modes(tmp_path / "published") == {"adapter": 0o750, "adapter/adapter_model.safetensors": 0o640,
+                                              "model.safetensors": 0o640}
 
 
 def _home_and_runner(tmp_path):

@@ -25,6 +25,7 @@ import re
 import resource
 import shutil
 import socket
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -205,6 +206,7 @@ def staging_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[P
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    follow_umask(tmp)  # a weight file saved through safetensors is private (0600) until then
     for f in tmp.iterdir():
         if f.is_file():
             fsync_path(f)
@@ -217,6 +219,20 @@ def staging_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[P
         fsync_path(final.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def follow_umask(path: str | os.PathLike) -> None:
+    """Gives a file, or every file under a folder, the mode a plain `open` would give it (0644 under umask 022).
+
+    safetensors (0.8) writes each file through a private temporary file (mode 0600) that it renames into
+    place, so model.safetensors and adapter_model.safetensors would be the only files of a saved model
+    that other users cannot read. Every saved model and checkpoint goes through this before it is shown.
+    """
+    mode = 0o666 & ~current_umask()
+    path = Path(path)
+    for f in [path] if path.is_file() else path.rglob("*"):
+        if f.is_file() and not f.is_symlink() and stat.S_IMODE(f.stat().st_mode) != mode:
+            os.chmod(f, mode)
 
 
 def current_umask() -> int:
@@ -287,7 +303,8 @@ _WEIGHT_FILE = re.compile(
 
 
 def publish(src: Path, dst: Path) -> None:
-    """Moves every file under `src` to the same place under `dst`, each by an atomic rename.
+    """Moves every file under `src` to the same place under `dst`, each by an atomic rename (with the mode
+    a plain `open` gives a file: see `follow_umask`).
 
     For a folder that holds more than the files moved (a run's output folder also holds checkpoints), so
     it cannot be swapped whole. Weight files in `dst` (or its subfolders that `src` has) that `src` does
@@ -299,6 +316,7 @@ def publish(src: Path, dst: Path) -> None:
         if entry.is_dir():
             publish(entry, dst / entry.name)
             continue
+        follow_umask(entry)
         fsync_path(entry)
         os.replace(entry, dst / entry.name)
         new.add(entry.name)
