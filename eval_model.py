@@ -16,10 +16,12 @@ OpenAI-compatible server for a served one, a journal that makes a killed run con
 
 from __future__ import annotations
 
-from typing import Optional
+from pathlib import Path
+from typing import Any, Callable, Optional
 
 from alpaca_lib.core.cli import run_fire
 from alpaca_lib.core.commands import cli_command
+from alpaca_lib.core.signals import on_interrupt
 from alpaca_lib.evaluation.config import ChatConfig, JudgeConfig, OutputsConfig, ScoreConfig
 from alpaca_lib.llm.client import GenerationError
 
@@ -27,10 +29,24 @@ from alpaca_lib.llm.client import GenerationError
 # imports (numpy, alpaca_lib's evaluation modules).
 
 
+def _kept(journal: Path, kind: str, key: Callable[[dict], Any], usable: Callable[[dict], bool] = lambda rec: True) -> str:
+    """What Ctrl-C left of a run: how many `kind` records of `journal` a rerun keeps (the latest one per `key`, if
+    `usable`), and how to go on."""
+    from alpaca_lib.core.journal import iter_records  # deferred: see above
+
+    latest = {}
+    if journal.is_file():
+        latest = {key(rec): rec for _, rec in iter_records(journal, repair=False) if rec["t"] == kind}
+    kept = sum(map(usable, latest.values()))
+    return f"{kept} {kind}s kept in {journal}; run the same command again to continue from them"
+
+
 def _outputs(cfg: OutputsConfig) -> None:
     from alpaca_lib.evaluation.outputs import run_outputs  # deferred: see above
+    from alpaca_lib.evaluation.settings import journal_path
 
-    result = run_outputs(cfg)
+    with on_interrupt(lambda: _kept(journal_path(cfg.output_path), "output", key=lambda rec: rec["i"])):
+        result = run_outputs(cfg)
     stopped = sum(r["stop_reason"] == "length" for r in result.records)
     print(f"wrote {len(result.records)} outputs of {result.generator} to {result.output_path}"
           + (f" ({stopped} hit --max_new_tokens {cfg.max_new_tokens})" if stopped else ""))
@@ -45,9 +61,14 @@ def _print_result(result) -> None:
 
 
 def _judge(cfg: JudgeConfig) -> None:
-    from alpaca_lib.evaluation.judge import run_judge  # deferred: see above
+    from alpaca_lib.evaluation.judge import JOURNAL_NAME, run_judge  # deferred: see above
 
-    _print_result(run_judge(cfg))
+    journal = Path(cfg.output_dir) / JOURNAL_NAME
+    # A rerun asks again for an unreadable verdict: only readable ones are kept.
+    with on_interrupt(lambda: _kept(journal, "verdict", key=lambda rec: (rec["pair"], rec["order"]),
+                                    usable=lambda rec: rec["letter"] is not None)):
+        result = run_judge(cfg)
+    _print_result(result)
 
 
 def _score(cfg: ScoreConfig) -> None:
@@ -61,7 +82,8 @@ def _score(cfg: ScoreConfig) -> None:
 def _chat(cfg: ChatConfig) -> None:
     from alpaca_lib.evaluation.infer import chat_loop  # deferred: see above
 
-    chat_loop(cfg)
+    with on_interrupt("the chat ended."):
+        chat_loop(cfg)
 
 
 # Each command's flags, defaults and help come from its config (alpaca_lib/evaluation/config.py).

@@ -19,7 +19,7 @@ from typing import Optional
 
 from alpaca_lib.core.cli import run_fire
 from alpaca_lib.core.errors import UsageError
-from alpaca_lib.core.fileio import expand_home
+from alpaca_lib.core.fileio import disk_full_as_error, expand_home
 from alpaca_lib.core.modeling import missing_special_tokens
 from alpaca_lib.core.preflight import check_model_source, check_output_dir, check_output_file
 from alpaca_lib.data.convert import write_alpaca_json
@@ -52,7 +52,9 @@ def convert(
         raise DataError(f"--max_words must be a whole number of words >= 0 (0: no limit), got {max_words!r}.")
     data_path, output_path = expand_home(data_path), expand_home(output_path)
     check_output_file(output_path, "--output_path", {"--data_path": data_path})
-    counts = write_alpaca_json(open_source(data_path, data_split, data_columns), output_path, max_words)
+    source = open_source(data_path, data_split, data_columns)
+    with disk_full_as_error(output_path, f"{output_path} is as it was (it is replaced only once written whole)"):
+        counts = write_alpaca_json(source, output_path, max_words)
     print(f"{output_path}: wrote {counts['written']} of {counts['records']} records"
           + (f" ({counts['dropped_long']} longer than {max_words} words left out)" if max_words else ""))
     return counts
@@ -94,7 +96,8 @@ def report(
         raise UsageError(f"--tokenizer {tokenizer}: could not load a tokenizer from it ({e}). Pass the base model's folder.") from None
     tok.add_special_tokens(missing_special_tokens(tok))  # as train.py sets it up: [PAD], and any missing EOS/BOS/UNK
     result = build_report(records, tok, model_max_length, similarity_threshold, workers)
-    paths = write_report(result, output_dir, title=source.describe())
+    with disk_full_as_error(output_dir, "each file of the report is replaced only once written whole"):
+        paths = write_report(result, output_dir, title=source.describe())
     print(format_report(result))
     print("wrote " + ", ".join(str(p) for p in paths))
 

@@ -49,6 +49,7 @@ from alpaca_lib.core.modeling import (
     smart_tokenizer_and_embedding_resize,
 )
 from alpaca_lib.core.quiet import quiet_entry_point
+from alpaca_lib.core.signals import INTERRUPTED_EXIT_CODE, exit_interrupted
 from alpaca_lib.data.sources import open_source
 from alpaca_lib.data.supervised import (
     DataCollatorForSupervisedDataset,
@@ -70,7 +71,7 @@ from alpaca_lib.training.lossplot import plot_loss
 from alpaca_lib.training.packed_attention import choose_packed_attention
 from alpaca_lib.training.packed_model import packing_mode
 from alpaca_lib.training.resumable import ResumableTrainer
-from alpaca_lib.training.run import PREEMPTED_EXIT_CODE, Preempted, training_run
+from alpaca_lib.training.run import Preempted, training_run
 from alpaca_lib.training.saving import save_final
 from alpaca_lib.training.trainlog import describe_launch, log_callbacks, log_progress_off_terminal
 from utils import PROMPT_DICT
@@ -144,7 +145,7 @@ def train(argv: Optional[Sequence[str]] = None) -> Optional[transformers.Trainer
         run (nothing is trained or saved then, and a line on stderr says so).
     Raises:
         UsageError: bad flags or data, a refused resume, --output_dir in use by another job.
-        Preempted: SIGTERM stopped training, after it saved a checkpoint to resume from.
+        Preempted: SIGTERM or Ctrl-C stopped training, after it saved a checkpoint to resume from.
     """
     quiet_entry_point()
     model_args, data_args, training_args = parse_flags(argv)
@@ -179,7 +180,7 @@ def train(argv: Optional[Sequence[str]] = None) -> Optional[transformers.Trainer
         if training_args.should_save:  # the main process: training (and eval) loss per logged step
             plot_loss(trainer.state.log_history, training_args.output_dir,
                       title=f"{model_args.model_name_or_path} on {data_args.data_path}")
-        with run.final_save(trainer):  # raises Preempted after a SIGTERM; marks the run finished once saved
+        with run.final_save(trainer):  # raises Preempted after SIGTERM or Ctrl-C; marks the run finished once saved
             trainer.save_state()
             model.config.use_cache = use_cache
             _save_final_model(trainer, tokenizer, model_args, training_args)
@@ -284,10 +285,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         train(argv)
     except UsageError as e:
         exit_with(e)
-    except Preempted as e:
+    except Preempted as e:  # SIGTERM (exit status PREEMPTED_EXIT_CODE) or Ctrl-C (130), after a checkpoint
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"train.py: {e}", file=sys.stderr, flush=True)
-        raise SystemExit(PREEMPTED_EXIT_CODE) from None
+        raise SystemExit(e.exit_code) from None
+    except KeyboardInterrupt:  # Ctrl-C outside the training steps (loading, tokenizing, the final save)
+        if int(os.environ.get("RANK", "0")) != 0:
+            raise SystemExit(INTERRUPTED_EXIT_CODE) from None
+        exit_interrupted("train.py was not in a training step, so no checkpoint was saved now; what --output_dir "
+                         "held before is kept. Run the same command again to resume from its last complete "
+                         "checkpoint (or to start, if it has none).")
 
 
 if __name__ == "__main__":

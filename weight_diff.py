@@ -24,6 +24,7 @@ from typing import Optional
 from alpaca_lib.core.cli import run_fire
 from alpaca_lib.core.fileio import disk_full_as_error, expand_home
 from alpaca_lib.core.preflight import check_not_an_input, check_output_dir
+from alpaca_lib.core.signals import on_interrupt
 from alpaca_lib.weightdiff.allocator import big_allocations_use_mmap
 from alpaca_lib.weightdiff.diffing import smoke_test, stream_make_diff, stream_recover
 
@@ -129,7 +130,10 @@ def main(argv: Optional[list] = None) -> None:
     # Process-wide and for good, so here, where the command owns its process, and not in the library: a caller
     # of make_diff / recover keeps its own allocator settings (why it pays: alpaca_lib/weightdiff/allocator.py).
     big_allocations_use_mmap()
-    run_fire(COMMANDS, "weight_diff.py", argv, quiet=True)
+    # The outputs are written aside and renamed into place once complete, so Ctrl-C leaves none half-written.
+    with on_interrupt("nothing was written (an output folder appears only once it is complete, and one that was "
+                      "there is unchanged); run the same command again."):
+        run_fire(COMMANDS, "weight_diff.py", argv, quiet=True)
 
 
 if __name__ == "__main__":

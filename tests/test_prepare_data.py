@@ -114,3 +114,26 @@ def test_convert_errors_leave_no_output(tmp_path):
     with pytest.raises(DataError, match=r"no record left to write \(4 read, all longer than --max_words 1\)"):
         convert(str(src), str(out), data_columns=DOLLY, max_words=1)
     assert list(tmp_path.iterdir()) == [src]
+
+
+def test_convert_on_a_full_disk_is_one_error_line_and_keeps_the_old_file(tmp_path):
+    """The file size limit (RLIMIT_FSIZE, as tests/test_writers.py simulates a full disk) stops the write halfway."""
+    import resource
+    import signal
+    import subprocess
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the process at the limit
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    out = tmp_path / "alpaca.json"
+    out.write_text("[]", encoding="utf-8")  # an earlier output, to be kept
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "prepare_data.py"), "convert", "--data_path",
+                           str(REPO_ROOT / "alpaca_data.json"), "--output_path", str(out)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, preexec_fn=limit_file_size)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.splitlines() == [
+        f"error: no space left on device while writing {out} (file size limit reached); {out} is as it was (it is "
+        "replaced only once written whole). Free some space (or choose a folder on a disk with more room) and run "
+        "the same command again."]
+    assert out.read_text(encoding="utf-8") == "[]" and sorted(p.name for p in tmp_path.iterdir()) == ["alpaca.json"]

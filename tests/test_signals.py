@@ -90,7 +90,7 @@ def test_install_outside_the_main_thread_does_nothing():
     assert signal.getsignal(signal.SIGTERM) is before
 
 
-def test_training_outside_the_main_thread_says_sigterm_will_not_save(caplog):
+def test_training_outside_the_main_thread_says_a_stop_signal_will_not_save(caplog):
     from alpaca_lib.training.resumable import StopOnSigterm
 
     callback = StopOnSigterm()
@@ -99,6 +99,19 @@ def test_training_outside_the_main_thread_says_sigterm_will_not_save(caplog):
         worker.start()
         worker.join()
     assert [r.getMessage() for r in caplog.records] == [
-        "training runs outside the main thread, where Python cannot catch signals: SIGTERM will stop it without "
-        "saving a checkpoint."]
+        "training runs outside the main thread, where Python cannot catch signals: SIGTERM or Ctrl-C will stop it "
+        "without saving a checkpoint."]
     callback.on_train_end(None, None, None)
+
+
+def test_on_interrupt_turns_ctrl_c_into_one_line_and_exit_130(capsys):
+    from alpaca_lib.core.signals import INTERRUPTED_EXIT_CODE, on_interrupt
+
+    with pytest.raises(SystemExit) as exited:
+        with on_interrupt(lambda: "3 answers kept in j.jsonl"):
+            raise KeyboardInterrupt
+    assert exited.value.code == INTERRUPTED_EXIT_CODE == 130
+    assert capsys.readouterr().err == "interrupted (Ctrl-C): 3 answers kept in j.jsonl\n"
+    with on_interrupt("unused"):  # nothing happens without Ctrl-C
+        pass
+    assert capsys.readouterr().err == ""

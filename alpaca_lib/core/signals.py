@@ -15,17 +15,46 @@ The one mechanism behind `generate_instruction.py`'s clean stop (alpaca_lib/gene
 `train.py`'s checkpoint-then-stop (`StopOnSigterm` in alpaca_lib/training/resumable.py). A stop made of a
 signal is what the signal would have done, as an exception, so `finally` blocks still run: SIGINT raises
 KeyboardInterrupt, any other signal SystemExit(128 + signal number), 143 for SIGTERM.
+
+A command that Ctrl-C ends says in one line what it kept and exits with status 130 (`on_interrupt`):
+
+    with on_interrupt(lambda: f"{n} answers kept in {journal}; run the same command to continue"):
+        answer_everything()
 """
 
 from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
-from typing import Any, Iterator, NoReturn, Sequence
+from typing import Any, Callable, Iterator, NoReturn, Sequence, Union
 
 # The handler a signal has when nobody changed it: Python's own for SIGINT, the system's default for the rest.
 _UNCHANGED = {signal.SIGINT: signal.default_int_handler}
+
+# 128 + SIGINT: what a shell reports for a program that Ctrl-C ended.
+INTERRUPTED_EXIT_CODE = 128 + signal.SIGINT
+
+
+def exit_interrupted(kept: str) -> NoReturn:
+    """Prints `interrupted (Ctrl-C): <kept>` to stderr and exits with status 130."""
+    print(f"interrupted (Ctrl-C): {kept}", file=sys.stderr, flush=True)
+    raise SystemExit(INTERRUPTED_EXIT_CODE)
+
+
+@contextlib.contextmanager
+def on_interrupt(kept: Union[str, Callable[[], str]]) -> Iterator[None]:
+    """Ctrl-C inside the block ends the program with one line instead of a traceback (`exit_interrupted`).
+
+    Args:
+        kept: what the interrupted work left and how to go on, or a function that says it once Ctrl-C came
+            (e.g. counting a journal's records).
+    """
+    try:
+        yield
+    except KeyboardInterrupt:
+        exit_interrupted(kept() if callable(kept) else kept)
 
 
 def stop_on(signum: int) -> NoReturn:

@@ -15,9 +15,11 @@ revision), so a preprocessing cache keyed on it is never served stale.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence
@@ -237,6 +239,25 @@ class DataSource:
         return sorted(f["filename"] for f in self.dataset().cache_files)
 
 
+def _not_readable(path: str, flag: str) -> str:
+    """Why `path`, which exists, is neither a data file nor a folder, and what to pass instead."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return (f"{path}: a symlink loop (following its links leads back to {path}); point {flag} at the data "
+                    "file itself.")
+        if e.errno == errno.ENOENT:
+            return (f"{path}: a symlink to {os.readlink(path)}, which does not exist; pass {flag} the data file "
+                    "itself.")
+        return f"{path}: cannot be read ({e.strerror}); pass {flag} a data file you can read."
+    if not stat.S_ISFIFO(mode):
+        return f"{path}: not a regular file (a device or a socket); pass {flag} a data file."
+    return (f"{path}: a pipe (a FIFO, or a shell's <(...)), which can be read only once, and the data is read more "
+            f"than once (its digest, then its records); write it to a file first (e.g. `cmd > data.json`) and pass "
+            f"{flag} data.json.")
+
+
 def open_source(
     path: str | os.PathLike,
     split: str = "train",
@@ -266,6 +287,8 @@ def open_source(
                 f"dataset_dict.json in it). Pass {flag} a data file, a saved dataset folder or a hub dataset id."
             )
         kind = "disk"
+    elif os.path.lexists(path):  # there, but neither a file nor a folder: a symlink loop, a dangling link, a pipe
+        raise DataError(_not_readable(path, flag))
     elif _HUB_ID.match(path) and p.suffix.lower() not in (".json", ".jsonl", ".parquet", ".csv"):
         kind = "hub"
     else:

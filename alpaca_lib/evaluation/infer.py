@@ -13,6 +13,7 @@ from typing import Optional, Sequence, TextIO
 
 from alpaca_lib.core.errors import UsageError
 from alpaca_lib.core.fileio import expand_home
+from alpaca_lib.core.signals import on_interrupt
 from alpaca_lib.data.json_reader import load_records
 from alpaca_lib.evaluation.config import ChatConfig
 from alpaca_lib.evaluation.outputs import LocalModel, prompt_of
@@ -71,16 +72,17 @@ def chat_loop(cfg: ChatConfig, stdin: Optional[TextIO] = None, stdout: Optional[
 
     print("Alpaca chat: an instruction per turn, then an optional input (Enter for none); Ctrl-D quits.",
           file=stderr, flush=True)
+    context = getattr(lm.model.config, "max_position_embeddings", None)
     while True:
-        print("Instruction: ", end="", file=stderr, flush=True)
-        instruction = stdin.readline()
+        instruction = _ask("Instruction: ", stdin, stderr)
         if not instruction:
             break
         if not instruction.strip():
             continue
-        print("Input (optional): ", end="", file=stderr, flush=True)
-        input_text = stdin.readline()
+        input_text = _ask("Input (optional): ", stdin, stderr)
         record = {"instruction": instruction.rstrip("\n"), "input": input_text.rstrip("\n")}
+        if context is not None:
+            record = _fit_to_context(lm.tokenizer, record, context - cfg.max_new_tokens, stderr)
         batch = lm.tokenizer(prompt_of(record), return_tensors="pt").to(lm.device)
         with torch.no_grad():
             lm.model.generate(**batch, max_new_tokens=cfg.max_new_tokens, eos_token_id=lm.eos_ids, pad_token_id=lm.pad_id,
@@ -88,6 +90,45 @@ def chat_loop(cfg: ChatConfig, stdin: Optional[TextIO] = None, stdout: Optional[
         if not input_text:
             break
     print("", file=stderr, flush=True)
+
+
+def _ask(question: str, stdin: TextIO, stderr: TextIO) -> str:
+    """Asks `question` on stderr and reads one line ("" at end of input). A line that is not UTF-8 (the terminal
+    or the pipe sent other bytes) is reported in one line and the question asked again."""
+    while True:
+        print(question, end="", file=stderr, flush=True)
+        raw = stdin.buffer.readline() if hasattr(stdin, "buffer") else stdin.readline()
+        try:  # bytes from a real stdin; a str (a test's StringIO) may hold the surrogates of undecodable bytes
+            if isinstance(raw, bytes):
+                return raw.decode("utf-8")
+            raw.encode("utf-8")
+            return raw
+        except UnicodeError as e:
+            bad = raw[e.start] if isinstance(raw, bytes) else ord(raw[e.start]) - 0xDC00
+            print(f"error: that line could not be decoded as UTF-8 (byte 0x{bad:02x} at position {e.start}); "
+                  "nothing was sent to the model: type it again in UTF-8.", file=stderr, flush=True)
+
+
+def _fit_to_context(tokenizer, record: dict, limit: int, stderr: TextIO) -> dict:
+    """`record` with its instruction, then its input, cut to their first tokens so that the prompt holds at most
+    `limit` tokens (the model's context less the answer's budget); a cut is said in one line on stderr."""
+    n = len(tokenizer(prompt_of(record))["input_ids"])
+    if n <= limit:
+        return record
+    # What the template takes, and a few tokens' room: decoded cut text can tokenize a little longer.
+    template = len(tokenizer(prompt_of({"instruction": "", "input": "x" if record["input"] else ""}))["input_ids"])
+    budget = max(1, limit - template - 8)
+    cut, said = dict(record), []
+    for field in ("instruction", "input"):
+        ids = tokenizer(record[field], add_special_tokens=False)["input_ids"]
+        keep = min(len(ids), budget)
+        if keep < len(ids):
+            cut[field] = tokenizer.decode(ids[:keep])
+            said.append(f"the {field} to its first {keep} of {len(ids)} tokens")
+        budget -= keep
+    print(f"warning: this turn's prompt is {n} tokens and the model reads {limit} at most (its context less "
+          f"--max_new_tokens): cut {' and '.join(said)}.", file=stderr, flush=True)
+    return cut
 
 
 def main(
@@ -115,7 +156,8 @@ def main(
     model_dir, data_path = expand_home(model_dir), expand_home(data_path)
     budget = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}  # else each path's default
     if chat:
-        chat_loop(ChatConfig(model_dir=model_dir, gguf_file=gguf_file, **budget))
+        with on_interrupt("the chat ended."):
+            chat_loop(ChatConfig(model_dir=model_dir, gguf_file=gguf_file, **budget))
         return
     if instruction:
         examples = [{"instruction": instruction, "input": input}]

@@ -78,8 +78,29 @@ def main(output_dir: str) -> None:
     if not state.is_file():
         raise UsageError(f"--output_dir {output_dir}: no trainer_state.json there; pass a train.py --output_dir "
                          "or one of its checkpoint-N folders.")
-    path = plot_loss(json.loads(state.read_text(encoding="utf-8")).get("log_history", []), output_dir)
+    path = plot_loss(_log_history(state), output_dir)
     print(f"wrote {path}" if path else f"{state}: no loss was logged; nothing to plot")
+
+
+def _log_history(state: Path) -> list[dict]:
+    """The `log_history` of a trainer_state.json; a damaged file is a UsageError naming it."""
+    fix = ("The file is damaged (cut short by a full disk or a kill, or edited); pass one of the run's "
+           "checkpoint-N folders instead, each holds its own trainer_state.json.")
+    try:
+        state_dict = json.loads(state.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{state}: not UTF-8 text (byte {e.start}). {fix}") from None
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{state}:{e.lineno}:{e.colno}: not valid JSON ({e.msg}). {fix}") from None
+    history = state_dict.get("log_history", []) if isinstance(state_dict, dict) else None
+    if not isinstance(history, list) or not all(isinstance(e, dict) for e in history):
+        raise UsageError(f"{state}: expected an object whose 'log_history' is a list of objects. {fix}")
+    try:
+        loss_points(history)
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"{state}: a 'log_history' entry holds a step or a loss that is not a number ({e}). "
+                         f"{fix}") from None
+    return history
 
 
 if __name__ == "__main__":

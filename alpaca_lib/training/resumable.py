@@ -10,9 +10,9 @@ alpaca_lib/training/start.py. Here:
   process write its part, then writes the manifest (`checkpoints.write_manifest`) and only after it
   rotates (`checkpoints.rotate`). A full disk during the save is one `error:` line naming the previous
   complete checkpoint, and the half-written folder is removed.
-- **SIGTERM** (what schedulers and spot instances send before a kill) is turned into a checkpoint at the
-  end of the current optimizer step, then a stop with exit code 143. Under torchrun the processes agree on
-  the step (a one-element all-reduce per step), so their checkpoint parts match.
+- **SIGTERM** (what schedulers and spot instances send before a kill) and **Ctrl-C** (SIGINT) are turned into
+  a checkpoint at the end of the current optimizer step, then a stop with exit code 143 (130 for Ctrl-C). Under
+  torchrun the processes agree on the step (a one-element all-reduce per step), so their checkpoint parts match.
 
 The resumed run continues exactly: the Trainer restores weights, optimizer, scheduler, RNG states and the
 step, and skips the batches already trained on. The one sampler that drew its order from the global RNG
@@ -32,7 +32,7 @@ import torch
 import transformers
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from alpaca_lib.core.fileio import disk_full_as_error
+from alpaca_lib.core.fileio import disk_full_as_error, follow_umask
 from alpaca_lib.core.signals import StopSignals
 from alpaca_lib.training import checkpoints
 from alpaca_lib.training.checkpoints import CHECKPOINT_PREFIX, list_checkpoints, problem_with, rotate
@@ -92,6 +92,7 @@ class ResumableTrainer(transformers.Trainer):
                 super()._save_checkpoint(model, trial)
                 self.accelerator.wait_for_everyone()  # every process has written its part
                 if self.args.should_save:
+                    follow_umask(folder)  # safetensors leaves its weight files private (0600)
                     checkpoints.write_manifest(folder, step, self.run_identity)
         finally:
             self.args.save_total_limit = limit
@@ -128,40 +129,50 @@ class _StopBeforeAStep(transformers.TrainerCallback):
         raise _NoStepWanted
 
 
-class StopOnSigterm(transformers.TrainerCallback):
-    """On SIGTERM, saves a checkpoint at the end of the current optimizer step and stops training.
+def signal_name(signum: int) -> str:
+    """How the log and the last line name a stop signal: "SIGTERM", "Ctrl-C (SIGINT)"."""
+    return "Ctrl-C (SIGINT)" if signum == signal.SIGINT else signal.Signals(signum).name
 
-    `stopped_at` is then the step saved; train.py exits with `PREEMPTED_EXIT_CODE` (alpaca_lib/training/run.py).
+
+class StopOnSigterm(transformers.TrainerCallback):
+    """On SIGTERM or SIGINT (Ctrl-C), saves a checkpoint at the end of the current optimizer step and stops training.
+
+    `stopped_at` is then the step saved and `stopped_by` the signal; train.py exits with 128 + that signal:
+    `PREEMPTED_EXIT_CODE` (143) for SIGTERM, 130 for Ctrl-C (alpaca_lib/training/run.py).
     """
 
     def __init__(self):
         self.stopped_at: Optional[int] = None
-        # Noted by the handler, acted on at the end of the step; caught whatever handled SIGTERM before.
-        self._sigterm = StopSignals((signal.SIGTERM,), poll=True, take_over=True)
+        self.stopped_by: Optional[int] = None
+        # Noted by the handler, acted on at the end of the step; caught whatever handled them before.
+        self._signals = StopSignals((signal.SIGTERM, signal.SIGINT), poll=True, take_over=True)
 
     @property
     def requested(self) -> bool:
-        """Whether SIGTERM was caught: training saves and stops at the end of the current step."""
-        return self._sigterm.received is not None
+        """Whether SIGTERM or SIGINT was caught: training saves and stops at the end of the current step."""
+        return self._signals.received is not None
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if not self._sigterm.install():
+        if not self._signals.install():
             logger.warning("training runs outside the main thread, where Python cannot catch signals: SIGTERM "
-                           "will stop it without saving a checkpoint.")
+                           "or Ctrl-C will stop it without saving a checkpoint.")
 
     def on_train_end(self, args, state, control, **kwargs):
-        self._sigterm.restore()
+        self._signals.restore()
 
     def on_step_end(self, args, state, control, **kwargs):
-        requested = self.requested
+        received = self._signals.received or 0
         if torch.distributed.is_available() and torch.distributed.is_initialized() and args.world_size > 1:
-            # A scheduler signals the processes one by one: all of them stop at the first step any saw it.
-            flag = torch.tensor([int(requested)], device=args.device)
+            # A scheduler signals the processes one by one: all of them stop at the first step any saw it (and
+            # report the same signal: SIGTERM where some saw SIGTERM, as its number is the larger).
+            flag = torch.tensor([received], device=args.device)
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            requested = bool(flag.item())
-        if requested:
-            logger.warning("SIGTERM: saving a checkpoint at step %d, then stopping.", state.global_step)
+            received = int(flag.item())
+        if received:
+            logger.warning("%s: saving a checkpoint at step %d, then stopping.", signal_name(received),
+                           state.global_step)
             self.stopped_at = state.global_step
+            self.stopped_by = received
             control.should_save = True
             control.should_training_stop = True
         return control

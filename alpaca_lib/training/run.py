@@ -5,10 +5,10 @@
             return None
         trainer = ResumableTrainer(..., callbacks=[run.sigterm, ...])
         run.train(trainer)              # from the start, from a checkpoint, or only reloading the last step
-        with run.final_save(trainer):   # raises Preempted after a SIGTERM; a full disk is one error line
+        with run.final_save(trainer):   # raises Preempted after SIGTERM or Ctrl-C; a full disk is one error line
             trainer.save_model(...)     # on success the run is marked finished
 
-train.py's `train` is the one caller; `main` turns `Preempted` into exit status `PREEMPTED_EXIT_CODE`.
+train.py's `train` is the one caller; `main` turns `Preempted` into its exit status (143 after SIGTERM).
 What the decisions are is alpaca_lib/training/start.py (where to start, the finished mark) and
 alpaca_lib/training/identity.py (whether a checkpoint is this run's); here they are made in their order.
 """
@@ -23,7 +23,7 @@ from alpaca_lib.core.fileio import disk_full_as_error
 from alpaca_lib.core.locking import job_lock
 from alpaca_lib.training.checkpoints import final_save_kept
 from alpaca_lib.training.identity import run_identity, run_settings
-from alpaca_lib.training.resumable import StopOnSigterm
+from alpaca_lib.training.resumable import StopOnSigterm, signal_name
 from alpaca_lib.training.start import StartPoint, clear_finished, delete_checkpoints, mark_finished, plan_start
 
 # 128 + SIGTERM: what a process killed by SIGTERM reports, so schedulers read the stop as a preemption.
@@ -31,7 +31,14 @@ PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM
 
 
 class Preempted(Exception):
-    """Training stopped early on SIGTERM, after saving a checkpoint to resume from."""
+    """Training stopped early on SIGTERM or Ctrl-C, after saving a checkpoint to resume from.
+
+    `exit_code` is what train.py exits with: 128 + the signal (`PREEMPTED_EXIT_CODE` for SIGTERM, 130 for Ctrl-C).
+    """
+
+    def __init__(self, message: str, exit_code: int = PREEMPTED_EXIT_CODE):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class TrainingRun:
@@ -41,7 +48,7 @@ class TrainingRun:
         self.args = training_args
         self.record = record  # `run_identity` and `run_settings`: recorded in each checkpoint and the finished mark
         self.start = start
-        self.sigterm = StopOnSigterm()  # the Trainer's callback: a checkpoint, then a stop, on SIGTERM
+        self.sigterm = StopOnSigterm()  # the Trainer's callback: a checkpoint, then a stop, on SIGTERM or Ctrl-C
 
     def already_finished(self) -> bool:
         """True when --output_dir holds the final model of this very run; then says so (main process) on stderr."""
@@ -77,14 +84,14 @@ class TrainingRun:
         marks the run finished (main process).
 
         Raises:
-            Preempted: SIGTERM stopped training (its checkpoint is saved); nothing is saved here then.
+            Preempted: SIGTERM or Ctrl-C stopped training (its checkpoint is saved); nothing is saved here then.
         """
         args = self.args
         if self.sigterm.stopped_at is not None:
             raise Preempted(
-                f"stopped by SIGTERM: saved {args.output_dir}/checkpoint-{self.sigterm.stopped_at} at step "
-                f"{self.sigterm.stopped_at}. Run the same command again to resume from it."
-            )
+                f"stopped by {signal_name(self.sigterm.stopped_by)}: saved {args.output_dir}/checkpoint-"
+                f"{self.sigterm.stopped_at} at step {self.sigterm.stopped_at}. Run the same command again to resume "
+                "from it.", 128 + self.sigterm.stopped_by)
         kept = final_save_kept(args.output_dir, trainer.state.global_step)
         with disk_full_as_error(args.output_dir, kept):  # a full disk: one line, the previous files intact
             yield
