@@ -28,8 +28,8 @@ from alpaca_lib.weightdiff.diffing import SMOKE_TEST_INSTRUCTION, stream_recover
 from alpaca_lib.weightdiff.manifest import MANIFEST_NAME
 from alpaca_lib.weightdiff.plan import WeightDiffError, plan_raw, resize_rows
 from alpaca_lib.weightdiff.weights import Checkpoint, CheckpointError, SafetensorsWriter
-from conftest import REPO_ROOT
 from alpaca_testkit.whole_model import whole_model_make_diff, whole_model_recover
+from conftest import REPO_ROOT
 from utils import format_prompt
 
 VOCAB = 1000  # raw tokenizer size; the tuned model has VOCAB + 1 rows
