@@ -76,5 +76,5 @@ def test_a_folder_given_as_the_config_is_named_a_folder(tmp_path):
     (tmp_path / "configs").mkdir()
     line = _refused([sys.executable, EVAL_MODEL, "outputs", "--config", "configs", "--output_path", "out/o.json"],
                     tmp_path, timeout=30)
-    assert line == (f"error: --config configs: a folder, not a file ({tmp_path / 'configs'}); pass the YAML file, "
-                    "e.g. --config configs/alpaca_7b.yaml.")
+    assert line == (f"error: --config configs: a folder, not a file ({tmp_path / 'configs'}); pass one YAML file in "
+                    "it (--config FOLDER/run.yaml).")

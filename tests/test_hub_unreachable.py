@@ -88,3 +88,24 @@ def test_a_cached_model_id_is_not_refused_when_the_hub_is_unreachable(tmp_path, 
     preflight.check_model_source("someone/cached", cache_dir=str(tmp_path))  # transformers loads it from the cache
     with pytest.raises(UsageError, match=r"^--model_name_or_path someone/other: not a local folder, and no network"):
         preflight.check_model_source("someone/other", cache_dir=str(tmp_path))
+
+
+def test_the_hub_is_not_probed_offline_for_a_local_folder_or_a_cached_id(tmp_path, monkeypatch, tiny_llama_dir):
+    """The probe costs up to seconds: a run that cannot need the network never pays it."""
+    snapshot = tmp_path / "models--someone--cached" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (tmp_path / "models--someone--cached" / "refs").mkdir()
+    (tmp_path / "models--someone--cached" / "refs" / "main").write_text("abc123")
+
+    def probe():
+        raise AssertionError("the hub was probed")
+
+    monkeypatch.setattr(preflight, "hub_unreachable", probe)
+    monkeypatch.setattr(preflight, "_offline", lambda: False)
+    preflight.check_model_source(str(tiny_llama_dir))
+    preflight.check_model_source("someone/cached", cache_dir=str(tmp_path))
+    monkeypatch.setattr(preflight, "_offline", lambda: True)
+    with pytest.raises(UsageError, match=r"^--model_name_or_path someone/other: not a local folder, and the "
+                                         r"Hugging Face hub is offline"):
+        preflight.check_model_source("someone/other", cache_dir=str(tmp_path))

@@ -187,6 +187,15 @@ def test_chat_says_a_prompt_longer_than_the_context_was_cut_and_to_what(tiny_lla
         f"context less --max_new_tokens): cut the instruction to its first {keep} of {n_long} tokens."]
 
 
+def test_chat_refuses_an_answer_budget_as_long_as_the_context(tiny_llama_dir, tmp_path):
+    cmd = _chat(tiny_llama_dir)[:-1] + ["1024"]  # the tiny model reads 1024 tokens at most
+    proc = subprocess.run(cmd, input="Hello\n\n", capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: --max_new_tokens 1024 leaves no room for a question: the model reads 1024 tokens at most, answer "
+        "included. Give a smaller --max_new_tokens.")
+
+
 # ---- python -m alpaca_lib.bundled ----
 
 

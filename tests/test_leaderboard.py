@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from alpaca_lib.evaluation.leaderboard import FIELDS, record
+from alpaca_lib.evaluation.leaderboard import FIELDS, read_board, record
 from conftest import REPO_ROOT, run_script
 
 EVAL_MODEL = str(REPO_ROOT / "eval_model.py")
@@ -77,8 +77,8 @@ def _balanced_quote(text: str) -> str:  # a quote opened in row 1 and closed in 
      "line 3 has bytes that are not UTF-8 (b'\\xe9' at byte 296); save it as UTF-8 CSV"),
     (_open_quote, "row 1 (line 2) is not CSV (',' expected after '\"'): a quote left open takes the rows after it "
                   "into one cell"),
-    (_balanced_quote, "row 1 (line 2) has a line break inside a cell: a quote left open takes the rows after it "
-                      "into one cell"),
+    (_balanced_quote, "row 1 (line 2) has a line break inside a cell (a quote left open takes the rows after it "
+                      "into one cell; or a name with a line break in it)"),
     (lambda t: t.replace("model,", "name,", 1),
      "its header (line 1) is ['name', 'outputs_sha256', 'reference', 'judge_model', 'win_rate']; expected the "
      "columns ['model', 'outputs_sha256', 'reference', 'judge_model', 'win_rate'] ..."),
@@ -132,3 +132,15 @@ def test_two_writers_at_once_keep_every_row(tmp_path):
     with open(board, newline="", encoding="utf-8") as f:
         assert next(csv.reader(f)) == FIELDS
     assert sorted(p.name for p in tmp_path.iterdir()) == ["board.csv"]  # the lock file goes with its holder
+
+
+def test_rows_without_a_model_name_are_kept(tmp_path):
+    """Boards rewritten by the old BOM bug have rows with an empty model: read and kept (their digest tells them
+    apart), never refused one by one."""
+    board = tmp_path / "board.csv"
+    record(board, _row("first", 70.0, digest="aaaaaaaaaaaa"))
+    text = board.read_text(encoding="utf-8")
+    board.write_text(text.replace("\nfirst,", "\n,", 1), encoding="utf-8")
+    record(board, _row("second", 40.0, digest="bbbbbbbbbbbb"))
+    assert [(r["model"], r["outputs_sha256"]) for r in read_board(board)] == [("", "aaaaaaaaaaaa"),
+                                                                            ("second", "bbbbbbbbbbbb")]

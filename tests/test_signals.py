@@ -115,3 +115,21 @@ def test_on_interrupt_turns_ctrl_c_into_one_line_and_exit_130(capsys):
     with on_interrupt("unused"):  # nothing happens without Ctrl-C
         pass
     assert capsys.readouterr().err == ""
+
+
+def test_under_poll_a_second_ctrl_c_stops_at_once_and_the_first_is_announced():
+    said = []
+    stop = StopSignals((signal.SIGTERM, signal.SIGINT), poll=True, take_over=True, again_stops=(signal.SIGINT,),
+                       on_first=said.append)
+    stop.install()
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)  # SIGTERM is only noted, however often it comes
+        assert (stop.received, said) == (signal.SIGTERM, [signal.SIGTERM])
+        stop.received = None
+        os.kill(os.getpid(), signal.SIGINT)
+        assert (stop.received, said) == (signal.SIGINT, [signal.SIGTERM, signal.SIGINT])
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        stop.restore()

@@ -107,8 +107,8 @@ def read_config(path: str) -> dict:
 
     file = Path(path)
     if file.is_dir():
-        raise UsageError(f"--config {path}: a folder, not a file ({file.absolute()}); pass the YAML file, e.g. "
-                         "--config configs/alpaca_7b.yaml.")
+        raise UsageError(f"--config {path}: a folder, not a file ({file.absolute()}); pass one YAML file in it "
+                         "(--config FOLDER/run.yaml).")
     if not file.is_file():
         raise UsageError(f"--config {path}: no such file ({file.absolute()}).")
     try:

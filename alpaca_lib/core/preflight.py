@@ -118,9 +118,11 @@ def check_model_source(name: str, gguf_file: Optional[str] = None, flag: str = "
         )
     from huggingface_hub import try_to_load_from_cache  # late, as in _offline
 
+    if isinstance(try_to_load_from_cache(name, wanted, cache_dir=cache_dir), str):
+        return  # a cached copy loads with or without a network: no probe of the hub
     offline = _offline()
     unreachable = None if offline else hub_unreachable()
-    if (offline or unreachable) and not isinstance(try_to_load_from_cache(name, wanted, cache_dir=cache_dir), str):
+    if offline or unreachable:
         if offline:
             raise UsageError(
                 f"{flag} {name}: not a local folder, and the Hugging Face hub is offline (HF_HUB_OFFLINE=1) with no "

@@ -28,7 +28,7 @@ import contextlib
 import signal
 import sys
 import threading
-from typing import Any, Callable, Iterator, NoReturn, Sequence, Union
+from typing import Any, Callable, Iterator, NoReturn, Optional, Sequence, Union
 
 # The handler a signal has when nobody changed it: Python's own for SIGINT, the system's default for the rest.
 _UNCHANGED = {signal.SIGINT: signal.default_int_handler}
@@ -75,13 +75,19 @@ class StopSignals:
             signal stops the program at once (`stop_on`), or, inside a `deferred()` block, right after the block.
         take_over: catch each signal whatever handles it now; without it a signal whose handling someone
             changed (ignored, say) is left alone.
+        again_stops: under `poll`, the signals that, caught a second time, stop the program at once (a second
+            Ctrl-C when the safe point does not come).
+        on_first: under `poll`, called with the first signal caught (to say what happens next).
     """
 
     def __init__(self, signums: Sequence[int] = (signal.SIGINT, signal.SIGTERM), *, poll: bool = False,
-                 take_over: bool = False):
+                 take_over: bool = False, again_stops: Sequence[int] = (),
+                 on_first: Optional[Callable[[int], None]] = None):
         self.signums = tuple(signums)
         self.poll = poll
         self.take_over = take_over
+        self.again_stops = tuple(again_stops)
+        self.on_first = on_first
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
         self._deferring = False
@@ -107,8 +113,13 @@ class StopSignals:
         self._previous = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if self.poll and signum in self.again_stops and self.received == signum:
+            stop_on(signum)
         if self.poll or self._deferring:
-            self.received = signum  # acted on later; nothing else is safe inside a handler
+            first = self.received is None
+            self.received = signum  # acted on later, at a safe point
+            if first and self.poll and self.on_first is not None:
+                self.on_first(signum)
         else:
             stop_on(signum)
 

@@ -73,6 +73,9 @@ def chat_loop(cfg: ChatConfig, stdin: Optional[TextIO] = None, stdout: Optional[
     print("Alpaca chat: an instruction per turn, then an optional input (Enter for none); Ctrl-D quits.",
           file=stderr, flush=True)
     context = getattr(lm.model.config, "max_position_embeddings", None)
+    if context is not None and cfg.max_new_tokens >= context:
+        raise UsageError(f"--max_new_tokens {cfg.max_new_tokens} leaves no room for a question: the model reads "
+                         f"{context} tokens at most, answer included. Give a smaller --max_new_tokens.")
     while True:
         instruction = _ask("Instruction: ", stdin, stderr)
         if not instruction:

@@ -100,13 +100,11 @@ def read_board(path: Path) -> list[dict]:
             if not any(c.strip() for c in cells):
                 continue  # an empty line, or a row of empty cells a spreadsheet added
             if any("\n" in c or "\r" in c for c in cells):  # never written here (`merged` flattens them)
-                raise _refuse(path, where, "has a line break inside a cell: a quote left open takes the rows after "
-                              "it into one cell")
+                raise _refuse(path, where, "has a line break inside a cell (a quote left open takes the rows after it "
+                              "into one cell; or a name with a line break in it)")
             if len(cells) != len(header):
                 raise _refuse(path, where, f"has {len(cells)} cells under a header of {len(header)}")
             row = dict(zip(header, cells))
-            if not row["model"]:
-                raise _refuse(path, where, "has no model name")
             for k in _FLOATS:
                 if not _is_number(row.get(k) or "0"):
                     raise _refuse(path, where, f"has {k} {row[k]!r}; expected a number such as 87.5 (no % sign)")

@@ -23,8 +23,10 @@ same order as the interrupted one.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import signal
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -134,6 +136,12 @@ def signal_name(signum: int) -> str:
     return "Ctrl-C (SIGINT)" if signum == signal.SIGINT else signal.Signals(signum).name
 
 
+def _say_what_ctrl_c_does(signum: int) -> None:
+    if signum == signal.SIGINT and int(os.environ.get("RANK", "0")) == 0:
+        print("train.py: Ctrl-C: saving a checkpoint at the end of this step, then stopping; Ctrl-C again stops now "
+              "without saving.", file=sys.stderr, flush=True)
+
+
 class StopOnSigterm(transformers.TrainerCallback):
     """On SIGTERM or SIGINT (Ctrl-C), saves a checkpoint at the end of the current optimizer step and stops training.
 
@@ -145,7 +153,9 @@ class StopOnSigterm(transformers.TrainerCallback):
         self.stopped_at: Optional[int] = None
         self.stopped_by: Optional[int] = None
         # Noted by the handler, acted on at the end of the step; caught whatever handled them before.
-        self._signals = StopSignals((signal.SIGTERM, signal.SIGINT), poll=True, take_over=True)
+        # A second Ctrl-C stops at once, without a checkpoint: the end of the step may never come (a hung collective).
+        self._signals = StopSignals((signal.SIGTERM, signal.SIGINT), poll=True, take_over=True,
+                                    again_stops=(signal.SIGINT,), on_first=_say_what_ctrl_c_does)
 
     @property
     def requested(self) -> bool:
