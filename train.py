@@ -170,6 +170,7 @@ def train(argv: Optional[Sequence[str]] = None) -> Optional[transformers.Trainer
         # Seeded before the model loads, so that whatever it initialises (LoRA adapters, resized embeddings)
         # is the same in every run with this --seed: a resumed run then repeats the interrupted one exactly.
         transformers.set_seed(training_args.seed)
+        run.check_weights()  # a damaged weight file in a local --model_name_or_path: one error line, after all else
         model, tokenizer = _load_model_and_tokenizer(model_args, training_args)
         # The Trainer switches the KV cache off for training (--use_cache); the saved model keeps the loaded setting.
         use_cache = model.config.use_cache

@@ -1,6 +1,7 @@
 """Weight files checked before anything loads them: a damaged one is one error line naming it, not a traceback.
 
     check_weight_files(folder, "--model_name_or_path")    # every *.safetensors and *.bin in a model folder
+    check_local_weights(name, "--model_dir", gguf_file)   # the same, for a local folder not loaded from GGUF
     safetensors_header(path)                              # a safetensors file's header, its size checked
 
 A file cut short (an interrupted copy or download), empty, or not in the format its name says is found from its
@@ -90,3 +91,16 @@ def check_weight_files(folder: str | os.PathLike, flag: str) -> None:
                 check_bin(path)
         except WeightFileError as e:
             raise WeightFileError(f"{flag} {folder}: {e}") from None
+
+
+def check_local_weights(name: str, flag: str, gguf_file: str | None = None) -> None:
+    """`check_weight_files` for a model that loads from a local folder, just before it loads.
+
+    A hub id is left alone (its files are not on disk until it loads), and so is a model loaded from a GGUF
+    file (`gguf_file`): its weights are neither safetensors nor `.bin`.
+
+    Raises:
+        WeightFileError: as `check_weight_files`.
+    """
+    if gguf_file is None and Path(name).expanduser().is_dir():
+        check_weight_files(name, flag)

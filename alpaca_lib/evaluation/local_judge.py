@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from alpaca_lib.core.errors import UsageError
+from alpaca_lib.core.weightfiles import check_local_weights
 from alpaca_lib.evaluation.outputs import LocalModel
 
 VARIANTS = {"a": ("a", "A", " a", " A"), "b": ("b", "B", " b", " B")}
@@ -47,9 +48,11 @@ def letter_ids(tokenizer, where: str = "the judge's tokenizer") -> dict[str, lis
 
 def check_judge_tokenizer(model_dir: str, gguf_file: Optional[str] = None, flag: str = "--judge_model_dir") -> None:
     """Loads only the judge's tokenizer (under a second) and refuses one without the verdict letters, so that
-    mistake costs no model load. Raises UsageError as `letter_ids`."""
+    mistake costs no model load. Raises UsageError as `letter_ids`, and WeightFileError for a damaged weight
+    file in `model_dir` (checked here too, before anything is written, not only when the model loads)."""
     from transformers import AutoTokenizer  # deferred: a judge on a server never needs transformers
 
+    check_local_weights(model_dir, flag, gguf_file)
     extra = {"gguf_file": gguf_file} if gguf_file else {}
     letter_ids(AutoTokenizer.from_pretrained(model_dir, **extra), f"{flag} {model_dir}")
 
@@ -68,7 +71,7 @@ class LocalJudge:
 
     @classmethod
     def load(cls, model_dir: str, gguf_file: Optional[str] = None, dtype: str = "auto") -> "LocalJudge":
-        return cls(LocalModel.load(model_dir, gguf_file, dtype, flag="--judge_dtype"))
+        return cls(LocalModel.load(model_dir, gguf_file, dtype, flag="--judge_dtype", dir_flag="--judge_model_dir"))
 
     def prompt_ids(self, prompt: str) -> list[int]:
         """The tokens the model reads before its verdict."""

@@ -39,6 +39,7 @@ from alpaca_lib.core.precision import auto_dtype, emulation_warning
 from alpaca_lib.core.preflight import check_model_source, check_output_file
 from alpaca_lib.core.progress import progress_bar
 from alpaca_lib.core.prompt import format_prompt, request_text
+from alpaca_lib.core.weightfiles import check_local_weights
 from alpaca_lib.data.json_reader import load_records
 from alpaca_lib.evaluation.config import OutputsConfig
 from alpaca_lib.evaluation.settings import GenerationSettings, journal_path
@@ -113,18 +114,22 @@ class LocalModel:
 
     @classmethod
     def load(cls, model_dir: str, gguf_file: Optional[str] = None, dtype: str = "auto",
-             flag: str = "--dtype") -> "LocalModel":
+             flag: str = "--dtype", dir_flag: str = "--model_dir") -> "LocalModel":
         """Loads a saved model (train.py's --output_dir) or a GGUF file inside `model_dir`.
 
         Args:
             dtype: "auto" (`alpaca_lib.core.precision.auto_dtype`: bfloat16 where this device runs it natively),
                 or a torch dtype name.
             flag: the flag that set `dtype`, for the warning about an emulated half precision.
+            dir_flag: the flag that named `model_dir`, for the messages.
+        Raises:
+            UsageError: not a model folder; WeightFileError (one) for a damaged weight file in it.
         """
         import torch  # deferred: only a local model needs torch (a served model and --help start without it)
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        check_model_source(model_dir, gguf_file, flag="--model_dir", hub=False)
+        check_model_source(model_dir, gguf_file, flag=dir_flag, hub=False)
+        check_local_weights(model_dir, dir_flag, gguf_file)  # a file cut short: one line, not the loader's traceback
         extra = {"gguf_file": gguf_file} if gguf_file else {}
         device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = resolve_dtype(dtype, device, flag)
@@ -389,6 +394,7 @@ def run_outputs(cfg: OutputsConfig) -> OutputsResult:
         raise UsageError(f"--batch_size must be a positive integer; got {cfg.batch_size!r}")
     if cfg.model_dir is not None:
         check_model_source(cfg.model_dir, cfg.gguf_file, flag="--model_dir", hub=False)
+        check_local_weights(cfg.model_dir, "--model_dir", cfg.gguf_file)  # before any file is written
     check_output_file(cfg.output_path, "--output_path", {"--instructions_path": cfg.instructions_path})
     records = load_instructions(cfg.instructions_path)
     run = {"instructions_sha256": file_digest(cfg.instructions_path), **vars(settings)}

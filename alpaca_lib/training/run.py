@@ -3,6 +3,7 @@
     with training_run(model_args, data_args, training_args, records.key()) as run:   # holds --output_dir
         if run.already_finished():      # said on stderr: the final model of this run is there
             return None
+        run.check_weights()             # a damaged weight file in --model_name_or_path: one error line
         trainer = ResumableTrainer(..., callbacks=[run.sigterm, ...])
         run.train(trainer)              # from the start, from a checkpoint, or only reloading the last step
         with run.final_save(trainer):   # raises Preempted after SIGTERM or Ctrl-C; a full disk is one error line
@@ -21,6 +22,7 @@ from typing import Iterator
 
 from alpaca_lib.core.fileio import disk_full_as_error
 from alpaca_lib.core.locking import job_lock
+from alpaca_lib.core.weightfiles import check_local_weights
 from alpaca_lib.training.checkpoints import final_save_kept
 from alpaca_lib.training.identity import run_identity, run_settings
 from alpaca_lib.training.resumable import StopOnSigterm, signal_name
@@ -44,8 +46,9 @@ class Preempted(Exception):
 class TrainingRun:
     """One run of train.py in --output_dir, made by `training_run` (which holds the lock and plans the start)."""
 
-    def __init__(self, training_args, record: dict, start: StartPoint):
+    def __init__(self, training_args, record: dict, start: StartPoint, model_args=None):
         self.args = training_args
+        self.model_args = model_args  # --model_name_or_path and --gguf_file, for `check_weights`
         self.record = record  # `run_identity` and `run_settings`: recorded in each checkpoint and the finished mark
         self.start = start
         self.sigterm = StopOnSigterm()  # the Trainer's callback: a checkpoint, then a stop, on SIGTERM or Ctrl-C
@@ -59,6 +62,18 @@ class TrainingRun:
                   f"{self.start.finished_step}); nothing to train. To train it again from the start, pass "
                   "--overwrite_output_dir True.", file=sys.stderr, flush=True)
         return True
+
+    def check_weights(self) -> None:
+        """Refuses a damaged weight file (cut short, empty, not what its name says) in a local --model_name_or_path
+        with one error line naming it, instead of the loader's traceback. Called just before the model loads: the
+        other refusals (a resume with other settings, ...) are decided without the weights and come first, and
+        --output_dir is left as it was (a folder this run created, still empty, is removed again).
+
+        Raises:
+            WeightFileError: a UsageError naming the file, what is wrong with it and the fix.
+        """
+        if self.model_args is not None:
+            check_local_weights(self.model_args.model_name_or_path, "--model_name_or_path", self.model_args.gguf_file)
 
     def train(self, trainer) -> None:
         """Trains `trainer` (a `ResumableTrainer` with `self.sigterm` among its callbacks) from the planned start.
@@ -117,4 +132,4 @@ def training_run(model_args, data_args, training_args, data_key: str) -> Iterato
     with job_lock(training_args.output_dir, "train.py"):
         start = plan_start(training_args.output_dir, training_args.resume_from_checkpoint,
                            training_args.overwrite_output_dir, record)
-        yield TrainingRun(training_args, record, start)
+        yield TrainingRun(training_args, record, start, model_args)
