@@ -306,19 +306,24 @@ def test_leaderboard_rows_never_collide(tmp_path):
         [f"final [{a['outputs_sha256'][:6]}]", f"final [{b['outputs_sha256'][:6]}]"])
 
 
+def _judged_model_source(tmp_path: Path, folder: Path) -> str:
+    """The model_source a judge run gives outputs that `eval_model.py outputs --model_dir folder` wrote: the
+    summary's, checked to be the leaderboard row's too."""
+    model, ref = _files(tmp_path)
+    (tmp_path / "model.journal.jsonl").write_text(json.dumps({"t": "start", "run": {"model": str(folder)}}) + "\n")
+    with OpenAIStub(default=_judge()) as stub:
+        summary = _judge_in_process(model, ref, tmp_path / "j", stub, tmp_path / "board.csv")
+    with open(tmp_path / "board.csv", newline="") as f:
+        assert next(csv.DictReader(f))["model_source"] == summary["model_source"]
+    return summary["model_source"]
+
+
 def test_leaderboard_row_names_the_train_folder_the_outputs_came_from(tmp_path):
     folder = tmp_path / "runs" / "a" / "final"
     (folder / "checkpoint-2").mkdir(parents=True)
     (folder / "checkpoint-2" / "checkpoint_manifest.json").write_text(json.dumps(
         {"step": 2, "files": {}, "run": {"model": "base-model", "data": "alpaca_data.json"}}))
-    model, ref = _files(tmp_path)
-    (tmp_path / "model.journal.jsonl").write_text(json.dumps({"t": "start", "run": {"model": str(folder)}}) + "\n")
-    with OpenAIStub(default=_judge()) as stub:
-        summary = _judge_in_process(model, ref, tmp_path / "j", stub, tmp_path / "board.csv")
-    assert summary["model_source"] == f"{folder} (trained from base-model on alpaca_data.json)"
-    with open(tmp_path / "board.csv", newline="") as f:
-        assert next(csv.DictReader(f))["model_source"] == summary["model_source"]
-
+    assert _judged_model_source(tmp_path, folder) == f"{folder} (trained from base-model on alpaca_data.json)"
 
 
 def _trained_from(base: str) -> dict:
@@ -349,13 +354,7 @@ def test_leaderboard_row_names_the_base_model_of_a_run_saved_without_checkpoints
     folder = tmp_path / "runs" / "demo"
     folder.mkdir(parents=True)
     mark_finished(folder, 3, _trained_from("base-model"))
-    model, ref = _files(tmp_path)
-    (tmp_path / "model.journal.jsonl").write_text(json.dumps({"t": "start", "run": {"model": str(folder)}}) + "\n")
-    with OpenAIStub(default=_judge()) as stub:
-        summary = _judge_in_process(model, ref, tmp_path / "j", stub, tmp_path / "board.csv")
-    assert summary["model_source"] == f"{folder} (trained from base-model on alpaca_data.json)"
-    with open(tmp_path / "board.csv", newline="") as f:
-        assert next(csv.DictReader(f))["model_source"] == summary["model_source"]
+    assert _judged_model_source(tmp_path, folder) == f"{folder} (trained from base-model on alpaca_data.json)"
 
 
 def test_model_source_prefers_the_final_models_record_to_a_checkpoints(tmp_path):
