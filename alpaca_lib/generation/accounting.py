@@ -12,7 +12,7 @@ from collections import Counter
 from typing import Any, Mapping
 from urllib.parse import urlparse
 
-from alpaca_lib.llm.config import redact_url
+from alpaca_lib.llm.config import redact_url, split_base_urls
 
 from .postprocess import DISCARD_REASONS
 
@@ -93,7 +93,10 @@ def format_summary(s: Mapping[str, Any], base_url: str | None = None) -> str:
 
 
 def is_loopback(base_url: str | None) -> bool:
-    """Whether `base_url` names this machine (localhost, 127.0.0.0/8, ::1): a local server, which costs nothing."""
+    """Whether `base_url` names this machine (localhost, 127.0.0.0/8, ::1): a local server, which costs nothing.
+    Several servers (a --base_url with commas) are local when each one is."""
+    if len(urls := split_base_urls(base_url)) > 1:
+        return all(map(is_loopback, urls))
     host = urlparse(base_url or "").hostname or ""
     if host == "localhost":
         return True

@@ -14,6 +14,12 @@ without usable choices are retried with exponential backoff (honouring Retry-Aft
 `max_retries` times; a context-length error shrinks `max_tokens` by 0.8 and tries again, as the
 original did, and the smaller value is kept for later requests. Anything else (a wrong key, model
 or address) stops with a message that says what to change.
+
+A `base_url` that names several servers (`http://a:8000/v1,http://b:8000/v1`: replicas of one model)
+spreads the requests over them (alpaca_lib/llm/replicas.py): each attempt goes to the replica with the
+fewest requests in flight; one whose request fails in a way worth retrying is left alone for a while, and
+the request goes at once to another replica that is up, without counting a retry. A request waits, and
+counts one, only when no replica it has not tried since its last wait is up.
 """
 
 from __future__ import annotations
@@ -31,7 +37,9 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from alpaca_lib.core.errors import UsageError
 
-from .config import ClientConfig, client_settings, redact_url  # noqa: F401 (redact_url: public here too)
+from .config import ClientConfig, client_settings, split_base_urls
+from .config import redact_url  # noqa: F401 (public here too)
+from .replicas import Replica, Replicas, server_retry_after
 
 # OpenAI's address; with any other base_url a missing key is not an error (local servers need none).
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -136,7 +144,8 @@ class CompletionClient:
         settings: any other `ClientConfig` field (api_style, base_url, api_key, organization, max_tokens,
             temperature, top_p, logit_bias, send_seed, request_timeout, max_retries, backoff_s); their
             defaults are the config's. base_url / api_key / organization left None read
-            OPENAI_BASE_URL / OPENAI_API_KEY / OPENAI_ORG (then OPENAI_ORG_ID) now.
+            OPENAI_BASE_URL / OPENAI_API_KEY / OPENAI_ORG (then OPENAI_ORG_ID) now. A base_url (or
+            OPENAI_BASE_URL) with several servers, comma-separated, makes one replica of each.
     Raises:
         UsageError: a setting out of range.
     """
@@ -167,8 +176,11 @@ class CompletionClient:
         self.max_reply_bytes = max_reply_bytes
         self._sleep = sleep
         self._lock = threading.Lock()
-        self._client, self._query = self._make_openai_client(config.base_url, config.api_key, config.organization,
-                                                             config.request_timeout)
+        urls = split_base_urls(config.base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_DEFAULT_BASE_URL)
+        self._replicas = Replicas(
+            [Replica(*self._make_openai_client(url, config.api_key, config.organization, config.request_timeout))
+             for url in urls],
+            backoff_s=self.backoff_s, backoff_max_s=backoff_max_s)
 
     @classmethod
     def from_config(cls, config: ClientConfig, **kw: Any) -> "CompletionClient":
@@ -177,12 +189,13 @@ class CompletionClient:
         return cls(settings.pop("model_name"), **settings, **kw)
 
     @staticmethod
-    def _make_openai_client(base_url, api_key, organization, timeout):
+    def _make_openai_client(base_url, api_key, organization, timeout) -> tuple[str, Any]:
+        """(the server's address for messages, an `openai.OpenAI` that sends to it)."""
         try:
             import openai
         except ImportError as e:  # pragma: no cover - openai is a dependency in pyproject.toml
             raise GenerationError("the `openai` package is needed to generate data: pip install 'openai>=1.40'") from e
-        base_url, query = _split_query(base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_DEFAULT_BASE_URL)
+        base_url, query = _split_query(base_url)
         api_key = api_key or os.environ.get("OPENAI_API_KEY")
         if not api_key:
             if base_url.rstrip("/") == OPENAI_DEFAULT_BASE_URL:
@@ -197,14 +210,16 @@ class CompletionClient:
         # would be appended after it (`/v1/?token=...completions`).
         client = openai.OpenAI(api_key=api_key, organization=organization, base_url=base_url, timeout=timeout,
                                max_retries=0, default_query=dict(parse_qsl(query, keep_blank_values=True)) or None)
-        return client, query
+        return redact_url(str(client.base_url) + (f"?{query}" if query else "")), client
 
     @property
     def base_url(self) -> str:
-        """The server's address, without a password or query values it may carry (for messages)."""
-        return redact_url(str(self._client.base_url) + (f"?{self._query}" if self._query else ""))
+        """The server's address, without a password or query values it may carry (for messages); with several
+        replicas, their addresses joined by ", "."""
+        return ", ".join(r.url for r in self._replicas.replicas)
 
-    def _request(self, prompts: Sequence[str], seed: int | None, max_tokens: int, logprobs: int = 0) -> Any:
+    def _request(self, client: Any, prompts: Sequence[str], seed: int | None, max_tokens: int,
+                 logprobs: int = 0) -> Any:
         """Sends the request and returns the reply's JSON, read up to `max_reply_bytes` (`_ReplyTooLarge` beyond)."""
         args: dict[str, Any] = dict(model=self.model, temperature=self.temperature, top_p=self.top_p)
         if self.stop:
@@ -220,12 +235,12 @@ class CompletionClient:
             args.update(logprobs=True, top_logprobs=logprobs)
         if self.api_style == "completions":
             args["prompt"] = prompts[0] if len(prompts) == 1 else list(prompts)
-            create = self._client.completions.with_streaming_response.create
+            create = client.completions.with_streaming_response.create
         else:
             if len(prompts) != 1:
                 raise ValueError("the chat API takes one prompt per request")
             args["messages"] = [{"role": "user", "content": prompts[0]}]
-            create = self._client.chat.completions.with_streaming_response.create
+            create = client.chat.completions.with_streaming_response.create
         # The body is read here, in pieces, so that a reply of any size costs at most max_reply_bytes of memory.
         with create(**args) as response:
             body = bytearray()
@@ -279,13 +294,9 @@ class CompletionClient:
 
     def _wait(self, attempt: int, exc: BaseException | None) -> None:
         delay = min(self.backoff_max_s, self.backoff_s * (2**attempt)) * (0.5 + random.random() / 2)
-        headers = getattr(getattr(exc, "response", None), "headers", None)
-        retry_after = headers.get("retry-after") if headers is not None else None
+        retry_after = server_retry_after(exc)
         if retry_after is not None:
-            try:
-                delay = min(self.backoff_max_s, max(0.0, float(retry_after)))
-            except ValueError:
-                pass
+            delay = min(self.backoff_max_s, retry_after)
         self._sleep(delay)
 
     def complete(self, prompts: Sequence[str], seed: int | None = None, logprobs: int = 0) -> Reply:
@@ -301,60 +312,90 @@ class CompletionClient:
         Raises:
             GenerationError: a non-retryable error, or retries exhausted.
         """
-        import openai  # imported by _make_openai_client already; here for its error types
-
         start = time.monotonic()
         attempts = 0
         retries = 0
+        tried: set[Replica] = set()  # replicas this request failed at since it last waited
         while True:
             attempts += 1
             with self._lock:
                 max_tokens = self.max_tokens
+            replica = self._replicas.pick(tried)
+            outcome: Any = None
             try:
-                resp = self._request(prompts, seed, max_tokens, logprobs)
-                choices, usage = self._parse(resp, len(prompts))
-                return Reply(choices, usage, attempts, time.monotonic() - start, max_tokens)
-            except _ReplyTooLarge as e:  # not retried: another such reply would cost as much again
-                head = e.head.decode("utf-8", errors="replace")
-                choices = [Choice(text=head, finish_reason=None, size=e.size) for _ in prompts]
-                return Reply(choices, {}, attempts, time.monotonic() - start, max_tokens)
-            except openai.BadRequestError as e:
-                if not is_context_length_error(e):
-                    raise GenerationError(f"{self.base_url} rejected the request (400): {e.message}") from e
-                shrunk = int(max_tokens * 0.8)
-                if shrunk < 1:
-                    raise GenerationError(
-                        f"the prompt alone exceeds {self.model}'s context ({e.message}); use a model with a "
-                        "longer context or fewer --num_prompt_instructions"
-                    ) from e
-                with self._lock:
-                    # Another thread may have shrunk it already; keep the smaller value.
-                    self.max_tokens = min(self.max_tokens, shrunk)
+                outcome = self._attempt(replica, prompts, seed, max_tokens, logprobs)
+            finally:  # a failure worth retrying marks the replica down; anything else (or none) up
+                self._replicas.release(replica, outcome if isinstance(outcome, BaseException) else None)
+            if isinstance(outcome, tuple):
+                return Reply(*outcome, attempts, time.monotonic() - start, max_tokens)
+            if outcome is None:  # max_tokens was shrunk: send it again
                 continue
-            except openai.AuthenticationError as e:
-                raise GenerationError(f"{self.base_url} refused the API key (401): set OPENAI_API_KEY or --api_key") from e
-            except openai.PermissionDeniedError as e:
-                raise GenerationError(f"{self.base_url} denied access (403): {e.message}; check --organization / OPENAI_ORG") from e
-            except openai.NotFoundError as e:
-                raise GenerationError(
-                    f"{self.base_url} answered 404 for model {self.model!r} ({self.api_style} API): {e.message}; "
-                    "check --model_name, --base_url, and --api_style (a chat model needs api_style=chat)"
-                ) from e
-            except openai.APIStatusError as e:
-                if e.status_code < 500 and e.status_code not in _RETRY_STATUS:
-                    raise GenerationError(f"{self.base_url} answered {e.status_code}: {e.message}") from e
-                failure: BaseException = e
-            except (openai.APIConnectionError, openai.APIResponseValidationError, _BadReply, json.JSONDecodeError,
-                    *_transport_errors()) as e:
-                # JSONDecodeError: a 200 whose body is not JSON (a proxy's error page, a cut connection).
-                failure = e
+            tried.add(replica)
+            if self._replicas.any_up(tried):  # another replica takes it now, no retry counted
+                continue
             if retries >= self.max_retries:
-                raise GenerationError(
-                    f"request to {self.base_url} failed {attempts} times, last with: {_describe(failure)}; "
-                    "everything kept so far is saved, re-run the same command to resume"
-                ) from failure
-            self._wait(retries, failure)
+                raise GenerationError(self._gave_up(replica, attempts, outcome)) from outcome
+            self._wait(retries, outcome)
             retries += 1
+            tried.clear()
+
+    def _gave_up(self, replica: Replica, attempts: int, failure: BaseException) -> str:
+        if len(self._replicas) == 1:
+            where = f"request to {replica.url} failed {attempts} times, last with: {_describe(failure)}"
+        else:
+            where = (f"request failed at every replica ({self.base_url}), {attempts} attempts in all, the last at "
+                     f"{replica.url} with: {_describe(failure)}")
+        return f"{where}; everything kept so far is saved, re-run the same command to resume"
+
+    def _attempt(self, replica: Replica, prompts: Sequence[str], seed: int | None, max_tokens: int,
+                 logprobs: int) -> tuple[list[Choice], dict[str, int]] | BaseException | None:
+        """One attempt of a request on `replica`.
+
+        Returns:
+            (choices, usage); None when a context-length error shrank `max_tokens` (send it again); or the
+            failure, when it is worth retrying (429, 5xx, 408/409, a timeout, a cut connection, an unusable reply).
+        Raises:
+            GenerationError: a failure that retrying will not fix, naming the replica.
+        """
+        import openai  # imported by _make_openai_client already; here for its error types
+
+        url = replica.url
+        try:
+            resp = self._request(replica.client, prompts, seed, max_tokens, logprobs)
+            return self._parse(resp, len(prompts))
+        except _ReplyTooLarge as e:  # not retried: another such reply would cost as much again
+            head = e.head.decode("utf-8", errors="replace")
+            return [Choice(text=head, finish_reason=None, size=e.size) for _ in prompts], {}
+        except openai.BadRequestError as e:
+            if not is_context_length_error(e):
+                raise GenerationError(f"{url} rejected the request (400): {e.message}") from e
+            shrunk = int(max_tokens * 0.8)
+            if shrunk < 1:
+                raise GenerationError(
+                    f"the prompt alone exceeds {self.model}'s context ({e.message}); use a model with a "
+                    "longer context or fewer --num_prompt_instructions"
+                ) from e
+            with self._lock:
+                # Another thread may have shrunk it already; keep the smaller value.
+                self.max_tokens = min(self.max_tokens, shrunk)
+            return None
+        except openai.AuthenticationError as e:
+            raise GenerationError(f"{url} refused the API key (401): set OPENAI_API_KEY or --api_key") from e
+        except openai.PermissionDeniedError as e:
+            raise GenerationError(f"{url} denied access (403): {e.message}; check --organization / OPENAI_ORG") from e
+        except openai.NotFoundError as e:
+            raise GenerationError(
+                f"{url} answered 404 for model {self.model!r} ({self.api_style} API): {e.message}; "
+                "check --model_name, --base_url, and --api_style (a chat model needs api_style=chat)"
+            ) from e
+        except openai.APIStatusError as e:
+            if e.status_code < 500 and e.status_code not in _RETRY_STATUS:
+                raise GenerationError(f"{url} answered {e.status_code}: {e.message}") from e
+            return e
+        except (openai.APIConnectionError, openai.APIResponseValidationError, _BadReply, json.JSONDecodeError,
+                *_transport_errors()) as e:
+            # JSONDecodeError: a 200 whose body is not JSON (a proxy's error page, a cut connection).
+            return e
 
 
 def _split_query(url: str) -> tuple[str, str]:
