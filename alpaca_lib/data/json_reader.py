@@ -1,8 +1,10 @@
-"""Alpaca records from a JSON list or JSON Lines file, read a chunk at a time and checked as they come.
+"""Records from a JSON list or JSON Lines file, read a chunk at a time and checked as they come.
 
-    from alpaca_lib.data.json_reader import iter_json_records, load_records
+    from alpaca_lib.data.json_reader import iter_json_records, iter_json_values, load_records
     records = load_records("alpaca_data.json")               # all of them, in a list
     for record in iter_json_records("big.jsonl"):            # or one at a time, in bounded memory
+        ...
+    for where, value in iter_json_values("chat.jsonl"):      # unchecked, with "chat.jsonl: record 3 (line 4)"
         ...
 
 Files are read as editors save them (UTF-8 with or without a BOM, UTF-16 or UTF-32 with a BOM), and the
@@ -15,7 +17,7 @@ from __future__ import annotations
 import codecs
 import json
 import os
-from typing import Any, Iterator, List, Optional, Sequence
+from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 from alpaca_lib.data.records import OPTIONAL_KEYS, REQUIRED_KEYS, DataError, check_record
 
@@ -147,16 +149,14 @@ class _JsonListReader:
             raise self._error(self.pos, "extra data after the closing ']'")
 
 
-def iter_json_records(
-    path: str | os.PathLike,
-    required: Sequence[str] = REQUIRED_KEYS,
-    optional: Sequence[str] = OPTIONAL_KEYS,
-    flag: str = "--data_path",
-) -> Iterator[dict]:
-    """Checked records of a JSON list or JSON Lines file (chosen by content), one at a time.
+def iter_json_values(path: str | os.PathLike, flag: str = "--data_path") -> Iterator[Tuple[str, Any]]:
+    """Each value of a JSON list or JSON Lines file (chosen by content) with where it is, unchecked.
 
+    Yields:
+        (where, value): where is "PATH: record N" in a list, "PATH: record N (line L)" in JSON Lines; it opens
+        the messages of whatever check the caller makes of the value.
     Raises:
-        DataError: naming the file, the record index or line (or byte offset), and the problem.
+        DataError: a file that cannot be read, is not text, is empty, or holds invalid JSON.
     """
     path = str(path)
     chunks = _decoded_chunks(path, flag)
@@ -171,7 +171,7 @@ def iter_json_records(
     if stripped[0] == "[":
         n = 0
         for n, record in enumerate(_JsonListReader(path, chunks, first), start=1):
-            yield check_record(record, f"{path}: record {n - 1}", [*required, *optional], optional)
+            yield f"{path}: record {n - 1}", record
         if n == 0:
             raise DataError(f"{path}: the list holds no records.")
         return
@@ -185,8 +185,25 @@ def iter_json_records(
         except json.JSONDecodeError as e:
             hint = " (a JSON file must be one list: [ {...}, {...} ])" if lineno == 1 else ""
             raise DataError(f"{path}: invalid JSON on line {lineno}, column {e.colno}: {e.msg}{hint}.") from None
-        yield check_record(record, f"{path}: record {index} (line {lineno})", [*required, *optional], optional)
+        yield f"{path}: record {index} (line {lineno})", record
         index += 1
+
+
+def iter_json_records(
+    path: str | os.PathLike,
+    required: Sequence[str] = REQUIRED_KEYS,
+    optional: Sequence[str] = OPTIONAL_KEYS,
+    flag: str = "--data_path",
+) -> Iterator[dict]:
+    """Checked Alpaca-style records of a JSON list or JSON Lines file (chosen by content), one at a time.
+
+    Training data, which may also hold conversations, is read by `alpaca_lib.data.sources.DataSource`.
+
+    Raises:
+        DataError: naming the file, the record index or line (or byte offset), and the problem.
+    """
+    for where, record in iter_json_values(path, flag):
+        yield check_record(record, where, [*required, *optional], optional)
 
 
 def _lines(chunks: Iterator[str], first: str) -> Iterator[str]:
