@@ -10,21 +10,24 @@
             trainer.save_model(...)     # on success the run is marked finished
 
 train.py's `train` is the one caller; `main` turns `Preempted` into its exit status (143 after SIGTERM).
-What the decisions are is alpaca_lib/training/start.py (where to start, the finished mark) and
-alpaca_lib/training/identity.py (whether a checkpoint is this run's); here they are made in their order.
+What the decisions are is alpaca_lib/training/start.py (where to start, the finished mark),
+alpaca_lib/training/identity.py (whether a checkpoint is this run's) and, over several nodes,
+alpaca_lib/training/nodes.py (every node started alike, a lost node named); here they are made in their order.
 """
 from __future__ import annotations
 
 import contextlib
 import signal
 import sys
-from typing import Iterator
+from typing import Iterator, Optional
 
+from alpaca_lib.core.errors import UsageError
 from alpaca_lib.core.fileio import disk_full_as_error
 from alpaca_lib.core.locking import job_lock
 from alpaca_lib.core.weightfiles import check_local_weights
-from alpaca_lib.training.checkpoints import final_save_kept
+from alpaca_lib.training.checkpoints import final_save_kept, newest_complete
 from alpaca_lib.training.identity import run_identity, run_settings
+from alpaca_lib.training.nodes import NodeWatch, flags_of
 from alpaca_lib.training.resumable import StopOnSigterm, signal_name
 from alpaca_lib.training.start import StartPoint, clear_finished, delete_checkpoints, mark_finished, plan_start
 
@@ -46,12 +49,15 @@ class Preempted(Exception):
 class TrainingRun:
     """One run of train.py in --output_dir, made by `training_run` (which holds the lock and plans the start)."""
 
-    def __init__(self, training_args, record: dict, start: StartPoint, model_args=None):
+    def __init__(self, training_args, record: dict, start: StartPoint, model_args=None,
+                 nodes: Optional[NodeWatch] = None):
         self.args = training_args
         self.model_args = model_args  # --model_name_or_path and --gguf_file, for `check_weights`
         self.record = record  # `run_identity` and `run_settings`: recorded in each checkpoint and the finished mark
         self.start = start
         self.sigterm = StopOnSigterm()  # the Trainer's callback: a checkpoint, then a stop, on SIGTERM or Ctrl-C
+        self.nodes = nodes or NodeWatch(training_args)  # a lost node: one error line naming it
+        self.nodes.stopping = lambda: self.sigterm.requested
 
     def already_finished(self) -> bool:
         """True when --output_dir holds the final model of this very run; then says so (main process) on stderr."""
@@ -88,10 +94,17 @@ class TrainingRun:
         if args.should_save:
             clear_finished(args.output_dir)  # the final model there is no longer this run's last word
         trainer.accelerator.wait_for_everyone()
-        if self.start.save_only:
-            trainer.load_without_training(self.start.checkpoint)
-        else:
-            trainer.train(resume_from_checkpoint=self.start.checkpoint)
+        with self.nodes.lost_as_error(self._resume_point, lambda: trainer.state.global_step):
+            if self.start.save_only:
+                trainer.load_without_training(self.start.checkpoint)
+            else:
+                trainer.train(resume_from_checkpoint=self.start.checkpoint)
+
+    def _resume_point(self) -> str:
+        path, _ = newest_complete(self.args.output_dir)
+        if path is None:
+            return f"{self.args.output_dir} holds no complete checkpoint yet, so the run starts again from the start"
+        return f"the last complete checkpoint in {self.args.output_dir} is {path.name}"
 
     @contextlib.contextmanager
     def final_save(self, trainer) -> Iterator[None]:
@@ -108,7 +121,9 @@ class TrainingRun:
                 f"{self.sigterm.stopped_at} at step {self.sigterm.stopped_at}. Run the same command again to resume "
                 "from it.", 128 + self.sigterm.stopped_by)
         kept = final_save_kept(args.output_dir, trainer.state.global_step)
-        with disk_full_as_error(args.output_dir, kept):  # a full disk: one line, the previous files intact
+        # A full disk: one line, the previous files intact. A node lost while the shards are gathered: one line too.
+        with disk_full_as_error(args.output_dir, kept), \
+                self.nodes.lost_as_error(self._resume_point, lambda: trainer.state.global_step):
             yield
             if args.should_save:
                 mark_finished(args.output_dir, trainer.state.global_step, self.record)
@@ -125,11 +140,18 @@ def training_run(model_args, data_args, training_args, data_key: str) -> Iterato
         The `TrainingRun`; the lock is released when the block ends.
     Raises:
         OutputLockedError: another job writes --output_dir. ResumeError: a resume refused (see `plan_start`).
+        NodesDisagreeError: over several processes, some were started with other flags or data, or see another
+            --output_dir (every process raises it, before the model loads).
     """
     record = {**run_identity(model_args.model_name_or_path, model_args.gguf_file, data_key, data_args.data_path),
               "settings": run_settings(model_args, data_args, training_args)}
-    # One job at a time writes --output_dir (under torchrun, rank 0 holds the lock for all processes).
-    with job_lock(training_args.output_dir, "train.py"):
-        start = plan_start(training_args.output_dir, training_args.resume_from_checkpoint,
-                           training_args.overwrite_output_dir, record)
-        yield TrainingRun(training_args, record, start, model_args)
+    # One job at a time writes --output_dir (under torchrun, rank 0 holds the lock for all processes). Under
+    # torchrun each worker also watches its launcher and beats, so that a lost node is named (nodes.py).
+    with NodeWatch(training_args) as nodes, job_lock(training_args.output_dir, "train.py"):
+        try:
+            start, refusal = plan_start(training_args.output_dir, training_args.resume_from_checkpoint,
+                                        training_args.overwrite_output_dir, record), None
+        except UsageError as e:  # raised on every process, after they compared notes
+            start, refusal = None, e
+        nodes.agree(flags_of(model_args, data_args, training_args), data_key, start, refusal)
+        yield TrainingRun(training_args, record, start, model_args, nodes)

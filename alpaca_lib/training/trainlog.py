@@ -75,15 +75,23 @@ _LAUNCH_NAMES = {"MULTI_CPU": "DDP", "MULTI_GPU": "DDP", "MULTI_XPU": "DDP", "MU
                  "FSDP": "FSDP", "DEEPSPEED": "DeepSpeed"}
 
 
-def describe_launch(distributed_type: str, world_size: int, device) -> str:
+def describe_launch(distributed_type: str, world_size: int, device, per_node: Optional[int] = None) -> str:
     """The log line that says how training runs: `training in one process on cpu`,
-    `training with DDP (MULTI_CPU) over 2 processes on cpu`, `training with FSDP over 8 processes on cuda:0`."""
+    `training with DDP (MULTI_CPU) over 2 processes on cpu`, `training with FSDP over 8 processes on cuda:0`,
+    `training with FSDP over 2 nodes x 4 processes on cuda:0`.
+
+    Args:
+        per_node: processes per node (torchrun's LOCAL_WORLD_SIZE); nodes are named when there are several.
+    """
     if distributed_type == "NO" and world_size == 1:
         return f"training in one process on {device}"
     name = _LAUNCH_NAMES.get(distributed_type, distributed_type)
     if name.upper() != distributed_type:
         name = f"{name} ({distributed_type})"
-    return f"training with {name} over {world_size} process{'es' if world_size != 1 else ''} on {device}"
+    over = f"{world_size} process{'es' if world_size != 1 else ''}"
+    if per_node and world_size > per_node:
+        over = f"{world_size // per_node} nodes x {per_node} process{'es' if per_node != 1 else ''}"
+    return f"training with {name} over {over} on {device}"
 
 
 def log_callbacks(train_dataset, stream: Optional[TextIO] = None) -> list:
