@@ -19,6 +19,9 @@ Beyond the original recipe, all opt-in (the defaults train exactly as above):
     --lora_r 8 [--lora_alpha 16 --lora_dropout 0.05 --lora_target_modules q_proj,v_proj] [--load_in_4bit True]
                                 LoRA adapters (alpaca_lib/training/lora.py): output_dir/adapter + merged model in output_dir
     --eval_data_path F | --val_set_size N   evaluation set, with --evaluation_strategy steps --eval_steps K
+    --prompt_template chat [--system_prompt TEXT] | my_template.json
+                                the model's chat template (the loss on every assistant turn; conversation records)
+                                or a template file (alpaca_lib/data/formats.py); output_dir/prompt_format.json: which
 
 Killed? Run the same command again: it resumes from the newest complete checkpoint in --output_dir
 (alpaca_lib/training/run.py holds the run's lifecycle, alpaca_lib/training/start.py decides where it starts);
@@ -50,6 +53,7 @@ from alpaca_lib.core.modeling import (
 )
 from alpaca_lib.core.quiet import quiet_entry_point
 from alpaca_lib.core.signals import INTERRUPTED_EXIT_CODE, exit_interrupted
+from alpaca_lib.data.formats import PromptFormat, save_format
 from alpaca_lib.data.sources import open_source
 from alpaca_lib.data.supervised import (
     DataCollatorForSupervisedDataset,
@@ -105,7 +109,24 @@ def safe_save_model_for_hf_trainer(trainer: transformers.Trainer, output_dir: st
     save_final(trainer, output_dir, trainer.save_model, check)
 
 
-def _load_model_and_tokenizer(model_args: ModelArguments, training_args: TrainingArguments):
+def _load_tokenizer(model_args: ModelArguments, training_args: TrainingArguments):
+    extra = {"gguf_file": model_args.gguf_file} if model_args.gguf_file else {}
+    return transformers.AutoTokenizer.from_pretrained(
+        model_args.model_name_or_path,
+        cache_dir=training_args.cache_dir,
+        model_max_length=training_args.model_max_length,
+        padding_side="right",
+        **extra,
+    )
+
+
+def _load_model_and_tokenizer(model_args: ModelArguments, training_args: TrainingArguments,
+                              prompt_format: Optional[PromptFormat] = None):
+    """The model and its tokenizer (pad token added where missing); the tokenizer loads first, so that a
+    `prompt_format` it cannot serve (chat without a chat template) stops the run before the weights load."""
+    tokenizer = _load_tokenizer(model_args, training_args)
+    if prompt_format is not None:
+        prompt_format.check_tokenizer(tokenizer, model_args.model_name_or_path)
     dtype = model_args.torch_dtype if model_args.torch_dtype == "auto" else getattr(torch, model_args.torch_dtype)
     extra = {"gguf_file": model_args.gguf_file} if model_args.gguf_file else {}
     model_kwargs = dict(extra)
@@ -122,13 +143,6 @@ def _load_model_and_tokenizer(model_args: ModelArguments, training_args: Trainin
     if getattr(model, "hf_quantizer", None) is not None and model_args.gguf_file:
         # Dense now: drop the quantization marks so the Trainer and save_pretrained treat it as a normal model.
         model.hf_quantizer.remove_quantization_config(model)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(
-        model_args.model_name_or_path,
-        cache_dir=training_args.cache_dir,
-        model_max_length=training_args.model_max_length,
-        padding_side="right",
-        **extra,
-    )
     smart_tokenizer_and_embedding_resize(missing_special_tokens(tokenizer), tokenizer, model)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
@@ -153,6 +167,7 @@ def train(argv: Optional[Sequence[str]] = None) -> Optional[transformers.Trainer
     # Everything that can be checked without the model is, before minutes go into loading it; nothing is
     # created before these checks pass.
     check_flags(model_args, data_args, training_args)
+    prompt_format = data_args.prompt_format()
     if training_args.deepspeed and not torch.cuda.is_available():
         announce_first_compile()  # minutes of compiling, said before they start
     # Packed rows' attention is chosen on this device: a forced one that cannot run here stops the run now
@@ -162,6 +177,9 @@ def train(argv: Optional[Sequence[str]] = None) -> Optional[transformers.Trainer
     records = open_source(data_args.data_path, data_args.data_split, data_args.data_columns, "--data_path").check()
     eval_records = open_source(data_args.eval_data_path, data_args.data_split, data_args.data_columns,
                                "--eval_data_path").check() if data_args.eval_data_path else None
+    for source in (records, eval_records):  # conversations need --prompt_template chat
+        if source is not None:
+            source.check_format(prompt_format)
 
     # This job alone writes --output_dir from here on; where the run starts is decided before the model loads.
     with training_run(model_args, data_args, training_args, records.key()) as run:
@@ -171,7 +189,8 @@ def train(argv: Optional[Sequence[str]] = None) -> Optional[transformers.Trainer
         # is the same in every run with this --seed: a resumed run then repeats the interrupted one exactly.
         transformers.set_seed(training_args.seed)
         run.check_weights()  # a damaged weight file in a local --model_name_or_path: one error line, after all else
-        model, tokenizer = _load_model_and_tokenizer(model_args, training_args)
+        model, tokenizer = _load_model_and_tokenizer(model_args, training_args, prompt_format)
+        logger.info("prompt format: %s", prompt_format.describe())
         # The Trainer switches the KV cache off for training (--use_cache); the saved model keeps the loaded setting.
         use_cache = model.config.use_cache
         with _packing(model, model_args, training_args, packed_attention) as supervised_logits:
@@ -185,6 +204,8 @@ def train(argv: Optional[Sequence[str]] = None) -> Optional[transformers.Trainer
             trainer.save_state()
             model.config.use_cache = use_cache
             _save_final_model(trainer, tokenizer, model_args, training_args)
+            if training_args.should_save:  # how to prompt the model: eval_model.py and scripts/loop.sh read it
+                save_format(prompt_format, training_args.output_dir)
     return trainer
 
 
@@ -254,7 +275,8 @@ def _make_trainer(model, tokenizer, model_args, data_args, training_args, record
     if model_args.lora_r:
         model = add_lora(model, model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout,
                          model_args.lora_target_modules, training_args.gradient_checkpointing)
-    # One process per machine tokenizes (and fills the cache); the others then read its result.
+    # One process per machine tokenizes (and fills the cache); the others then read its result. Over several
+    # machines sharing one cache folder, the first to build an entry locks it and the others read it once written.
     with training_args.main_process_first(local=True, desc="tokenizing the training data"):
         data_module = make_supervised_data_module(
             tokenizer=tokenizer, data_args=data_args, records=records, training_args=training_args,
@@ -264,7 +286,7 @@ def _make_trainer(model, tokenizer, model_args, data_args, training_args, record
                                callbacks=[sigterm, *log_callbacks(data_module["train_dataset"])], **data_module)
     log_progress_off_terminal(trainer)
     logger.info(describe_launch(trainer.accelerator.distributed_type.value, training_args.world_size,
-                                training_args.device))
+                                training_args.device, int(os.environ.get("LOCAL_WORLD_SIZE", "0")) or None))
     return trainer
 
 

@@ -24,7 +24,7 @@ def select_examples(encoded: EncodedData, indices: Sequence[int]) -> EncodedData
         indices: positions of the examples to keep.
     Returns:
         `EncodedData` with `stats` counting only the selected examples (`examples`, `kept`, `tokens`,
-        `loss_tokens`), plus the parent's `cache` state.
+        `loss_tokens`), plus the parent's `cache` state; the loss mask of the selected examples, if it has one.
     """
     indices = np.asarray(indices, dtype=np.int64)
     starts, ends = encoded.offsets[indices], encoded.offsets[indices + 1]
@@ -34,6 +34,11 @@ def select_examples(encoded: EncodedData, indices: Sequence[int]) -> EncodedData
     flat = np.concatenate([encoded.input_ids[s:e] for s, e in zip(starts, ends)]) if len(indices) else (
         np.zeros(0, dtype=encoded.input_ids.dtype))
     source_lens = encoded.source_lens[indices]
+    mask = None
+    if encoded.loss_mask is not None:
+        mask = np.concatenate([encoded.loss_mask[s:e] for s, e in zip(starts, ends)]) if len(indices) else (
+            np.zeros(0, dtype=bool))
+        mask = mask.astype(bool, copy=False)
     stats = {
         "examples": len(indices),
         "kept": len(indices),
@@ -41,10 +46,10 @@ def select_examples(encoded: EncodedData, indices: Sequence[int]) -> EncodedData
         "dropped_indices": [],
         "boundary_merges": 0,
         "tokens": int(offsets[-1]),
-        "loss_tokens": int(offsets[-1] - source_lens.astype(np.int64).sum()),
+        "loss_tokens": int(offsets[-1] - source_lens.astype(np.int64).sum()) if mask is None else int(mask.sum()),
         "cache": encoded.stats.get("cache", "off"),
     }
-    return EncodedData(flat.astype(encoded.input_ids.dtype, copy=False), offsets, source_lens, stats)
+    return EncodedData(flat.astype(encoded.input_ids.dtype, copy=False), offsets, source_lens, stats, mask)
 
 
 def hold_out(encoded: EncodedData, val_set_size: int, seed: int) -> Tuple[EncodedData, EncodedData]:

@@ -36,6 +36,7 @@ from alpaca_lib.core.preflight import (
     unknown_flags_error,
 )
 from alpaca_lib.data.cache import default_cache_dir
+from alpaca_lib.data.formats import PromptFormat, load_prompt_format
 from alpaca_lib.data.records import DataError
 from alpaca_lib.training.lora import DEFAULT_TARGET_MODULES, check_qlora_available
 from alpaca_lib.training.packed_attention import PACKED_ATTENTION_CHOICES
@@ -106,6 +107,23 @@ class DataArguments:
     val_set_size: int = field(
         default=0, metadata={"help": "Hold this many examples of --data_path out for evaluation (seeded by --seed)."}
     )
+    prompt_template: str = field(default="alpaca", metadata={"help": (
+        "How records become text: alpaca (Stanford Alpaca's prompt, the original recipe); chat (the model's own chat "
+        "template: an Alpaca record is one user and one assistant turn, a conversation record keeps its turns, the "
+        "loss is on every assistant turn); or a JSON template file with prompt_input, prompt_no_input and "
+        "response_split. Recorded in --output_dir/prompt_format.json.")})
+    system_prompt: Optional[str] = field(default=None, metadata={"help": (
+        "With --prompt_template chat: a system turn for every conversation that has none (default: none, so the "
+        "chat template's own default applies, if it has one).")})
+
+    def prompt_format(self) -> PromptFormat:
+        """--prompt_template and --system_prompt, read and checked (`load_prompt_format`; PromptFormatError)."""
+        return load_prompt_format(self.prompt_template, self.system_prompt)
+
+    @property
+    def prompt_template_sha256(self) -> str:
+        """The template file's SHA-256 ("" for alpaca and chat): a resume after the file was edited is refused."""
+        return self.prompt_format().digest
 
 
 @dataclass
@@ -416,6 +434,7 @@ def check_flags(model_args: ModelArguments, data_args: DataArguments, training_a
     Raises:
         DataError: no --data_path.
         FlagError: a value out of range, or flags that do not work together.
+        PromptFormatError: a --prompt_template that cannot be used (a chat template: once the tokenizer loads).
         UsageError: a model source or output folder that cannot work, an unknown --report_to, or QLoRA
             without its packages.
     """
@@ -423,6 +442,7 @@ def check_flags(model_args: ModelArguments, data_args: DataArguments, training_a
         raise DataError("--data_path is required: an Alpaca JSON or JSON Lines file, a .parquet or .csv file, a "
                         "save_to_disk folder, or a Hugging Face dataset id.")
     _check_flags(model_args, data_args, training_args)
+    data_args.prompt_format()  # an unknown --prompt_template, a bad template file, --system_prompt without chat
     _check_paths(model_args, training_args)
     check_report_to(training_args.report_to or [])
     if model_args.load_in_4bit:

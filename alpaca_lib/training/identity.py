@@ -75,21 +75,25 @@ RESULT_SETTINGS = (
     ("model_max_length", "t"), ("drop_truncated_responses", "d"), ("drop_empty_or_duplicate_records", "d"),
     ("val_set_size", "d"), ("lora_r", "m"), ("lora_alpha", "m"), ("lora_dropout", "m"),
     ("lora_target_modules", "m"), ("load_in_4bit", "m"), ("torch_dtype", "m"), ("bf16", "t"), ("fp16", "t"),
+    # The prompt format: the name, the system turn, and a template file's SHA-256 (DataArguments computes it).
+    ("prompt_template", "d"), ("system_prompt", "d"), ("prompt_template_sha256", "d"),
 )
 _FLAG_NAMES = {"train_sampling_strategy": "--group_by_length / --train_sampling_strategy",
-               "warmup_steps": "--warmup_steps / --warmup_ratio"}
+               "warmup_steps": "--warmup_steps / --warmup_ratio",
+               "prompt_template_sha256": "--prompt_template file's SHA-256"}
 # Schedules whose learning rate at a step does not depend on the run's length: only these can be extended.
 _LENGTH_FREE_SCHEDULES = ("constant", "constant_with_warmup")
 
 
-def _plain(value):
+def plain_value(value):
+    """`value` as JSON-like data: enums by their value, containers item by item, any other object as its str."""
     value = getattr(value, "value", value)  # enums (scheduler type, strategies) by their value
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain_value(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain_value(v) for v in value]
     return str(value)
 
 
@@ -103,7 +107,7 @@ def run_settings(model_args, data_args, training_args) -> dict:
         accumulation, processes], `max_steps` and `num_train_epochs`.
     """
     where = {"m": model_args, "d": data_args, "t": training_args}
-    settings = {name: _plain(getattr(where[holder], name, None)) for name, holder in RESULT_SETTINGS}
+    settings = {name: plain_value(getattr(where[holder], name, None)) for name, holder in RESULT_SETTINGS}
     t = training_args
     settings["effective_batch"] = [t.per_device_train_batch_size, t.gradient_accumulation_steps, t.world_size]
     settings["max_steps"] = t.max_steps
