@@ -8,9 +8,12 @@
         --reference_outputs runs/base/model_outputs.json --judge_model M --base_url URL --output_dir runs/judge/demo
     python eval_model.py score --annotations runs/judge/demo/annotations.json --output_dir runs/judge/demo_rescored
     python eval_model.py chat --model_dir runs/demo
+    python eval_model.py outputs --model_dir models/smollm2-135m-instruct --prompt_template chat \\
+        --instructions_path eval_instructions.json --output_path runs/base/model_outputs.json
 
 `outputs` writes AlpacaEval's format (alpaca_lib/evaluation/outputs.py): batched generation for a local model, any
-OpenAI-compatible server for a served one, a journal that makes a killed run continue where it stopped.
+OpenAI-compatible server for a served one, a journal that makes a killed run continue where it stopped; `outputs` and
+`chat` prompt the model in the format it was trained in (`--prompt_template alpaca|chat|FILE`, alpaca by default).
 (The name does not shadow the `evaluate` or `alpaca_eval` packages when run from this folder.)
 """
 
@@ -91,8 +94,9 @@ outputs = cli_command(OutputsConfig, _outputs, "outputs", "Writes the model's an
                       "evaluation set, in AlpacaEval's format.", positional=True)
 judge = cli_command(JudgeConfig, _judge, "judge", "Judges model outputs against reference outputs pairwise: win "
                     "rate, summary, report, leaderboard.", positional=True)
-chat = cli_command(ChatConfig, _chat, "chat", "Talk to a model through the Alpaca template: an instruction (and "
-                   "optionally an input) per turn.", positional=True)
+chat = cli_command(ChatConfig, _chat, "chat", "Talk to a model in its prompt format: an instruction (and optionally an "
+                   "input) per turn through the Alpaca template, or a conversation through its chat template "
+                   "(--prompt_template chat).", positional=True)
 score = cli_command(ScoreConfig, _score, "score", "Recomputes summary.json, the leaderboard row and the report from an "
                     "annotations file (this project's or AlpacaEval's), asking no judge; ROUGE-L against "
                     "reference answers.", positional=True)

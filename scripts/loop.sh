@@ -7,7 +7,9 @@
 # 2. serves it with `transformers serve` on a free loopback port (one torch thread, warmed up by one request,
 #    stopped once generation ends, however it ends) and generates a few instructions against it;
 # 3. fine-tunes the same model with train.py (LoRA, packing) on them plus the bundled alpaca_data.json;
-# 4. writes the tuned and the base model's outputs on the bundled eval_instructions.json;
+# 4. writes the tuned and the base model's outputs on the bundled eval_instructions.json, each side prompted in its
+#    own format (--prompt_template): the base model, an instruct model, in its chat template; the tuned model in
+#    the format it was trained in (train.py records it; alpaca unless PROMPT_TEMPLATE names another);
 # 5. scores both on 20 held-out alpaca_data.json records with ROUGE-L against their reference outputs;
 # 6. has the same model judge tuned vs base in-process (letter probabilities, never unreadable), and prints
 #    the win rate, the judge's diagnostics, the ROUGE-L scores, the held-out loss and where the report is.
@@ -15,7 +17,7 @@
 # AVX2 (bf16 emulated, so float32), and writes about 530 MB to runs/loop.
 # A 135M model is a weak generator and a weak judge: this run shows the machinery end to end; the
 # README shows the same loop at full scale. Sizes: NUM_INSTRUCTIONS (default 6, from at most 2 batches), EPOCHS (1),
-# MAX_NEW_TOKENS (96). Interrupted? Run it again: finished steps are skipped and the interrupted one
+# MAX_NEW_TOKENS (96); formats: PROMPT_TEMPLATE (what train.py trains in, alpaca), BASE_TEMPLATE (chat). Interrupted? Run it again: finished steps are skipped and the interrupted one
 # continues where it stopped (journals, checkpoints). `rm -rf runs/loop` starts a new loop.
 # Every step prints progress (a line every ALPACA_PROGRESS_INTERVAL_S seconds, 15 here, when not on a terminal).
 set -euo pipefail
@@ -31,6 +33,10 @@ todo() { [ ! -f "$OUT/.done-$1" ] || { echo "   (done in an earlier run; skipped
 mark_done() { touch "$OUT/.done-$1"; }
 
 BASE=models/smollm2-135m-instruct
+TRAIN_TEMPLATE=${PROMPT_TEMPLATE:-alpaca}
+BASE_TEMPLATE=${BASE_TEMPLATE:-chat}
+train_format=()  # train.py's default is alpaca: the flag only when another format is asked for
+[ "$TRAIN_TEMPLATE" = alpaca ] || train_format=(--prompt_template "$TRAIN_TEMPLATE")
 step "SmolLM2-135M-Instruct as a plain model folder, $BASE (made once)"
 $PY -m alpaca_lib.bundled --output_dir "$BASE"
 
@@ -91,7 +97,7 @@ $PY train.py --model_name_or_path "$BASE" --data_path "$OUT/train.json" --output
   --lora_r 8 --lora_alpha 16 --lora_dropout 0.05 --learning_rate 2e-4 --warmup_ratio 0.03 \
   --lr_scheduler_type cosine --save_strategy steps --save_steps 20 --save_total_limit 1 --logging_steps 10 \
   --model_max_length 512 --bf16 auto --report_to none --disable_tqdm True --seed 42 \
-  --eval_data_path "$OUT/heldout.json" --eval_strategy epoch 2>&1 \
+  --eval_data_path "$OUT/heldout.json" --eval_strategy epoch "${train_format[@]}" 2>&1 \
   | tee "$OUT/train.log" | grep --line-buffered -E "^training: "
 rc=${PIPESTATUS[0]}
 set -e
@@ -101,31 +107,43 @@ echo "   loss curve: $OUT/tuned/training_loss.png"
 mark_done train
 fi
 
+# The tuned model is prompted in the format its training run recorded (the loop's own, if it recorded none).
+TUNED_TEMPLATE=$($PY -c "
+from alpaca_lib.evaluation.provenance import trained_format
+print((trained_format('$OUT/tuned') or {}).get('prompt_template') or '$TRAIN_TEMPLATE')")
+template_of() { if [ "$1" = base ]; then echo "$BASE_TEMPLATE"; else echo "$TUNED_TEMPLATE"; fi; }
+# Outputs in a format other than alpaca get file names of their own: a journal refuses to mix two formats.
+tag_of() { t=$(template_of "$1"); [ "$t" = alpaca ] || echo "-$(basename "$t" .json)"; }
+echo "   prompt formats: the tuned model in $TUNED_TEMPLATE (as it was trained), the base model in $BASE_TEMPLATE"
+
 for side in tuned base; do
   model="$OUT/tuned"; [ "$side" = base ] && model="$BASE"
-  step "outputs of the $side model on eval_instructions.json (eval_model.py outputs)"
+  step "outputs of the $side model on eval_instructions.json (eval_model.py outputs --prompt_template $(template_of $side))"
   $PY eval_model.py outputs --model_dir "$model" --generator "$side" --instructions_path eval_instructions.json \
-    --output_path "$OUT/$side/model_outputs.json" --max_new_tokens "${MAX_NEW_TOKENS:-96}" --batch_size 16
+    --output_path "$OUT/$side/model_outputs$(tag_of $side).json" --max_new_tokens "${MAX_NEW_TOKENS:-96}" \
+    --batch_size 16 --prompt_template "$(template_of $side)"
 done
 
 step "ROUGE-L against the held-out references (eval_model.py outputs, then score --references)"
 for side in tuned base; do
   model="$OUT/tuned"; [ "$side" = base ] && model="$BASE"
   $PY eval_model.py outputs --model_dir "$model" --generator "$side" --instructions_path "$OUT/heldout.json" \
-    --output_path "$OUT/$side/heldout_outputs.json" --max_new_tokens "${MAX_NEW_TOKENS:-96}" --batch_size 16
-  $PY eval_model.py score --model_outputs "$OUT/$side/heldout_outputs.json" --references "$OUT/heldout.json" \
-    --output_dir "$OUT/$side/rouge"
+    --output_path "$OUT/$side/heldout_outputs$(tag_of $side).json" --max_new_tokens "${MAX_NEW_TOKENS:-96}" \
+    --batch_size 16 --prompt_template "$(template_of $side)"
+  $PY eval_model.py score --model_outputs "$OUT/$side/heldout_outputs$(tag_of $side).json" \
+    --references "$OUT/heldout.json" --output_dir "$OUT/$side/rouge$(tag_of $side)"
 done
+JUDGED="$OUT/judge/tuned$(tag_of tuned)_vs_base$(tag_of base)"  # tuned_vs_base when both are alpaca
 
 step "judging tuned vs base with the same model in-process (eval_model.py judge --judge_model_dir)"
 # In-process, each verdict is the judge's probability of the letters a and b (one forward pass per order):
 # nothing to parse, so nothing unreadable; the server's replies carry no logprobs to weight them by.
-$PY eval_model.py judge --model_outputs "$OUT/tuned/model_outputs.json" \
-  --reference_outputs "$OUT/base/model_outputs.json" --judge_model_dir "$BASE" \
-  --output_dir "$OUT/judge/tuned_vs_base" --leaderboard "$OUT/leaderboard.csv"
+$PY eval_model.py judge --model_outputs "$OUT/tuned/model_outputs$(tag_of tuned).json" \
+  --reference_outputs "$OUT/base/model_outputs$(tag_of base).json" --judge_model_dir "$BASE" \
+  --output_dir "$JUDGED" --leaderboard "$OUT/leaderboard.csv"
 $PY -c "
 import json
-s = json.load(open('$OUT/judge/tuned_vs_base/summary.json'))
+s = json.load(open('$JUDGED/summary.json'))
 pct = lambda x: '-' if x is None else f'{100 * x:.0f}%'
 print(f\"judge diagnostics: same verdict in both orders {pct(s['order_consistency'])}, \"
       f\"first position named {pct(s['first_position_rate'])}, unreadable {pct(s['unreadable_rate'])}\")
@@ -133,16 +151,18 @@ print('the judge is not reliable enough for this win rate to mean much' if s['ju
       else 'the judge passes the reliability checks (see the report)')"
 $PY -c "
 import json, re
-rouge = {side: json.load(open(f'$OUT/{side}/rouge/rouge.json'))['rouge_l'] for side in ('tuned', 'base')}
-s = json.load(open('$OUT/judge/tuned_vs_base/summary.json'))
+rouge = {side: json.load(open(f'$OUT/{side}/rouge{tag}/rouge.json'))['rouge_l']
+         for side, tag in (('tuned', '$(tag_of tuned)'), ('base', '$(tag_of base)'))}
+s = json.load(open('$JUDGED/summary.json'))
 losses = re.findall(r\"'eval_loss': '?([0-9.]+)\", open('$OUT/train.log').read())
 print(f\"tuned vs base: judge win rate {s['win_rate']:.1f}% ({s['weighting']}); ROUGE-L on the 20 held-out \"
-      f\"records: tuned {rouge['tuned']:.4f}, base {rouge['base']:.4f}; held-out loss after training: \"
+      f\"records: tuned {rouge['tuned']:.4f} ($TUNED_TEMPLATE), base {rouge['base']:.4f} ($BASE_TEMPLATE); \"
+      f\"held-out loss after training: \"
       + (losses[-1] if losses else 'not logged'))"
-step "done: the report is $OUT/judge/tuned_vs_base/report.md"
+step "done: the report is $JUDGED/report.md"
 $PY -c "
 import json
-s = json.load(open('$OUT/judge/tuned_vs_base/summary.json'))
+s = json.load(open('$JUDGED/summary.json'))
 print(f\"win rate of the tuned model over the base: {s['win_rate']:.1f}% ({s['n_wins']} wins, {s['n_ties']} ties, \"
       f\"{s['n_losses']} losses over {s['n_pairs']} instructions; {s['n_unreadable']} unreadable verdicts left out)\")
 "

@@ -30,6 +30,16 @@ def _check_positive(cfg: Any, *names: str) -> None:
             raise UsageError(f"--{name} must be a positive integer; got {value!r}")
 
 
+def _check_text(cfg: Any, *names: str) -> None:
+    """Refuses a text flag that the command line turned into something else: fire reads `--system_prompt Hi, there`
+    as a tuple and `--system_prompt 42` as a number."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value is not None and not isinstance(value, str):
+            raise UsageError(f"--{name} must be text; the command line read it as the {type(value).__name__} "
+                             f"{value!r}. Quote it twice: --{name}=\"'...'\".")
+
+
 @dataclass(kw_only=True)
 class OutputsConfig:
     """`eval_model.py outputs`: a model's answers to an evaluation set, in AlpacaEval's format."""
@@ -39,10 +49,12 @@ class OutputsConfig:
     model_dir: Optional[str] = flag("A local model (train.py's --output_dir, or a folder holding --gguf_file).", None)
     gguf_file: Optional[str] = flag("A GGUF file inside --model_dir to load instead of safetensors.", None)
     base_url: Optional[str] = flag(
-        "Instead of --model_dir, an OpenAI-compatible server (vLLM, transformers serve, llama.cpp).", None)
+        "Instead of --model_dir, an OpenAI-compatible server (vLLM, transformers serve, llama.cpp); several servers "
+        "of the model, comma-separated, share the requests (--max_concurrency counts them all).", None)
     model_name: Optional[str] = flag("The served model's name (with --base_url).", None)
-    api_style: str = flag("completions (the Alpaca template as text) or chat (the instruction as a user message).",
-                          "completions")
+    api_style: Optional[str] = flag(
+        "completions (the prompt as text) or chat (the request as a user message; the server applies the model's "
+        "chat template). Default: chat with --prompt_template chat, else completions.", None)
     api_key: Optional[str] = flag("For the server; default OPENAI_API_KEY (a local server needs none).", None)
     generator: Optional[str] = flag("The name recorded in each record; default the model folder's name or --model_name.",
                                     None)
@@ -60,10 +72,18 @@ class OutputsConfig:
                                      "Seconds before a request to the server counts as failed (it is then retried).")
     max_retries: int = same_as(ClientConfig, "max_retries",
                                "Retries of one request after 429/5xx/timeouts/connection errors.")
+    # Last, so that the fields given by position keep their places.
+    prompt_template: str = flag(
+        "How each instruction is put to the model: alpaca (the Alpaca template, as train.py writes it by default), "
+        "chat (the model's own chat template, from its tokenizer; a served model gets it as chat messages), or a "
+        "JSON template file (prompt_input, prompt_no_input, response_split). Use the format the model was trained "
+        "in.", "alpaca")
+    system_prompt: Optional[str] = flag("A system turn before each request (with --prompt_template chat only).", None)
 
     def __post_init__(self):
         expand_home_fields(self, "instructions_path", "output_path", "model_dir")
         _check_positive(self, "max_concurrency")
+        _check_text(self, "prompt_template", "system_prompt")
 
     def generation_settings(self) -> GenerationSettings:
         """The decoding part, which is also part of the run's identity."""
@@ -86,7 +106,8 @@ class JudgeConfig:
     judge_batch_size: int = flag("Prompts the local judge reads in one forward pass.", 8)
     leaderboard: str = flag("The leaderboard CSV this run's row goes to; runs that name the same file share it.",
                             DEFAULT_LEADERBOARD)
-    base_url: Optional[str] = flag("An OpenAI-compatible server; default OPENAI_BASE_URL, else OpenAI.", None)
+    base_url: Optional[str] = flag("An OpenAI-compatible server; default OPENAI_BASE_URL, else OpenAI. Several "
+                                   "servers of the judge, comma-separated, share the requests.", None)
     api_key: Optional[str] = same_as(OutputsConfig, "api_key", "Default OPENAI_API_KEY (a local server needs none).")
     api_style: str = flag("chat or completions.", "chat")
     max_concurrency: int = same_as(OutputsConfig, "max_concurrency", "Requests in flight at once.")
@@ -126,7 +147,8 @@ class ScoreConfig:
 
 @dataclass(kw_only=True)
 class ChatConfig:
-    """`eval_model.py chat` (and `python -m alpaca_lib.evaluation.infer --chat`): talk to a model through the Alpaca template."""
+    """`eval_model.py chat` (and `python -m alpaca_lib.evaluation.infer --chat`): talk to a model in its prompt format:
+    an Alpaca instruction (and input) per turn, or, with `--prompt_template chat`, a conversation."""
 
     model_dir: str = flag("A saved model (train.py's --output_dir).")
     gguf_file: Optional[str] = flag("A GGUF file inside --model_dir to load instead.", None)
@@ -134,6 +156,12 @@ class ChatConfig:
     do_sample: bool = same_as(GenerationSettings, "do_sample", "Sample instead of greedy decoding.")
     temperature: float = same_as(GenerationSettings, "temperature")
     top_p: float = same_as(GenerationSettings, "top_p")
+    prompt_template: str = flag(
+        "alpaca (an instruction and an optional input per turn, each turn on its own), chat (the model's chat "
+        "template: one message per turn, the conversation kept while it fits the model's context), or a JSON "
+        "template file (as alpaca). Use the format the model was trained in.", "alpaca")
+    system_prompt: Optional[str] = same_as(OutputsConfig, "system_prompt")
 
     def __post_init__(self):
         expand_home_fields(self, "model_dir")
+        _check_text(self, "prompt_template", "system_prompt")

@@ -1,9 +1,14 @@
-"""Answer instructions with a tuned model, through the Alpaca prompt template.
+"""Answer instructions with a tuned model, in the prompt format it was trained in (the Alpaca template by default).
 
     python -m alpaca_lib.evaluation.infer --model_dir runs/demo --instruction "Give three tips for staying healthy."
     python -m alpaca_lib.evaluation.infer --model_dir runs/demo --instruction "Translate to French." --input "Good night."
     python -m alpaca_lib.evaluation.infer --model_dir runs/demo --data_path alpaca_data.json --num_examples 3
     python -m alpaca_lib.evaluation.infer --model_dir runs/demo --chat       # or: python eval_model.py chat --model_dir ...
+    python eval_model.py chat --model_dir models/smollm2-135m-instruct --prompt_template chat   # a conversation
+
+`--prompt_template` picks the format (alpaca_lib/data/formats.py): alpaca, chat (the model's own chat template) or
+a JSON template file. In the chat format `chat` keeps the conversation (the oldest exchanges are dropped once it
+no longer fits the model's context); in the others each turn is one prompt on its own.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import Optional, Sequence, TextIO
 from alpaca_lib.core.errors import UsageError
 from alpaca_lib.core.fileio import expand_home
 from alpaca_lib.core.signals import on_interrupt
+from alpaca_lib.data.formats import PromptFormat, load_prompt_format
 from alpaca_lib.data.json_reader import load_records
 from alpaca_lib.evaluation.config import ChatConfig
 from alpaca_lib.evaluation.outputs import LocalModel, prompt_of
@@ -27,6 +33,7 @@ def generate_responses(
     max_new_tokens: int = 128,
     do_sample: bool = False,
     batch_size: int = 8,
+    prompt_format: Optional[PromptFormat] = None,
 ) -> list[str]:
     """Generates a response for each {"instruction", "input"} record (batched, in the records' order).
 
@@ -37,12 +44,14 @@ def generate_responses(
         max_new_tokens: generation budget per response.
         do_sample: sample instead of greedy decoding.
         batch_size: prompts generated together.
+        prompt_format: the prompts' format (default: the Alpaca template).
     Returns:
-        The decoded responses (the text after "### Response:", special tokens removed, stripped).
+        The decoded responses (the text after the prompt, special tokens removed, stripped).
     """
     settings = GenerationSettings(max_new_tokens=max_new_tokens, do_sample=do_sample)
     responses: list[str] = [""] * len(examples)
-    for idx, answers in LocalModel(model, tokenizer).answer([prompt_of(e) for e in examples], settings, batch_size):
+    prompts = [prompt_of(e, prompt_format, tokenizer) for e in examples]
+    for idx, answers in LocalModel(model, tokenizer, prompt_format).answer(prompts, settings, batch_size):
         for i, a in zip(idx, answers):
             responses[i] = a.output
     return responses
@@ -50,19 +59,25 @@ def generate_responses(
 
 def chat_loop(cfg: ChatConfig, stdin: Optional[TextIO] = None, stdout: Optional[TextIO] = None,
               stderr: Optional[TextIO] = None) -> None:
-    """An interactive loop: reads an instruction, then an optional input (an empty line for none), and streams
-    the answer. Ends at end of input (Ctrl-D). Prompts go to stderr, answers to stdout (one turn per line).
-    The one chat of the project: `eval_model.py chat` and `python -m alpaca_lib.evaluation.infer --chat` both run it.
+    """An interactive loop that streams the model's answers; ends at end of input (Ctrl-D). Prompts go to stderr,
+    answers to stdout (one turn per line). The one chat of the project: `eval_model.py chat` and
+    `python -m alpaca_lib.evaluation.infer --chat` both run it.
+
+    Alpaca (and a template file): reads an instruction, then an optional input (an empty line for none); each
+    turn is a prompt on its own. Chat: reads one message per turn and answers the whole conversation, through the
+    model's chat template; the oldest exchanges are left out once it no longer fits the model's context.
 
     Args:
-        cfg: the model and the decoding settings (alpaca_lib/evaluation/config.py, where their defaults live).
+        cfg: the model, the prompt format and the decoding settings (alpaca_lib/evaluation/config.py, where
+            their defaults live).
     """
     import torch  # deferred: --help and a bad flag answer without loading torch
     from transformers import TextStreamer
 
     stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
 
-    lm = LocalModel.load(cfg.model_dir, cfg.gguf_file)
+    fmt = load_prompt_format(cfg.prompt_template, cfg.system_prompt)
+    lm = LocalModel.load(cfg.model_dir, cfg.gguf_file, prompt_format=fmt)
     sampling = GenerationSettings(do_sample=cfg.do_sample, temperature=cfg.temperature, top_p=cfg.top_p).sampling_kwargs()
 
     class _Streamer(TextStreamer):  # here, as its base class is imported only when a chat starts
@@ -70,13 +85,34 @@ def chat_loop(cfg: ChatConfig, stdin: Optional[TextIO] = None, stdout: Optional[
             stdout.write(text if not stream_end else text.rstrip("\n") + "\n")
             stdout.flush()
 
-    print("Alpaca chat: an instruction per turn, then an optional input (Enter for none); Ctrl-D quits.",
-          file=stderr, flush=True)
+    def reply(prompt: str) -> str:
+        """Streams the answer to `prompt` and returns it (as `outputs` would write it)."""
+        batch = lm.tokenizer(prompt, return_tensors="pt", add_special_tokens=lm.add_special_tokens).to(lm.device)
+        with torch.no_grad():
+            out = lm.model.generate(**batch, max_new_tokens=cfg.max_new_tokens, eos_token_id=lm.eos_ids,
+                                    pad_token_id=lm.pad_id, **sampling,
+                                    streamer=_Streamer(lm.tokenizer, skip_prompt=True, skip_special_tokens=True))
+        return lm._answer(out[0, batch["input_ids"].shape[1]:].tolist(), cfg.max_new_tokens).output
+
+    print("Chat in the model's chat template: a message per turn, the conversation kept while it fits; Ctrl-D quits."
+          if fmt.is_chat else "Alpaca chat: an instruction per turn, then an optional input (Enter for none); Ctrl-D "
+          "quits.", file=stderr, flush=True)
     context = getattr(lm.model.config, "max_position_embeddings", None)
     if context is not None and cfg.max_new_tokens >= context:
         raise UsageError(f"--max_new_tokens {cfg.max_new_tokens} leaves no room for a question: the model reads "
                          f"{context} tokens at most, answer included. Give a smaller --max_new_tokens.")
+    limit = None if context is None else context - cfg.max_new_tokens
+    messages: list[dict] = []  # the chat format's conversation so far
     while True:
+        if fmt.is_chat:
+            text = _ask("You: ", stdin, stderr)
+            if not text:
+                break
+            if text.strip():
+                messages.append({"role": "user", "content": text.rstrip("\n")})
+                answer = reply(_fit_conversation(lm.tokenizer, fmt, messages, limit, stderr))
+                messages.append({"role": "assistant", "content": answer})
+            continue
         instruction = _ask("Instruction: ", stdin, stderr)
         if not instruction:
             break
@@ -84,12 +120,9 @@ def chat_loop(cfg: ChatConfig, stdin: Optional[TextIO] = None, stdout: Optional[
             continue
         input_text = _ask("Input (optional): ", stdin, stderr)
         record = {"instruction": instruction.rstrip("\n"), "input": input_text.rstrip("\n")}
-        if context is not None:
-            record = _fit_to_context(lm.tokenizer, record, context - cfg.max_new_tokens, stderr)
-        batch = lm.tokenizer(prompt_of(record), return_tensors="pt").to(lm.device)
-        with torch.no_grad():
-            lm.model.generate(**batch, max_new_tokens=cfg.max_new_tokens, eos_token_id=lm.eos_ids, pad_token_id=lm.pad_id,
-                              streamer=_Streamer(lm.tokenizer, skip_prompt=True, skip_special_tokens=True), **sampling)
+        if limit is not None:
+            record = _fit_to_context(lm.tokenizer, record, limit, stderr, fmt)
+        reply(prompt_of(record, fmt))
         if not input_text:
             break
     print("", file=stderr, flush=True)
@@ -112,14 +145,15 @@ def _ask(question: str, stdin: TextIO, stderr: TextIO) -> str:
                   "nothing was sent to the model: type it again in UTF-8.", file=stderr, flush=True)
 
 
-def _fit_to_context(tokenizer, record: dict, limit: int, stderr: TextIO) -> dict:
-    """`record` with its instruction, then its input, cut to their first tokens so that the prompt holds at most
-    `limit` tokens (the model's context less the answer's budget); a cut is said in one line on stderr."""
-    n = len(tokenizer(prompt_of(record))["input_ids"])
+def _fit_to_context(tokenizer, record: dict, limit: int, stderr: TextIO, fmt: Optional[PromptFormat] = None) -> dict:
+    """`record` with its instruction, then its input, cut to their first tokens so that the prompt (in `fmt`,
+    default alpaca) holds at most `limit` tokens (the model's context less the answer's budget); a cut is said in
+    one line on stderr."""
+    n = len(tokenizer(prompt_of(record, fmt))["input_ids"])
     if n <= limit:
         return record
     # What the template takes, and a few tokens' room: decoded cut text can tokenize a little longer.
-    template = len(tokenizer(prompt_of({"instruction": "", "input": "x" if record["input"] else ""}))["input_ids"])
+    template = len(tokenizer(prompt_of({"instruction": "", "input": "x" if record["input"] else ""}, fmt))["input_ids"])
     budget = max(1, limit - template - 8)
     cut, said = dict(record), []
     for field in ("instruction", "input"):
@@ -134,6 +168,35 @@ def _fit_to_context(tokenizer, record: dict, limit: int, stderr: TextIO) -> dict
     return cut
 
 
+def _fit_conversation(tokenizer, fmt: PromptFormat, messages: list[dict], limit: Optional[int],
+                      stderr: TextIO) -> str:
+    """The chat prompt for `messages` (the conversation so far, ending with the user's new message) in at most
+    `limit` tokens (the model's context less the answer's budget): the oldest exchanges (a message and its
+    answer) are dropped from `messages`, then the new message is cut to its first tokens if it alone is too
+    long; either is said in one line on stderr."""
+    def size(prompt: str) -> int:
+        return len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+
+    prompt = fmt.prompt({"messages": messages}, tokenizer)
+    if limit is None or size(prompt) <= limit:
+        return prompt
+    n, dropped = size(prompt), 0
+    while len(messages) > 1 and size(prompt) > limit:
+        del messages[:2]  # the oldest message and its answer
+        dropped += 1
+        prompt = fmt.prompt({"messages": messages}, tokenizer)
+    said = [f"left out the first {dropped} exchange(s)"] if dropped else []
+    if size(prompt) > limit:  # the new message alone: keep its first tokens, with room for the template
+        ids = tokenizer(messages[0]["content"], add_special_tokens=False)["input_ids"]
+        keep = max(1, limit - size(fmt.prompt({"messages": [{"role": "user", "content": ""}]}, tokenizer)) - 8)
+        messages[0]["content"] = tokenizer.decode(ids[:keep])
+        said.append(f"cut this message to its first {keep} of {len(ids)} tokens")
+        prompt = fmt.prompt({"messages": messages}, tokenizer)
+    print(f"warning: the conversation is {n} tokens and the model reads {limit} at most (its context less "
+          f"--max_new_tokens): {' and '.join(said)}.", file=stderr, flush=True)
+    return prompt
+
+
 def main(
     model_dir: str,
     instruction: Optional[str] = None,
@@ -143,6 +206,8 @@ def main(
     max_new_tokens: Optional[int] = None,
     gguf_file: Optional[str] = None,
     chat: bool = False,
+    prompt_template: str = "alpaca",
+    system_prompt: Optional[str] = None,
 ) -> None:
     """Prints the model's answer to one instruction, or to the first records of an Alpaca file; or chats.
 
@@ -155,13 +220,21 @@ def main(
         max_new_tokens: generation budget per response (default 128; with --chat, eval_model.py chat's).
         gguf_file: a GGUF file inside `model_dir` to load instead of safetensors.
         chat: talk to the model turn by turn instead (see `chat_loop`).
+        prompt_template: the prompt format: alpaca, chat (the model's chat template) or a JSON template file.
+        system_prompt: a system turn before each request (with --prompt_template chat).
     """
     model_dir, data_path = expand_home(model_dir), expand_home(data_path)
     budget = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}  # else each path's default
+    formats = dict(prompt_template=prompt_template, system_prompt=system_prompt)
+    for name, value in formats.items():  # fire reads `--system_prompt Hi, there` as a tuple
+        if value is not None and not isinstance(value, str):
+            raise UsageError(f"--{name} must be text; the command line read it as the {type(value).__name__} "
+                             f"{value!r}.")
     if chat:
         with on_interrupt("the chat ended."):
-            chat_loop(ChatConfig(model_dir=model_dir, gguf_file=gguf_file, **budget))
+            chat_loop(ChatConfig(model_dir=model_dir, gguf_file=gguf_file, **formats, **budget))
         return
+    fmt = load_prompt_format(prompt_template, system_prompt)
     if instruction:
         examples = [{"instruction": instruction, "input": input}]
     elif data_path:
@@ -169,8 +242,8 @@ def main(
         examples = load_records(data_path, required=("instruction",), optional=("input", "output"))[:num_examples]
     else:
         raise UsageError("give --instruction TEXT (and optionally --input TEXT), --data_path FILE, or --chat.")
-    lm = LocalModel.load(model_dir, gguf_file)
-    responses = generate_responses(lm.model, lm.tokenizer, examples, **budget)
+    lm = LocalModel.load(model_dir, gguf_file, prompt_format=fmt)
+    responses = generate_responses(lm.model, lm.tokenizer, examples, prompt_format=fmt, **budget)
     for example, response in zip(examples, responses):
         print(f"### Instruction:\n{example['instruction']}")
         if example.get("input"):

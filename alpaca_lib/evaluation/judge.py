@@ -40,7 +40,7 @@ from alpaca_lib.evaluation.local_judge import check_judge_tokenizer
 from alpaca_lib.evaluation.metrics import summarize
 from alpaca_lib.evaluation.outputs import file_digest
 from alpaca_lib.evaluation.pairing import Pairing, load_outputs, name_of, pair_records
-from alpaca_lib.evaluation.provenance import model_source
+from alpaca_lib.evaluation.provenance import model_source, prompt_format_of
 from alpaca_lib.evaluation.results import JudgeResult, write_results
 from alpaca_lib.llm.pricing import load_price_table
 
@@ -176,6 +176,8 @@ def _summary(cfg: JudgeConfig, names: tuple[str, str], rows: list[dict], pairing
         "n_only_in_model": len(pairing.only_model), "n_only_in_reference": len(pairing.only_reference),
         "n_duplicated": len(pairing.duplicated), "outputs_sha256": outputs_digest(rows),
         "model_source": model_source(cfg.model_outputs),
+        "prompt_template": prompt_format_of(cfg.model_outputs),
+        "reference_prompt_template": prompt_format_of(cfg.reference_outputs),
     }
     summary["cost_usd"] = None if price is None else (
         usage["prompt_tokens"] * price[0] + usage["completion_tokens"] * price[1]) / 1e6

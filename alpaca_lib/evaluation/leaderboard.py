@@ -4,6 +4,8 @@
 
 A row is identified by the model's name *and* a digest of its outputs (`outputs_sha256`, over the
 instructions and the model's outputs of the judged pairs), with the reference's and the judge's names.
+`model_source` says where the outputs came from (`alpaca_lib.evaluation.provenance`), and how the model was
+prompted when that was not the Alpaca template (`; prompt_template chat`).
 Judging or scoring the same outputs again replaces their row; another model that happens to carry a name
 already on the board (two `runs/*/final` folders) gets a row of its own, shown with its digest.
 

@@ -3,25 +3,28 @@
     python eval_model.py outputs --model_dir runs/demo --instructions_path eval_instructions.json \
         --output_path runs/demo/model_outputs.json
 
-Each record of the input (AlpacaEval's JSON, or Alpaca JSON / JSON Lines) is formatted with the Alpaca
-template (`utils.format_prompt`: its input variant when the record has an `input`), exactly as in
-training, and answered either by a local model (`LocalModel`: batched generation, prompts sorted by
+Each record of the input (AlpacaEval's JSON, or Alpaca JSON / JSON Lines) is formatted in the run's prompt
+format (`--prompt_template`, alpaca_lib/evaluation/prompting.py): by default the Alpaca template
+(`utils.format_prompt`: its input variant when the record has an `input`), exactly as in training; `chat` is the
+model's own chat template (its end-of-turn token ends an answer too); a template file is used like Alpaca's. It is
+answered either by a local model (`LocalModel`: batched generation, prompts sorted by
 length, left padding, the KV cache on) or by an OpenAI-compatible server (`ServedModel`, through the
 generator's `CompletionClient`: bounded retries, concurrency). The output is a JSON list in input order, in
 the form AlpacaEval's own data takes: `instruction` (with the record's input, if any, after a blank line, as
 AlpacaEval's judges must see it: they are shown only `instruction`), `output` (the response only),
 `generator`, `dataset` when the input had it, and two keys AlpacaEval ignores: `n_tokens` (generated tokens, the EOS included) and
-`stop_reason` (`eos`, or `length` when the `max_new_tokens` budget ran out). Answers that repeat their prompt (a
-server that echoes it) are counted in one warning line at the end.
+`stop_reason` (`eos`, or `length` when the `max_new_tokens` budget ran out), then `prompt_template` when the format
+is not alpaca. Answers that repeat their prompt (a server that echoes it) are counted in one warning line at the end.
 
 Every answer is journaled as it is made (`<output>.journal.jsonl` beside the output), so a killed run
 continues where it stopped when the same command is run again; a journal written with another model,
-another input file or other generation settings is refused instead of mixed in.
+another input file, another prompt format or other generation settings is refused instead of mixed in.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import sys
 import time
@@ -38,10 +41,22 @@ from alpaca_lib.core.modeling import model_folder_digest
 from alpaca_lib.core.precision import auto_dtype, emulation_warning
 from alpaca_lib.core.preflight import check_model_source, check_output_file
 from alpaca_lib.core.progress import progress_bar
-from alpaca_lib.core.prompt import format_prompt, request_text
+from alpaca_lib.core.prompt import request_text
 from alpaca_lib.core.weightfiles import check_local_weights
+from alpaca_lib.data.formats import PromptFormat, end_of_turn_token, load_prompt_format
 from alpaca_lib.data.json_reader import load_records
 from alpaca_lib.evaluation.config import OutputsConfig
+from alpaca_lib.evaluation.prompting import (  # noqa: F401
+    chat_tokenizer,
+    check_journal_format,
+    echo_warning,
+    echoed,
+    journal_settings,
+    prompt_of,
+    served_api_style,
+)
+from alpaca_lib.evaluation.provenance import format_mismatch_warning
+from alpaca_lib.evaluation.sampling import RowSampler
 from alpaca_lib.evaluation.settings import GenerationSettings, journal_path
 from alpaca_lib.llm.client import CompletionClient, GenerationError
 
@@ -68,11 +83,6 @@ def load_instructions(path: str) -> list[dict]:
     return load_records(path, required=INSTRUCTION_FIELDS, optional=OPTIONAL_FIELDS, flag="--instructions_path")
 
 
-def prompt_of(record: dict) -> str:
-    """The Alpaca prompt for a record: the one training used."""
-    return format_prompt(record)
-
-
 # ---- local model ----
 
 
@@ -97,15 +107,21 @@ class LocalModel:
     Args:
         model: the causal LM (on the device it should run on).
         tokenizer: its tokenizer.
+        prompt_format: the format its prompts are in (default alpaca). Under chat, a prompt is tokenized without
+            the tokenizer's special tokens (the template writes its own BOS), and the end of the assistant's turn
+            (`end_of_turn_token`) ends an answer as EOS does.
     """
 
-    def __init__(self, model, tokenizer):
+    def __init__(self, model, tokenizer, prompt_format: Optional[PromptFormat] = None):
         self.model, self.tokenizer = model.eval(), tokenizer
         self.device = next(model.parameters()).device
+        self.add_special_tokens = prompt_format is None or prompt_format.prompt_adds_special_tokens()
         eos = model.generation_config.eos_token_id
         eos = [eos] if isinstance(eos, int) else list(eos or [])
         if tokenizer.eos_token_id is not None:
             eos.append(tokenizer.eos_token_id)
+        if prompt_format is not None and prompt_format.is_chat and end_of_turn_token(tokenizer) is not None:
+            eos.append(end_of_turn_token(tokenizer))
         self.eos_ids = sorted(set(eos))
         if not self.eos_ids:
             raise UsageError("the tokenizer and generation config name no EOS token; answers cannot end.")
@@ -114,7 +130,8 @@ class LocalModel:
 
     @classmethod
     def load(cls, model_dir: str, gguf_file: Optional[str] = None, dtype: str = "auto",
-             flag: str = "--dtype", dir_flag: str = "--model_dir") -> "LocalModel":
+             flag: str = "--dtype", dir_flag: str = "--model_dir",
+             prompt_format: Optional[PromptFormat] = None) -> "LocalModel":
         """Loads a saved model (train.py's --output_dir) or a GGUF file inside `model_dir`.
 
         Args:
@@ -122,8 +139,11 @@ class LocalModel:
                 or a torch dtype name.
             flag: the flag that set `dtype`, for the warning about an emulated half precision.
             dir_flag: the flag that named `model_dir`, for the messages.
+            prompt_format: the format of the prompts it will answer (see the class); checked against the
+                tokenizer before the weights load.
         Raises:
-            UsageError: not a model folder; WeightFileError (one) for a damaged weight file in it.
+            UsageError: not a model folder; WeightFileError (one) for a damaged weight file in it;
+                PromptFormatError: chat asked of a tokenizer without a chat template.
         """
         import torch  # deferred: only a local model needs torch (a served model and --help start without it)
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -134,8 +154,10 @@ class LocalModel:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = resolve_dtype(dtype, device, flag)
         tokenizer = AutoTokenizer.from_pretrained(model_dir, **extra)
+        if prompt_format is not None:
+            prompt_format.check_tokenizer(tokenizer, f"{dir_flag} {model_dir}")
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype), **extra).to(device)
-        return cls(model, tokenizer)
+        return cls(model, tokenizer, prompt_format)
 
     @staticmethod
     def fingerprint(model_dir: str, gguf_file: Optional[str] = None) -> dict[str, Any]:
@@ -159,13 +181,13 @@ class LocalModel:
         if not prompts:
             return
         ids = list(range(len(prompts))) if ids is None else list(ids)
-        encoded = self.tokenizer(list(prompts))["input_ids"]
+        encoded = self.tokenizer(list(prompts), add_special_tokens=self.add_special_tokens)["input_ids"]
         order = sorted(range(len(prompts)), key=lambda i: (-len(encoded[i]), i))
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             batch = self._left_padded([encoded[i] for i in idx])
             if settings.do_sample:  # greedy over what the row sampler leaves: its own draw
-                sampler = _RowSampler([settings.seed + ids[i] for i in idx], settings.temperature, settings.top_p)
+                sampler = RowSampler([settings.seed + ids[i] for i in idx], settings.temperature, settings.top_p)
                 decoding = dict(GenerationSettings().sampling_kwargs(), logits_processor=LogitsProcessorList([sampler]))
             else:
                 decoding = settings.sampling_kwargs()
@@ -199,52 +221,39 @@ class LocalModel:
         return Answer(self.tokenizer.decode(kept, skip_special_tokens=True).strip(), n, reason)
 
 
-class _RowSampler:
-    """A logits processor that samples each row's next token (temperature, then top-p) with that row's own
-    torch generator, and leaves only that token possible, so greedy decoding takes it."""
-
-    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float):
-        import torch  # deferred, as in `LocalModel.load`
-
-        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
-        self.temperature, self.top_p = temperature, top_p
-
-    def __call__(self, input_ids, scores):
-        import torch  # deferred, as in `LocalModel.load`
-
-        probs = torch.softmax(scores.float().cpu() / self.temperature, dim=-1)
-        if self.top_p < 1.0:  # keep the most likely tokens up to top_p of the mass (at least one)
-            sorted_probs, sorted_ids = probs.sort(dim=-1, descending=True)
-            outside = sorted_probs.cumsum(dim=-1) - sorted_probs > self.top_p
-            probs = probs.scatter(-1, sorted_ids, sorted_probs.masked_fill(outside, 0.0))
-        chosen = torch.stack([torch.multinomial(row, 1, generator=g) for row, g in zip(probs, self.generators)])
-        only = torch.full_like(scores, float("-inf"))
-        return only.scatter(-1, chosen.to(scores.device), 0.0)
-
-
 # ---- served model ----
 
 
 class ServedModel:
     """A model behind an OpenAI-compatible server, asked through the generator's `CompletionClient`.
 
-    With the completions API the prompt is the Alpaca template as text, as for a local model; with the
-    chat API (`api_style="chat"`, for chat models) the user message is the instruction, followed by the
-    input after a blank line when there is one.
+    With the completions API the prompt is the run's format as text (the Alpaca template by default), as for
+    a local model; with the chat API (`api_style="chat"`, for chat models, and what `--prompt_template chat`
+    asks a server for: it applies the model's chat template itself) the user message is the instruction,
+    followed by the input after a blank line when there is one, after the chat format's system prompt if any.
     """
 
-    def __init__(self, client, max_concurrency: int = 8):
+    def __init__(self, client, max_concurrency: int = 8, prompt_format: Optional[PromptFormat] = None):
         self.client = client
         self.max_concurrency = max_concurrency
+        self.prompt_format = prompt_format
 
     def fingerprint(self) -> dict[str, Any]:
         # The model, not the server's address: a local server may come back on another port.
         return {"model": self.client.model, "api_style": self.client.api_style}
 
     def text_of(self, record: dict) -> str:
+        """The text the model is asked with: the prompt, or with the chat API the user's message."""
         if self.client.api_style == "chat":
             return request_text(record)
-        return prompt_of(record)
+        return prompt_of(record, self.prompt_format)
+
+    def request_of(self, record: dict):
+        """What a request sends: `text_of`, or the messages when the chat format has a system prompt."""
+        fmt = self.prompt_format
+        if self.client.api_style == "chat" and fmt is not None and fmt.is_chat and fmt.system_prompt:
+            return fmt.messages({k: v for k, v in record.items() if k != "output"})
+        return self.text_of(record)
 
     def answer(self, records: Sequence[dict], settings: GenerationSettings,
                ids: Optional[Sequence[int]] = None) -> Iterator[tuple[list[int], list[Answer]]]:
@@ -257,7 +266,7 @@ class ServedModel:
         ids = list(range(len(records))) if ids is None else list(ids)
         errors = []
         with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
-            futures = {pool.submit(self.client.complete, [self.text_of(r)],
+            futures = {pool.submit(self.client.complete, [self.request_of(r)],
                                    settings.seed + ids[i] if settings.do_sample else None): i
                        for i, r in enumerate(records)}
             try:
@@ -293,6 +302,7 @@ def write_outputs(
     generator: str,
     run: dict,
     progress: Optional[bool] = None,
+    tags: Optional[dict] = None,
 ) -> list[dict]:
     """Answers the records not yet journaled, then writes the output file (atomically, in input order).
 
@@ -303,12 +313,15 @@ def write_outputs(
         generator: the `generator` of every record.
         run: what identifies the run (model, input file, settings); checked against the journal.
         progress: show the progress bar (None: only on a terminal).
+        tags: keys every record carries after `stop_reason` (`prompt_template`, when the format is not alpaca).
     Returns:
         The records written.
     """
     jpath = journal_path(output_path)
-    earlier = records_of_run(jpath, run, "holds outputs of another run", "Run with the same settings to continue it, "
-                             "or pass another --output_path (or delete the journal) to start afresh.")
+    afresh = "pass another --output_path (or delete the journal) to start afresh."
+    check_journal_format(jpath, run, afresh)  # one clear line naming both formats, before any other setting
+    earlier = records_of_run(jpath, run, "holds outputs of another run", f"Run with the same settings to continue "
+                             f"it, or {afresh}")
     done = {int(rec["i"]): rec for rec in earlier if rec["t"] == "output"}
     todo = [i for i in range(len(records)) if i not in done]
     if done:
@@ -333,36 +346,13 @@ def write_outputs(
         row = {"instruction": request_text(r), "output": done[i]["output"], "generator": generator}
         if "dataset" in r:
             row["dataset"] = r["dataset"]
-        row.update(n_tokens=done[i]["n_tokens"], stop_reason=done[i]["stop_reason"])
+        row.update(n_tokens=done[i]["n_tokens"], stop_reason=done[i]["stop_reason"], **(tags or {}))
         out.append(row)
     kept = f"every answer is in {jpath}, so the same command writes the file once there is room"
     with disk_full_as_error(output_path, kept), atomic_write(output_path) as f:
         json.dump(out, f, indent=2, ensure_ascii=False)
         f.write("\n")
     return out
-
-
-def echoed(answer: str, prompt: str, instruction: str) -> bool:
-    """Whether an answer repeats the text it was asked with: the prompt whole (or followed by more), or cut
-    short but past the request's instruction, as a server that echoes the prompt (or is cut off by the token
-    budget while echoing) replies."""
-    prompt = prompt.strip()
-    if answer.startswith(prompt):
-        return True
-    start = prompt.find(instruction) if instruction else -1
-    return start >= 0 and prompt.startswith(answer) and len(answer) >= start + len(instruction)
-
-
-def echo_warning(written: Sequence[dict], records: Sequence[dict], text_of: Callable[[dict], str],
-                 output_path: str, served: bool) -> Optional[str]:
-    """One line when answers repeat their prompt (`text_of(record)`, as sent), else None."""
-    n = sum(echoed(w["output"], text_of(r), r["instruction"].strip()) for w, r in zip(written, records))
-    if not n:
-        return None
-    why = ("the server echoes it (check its settings and --api_style)" if served
-           else "the model copies it (check that it was trained on the Alpaca template)")
-    return (f"warning: {n} of {len(written)} answers in {output_path} repeat their prompt: {why}. They are written "
-            f"as received; to ask again, delete {output_path} and {journal_path(output_path)}.")
 
 
 def file_digest(path: str) -> str:
@@ -382,10 +372,12 @@ def run_outputs(cfg: OutputsConfig) -> OutputsResult:
     """`eval_model.py outputs`: checks the settings, then answers every instruction (resuming a killed run).
 
     Raises:
-        UsageError: a setting, path or input file that cannot work; nothing is created then.
+        UsageError: a setting, path or input file that cannot work (a chat format for a model without a chat
+            template included); nothing is created then.
     """
     settings = cfg.generation_settings()
     settings.check()
+    fmt = load_prompt_format(cfg.prompt_template, cfg.system_prompt)
     if (cfg.model_dir is None) == (cfg.base_url is None):
         raise UsageError("give either --model_dir (a local model) or --base_url with --model_name (a served one).")
     if cfg.base_url is not None and not cfg.model_name:
@@ -397,25 +389,31 @@ def run_outputs(cfg: OutputsConfig) -> OutputsResult:
         check_local_weights(cfg.model_dir, "--model_dir", cfg.gguf_file)  # before any file is written
     check_output_file(cfg.output_path, "--output_path", {"--instructions_path": cfg.instructions_path})
     records = load_instructions(cfg.instructions_path)
-    run = {"instructions_sha256": file_digest(cfg.instructions_path), **vars(settings)}
+    run = {"instructions_sha256": file_digest(cfg.instructions_path), **vars(settings), **journal_settings(fmt)}
     if cfg.model_dir is not None:
-        prompts, text_of = [prompt_of(r) for r in records], prompt_of
+        tokenizer = chat_tokenizer(cfg.model_dir, cfg.gguf_file, fmt)  # chat: one without a template stops here
+        prompts = [prompt_of(r, fmt, tokenizer) for r in records]
+        text_of = functools.partial(prompt_of, prompt_format=fmt, tokenizer=tokenizer)  # for the echo check
         dtype = resolve_dtype(cfg.dtype)  # what "auto" means here is part of the run: a resume may not mix two
         run["dtype"] = dtype
+        warning = format_mismatch_warning(cfg.model_dir, fmt)
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
 
         def answer_batches(todo):  # the model loads only when there is something left to answer
-            model = LocalModel.load(cfg.model_dir, cfg.gguf_file, dtype)
+            model = LocalModel.load(cfg.model_dir, cfg.gguf_file, dtype, prompt_format=fmt)
             for idx, answers in model.answer([prompts[i] for i in todo], settings, cfg.batch_size, ids=todo):
                 yield [todo[i] for i in idx], answers
 
         identity = LocalModel.fingerprint(cfg.model_dir, cfg.gguf_file)
         generator = cfg.generator or Path(cfg.model_dir).resolve().name
     else:
-        client = CompletionClient(cfg.model_name, base_url=cfg.base_url, api_key=cfg.api_key, api_style=cfg.api_style,
+        client = CompletionClient(cfg.model_name, base_url=cfg.base_url, api_key=cfg.api_key,
+                                  api_style=served_api_style(cfg.api_style, fmt),
                                   max_tokens=cfg.max_new_tokens, temperature=cfg.temperature if cfg.do_sample else 0.0,
                                   top_p=cfg.top_p if cfg.do_sample else 1.0, logit_bias=None, stop=[],
                                   request_timeout=cfg.request_timeout, max_retries=cfg.max_retries)
-        model = ServedModel(client, cfg.max_concurrency)
+        model = ServedModel(client, cfg.max_concurrency, fmt)
         identity, text_of = model.fingerprint(), model.text_of
 
         def answer_batches(todo):
@@ -427,8 +425,10 @@ def run_outputs(cfg: OutputsConfig) -> OutputsResult:
     target = Path(cfg.output_path)
     with output_lock(target.parent, f"eval_model.py outputs --output_path {cfg.output_path}",
                      name=f".{target.name}.lock"):
-        written = write_outputs(records, answer_batches, cfg.output_path, generator, run)
-    warning = echo_warning(written, records, text_of, cfg.output_path, served=cfg.base_url is not None)
+        written = write_outputs(records, answer_batches, cfg.output_path, generator, run,
+                                tags={"prompt_template": fmt.name} if journal_settings(fmt) else None)
+    trained_in = "the Alpaca template" if fmt.kind == "alpaca" else fmt.describe()
+    warning = echo_warning(written, records, text_of, cfg.output_path, cfg.base_url is not None, trained_in)
     if warning:
         print(warning, file=sys.stderr, flush=True)
     return OutputsResult(written, generator, cfg.output_path)

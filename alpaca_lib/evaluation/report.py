@@ -76,6 +76,15 @@ def _pct(x) -> str:
     return "–" if x is None else f"{100 * x:.0f}%"
 
 
+def _formats_line(s: dict) -> list[str]:
+    """How each side was prompted (`eval_model.py outputs --prompt_template`), when known: a line and a blank."""
+    model, reference = s.get("prompt_template"), s.get("reference_prompt_template")
+    if not (model or reference):
+        return []
+    return [f"Prompt formats: {s['model']} {model or 'not known'}, {s['reference']} {reference or 'not known'} "
+            "(`eval_model.py outputs --prompt_template`).", ""]
+
+
 def report_markdown(summary: dict, rows: Sequence[dict], pairing_note: str = "", n_lost: int = 3) -> str:
     """report.md's text: the headline numbers, how they were made, how far the judge can be trusted, and the
     pairs the model lost most clearly."""
@@ -103,6 +112,7 @@ def report_markdown(summary: dict, rows: Sequence[dict], pairing_note: str = "",
         + ("" if not (s.get("usage") or {}).get("total_tokens") else f" Tokens: {s['usage']['total_tokens']:,}"
            + (f", about ${s['cost_usd']:.4f}." if s.get("cost_usd") is not None else ".")),
         "",
+        *_formats_line(s),
         f"![win rates and output lengths]({CHART_NAME})",
         "",
         "## The judge",

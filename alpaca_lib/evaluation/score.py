@@ -159,6 +159,7 @@ def _annotations_summary(rows: list[dict], annotations: str) -> dict:
         **summarize(rows), "judge_model": ", ".join(annotators),
         "prompt_version": rows[0].get("prompt_version"), "usage": None, "cost_usd": None,
         "outputs_sha256": outputs_digest(rows), "annotations": str(annotations),
+        "prompt_template": None, "reference_prompt_template": None,  # not in annotations
     }
 
 

@@ -37,8 +37,12 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from alpaca_lib.core.errors import UsageError
 
-from .config import ClientConfig, client_settings, split_base_urls
-from .config import redact_url  # noqa: F401 (public here too)
+from .config import (
+    ClientConfig,
+    client_settings,
+    redact_url,  # noqa: F401 (public here too)
+    split_base_urls,
+)
 from .replicas import Replica, Replicas, server_retry_after
 
 # OpenAI's address; with any other base_url a missing key is not an error (local servers need none).
@@ -239,7 +243,8 @@ class CompletionClient:
         else:
             if len(prompts) != 1:
                 raise ValueError("the chat API takes one prompt per request")
-            args["messages"] = [{"role": "user", "content": prompts[0]}]
+            messages = prompts[0]  # a text is the user's message; a list of {"role", "content"} goes as it is
+            args["messages"] = list(messages) if isinstance(messages, list) else [{"role": "user", "content": messages}]
             create = client.chat.completions.with_streaming_response.create
         # The body is read here, in pieces, so that a reply of any size costs at most max_reply_bytes of memory.
         with create(**args) as response:
@@ -303,7 +308,7 @@ class CompletionClient:
         """Sends one request for `prompts` (several only with the completions API) and returns the reply.
 
         Args:
-            prompts: the prompt texts.
+            prompts: the prompt texts (with the chat API, one text, or one list of messages).
             seed: a per-request seed sent to the server (if send_seed).
             logprobs: ask for this many top alternatives of each generated token (0: none); the first
                 token's come back in `Choice.first_logprobs`.
