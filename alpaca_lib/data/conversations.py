@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from alpaca_lib.data.formats import ChatTemplateError, end_of_turn_text, render_chat  # noqa: F401
 from alpaca_lib.data.records import DataError
 
 ROLES = ("system", "user", "assistant")
@@ -117,30 +118,36 @@ def assistant_spans(messages: Sequence[dict], tokenizer) -> Tuple[str, List[Tupl
     A turn's span starts where the conversation rendered up to it, with the generation prompt, ends, and stops at
     the end of the conversation rendered through it, less trailing whitespace. Where one of those renderings is not
     a prefix of the whole (a template that writes earlier turns differently), the turn's content is looked up in the
-    text instead, followed by the EOS token when it comes next.
+    text after the turn it answers, followed by the template's end-of-turn text (or the EOS) when that comes next.
 
     Returns:
         (text, spans, whether every rendering was a prefix of the whole text).
+    Raises:
+        ChatTemplateError: the template refused the conversation.
     """
-    render = tokenizer.apply_chat_template
-    text = render(list(messages), tokenize=False)
+    text = render_chat(tokenizer, messages)
     spans, consistent, pos = [], True, 0
+    end_of_turn = None
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        before = render(list(messages[:i]), tokenize=False, add_generation_prompt=True)
-        through = render(list(messages[: i + 1]), tokenize=False)
+        before = render_chat(tokenizer, messages[:i], add_generation_prompt=True)
+        through = render_chat(tokenizer, messages[: i + 1])
         if text.startswith(before) and text.startswith(through) and len(through) > len(before) >= pos:
             start, end = len(before), len(before) + len(through[len(before):].rstrip())
         else:
             consistent = False
-            start = text.find(message["content"], pos)
+            # Past the turn this one answers: its answer may also be quoted in the question.
+            asked = messages[i - 1]["content"]
+            at = text.find(asked, pos)
+            start = text.find(message["content"], at + len(asked) if at >= 0 else pos)
             if start < 0:  # the template rewrote the content: nothing of it can be found to train on
                 continue
             end = start + len(message["content"])
-            eos = tokenizer.eos_token
-            if eos and text.startswith(eos, end):
-                end += len(eos)
+            if end_of_turn is None:
+                end_of_turn = end_of_turn_text(tokenizer) or tokenizer.eos_token or ""
+            if end_of_turn and text.startswith(end_of_turn, end):
+                end += len(end_of_turn)
         spans.append((start, end))
         pos = end
     return text, spans, consistent
@@ -183,7 +190,7 @@ def encode_chat(messages: Sequence[dict], tokenizer, generation_marks: bool = Fa
     mask, crossing = mask_from_offsets(encoding["offset_mapping"], spans)
     if generation_marks:
         marked = tokenizer.apply_chat_template(list(messages), tokenize=True, return_dict=True,
-                                               return_assistant_tokens_mask=True)
+                                               return_assistant_tokens_mask=True)  # rendered above: it does not raise
         if list(marked["input_ids"]) != ids:
             raise ValueError("the chat template's rendering changed between two calls")
         mask = [bool(m) for m in marked["assistant_masks"]]

@@ -27,11 +27,12 @@ import os
 import re
 import string
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from alpaca_lib.core.errors import UsageError
 from alpaca_lib.core.fileio import atomic_write
 from alpaca_lib.core.prompt import PROMPT_DICT, format_prompt, request_text
+from alpaca_lib.data.records import DataError
 
 ALPACA, CHAT = "alpaca", "chat"
 FILE_KEYS = ("prompt_input", "prompt_no_input", "response_split")
@@ -103,6 +104,13 @@ class PromptFormat:
                 "Use --prompt_template alpaca (the default), or a template file (--prompt_template my_template.json "
                 "with prompt_input, prompt_no_input and response_split)."
             )
+        if self.is_chat:  # a template that refuses this run's turns says so now, not in the middle of the data
+            probe = self.messages({"instruction": "q", "output": "a"})
+            try:
+                render_chat(tokenizer, probe)
+            except ChatTemplateError as e:
+                fix = " Drop --system_prompt: this template takes no system turn." if self.system_prompt else ""
+                raise PromptFormatError(f"{where}: {e}.{fix}") from None
 
     def messages(self, record: Mapping[str, Any]) -> List[Dict[str, str]]:
         """A record as chat messages: a conversation's own (after this format's system prompt when it has no
@@ -126,7 +134,7 @@ class PromptFormat:
             if tokenizer is None:
                 raise ValueError("a chat prompt needs the model's tokenizer")
             turns = self.messages({k: v for k, v in record.items() if k != "output"})
-            return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+            return render_chat(tokenizer, turns, add_generation_prompt=True)
         if self.templates is None:  # alpaca: the original function, byte for byte
             return format_prompt(record)
         key = "prompt_input" if record.get("input", "") != "" else "prompt_no_input"
@@ -144,13 +152,33 @@ def has_generation_marks(tokenizer) -> bool:
     return isinstance(template, str) and bool(_GENERATION_BLOCK.search(template))
 
 
-def end_of_turn_token(tokenizer) -> Optional[int]:
-    """The token id a chat template closes an assistant turn with (ChatML `<|im_end|>`, Llama 3 `<|eot_id|>`),
-    or None when that is not one token. A model answering in its chat format stops there."""
+class ChatTemplateError(DataError):
+    """The tokenizer's chat template raised on a conversation (e.g. a template that takes no system turn)."""
+
+
+def render_chat(tokenizer, messages: Sequence[dict], **kwargs: Any) -> str:
+    """`tokenizer.apply_chat_template(messages, tokenize=False, ...)`, with the template's own refusal (a Jinja
+    `raise_exception`, or any error it hits) as a ChatTemplateError that says what the template said."""
+    try:
+        return tokenizer.apply_chat_template(list(messages), tokenize=False, **kwargs)
+    except Exception as e:  # noqa: BLE001 - a template may raise anything: it is the user's model's code
+        roles = ", ".join(m["role"] for m in messages)
+        raise ChatTemplateError(f"the model's chat template refused a conversation of roles [{roles}]: "
+                                f"{type(e).__name__}: {e}") from None
+
+
+def end_of_turn_text(tokenizer) -> str:
+    """The text a chat template closes an assistant turn with (ChatML `<|im_end|>`, Llama 3 `<|eot_id|>`), less
+    the whitespace after it; "" when it writes nothing there."""
     probe = "\u2063x\u2063"  # content that no template writes on its own
-    text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "q"}, {"role": "assistant", "content": probe}], tokenize=False)
-    after = text[text.rfind(probe) + len(probe):].strip() if probe in text else ""
+    text = render_chat(tokenizer, [{"role": "user", "content": "q"}, {"role": "assistant", "content": probe}])
+    return text[text.rfind(probe) + len(probe):].strip() if probe in text else ""
+
+
+def end_of_turn_token(tokenizer) -> Optional[int]:
+    """The token id a chat template closes an assistant turn with, or None when that is not one token. A model
+    answering in its chat format stops there."""
+    after = end_of_turn_text(tokenizer)
     if not after:
         return None
     ids = tokenizer(after, add_special_tokens=False)["input_ids"]

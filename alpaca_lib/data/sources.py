@@ -192,7 +192,8 @@ class DataSource:
         remap = any(cols[k] != k for k in ALPACA_FIELDS)
         for where, record in iter_json_values(self.path, self.flag):
             maybe = isinstance(record, dict) and not stray.isdisjoint(record)  # rare in Alpaca data: quick to rule out
-            if maybe and any(record.get(k) is not None for k in keys):
+            # A record with an instruction is an Alpaca record, whatever else it holds (as it always was).
+            if maybe and cols["instruction"] not in record and any(record.get(k) is not None for k in keys):
                 yield where, check_conversation(record, where, column)
                 continue
             try:
@@ -237,7 +238,7 @@ class DataSource:
             for j in range(len(next(iter(batch.values()), []))):
                 where = f"{described}: row {index}"
                 present = {c: _as_turns(batch[c][j]) for c in turns if batch[c][j] is not None}
-                if present:
+                if present and (values["instruction"] is None or values["instruction"][j] is None):
                     yield where, check_conversation(present, where, self.columns.get(MESSAGES))
                 else:
                     yield where, self._alpaca_row(values, j, where, turns)
@@ -273,6 +274,8 @@ class DataSource:
         """The columns of `names` that hold conversations (refused in a CSV file, whose cells are text)."""
         column = self.columns.get(MESSAGES)
         found = ([column] if column in names else []) if column else [c for c in CONVERSATION_KEYS if c in names]
+        if found and self.kind == "csv" and self.columns["instruction"] in names:
+            return []  # an Alpaca table with a stray column of that name: read as it always was
         if found and self.kind == "csv":
             raise DataError(
                 f"{self.describe()}: column '{found[0]}' would hold conversations, but a CSV cell holds only text "

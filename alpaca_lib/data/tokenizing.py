@@ -30,7 +30,7 @@ import numpy as np
 from alpaca_lib.core.modeling import IGNORE_INDEX
 from alpaca_lib.core.prompt import format_prompt
 from alpaca_lib.data.conversations import check_conversation, encode_chat, is_conversation
-from alpaca_lib.data.formats import PromptFormat, has_generation_marks
+from alpaca_lib.data.formats import ChatTemplateError, PromptFormat, has_generation_marks
 from alpaca_lib.data.records import DataError
 
 TOKENIZE_BATCH_SIZE = 1024
@@ -276,10 +276,13 @@ class BatchEncoder:
         count, base = self.count, self.count["examples"]
         kept_ids, kept_source_lens, kept_masks = [], [], []
         for i, record in enumerate(records):
-            if is_conversation(record):
+            if "instruction" not in record and is_conversation(record):
                 record = check_conversation(record, f"record {base + i}")
             messages = self.format.messages(record)
-            ids, mask, flags = encode_chat(messages, self.tokenizer, self.generation_marks)
+            try:
+                ids, mask, flags = encode_chat(messages, self.tokenizer, self.generation_marks)
+            except ChatTemplateError as e:
+                raise ChatTemplateError(f"record {base + i}: {e}. Fix or leave out that record.") from None
             count["examples"] += 1
             count["prefix_mismatches"] += flags["prefix_mismatch"]
             count["boundary_merges"] += flags["boundary_merges"] > 0
@@ -287,7 +290,9 @@ class BatchEncoder:
             said = [m["content"] for m in messages if m["role"] == "assistant"]
             asked = [m["content"] for m in messages if m["role"] == "user"]
             identity = hash(tuple((m["role"], m["content"]) for m in messages))
-            if not self._keep(base + i, ids, not mask.any(), any(cut), any(not t.strip() for t in said),
+            # Cut inside an assistant turn (it loses its end of turn), not merely before later turns.
+            cut_mid_turn = bool(cut) and bool(cut[0]) and bool(mask[-1])
+            if not self._keep(base + i, ids, not mask.any(), cut_mid_turn, any(not t.strip() for t in said),
                               any(not t.strip() for t in asked), identity):
                 continue
             kept_ids.append(ids)

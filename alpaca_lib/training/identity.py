@@ -108,6 +108,7 @@ def run_settings(model_args, data_args, training_args) -> dict:
     """
     where = {"m": model_args, "d": data_args, "t": training_args}
     settings = {name: plain_value(getattr(where[holder], name, None)) for name, holder in RESULT_SETTINGS}
+    settings["system_prompt"] = settings["system_prompt"] or None  # --system_prompt "" is no system prompt
     t = training_args
     settings["effective_batch"] = [t.per_device_train_batch_size, t.gradient_accumulation_steps, t.world_size]
     settings["max_steps"] = t.max_steps

@@ -1,0 +1,97 @@
+"""Chat templates at their edges: templates that write earlier turns differently, templates that refuse a turn,
+truncation at a turn boundary, and Alpaca records that carry a stray `messages` key.
+
+    bash scripts/test.sh tests/test_chat_edges.py
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from alpaca_lib.data.conversations import assistant_spans
+from alpaca_lib.data.formats import ChatTemplateError, PromptFormatError, load_prompt_format
+from alpaca_lib.data.sources import open_source
+from alpaca_lib.data.tokenizing import DropOptions, tokenize_records
+
+CHAT = load_prompt_format("chat")
+# Like some instruction models' templates: the system prompt goes into the last user turn, so a conversation
+# rendered up to an earlier answer is not a prefix of the whole; and the first question quotes its answer.
+SYSTEM_IN_LAST_USER = (
+    "{% set sys = messages[0]['content'] if messages[0]['role'] == 'system' else '' %}"
+    "{% set last_user = (messages | selectattr('role', 'equalto', 'user') | list | last) %}"
+    "{% for m in messages %}{% if m['role'] == 'user' %}[INST] "
+    "{% if m is sameas last_user and sys %}{{ sys }}\n\n{% endif %}{{ m['content'] }} [/INST]"
+    "{% elif m['role'] == 'assistant' %}{{ m['content'] }}</s>{% endif %}{% endfor %}"
+)
+NO_SYSTEM = (
+    "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+    "{% endif %}<|{{ m['role'] }}|>{{ m['content'] }}</s>\n{% endfor %}{% if add_generation_prompt %}<|assistant|>"
+    "{% endif %}"
+)
+CHATML = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+QUOTED = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Say Yes or No: is 2>1? Yes"}, {"role": "assistant", "content": "Yes"},
+    {"role": "user", "content": "And 1>2?"}, {"role": "assistant", "content": "No"},
+]
+
+
+def test_a_template_that_rewrites_earlier_turns_trains_on_the_answers_not_on_their_quotes(tokenizer):
+    tokenizer.chat_template = SYSTEM_IN_LAST_USER
+    text, spans, consistent = assistant_spans(QUOTED, tokenizer)
+    assert text == "[INST] Say Yes or No: is 2>1? Yes [/INST]Yes</s>[INST] Be brief.\n\nAnd 1>2? [/INST]No</s>"
+    assert consistent is False
+    assert spans == [(41, 48), (82, 88)]
+    assert [text[a:b] for a, b in spans] == ["Yes</s>", "No</s>"]
+
+
+def test_a_template_that_refuses_a_system_turn_is_a_clear_error_before_and_while_tokenizing(tokenizer):
+    tokenizer.chat_template = NO_SYSTEM
+    with pytest.raises(PromptFormatError) as e:
+        load_prompt_format("chat", "Be brief.").check_tokenizer(tokenizer, "models/x")
+    assert str(e.value) == (
+        "models/x: the model's chat template refused a conversation of roles [system, user, assistant]: "
+        "TemplateError: System role not supported. Drop --system_prompt: this template takes no system turn.")
+    CHAT.check_tokenizer(tokenizer, "models/x")  # without a system prompt it renders
+    with pytest.raises(ChatTemplateError) as e:
+        tokenize_records([{"instruction": "q", "output": "a"}, {"messages": QUOTED}], tokenizer, prompt_format=CHAT)
+    assert str(e.value) == (
+        "record 1: the model's chat template refused a conversation of roles [system, user, assistant, user, "
+        "assistant]: TemplateError: System role not supported. Fix or leave out that record.")
+
+
+def test_a_cut_between_turns_is_not_a_truncated_response(tokenizer):
+    tokenizer.chat_template = CHATML
+    two = {"messages": QUOTED[1:]}
+    full = tokenize_records([two], tokenizer, prompt_format=CHAT)
+    mask = full.loss_mask.tolist()
+    first_end = mask.index(True) + mask[mask.index(True):].index(False)  # the token after the first answer's </s>
+    between = tokenize_records([two], tokenizer, max_length=first_end, prompt_format=CHAT,
+                               drop=DropOptions(truncated_responses=True))
+    assert (between.stats["kept"], between.stats["response_truncated"], between.stats["dropped_truncated"]) == (1, 0, 0)
+    assert between.loss_mask.tolist() == mask[:first_end]
+    inside = tokenize_records([two], tokenizer, max_length=first_end - 1, prompt_format=CHAT)
+    assert (inside.stats["kept"], inside.stats["response_truncated"]) == (1, 1)
+
+
+def test_an_alpaca_record_with_a_stray_messages_key_is_still_an_alpaca_record(tmp_path):
+    records = [{"instruction": "Say hi.", "input": "", "output": "Hi.", "messages": [{"role": "user"}]},
+               {"instruction": "Count.", "input": "1", "output": "2", "messages": None}]
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps(records))
+    source = open_source(str(path)).check()
+    assert source.num_conversations == 0
+    assert source.records() == [{"instruction": "Say hi.", "input": "", "output": "Hi."},
+                                {"instruction": "Count.", "input": "1", "output": "2"}]
+    table = tmp_path / "data.csv"
+    with open(table, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["instruction", "input", "output", "messages"])
+        writer.writerow(["Say hi.", "", "Hi.", "notes"])
+    assert open_source(str(table)).check().records() == [{"instruction": "Say hi.", "input": "", "output": "Hi."}]
