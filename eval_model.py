@@ -13,7 +13,8 @@
 
 `outputs` writes AlpacaEval's format (alpaca_lib/evaluation/outputs.py): batched generation for a local model, any
 OpenAI-compatible server for a served one, a journal that makes a killed run continue where it stopped; `outputs` and
-`chat` prompt the model in the format it was trained in (`--prompt_template alpaca|chat|FILE`, alpaca by default).
+`chat` prompt the model in the format it was trained in (`--prompt_template alpaca|chat|FILE`; by default the one its
+folder records, train.py's prompt_format.json, else alpaca; a served model: alpaca).
 (The name does not shadow the `evaluate` or `alpaca_eval` packages when run from this folder.)
 """
 
@@ -96,7 +97,7 @@ judge = cli_command(JudgeConfig, _judge, "judge", "Judges model outputs against 
                     "rate, summary, report, leaderboard.", positional=True)
 chat = cli_command(ChatConfig, _chat, "chat", "Talk to a model in its prompt format: an instruction (and optionally an "
                    "input) per turn through the Alpaca template, or a conversation through its chat template "
-                   "(--prompt_template chat).", positional=True)
+                   "(--prompt_template chat, or a model trained in it).", positional=True)
 score = cli_command(ScoreConfig, _score, "score", "Recomputes summary.json, the leaderboard row and the report from an "
                     "annotations file (this project's or AlpacaEval's), asking no judge; ROUGE-L against "
                     "reference answers.", positional=True)

@@ -8,8 +8,9 @@
 #    stopped once generation ends, however it ends) and generates a few instructions against it;
 # 3. fine-tunes the same model with train.py (LoRA, packing) on them plus the bundled alpaca_data.json;
 # 4. writes the tuned and the base model's outputs on the bundled eval_instructions.json, each side prompted in its
-#    own format (--prompt_template): the base model, an instruct model, in its chat template; the tuned model in
-#    the format it was trained in (train.py records it; alpaca unless PROMPT_TEMPLATE names another);
+#    own format: the base model, an instruct model, in its chat template (--prompt_template chat); the tuned model
+#    in the format it was trained in (train.py records it in prompt_format.json, which eval_model.py follows by
+#    default; alpaca unless PROMPT_TEMPLATE names another);
 # 5. scores both on 20 held-out alpaca_data.json records with ROUGE-L against their reference outputs;
 # 6. has the same model judge tuned vs base in-process (letter probabilities, never unreadable), and prints
 #    the win rate, the judge's diagnostics, the ROUGE-L scores, the held-out loss and where the report is.
@@ -21,6 +22,17 @@
 # continues where it stopped (journals, checkpoints). `rm -rf runs/loop` starts a new loop.
 # Every step prints progress (a line every ALPACA_PROGRESS_INTERVAL_S seconds, 15 here, when not on a terminal).
 set -euo pipefail
+# The format eval_model.py prompts a model folder in when no --prompt_template is given (the one its
+# prompt_format.json records, else alpaca): the tuned model's, for the log and its file names.
+default_format() {
+  $PY -c "import sys; from alpaca_lib.evaluation.prompting import choose_format
+print(choose_format(None, None, sys.argv[1])[0].name)" "$1"
+}
+# Outputs in a format other than alpaca get file names of their own, as a journal refuses to mix two formats:
+# model_outputs-chat.json, model_outputs-my_template.json (none for alpaca: model_outputs.json).
+format_tag() { [ "$1" = alpaca ] || echo "-$(basename "$1" .json)"; }
+# Sourced (tests/test_prompt_formats_eval.py does, with PY set), the script defines the two above and stops here.
+[ "${BASH_SOURCE[0]}" = "$0" ] || return 0
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh serve
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false ALPACA_PROGRESS_INTERVAL_S="${ALPACA_PROGRESS_INTERVAL_S:-15}"
@@ -35,7 +47,9 @@ mark_done() { touch "$OUT/.done-$1"; }
 BASE=models/smollm2-135m-instruct
 TRAIN_TEMPLATE=${PROMPT_TEMPLATE:-alpaca}
 BASE_TEMPLATE=${BASE_TEMPLATE:-chat}
-train_format=()  # train.py's default is alpaca: the flag only when another format is asked for
+# train.py's default is alpaca: the flag only when another format is asked for. (It is passed as
+# ${train_format[@]+"${train_format[@]}"}: before 4.4, bash calls an empty array unset under set -u.)
+train_format=()
 [ "$TRAIN_TEMPLATE" = alpaca ] || train_format=(--prompt_template "$TRAIN_TEMPLATE")
 step "SmolLM2-135M-Instruct as a plain model folder, $BASE (made once)"
 $PY -m alpaca_lib.bundled --output_dir "$BASE"
@@ -97,7 +111,7 @@ $PY train.py --model_name_or_path "$BASE" --data_path "$OUT/train.json" --output
   --lora_r 8 --lora_alpha 16 --lora_dropout 0.05 --learning_rate 2e-4 --warmup_ratio 0.03 \
   --lr_scheduler_type cosine --save_strategy steps --save_steps 20 --save_total_limit 1 --logging_steps 10 \
   --model_max_length 512 --bf16 auto --report_to none --disable_tqdm True --seed 42 \
-  --eval_data_path "$OUT/heldout.json" --eval_strategy epoch "${train_format[@]}" 2>&1 \
+  --eval_data_path "$OUT/heldout.json" --eval_strategy epoch ${train_format[@]+"${train_format[@]}"} 2>&1 \
   | tee "$OUT/train.log" | grep --line-buffered -E "^training: "
 rc=${PIPESTATUS[0]}
 set -e
@@ -107,29 +121,28 @@ echo "   loss curve: $OUT/tuned/training_loss.png"
 mark_done train
 fi
 
-# The tuned model is prompted in the format its training run recorded (the loop's own, if it recorded none).
-TUNED_TEMPLATE=$($PY -c "
-from alpaca_lib.evaluation.provenance import trained_format
-print((trained_format('$OUT/tuned') or {}).get('prompt_template') or '$TRAIN_TEMPLATE')")
+# The tuned model is prompted as eval_model.py prompts a model folder by default: in the format its training run
+# recorded (prompt_format.json); the base model, an instruct model, in BASE_TEMPLATE.
+TUNED_TEMPLATE=$(default_format "$OUT/tuned")
 template_of() { if [ "$1" = base ]; then echo "$BASE_TEMPLATE"; else echo "$TUNED_TEMPLATE"; fi; }
-# Outputs in a format other than alpaca get file names of their own: a journal refuses to mix two formats.
-tag_of() { t=$(template_of "$1"); [ "$t" = alpaca ] || echo "-$(basename "$t" .json)"; }
-echo "   prompt formats: the tuned model in $TUNED_TEMPLATE (as it was trained), the base model in $BASE_TEMPLATE"
+tag_of() { format_tag "$(template_of "$1")"; }
+echo "   prompt formats: the tuned model in $TUNED_TEMPLATE (as it was trained: eval_model.py's default), the base" \
+     "model in $BASE_TEMPLATE (--prompt_template $BASE_TEMPLATE)"
+outputs_of() {  # side, instructions, output file: the tuned model without --prompt_template, the base with one
+  if [ "$1" = base ]; then set -- "$@" --model_dir "$BASE" --prompt_template "$BASE_TEMPLATE"
+  else set -- "$@" --model_dir "$OUT/tuned"; fi
+  $PY eval_model.py outputs --generator "$1" --instructions_path "$2" --output_path "$3" \
+    --max_new_tokens "${MAX_NEW_TOKENS:-96}" --batch_size 16 "${@:4}"
+}
 
 for side in tuned base; do
-  model="$OUT/tuned"; [ "$side" = base ] && model="$BASE"
-  step "outputs of the $side model on eval_instructions.json (eval_model.py outputs --prompt_template $(template_of $side))"
-  $PY eval_model.py outputs --model_dir "$model" --generator "$side" --instructions_path eval_instructions.json \
-    --output_path "$OUT/$side/model_outputs$(tag_of $side).json" --max_new_tokens "${MAX_NEW_TOKENS:-96}" \
-    --batch_size 16 --prompt_template "$(template_of $side)"
+  step "outputs of the $side model on eval_instructions.json (eval_model.py outputs; prompt format $(template_of $side))"
+  outputs_of "$side" eval_instructions.json "$OUT/$side/model_outputs$(tag_of $side).json"
 done
 
 step "ROUGE-L against the held-out references (eval_model.py outputs, then score --references)"
 for side in tuned base; do
-  model="$OUT/tuned"; [ "$side" = base ] && model="$BASE"
-  $PY eval_model.py outputs --model_dir "$model" --generator "$side" --instructions_path "$OUT/heldout.json" \
-    --output_path "$OUT/$side/heldout_outputs$(tag_of $side).json" --max_new_tokens "${MAX_NEW_TOKENS:-96}" \
-    --batch_size 16 --prompt_template "$(template_of $side)"
+  outputs_of "$side" "$OUT/heldout.json" "$OUT/$side/heldout_outputs$(tag_of $side).json"
   $PY eval_model.py score --model_outputs "$OUT/$side/heldout_outputs$(tag_of $side).json" \
     --references "$OUT/heldout.json" --output_dir "$OUT/$side/rouge$(tag_of $side)"
 done

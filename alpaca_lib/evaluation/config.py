@@ -73,12 +73,14 @@ class OutputsConfig:
     max_retries: int = same_as(ClientConfig, "max_retries",
                                "Retries of one request after 429/5xx/timeouts/connection errors.")
     # Last, so that the fields given by position keep their places.
-    prompt_template: str = flag(
+    prompt_template: Optional[str] = flag(
         "How each instruction is put to the model: alpaca (the Alpaca template, as train.py writes it by default), "
         "chat (the model's own chat template, from its tokenizer; a served model gets it as chat messages), or a "
-        "JSON template file (prompt_input, prompt_no_input, response_split). Use the format the model was trained "
-        "in.", "alpaca")
-    system_prompt: Optional[str] = flag("A system turn before each request (with --prompt_template chat only).", None)
+        "JSON template file (prompt_input, prompt_no_input, response_split). Default: the format the model was "
+        "trained in, as its folder records it (prompt_format.json, written by train.py; its system prompt too), "
+        "else alpaca (a base model; a served model, which has no folder).", None)
+    system_prompt: Optional[str] = flag("A system turn before each request (chat format only). Default: the one the "
+                                        "model folder's prompt_format.json records, if any.", None)
 
     def __post_init__(self):
         expand_home_fields(self, "instructions_path", "output_path", "model_dir")
@@ -148,7 +150,7 @@ class ScoreConfig:
 @dataclass(kw_only=True)
 class ChatConfig:
     """`eval_model.py chat` (and `python -m alpaca_lib.evaluation.infer --chat`): talk to a model in its prompt format:
-    an Alpaca instruction (and input) per turn, or, with `--prompt_template chat`, a conversation."""
+    an Alpaca instruction (and input) per turn, or, in the chat format, a conversation."""
 
     model_dir: str = flag("A saved model (train.py's --output_dir).")
     gguf_file: Optional[str] = flag("A GGUF file inside --model_dir to load instead.", None)
@@ -156,10 +158,11 @@ class ChatConfig:
     do_sample: bool = same_as(GenerationSettings, "do_sample", "Sample instead of greedy decoding.")
     temperature: float = same_as(GenerationSettings, "temperature")
     top_p: float = same_as(GenerationSettings, "top_p")
-    prompt_template: str = flag(
+    prompt_template: Optional[str] = flag(
         "alpaca (an instruction and an optional input per turn, each turn on its own), chat (the model's chat "
         "template: one message per turn, the conversation kept while it fits the model's context), or a JSON "
-        "template file (as alpaca). Use the format the model was trained in.", "alpaca")
+        "template file (as alpaca). Default: the format the model was trained in, as its folder records it "
+        "(prompt_format.json, written by train.py), else alpaca.", None)
     system_prompt: Optional[str] = same_as(OutputsConfig, "system_prompt")
 
     def __post_init__(self):

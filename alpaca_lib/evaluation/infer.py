@@ -1,4 +1,5 @@
-"""Answer instructions with a tuned model, in the prompt format it was trained in (the Alpaca template by default).
+"""Answer instructions with a tuned model, in the prompt format it was trained in (its folder's prompt_format.json,
+else the Alpaca template).
 
     python -m alpaca_lib.evaluation.infer --model_dir runs/demo --instruction "Give three tips for staying healthy."
     python -m alpaca_lib.evaluation.infer --model_dir runs/demo --instruction "Translate to French." --input "Good night."
@@ -7,8 +8,10 @@
     python eval_model.py chat --model_dir models/smollm2-135m-instruct --prompt_template chat   # a conversation
 
 `--prompt_template` picks the format (alpaca_lib/data/formats.py): alpaca, chat (the model's own chat template) or
-a JSON template file. In the chat format `chat` keeps the conversation (the oldest exchanges are dropped once it
-no longer fits the model's context); in the others each turn is one prompt on its own.
+a JSON template file; without it, the format the model folder records (`prompt_format.json`, written by train.py,
+its system prompt included), else alpaca (`choose_format`), said in the first line on stderr when it is not alpaca.
+In the chat format `chat` keeps the conversation (the oldest exchanges are dropped once it no longer fits the
+model's context); in the others each turn is one prompt on its own.
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ from typing import Optional, Sequence, TextIO
 from alpaca_lib.core.errors import UsageError
 from alpaca_lib.core.fileio import expand_home
 from alpaca_lib.core.signals import on_interrupt
-from alpaca_lib.data.formats import PromptFormat, load_prompt_format
+from alpaca_lib.data.formats import PromptFormat
 from alpaca_lib.data.json_reader import load_records
 from alpaca_lib.evaluation.config import ChatConfig
 from alpaca_lib.evaluation.outputs import LocalModel, prompt_of
+from alpaca_lib.evaluation.prompting import choose_format
+from alpaca_lib.evaluation.provenance import format_mismatch_warning
 from alpaca_lib.evaluation.settings import GenerationSettings
 
 
@@ -76,7 +81,7 @@ def chat_loop(cfg: ChatConfig, stdin: Optional[TextIO] = None, stdout: Optional[
 
     stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
 
-    fmt = load_prompt_format(cfg.prompt_template, cfg.system_prompt)
+    fmt = _chosen_format(cfg.prompt_template, cfg.system_prompt, cfg.model_dir, stderr)
     lm = LocalModel.load(cfg.model_dir, cfg.gguf_file, prompt_format=fmt)
     sampling = GenerationSettings(do_sample=cfg.do_sample, temperature=cfg.temperature, top_p=cfg.top_p).sampling_kwargs()
 
@@ -126,6 +131,18 @@ def chat_loop(cfg: ChatConfig, stdin: Optional[TextIO] = None, stdout: Optional[
         if not input_text:
             break
     print("", file=stderr, flush=True)
+
+
+def _chosen_format(prompt_template: Optional[str], system_prompt: Optional[str], model_dir: str,
+                   stderr: TextIO) -> PromptFormat:
+    """The format `model_dir` is prompted in (`choose_format`: the flag, else the folder's record, else alpaca),
+    with a line on stderr saying where it came from (when not alpaca) and one when the model was trained in
+    another."""
+    fmt, chosen = choose_format(prompt_template, system_prompt, model_dir)
+    for line in (chosen, format_mismatch_warning(model_dir, fmt)):
+        if line:
+            print(line, file=stderr, flush=True)
+    return fmt
 
 
 def _ask(question: str, stdin: TextIO, stderr: TextIO) -> str:
@@ -206,7 +223,7 @@ def main(
     max_new_tokens: Optional[int] = None,
     gguf_file: Optional[str] = None,
     chat: bool = False,
-    prompt_template: str = "alpaca",
+    prompt_template: Optional[str] = None,
     system_prompt: Optional[str] = None,
 ) -> None:
     """Prints the model's answer to one instruction, or to the first records of an Alpaca file; or chats.
@@ -220,8 +237,9 @@ def main(
         max_new_tokens: generation budget per response (default 128; with --chat, eval_model.py chat's).
         gguf_file: a GGUF file inside `model_dir` to load instead of safetensors.
         chat: talk to the model turn by turn instead (see `chat_loop`).
-        prompt_template: the prompt format: alpaca, chat (the model's chat template) or a JSON template file.
-        system_prompt: a system turn before each request (with --prompt_template chat).
+        prompt_template: the prompt format: alpaca, chat (the model's chat template) or a JSON template file;
+            default the one `model_dir` records (its prompt_format.json, written by train.py), else alpaca.
+        system_prompt: a system turn before each request (chat format only; default the one `model_dir` records).
     """
     model_dir, data_path = expand_home(model_dir), expand_home(data_path)
     budget = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}  # else each path's default
@@ -234,14 +252,14 @@ def main(
         with on_interrupt("the chat ended."):
             chat_loop(ChatConfig(model_dir=model_dir, gguf_file=gguf_file, **formats, **budget))
         return
-    fmt = load_prompt_format(prompt_template, system_prompt)
+    if not (instruction or data_path):
+        raise UsageError("give --instruction TEXT (and optionally --input TEXT), --data_path FILE, or --chat.")
+    fmt = _chosen_format(prompt_template, system_prompt, model_dir, sys.stderr)
     if instruction:
         examples = [{"instruction": instruction, "input": input}]
     elif data_path:
         # An instruction file (eval_instructions.json) has no outputs; a training file's are shown beside the answers.
         examples = load_records(data_path, required=("instruction",), optional=("input", "output"))[:num_examples]
-    else:
-        raise UsageError("give --instruction TEXT (and optionally --input TEXT), --data_path FILE, or --chat.")
     lm = LocalModel.load(model_dir, gguf_file, prompt_format=fmt)
     responses = generate_responses(lm.model, lm.tokenizer, examples, prompt_format=fmt, **budget)
     for example, response in zip(examples, responses):

@@ -4,9 +4,10 @@
         --output_path runs/demo/model_outputs.json
 
 Each record of the input (AlpacaEval's JSON, or Alpaca JSON / JSON Lines) is formatted in the run's prompt
-format (`--prompt_template`, alpaca_lib/evaluation/prompting.py): by default the Alpaca template
-(`utils.format_prompt`: its input variant when the record has an `input`), exactly as in training; `chat` is the
-model's own chat template (its end-of-turn token ends an answer too); a template file is used like Alpaca's. It is
+format (`--prompt_template`, alpaca_lib/evaluation/prompting.py): by default the one the model folder records
+(train.py's `prompt_format.json`), else the Alpaca template (`utils.format_prompt`: its input variant when the
+record has an `input`), exactly as in training; `chat` is the model's own chat template (its end-of-turn token
+ends an answer too); a template file is used like Alpaca's. It is
 answered either by a local model (`LocalModel`: batched generation, prompts sorted by
 length, left padding, the KV cache on) or by an OpenAI-compatible server (`ServedModel`, through the
 generator's `CompletionClient`: bounded retries, concurrency). The output is a JSON list in input order, in
@@ -43,12 +44,13 @@ from alpaca_lib.core.preflight import check_model_source, check_output_file
 from alpaca_lib.core.progress import progress_bar
 from alpaca_lib.core.prompt import request_text
 from alpaca_lib.core.weightfiles import check_local_weights
-from alpaca_lib.data.formats import PromptFormat, end_of_turn_token, load_prompt_format
+from alpaca_lib.data.formats import PromptFormat, end_of_turn_token
 from alpaca_lib.data.json_reader import load_records
 from alpaca_lib.evaluation.config import OutputsConfig
 from alpaca_lib.evaluation.prompting import (  # noqa: F401
     chat_tokenizer,
     check_journal_format,
+    choose_format,
     echo_warning,
     echoed,
     journal_settings,
@@ -377,7 +379,8 @@ def run_outputs(cfg: OutputsConfig) -> OutputsResult:
     """
     settings = cfg.generation_settings()
     settings.check()
-    fmt = load_prompt_format(cfg.prompt_template, cfg.system_prompt)
+    # The model folder's own format unless --prompt_template is given; a served model (no folder): alpaca.
+    fmt, chosen = choose_format(cfg.prompt_template, cfg.system_prompt, cfg.model_dir if cfg.base_url is None else None)
     if (cfg.model_dir is None) == (cfg.base_url is None):
         raise UsageError("give either --model_dir (a local model) or --base_url with --model_name (a served one).")
     if cfg.base_url is not None and not cfg.model_name:
@@ -392,13 +395,13 @@ def run_outputs(cfg: OutputsConfig) -> OutputsResult:
     run = {"instructions_sha256": file_digest(cfg.instructions_path), **vars(settings), **journal_settings(fmt)}
     if cfg.model_dir is not None:
         tokenizer = chat_tokenizer(cfg.model_dir, cfg.gguf_file, fmt)  # chat: one without a template stops here
+        for line in (chosen, format_mismatch_warning(cfg.model_dir, fmt)):  # which format, and why, first
+            if line:
+                print(line, file=sys.stderr, flush=True)
         prompts = [prompt_of(r, fmt, tokenizer) for r in records]
         text_of = functools.partial(prompt_of, prompt_format=fmt, tokenizer=tokenizer)  # for the echo check
         dtype = resolve_dtype(cfg.dtype)  # what "auto" means here is part of the run: a resume may not mix two
         run["dtype"] = dtype
-        warning = format_mismatch_warning(cfg.model_dir, fmt)
-        if warning:
-            print(warning, file=sys.stderr, flush=True)
 
         def answer_batches(todo):  # the model loads only when there is something left to answer
             model = LocalModel.load(cfg.model_dir, cfg.gguf_file, dtype, prompt_format=fmt)

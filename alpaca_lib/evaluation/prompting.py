@@ -1,9 +1,13 @@
 """How `eval_model.py outputs` and `chat` put a record to a model: the run's `--prompt_template`
 (alpaca_lib/data/formats.py), and what a run records of it.
 
-    from alpaca_lib.evaluation.prompting import prompt_of
+    from alpaca_lib.evaluation.prompting import choose_format, prompt_of
+    fmt, said = choose_format(None, None, "runs/chat-lora")    # as its prompt_format.json says, else alpaca
     prompt_of({"instruction": "Say hi."})                                  # the Alpaca prompt, as training wrote it
     prompt_of({"instruction": "Say hi."}, load_prompt_format("chat"), tok)  # the chat template, ready for the answer
+
+Without `--prompt_template` a local model is prompted in the format its folder records (`prompt_format.json`,
+written by train.py's final save), else in alpaca (`choose_format`); a served model has no folder: alpaca.
 
 An outputs journal records the format only when it is not alpaca (`journal_settings`), so the journal of a run
 made before formats existed still resumes; a journal of another format is refused naming both
@@ -13,12 +17,21 @@ is imported here.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from alpaca_lib.core.journal import iter_records
 from alpaca_lib.core.prompt import format_prompt
-from alpaca_lib.data.formats import ALPACA, PromptFormat, PromptFormatError
+from alpaca_lib.data.formats import (
+    ALPACA,
+    FORMAT_FILE,
+    PromptFormat,
+    PromptFormatError,
+    load_prompt_format,
+    saved_format,
+)
 from alpaca_lib.evaluation.settings import journal_path
 
 FORMAT_KEYS = ("prompt_template", "system_prompt", "prompt_template_sha256")  # `PromptFormat.settings()`'s keys
@@ -30,6 +43,39 @@ def prompt_of(record: Mapping[str, Any], prompt_format: Optional[PromptFormat] =
     if prompt_format is None:
         return format_prompt(record)
     return prompt_format.prompt(record, tokenizer)
+
+
+def choose_format(prompt_template: Optional[str], system_prompt: Optional[str],
+                  model_dir: Optional[str]) -> tuple[PromptFormat, Optional[str]]:
+    """The run's prompt format: `--prompt_template` when given; else the one the model folder records
+    (`prompt_format.json`, its system prompt included; `--system_prompt` replaces that); else alpaca.
+
+    Args:
+        prompt_template: the flag (None or "": not given).
+        system_prompt: the flag (None: not given).
+        model_dir: the local model's folder; None for a served model (alpaca by default: it has no folder).
+    Returns:
+        The format, and the line that says where it came from when it was not given and is not alpaca (else None:
+        an alpaca run says nothing new).
+    Raises:
+        PromptFormatError: a bad `--prompt_template` or `prompt_format.json`; a `--system_prompt` with a format
+            that has no system turn.
+    """
+    recorded = None if prompt_template or not model_dir else saved_format(model_dir)
+    if recorded is None or recorded.kind == ALPACA:
+        return load_prompt_format(prompt_template or ALPACA, system_prompt), None
+    path = os.path.join(model_dir, FORMAT_FILE)
+    if system_prompt and not recorded.is_chat:
+        raise PromptFormatError(
+            f"--system_prompt is given but {path} records the template file {recorded.name}, which has no system "
+            "turn: only the chat format has one. Drop --system_prompt, or add --prompt_template chat.")
+    said = f"template file {recorded.name}" if recorded.kind == "file" else (
+        "chat" + (f" with the system prompt {recorded.system_prompt!r}" if recorded.system_prompt else ""))
+    note = f"prompt format: {said} (recorded in {path})"
+    if system_prompt:
+        note += f", with --system_prompt {system_prompt!r}" + (" instead" if recorded.system_prompt else "")
+        recorded = dataclasses.replace(recorded, system_prompt=system_prompt)
+    return recorded, note
 
 
 def journal_settings(prompt_format: PromptFormat) -> dict:

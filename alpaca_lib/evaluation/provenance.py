@@ -17,8 +17,8 @@ folder is a train.py `--output_dir`, what the model was trained from is read fro
 The prompt format the outputs were made in is their journal's (`--prompt_template`; a journal without one is
 alpaca's), else the records' own `prompt_template` key; `model_source` names it when it is not alpaca (a board's
 rows of alpaca outputs read as they did before formats existed). The format a train.py folder was trained in is its
-`prompt_format.json`'s, else its run record's (`trained_format`), so `eval_model.py outputs` can say when it
-prompts a model in another one.
+`prompt_format.json`'s, else its run record's (`trained_format`), so `eval_model.py outputs`, `chat` and
+`alpaca_lib.evaluation.infer` can say when `--prompt_template` (or `--system_prompt`) asks for another one.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-from alpaca_lib.data.formats import ALPACA, PromptFormat, PromptFormatError, saved_format
+from alpaca_lib.data.formats import ALPACA, FORMAT_FILE, PromptFormat, PromptFormatError, saved_format
 from alpaca_lib.evaluation.prompting import FORMAT_KEYS, format_flags
 from alpaca_lib.evaluation.settings import journal_path
 from alpaca_lib.training.checkpoints import MANIFEST_NAME, list_checkpoints, manifest_run
@@ -111,11 +111,18 @@ def trained_format(folder: str | Path) -> Optional[dict[str, Any]]:
 
 
 def format_mismatch_warning(model_dir: str, prompt_format: PromptFormat) -> Optional[str]:
-    """One line when the model in `model_dir` was trained in another prompt format than this run's, else None."""
+    """One line when the model in `model_dir` was trained in another prompt format than this run's (another
+    template, or another system prompt), else None. A template file counts as the same under another path when
+    its bytes are the same."""
     trained = trained_format(model_dir)
-    if trained is None or trained["prompt_template"] == prompt_format.name or (
+    now, compared = prompt_format.settings(), ("prompt_template", "system_prompt")
+    if trained is None or [trained.get(k) for k in compared] == [now.get(k) for k in compared] or (
             prompt_format.digest and trained.get("prompt_template_sha256") == prompt_format.digest):
         return None
+    with_system = trained.get("system_prompt") or now.get("system_prompt")
+    flags = "--prompt_template and --system_prompt" if with_system else "--prompt_template"
+    default = (f"Leave out {flags} (the default: the format its {FORMAT_FILE} records) or pass "
+               if (Path(model_dir) / FORMAT_FILE).is_file() else "Pass ")
     return (f"warning: {model_dir} was trained with {format_flags(trained)}, and this run prompts it with "
-            f"{format_flags(prompt_format.settings())}: its answers may not show what it learned. Pass "
-            f"{format_flags(trained)} to prompt it as it was trained.")
+            f"{format_flags(now)}: its answers may not show what it learned. {default}{format_flags(trained)} to "
+            "prompt it as it was trained.")
