@@ -1,7 +1,7 @@
 """One run over several machines: every node started alike, and a lost node stopping the others at once.
 
     with NodeWatch(training_args) as nodes:          # run.py: heartbeats; a worker whose torchrun died stops
-        nodes.agree(flags_of(m, d, t), data_key, start)   # the same flags, data and start everywhere, or all refuse
+        nodes.agree(flags_of(m, d, t), digests, start)    # the same flags, files, folder and start everywhere
         with nodes.lost_as_error(kept, step):        # a node gone mid-run: one error line naming it
             trainer.train(...)
 
@@ -16,10 +16,13 @@ that node's workers. What one machine never shows is handled here:
   closed by peer"). Every worker adds to a heartbeat counter in the job's store (the TCPStore at MASTER_ADDR:
   MASTER_PORT that torchrun runs) every second; a worker whose collective failed waits a few beats, names the
   nodes whose counters stopped (`NodeLostError`), and says which checkpoint the same command resumes from.
-- **Nodes started differently.** A node with another flag or other data would train another run in lockstep
-  (or hang at the first collective whose shape differs). Before training every process compares its flags, its
-  data's digest and where it would start with rank 0's (`NodeWatch.agree`); a difference, or a refusal on any
-  node, stops every node with the same error.
+- **Nodes started differently.** A node with another flag, other data or another template file would train
+  another run in lockstep (or hang at the first collective whose shape differs). Before training every process
+  compares its flags, the digests of the files they name (--data_path, --prompt_template) and where it would start
+  with rank 0's (`NodeWatch.agree`); a difference, or a refusal on any node, stops every node with the same error.
+- **An --output_dir that is not shared.** Nodes that each write their own local folder would all start afresh,
+  agree, and train, each saving only its own part of every checkpoint. Rank 0 leaves a token file with a random
+  name in --output_dir while the processes compare notes; a process that does not find it there stops every node.
 
 A node that vanishes without closing its connections (a network partition, a power cut) is noticed only by the
 collective's own timeout (--ddp_timeout, 30 minutes by default).
@@ -30,11 +33,13 @@ import contextlib
 import dataclasses
 import datetime
 import os
+import secrets
 import socket
 import sys
 import threading
 import time
-from typing import Callable, Iterator, List, Optional
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional
 
 import torch.distributed as dist
 
@@ -45,6 +50,9 @@ HEARTBEAT_S = 1.0  # how often each worker checks its launcher and beats
 SILENT_BEATS = 3  # a process whose counter did not move over this many beats is gone
 # Flags that differ between the processes of one job by design (torchrun sets them per process).
 PER_PROCESS_FLAGS = ("local_rank",)
+# What a flag's file holds when its digest differs between nodes (`NodeWatch.agree`'s `digests`).
+DIGESTED_FILES = {"--data_path": "other data", "--prompt_template": "another template"}
+TOKEN_PREFIX = ".alpaca-nodes-"  # rank 0's token in --output_dir (a random name), while the processes compare notes
 
 
 class NodeLostError(UsageError):
@@ -52,7 +60,8 @@ class NodeLostError(UsageError):
 
 
 class NodesDisagreeError(UsageError):
-    """The nodes of one job were started with different flags or data, or see different output folders."""
+    """The nodes of one job were started with different flags, data or template files, or see different output
+    folders."""
 
 
 def flags_of(*arg_objects) -> dict:
@@ -140,27 +149,38 @@ class NodeWatch:
 
     # ---- before training: every node alike ----
 
-    def agree(self, flags: dict, data_key: str, start, refusal: Optional[UsageError] = None) -> None:
+    def agree(self, flags: dict, digests: Dict[str, str], start, refusal: Optional[UsageError] = None) -> None:
         """Checks that every process was started alike and sees the same --output_dir; call it on every process.
 
         Args:
             flags: `flags_of(model_args, data_args, training_args)`.
-            data_key: the training data's digest, as this process read it.
+            digests: flag -> the SHA-256 of the file it names, as this process read it ("--data_path": the
+                training data's, "--prompt_template": the template file's, "" for alpaca and chat).
             start: where this process would start (`StartPoint`); None with `refusal`.
             refusal: the error this process's own checks raised (a refused resume), if any.
         Raises:
             `refusal` where there is one; on the other processes the first node's refusal as a UsageError naming
-            it. NodesDisagreeError: other flags, other data, or another start seen on some node (each listed).
+            it. NodesDisagreeError: other flags or files (each listed), an --output_dir where some process does not
+            see rank 0's token, or another start seen on some node.
         """
         if self.world_size <= 1:
             if refusal is not None:
                 raise refusal
             return
-        mine = {**self.me, "flags": flags, "data_sha256": data_key,
+        out = flags.get("--output_dir")
+        token = [_leave_token(out) if self.me["rank"] == 0 else None]
+        dist.broadcast_object_list(token, src=0)  # after rank 0 wrote it: the others look for it now
+        mine = {**self.me, "flags": flags, "digests": digests,
                 "start": dataclasses.asdict(start) if start is not None else None,
-                "refusal": str(refusal) if refusal is not None else None}
+                "refusal": str(refusal) if refusal is not None else None,
+                "sees_output_dir": token[0] is None or _sees_token(out, token[0])}
         gathered: List[Optional[dict]] = [None] * self.world_size
-        dist.all_gather_object(gathered, mine)
+        try:
+            dist.all_gather_object(gathered, mine)  # returns once every process has looked
+        finally:
+            if self.me["rank"] == 0 and token[0] is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(Path(out, TOKEN_PREFIX + token[0]))
         self.processes = [{k: p[k] for k in ("rank", "node", "host")} for p in gathered]
         if refusal is not None:
             raise refusal
@@ -226,6 +246,29 @@ class NodeWatch:
                 "again to resume.")
 
 
+def _leave_token(folder: Optional[str]) -> Optional[str]:
+    """Writes a token file with a new random name into `folder` (rank 0, which holds the folder's lock: tokens an
+    earlier run left behind are removed); returns its name's random part, None if it cannot be written."""
+    if not folder:
+        return None
+    nonce = secrets.token_hex(8)
+    try:
+        for stale in Path(folder).glob(TOKEN_PREFIX + "*"):
+            stale.unlink()
+        Path(folder, TOKEN_PREFIX + nonce).write_text(nonce)
+    except OSError:  # not this check's to report: saving into the folder fails with its own error
+        return None
+    return nonce
+
+
+def _sees_token(folder: Optional[str], nonce: str) -> bool:
+    """Whether `folder`, as this process sees it, holds the token that rank 0 wrote (`_leave_token`)."""
+    try:
+        return Path(folder, TOKEN_PREFIX + nonce).read_text() == nonce
+    except (OSError, TypeError):
+        return False
+
+
 def _shown(flag: str, value) -> str:
     return "(hidden)" if "token" in flag else repr(value) if value == "" else str(value)
 
@@ -242,25 +285,29 @@ def _disagreement(gathered: List[dict]) -> Optional[str]:
         if others:
             differs.append(f"{flag} {_shown(flag, value)} on {_where(base)}, "
                            + ", ".join(f"{_shown(flag, v)} on {where}" for where, v in others.items()))
-    # The same --data_path holding other bytes: copies of the data that differ from node to node.
-    path = base["flags"].get("--data_path")
-    others = {_where(p): p["data_sha256"] for p in gathered[1:]
-              if p["data_sha256"] != base["data_sha256"] and p["flags"].get("--data_path") == path}
-    if others:
-        differs.append(f"--data_path {path} holds other data: sha256 "
-                       f"{base['data_sha256'][:12]} on {_where(base)}, "
-                       + ", ".join(f"{sha[:12]} on {where}" for where, sha in others.items()))
+    # The same path holding other bytes: copies of the data (or of the template file) that differ between nodes.
+    for flag, sha in base["digests"].items():
+        path = base["flags"].get(flag)
+        others = {_where(p): p["digests"].get(flag) for p in gathered[1:]
+                  if p["digests"].get(flag) != sha and p["flags"].get(flag) == path}
+        if others:
+            differs.append(f"{flag} {path} holds {DIGESTED_FILES.get(flag, 'another file')}: sha256 {sha[:12]} on "
+                           f"{_where(base)}, " + ", ".join(f"{str(s)[:12]} on {where}" for where, s in others.items()))
     if differs:
         return ("the nodes of this job were started with different commands: " + "; ".join(differs) + ". Fix: start "
                 "train.py with the same flags and the same data on every node (only torchrun's own flags, such as "
                 "--node_rank, differ), then run the command again on every node.")
+    out = base["flags"].get("--output_dir")
+    same_folder = ("Every node must read and write the same folder: put --output_dir on a file system that all nodes "
+                   "mount at the same path, then run the command again on every node.")
+    blind = list(dict.fromkeys(_where(p) for p in gathered[1:] if not p["sees_output_dir"]))
+    if blind:
+        return (f"--output_dir {out} is not shared between the nodes: {', '.join(blind)} "
+                f"{'does' if len(blind) == 1 else 'do'} not see the file {_where(base)} wrote there. {same_folder}")
     others = {_where(p): p["start"] for p in gathered[1:] if p["start"] != base["start"]}
     if others:
-        return (f"the nodes see different things in --output_dir {base['flags'].get('--output_dir')}: "
-                f"{_start(base['start'])} on {_where(base)}, "
-                + ", ".join(f"{_start(s)} on {where}" for where, s in others.items())
-                + ". Every node must read and write the same folder: put --output_dir on a file system that all "
-                "nodes mount at the same path, then run the command again on every node.")
+        return (f"the nodes see different things in --output_dir {out}: {_start(base['start'])} on {_where(base)}, "
+                + ", ".join(f"{_start(s)} on {where}" for where, s in others.items()) + f". {same_folder}")
     return None
 
 

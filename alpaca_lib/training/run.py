@@ -140,8 +140,8 @@ def training_run(model_args, data_args, training_args, data_key: str) -> Iterato
         The `TrainingRun`; the lock is released when the block ends.
     Raises:
         OutputLockedError: another job writes --output_dir. ResumeError: a resume refused (see `plan_start`).
-        NodesDisagreeError: over several processes, some were started with other flags or data, or see another
-            --output_dir (every process raises it, before the model loads).
+        NodesDisagreeError: over several processes, some were started with other flags, data or template file, or
+            see another --output_dir (every process raises it, before the model loads).
     """
     record = {**run_identity(model_args.model_name_or_path, model_args.gguf_file, data_key, data_args.data_path),
               "settings": run_settings(model_args, data_args, training_args)}
@@ -153,5 +153,7 @@ def training_run(model_args, data_args, training_args, data_key: str) -> Iterato
                                         training_args.overwrite_output_dir, record), None
         except UsageError as e:  # raised on every process, after they compared notes
             start, refusal = None, e
-        nodes.agree(flags_of(model_args, data_args, training_args), data_key, start, refusal)
+        # A template file is compared by its bytes too: a flag names only its path.
+        digests = {"--data_path": data_key, "--prompt_template": record["settings"]["prompt_template_sha256"]}
+        nodes.agree(flags_of(model_args, data_args, training_args), digests, start, refusal)
         yield TrainingRun(training_args, record, start, model_args, nodes)
