@@ -157,6 +157,17 @@ def write_seed_tasks(path: Path, tasks: list[dict]) -> Path:
     return path
 
 
+def with_flags(args: list, **flags) -> list:
+    """`args` with the value of each --flag replaced (or the flag added)."""
+    args = list(args)
+    for name, value in flags.items():
+        if f"--{name}" in args:
+            args[args.index(f"--{name}") + 1] = str(value)
+        else:
+            args += [f"--{name}", str(value)]
+    return args
+
+
 def run_script(cmd: list[str], cwd: Path, expect: int = 0, timeout: float = 900) -> str:
     """Runs `cmd` (Python output unbuffered), asserts that it exits with `expect`, returns stdout + stderr."""
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=timeout,

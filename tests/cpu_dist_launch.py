@@ -50,7 +50,12 @@ def _allow_deepspeed_on_cpu() -> None:
     accel_state.PartialState._prepare_backend = prepare_backend
 
 
-if __name__ == "__main__":
+def run_as_main(before=None) -> None:
+    """Runs the script named in argv[1] (with the rest as its argv) with FSDP and DeepSpeed let run on CPU.
+
+    Args:
+        before: called after sys.path is set up for the script, just before it runs.
+    """
     _allow_fsdp_on_cpu()
     _allow_deepspeed_on_cpu()
     script = sys.argv[1]
@@ -58,4 +63,10 @@ if __name__ == "__main__":
     # As `python train.py` does: the script's own folder first on sys.path (not tests/), so that it imports
     # the alpaca_lib next to it, not whichever one the environment has installed.
     sys.path[0] = os.path.dirname(os.path.abspath(script))
+    if before is not None:
+        before()
     runpy.run_path(script, run_name="__main__")
+
+
+if __name__ == "__main__":
+    run_as_main()

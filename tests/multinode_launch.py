@@ -10,11 +10,9 @@ overlap for certain: the second must wait for the first's entry (and read it), n
 from __future__ import annotations
 
 import os
-import runpy
-import sys
 import time
 
-from cpu_dist_launch import _allow_deepspeed_on_cpu, _allow_fsdp_on_cpu
+from cpu_dist_launch import run_as_main
 
 
 def _slow_cache_build(seconds: float) -> None:
@@ -30,12 +28,5 @@ def _slow_cache_build(seconds: float) -> None:
 
 
 if __name__ == "__main__":
-    _allow_fsdp_on_cpu()
-    _allow_deepspeed_on_cpu()
-    script = sys.argv[1]
-    sys.argv = sys.argv[1:]
-    # As `python train.py` does: the script's own folder first on sys.path (see cpu_dist_launch.py).
-    sys.path[0] = os.path.dirname(os.path.abspath(script))
-    if os.environ.get("SLOW_CACHE_BUILD_S"):
-        _slow_cache_build(float(os.environ["SLOW_CACHE_BUILD_S"]))
-    runpy.run_path(script, run_name="__main__")
+    slow = os.environ.get("SLOW_CACHE_BUILD_S")
+    run_as_main(before=(lambda: _slow_cache_build(float(slow))) if slow else None)

@@ -441,14 +441,8 @@ def test_the_loop_prompts_the_tuned_model_as_eval_model_py_does(chat_trained_dir
 
 
 def test_chat_keeps_the_conversation_in_the_chat_format(chat_model_dir, monkeypatch):
-    load, seen = LocalModel.load, []
-
-    def spied(cls, *args, **kw):
-        lm = load(*args, **kw)
-        seen.append(_spy_on_generate(lm))
-        return lm
-
-    monkeypatch.setattr(LocalModel, "load", classmethod(spied))
+    load = LocalModel.load  # unspied, for the check below
+    seen = _spy_on_loads(monkeypatch)
     stdout, stderr = io.StringIO(), io.StringIO()
     chat_loop(ChatConfig(model_dir=str(chat_model_dir), prompt_template="chat", max_new_tokens=4),
               stdin=io.StringIO("Hi\n\nWhat is 2+2?\n"), stdout=stdout, stderr=stderr)

@@ -45,7 +45,15 @@ from alpaca_lib.training.checkpoints import list_checkpoints, write_manifest
 from alpaca_lib.training.identity import run_identity, run_settings
 from alpaca_lib.training.packed_model import prepare_model_for_packing
 from alpaca_lib.training.resumable import StopOnSigterm
-from conftest import REPO_ROOT, alpaca_records, need_package, run_script, run_train_expecting_error, write_alpaca_subset
+from conftest import (
+    REPO_ROOT,
+    alpaca_records,
+    need_package,
+    run_script,
+    run_train_expecting_error,
+    with_flags,
+    write_alpaca_subset,
+)
 
 CHAT = load_prompt_format("chat")
 TWO_TURNS = {"messages": [
@@ -553,22 +561,11 @@ def _run_args(model_dir: Path, data: Path, out: Path, cache: Path) -> list:
     ]
 
 
-def _with(args: list, **flags) -> list:
-    """`args` with the value of each --flag replaced (or the flag added)."""
-    args = list(args)
-    for name, value in flags.items():
-        if f"--{name}" in args:
-            args[args.index(f"--{name}") + 1] = str(value)
-        else:
-            args += [f"--{name}", str(value)]
-    return args
-
-
 def test_chat_with_packing_trains_on_the_independent_masks(chat_llama_dir, tmp_path, caplog):
     caplog.set_level(logging.INFO)
     records = CONVERSATIONS + alpaca_records()[:4]
     data = _write_jsonl(tmp_path / "data.jsonl", records)
-    trainer = train.train(_with(_run_args(chat_llama_dir, data, tmp_path / "out", tmp_path / "cache"),
+    trainer = train.train(with_flags(_run_args(chat_llama_dir, data, tmp_path / "out", tmp_path / "cache"),
                                 packing=True, num_train_epochs=1))
     expected = _tiny_expected(chat_llama_dir, records)
     assert len(expected) == len(records)
@@ -613,7 +610,7 @@ def test_a_chat_run_stopped_at_a_checkpoint_resumes_to_the_same_weights_only_in_
     ref, out = tmp_path / "ref", tmp_path / "out"
 
     def args(output_dir):
-        return _with(_run_args(chat_llama_dir, data, output_dir, tmp_path / "cache"), max_steps=5,
+        return with_flags(_run_args(chat_llama_dir, data, output_dir, tmp_path / "cache"), max_steps=5,
                      save_strategy="steps", save_steps=2)
 
     train.train(args(ref))
@@ -632,7 +629,7 @@ def test_a_chat_run_stopped_at_a_checkpoint_resumes_to_the_same_weights_only_in_
     assert [s for s, _ in list_checkpoints(out)] == [2, 3] and steps == [1, 2, 3]
     sigterm_at[:], steps[:] = [], []
 
-    err = _main_expecting_error(_with(args(out), prompt_template="alpaca"))
+    err = _main_expecting_error(with_flags(args(out), prompt_template="alpaca"))
     assert (f"error: {out}/checkpoint-3 was trained with other settings, and resuming would mix the two runs: "
             "--prompt_template chat -> alpaca. Fix:") in err
     assert steps == [] and [s for s, _ in list_checkpoints(out)] == [2, 3]
@@ -668,11 +665,11 @@ def test_chat_under_torchrun_matches_one_process(chat_llama_dir, tmp_path):
 
     records = CONVERSATIONS
     data = _write_jsonl(tmp_path / "data.jsonl", records)
-    single = train.train(_with(_run_args(chat_llama_dir, data, tmp_path / "single", tmp_path / "cache"),
+    single = train.train(with_flags(_run_args(chat_llama_dir, data, tmp_path / "single", tmp_path / "cache"),
                                per_device_train_batch_size=4, max_steps=3))
     log = run_script([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                       str(REPO_ROOT / "train.py"),
-                      *_with(_run_args(chat_llama_dir, data, tmp_path / "ddp", tmp_path / "cache"),
+                      *with_flags(_run_args(chat_llama_dir, data, tmp_path / "ddp", tmp_path / "cache"),
                              max_steps=3)], cwd=tmp_path)
     assert "training with DDP (MULTI_CPU) over 2 processes on cpu" in log
     expected = _tiny_expected(chat_llama_dir, records)
@@ -695,7 +692,7 @@ def test_a_template_file_run_trains_on_the_hand_computed_labels(tiny_llama_dir, 
     records = alpaca_records()[:4]
     assert {bool(r["input"]) for r in records} == {True, False}  # both templates
     data = write_alpaca_subset(tmp_path / "data.json", slice(4))
-    trainer = train.train(_with(_run_args(tiny_llama_dir, data, tmp_path / "out", tmp_path / "cache"),
+    trainer = train.train(with_flags(_run_args(tiny_llama_dir, data, tmp_path / "out", tmp_path / "cache"),
                                 prompt_template=tmp_path / "t.json", per_device_train_batch_size=4, max_steps=1))
     tok, expected = trainer.processing_class, {}
     for r in records:  # by hand: tokenize source and source + target, mask the source's length

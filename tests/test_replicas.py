@@ -25,7 +25,8 @@ from alpaca_lib.core.errors import UsageError
 from alpaca_lib.evaluation.judge import JOURNAL_NAME
 from alpaca_lib.evaluation.settings import journal_path
 from alpaca_lib.generation.accounting import is_loopback
-from alpaca_lib.generation.journal import JOURNAL_NAME as REGEN_JOURNAL, read_journal
+from alpaca_lib.generation.journal import JOURNAL_NAME as REGEN_JOURNAL
+from alpaca_lib.generation.journal import read_journal
 from alpaca_lib.generation.runner import GenerateConfig, run_generation
 from alpaca_lib.llm.client import CompletionClient, GenerationError
 from alpaca_lib.llm.config import ClientConfig, redact_url, split_base_urls

@@ -29,7 +29,7 @@ from safetensors.torch import load_file
 
 from alpaca_lib.training.checkpoints import MANIFEST_NAME, list_checkpoints, problem_with
 from alpaca_lib.training.start import FINISHED_NAME
-from conftest import REPO_ROOT, descendants, write_alpaca_subset
+from conftest import REPO_ROOT, descendants, with_flags, write_alpaca_subset
 
 TRAIN = str(REPO_ROOT / "train.py")
 HOOKS = str(REPO_ROOT / "tests" / "train_hooks.py")
@@ -67,17 +67,6 @@ def _args(model, root: Path, out: Path, *extra) -> list:
         # Adam's epsilon at 1e-6, as in test_resume.py: float noise in a near-zero gradient stays noise.
         "--adam_epsilon", "1e-6", *extra,
     ]
-
-
-def _with(args: list, **flags) -> list:
-    """`args` with the value of each --flag replaced (or the flag added)."""
-    args = list(args)
-    for name, value in flags.items():
-        if f"--{name}" in args:
-            args[args.index(f"--{name}") + 1] = str(value)
-        else:
-            args += [f"--{name}", str(value)]
-    return args
 
 
 def _run(launcher, cmd, cwd, hook=None, expect=None, **env_vars):
@@ -213,7 +202,7 @@ def _out_with(checkpoint: Path, out: Path) -> Path:
 def test_a_resume_with_settings_that_change_the_result_is_refused_before_the_model_loads(
         checkpoint_2, unloadable_copy, root, fresh):
     out = _out_with(checkpoint_2, root / "changed")
-    changed = _with(_args(unloadable_copy, root, out), learning_rate="2e-3", lr_scheduler_type="cosine",
+    changed = with_flags(_args(unloadable_copy, root, out), learning_rate="2e-3", lr_scheduler_type="cosine",
                     warmup_steps=1, adam_beta2=0.99, weight_decay=0.1, per_device_train_batch_size=4, seed=1,
                     max_steps=7, packing="True", model_max_length=256, drop_truncated_responses="True",
                     lora_r=4)
@@ -250,7 +239,7 @@ def test_a_resume_compares_the_precision_that_bf16_auto_chose(checkpoint_2, unlo
     monkeypatch.setattr(precision, "_cpu_timings", lambda: {"float32": 1.0, "bfloat16": 0.4, "float16": 25.0})
     monkeypatch.setattr(precision, "cpu_features", lambda: "AMX")
     out = _out_with(checkpoint_2, root / "auto-native")
-    stderr = run_train_expecting_error(tmp_path, _with(_args(unloadable_copy, root, out), bf16="auto"), output_dir=out)
+    stderr = run_train_expecting_error(tmp_path, with_flags(_args(unloadable_copy, root, out), bf16="auto"), output_dir=out)
     assert "train.py: --bf16 auto: bf16 mixed precision, since this CPU runs bf16 natively" in stderr
     line = stderr[stderr.index("error: "):].splitlines()[0]
     assert line.startswith(f"error: {out}/checkpoint-2 was trained with other settings, and resuming would mix the "
@@ -258,7 +247,7 @@ def test_a_resume_compares_the_precision_that_bf16_auto_chose(checkpoint_2, unlo
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return  # ONEDNN_MAX_CPU_ISA caps x86 CPUs only
     out = _out_with(checkpoint_2, root / "auto-emulated")
-    proc = _run(fresh, [sys.executable, TRAIN, *_with(_args(tiny_llama_dir, root, out), bf16="auto")], root,
+    proc = _run(fresh, [sys.executable, TRAIN, *with_flags(_args(tiny_llama_dir, root, out), bf16="auto")], root,
                 expect=0, ONEDNN_MAX_CPU_ISA="AVX2")
     assert "train.py: --bf16 auto: float32, since this CPU only emulates bf16" in proc.stderr
     assert f"resuming from {out}/checkpoint-2 (step 2)" in proc.stdout + proc.stderr
@@ -275,7 +264,7 @@ def test_a_resume_on_more_processes_is_refused(checkpoint_2, unloadable_copy, ro
 
 def test_settings_that_do_not_change_the_result_may_change_on_a_resume(checkpoint_2, tiny_llama_dir, root, warm):
     out = _out_with(checkpoint_2, root / "free")
-    args = _with(_args(tiny_llama_dir, root, out), logging_steps=2, save_steps=3, save_total_limit=1,
+    args = with_flags(_args(tiny_llama_dir, root, out), logging_steps=2, save_steps=3, save_total_limit=1,
                  dataloader_num_workers=1, per_device_train_batch_size=1, gradient_accumulation_steps=2)
     log = warm.run_script([sys.executable, TRAIN, *args], root)
     assert f"resuming from {out}/checkpoint-2 (step 2)" in log
@@ -283,7 +272,7 @@ def test_settings_that_do_not_change_the_result_may_change_on_a_resume(checkpoin
 
 
 def test_a_finished_constant_rate_run_is_extended_as_a_longer_run_would_end(tiny_llama_dir, root, warm):
-    args = lambda out, steps: _with(_args(tiny_llama_dir, root, out), lr_scheduler_type="constant",  # noqa: E731
+    args = lambda out, steps: with_flags(_args(tiny_llama_dir, root, out), lr_scheduler_type="constant",  # noqa: E731
                                     max_steps=steps)
     extended, longer = root / "extended", root / "longer"
     warm.run_script([sys.executable, TRAIN, *args(extended, 4)], root)
@@ -304,12 +293,12 @@ def test_a_finished_constant_rate_run_is_extended_as_a_longer_run_would_end(tiny
 
 def test_rotation_after_resuming_an_older_checkpoint_keeps_the_runs_own_newest(tiny_llama_dir, root, warm):
     out = root / "rotation"
-    args = _with(_args(tiny_llama_dir, root, out), max_steps=8)
+    args = with_flags(_args(tiny_llama_dir, root, out), max_steps=8)
     warm.run_script([sys.executable, TRAIN, *args], root)
     assert [s for s, _ in list_checkpoints(out)] == [4, 6, 8]
     # Resumed from checkpoint-4 with a limit of 1, killed while saving checkpoint-8: the run's own checkpoint-6
     # must survive (checkpoint-8 of the earlier run is not this run's newer one).
-    resumed = _with(args, resume_from_checkpoint=out / "checkpoint-4", save_total_limit=1)
+    resumed = with_flags(args, resume_from_checkpoint=out / "checkpoint-4", save_total_limit=1)
     proc = _run(warm, [sys.executable, KILL_DURING_SAVE, TRAIN, *resumed], root, KILL_DURING_SAVE="8:rng")
     assert proc.returncode == -signal.SIGKILL, (proc.stdout + proc.stderr)[-3000:]
     assert [s for s, _ in list_checkpoints(out)] == [6, 8]
@@ -423,7 +412,7 @@ def test_a_really_full_disk_during_a_checkpoint_save_is_one_line(tiny_llama_dir,
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
         out = disk / "out"
-        args = _with(_args(tiny_llama_dir, root, out), save_total_limit=1)
+        args = with_flags(_args(tiny_llama_dir, root, out), save_total_limit=1)
         proc = _run(warm, [sys.executable, TRAIN, *args], root, expect=1)
         assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
         assert proc.stderr.rstrip().splitlines()[-1] == (
