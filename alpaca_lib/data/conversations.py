@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from alpaca_lib.data.formats import ChatTemplateError, end_of_turn_text, render_chat  # noqa: F401
+from alpaca_lib.data.formats import end_of_turn_text, render_chat
 from alpaca_lib.data.records import DataError
 
 ROLES = ("system", "user", "assistant")
