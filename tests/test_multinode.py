@@ -514,6 +514,45 @@ def test_a_worker_whose_launcher_died_stops_unless_it_is_saving_a_checkpoint(tmp
                 os.kill(pid, signal.SIGKILL)
 
 
+# A worker whose heartbeat is inside the job's store when its training ends: a store that takes a second to answer.
+_BEATING_AT_EXIT = """\
+import datetime, os, sys, time, types
+import torch.distributed as dist
+from alpaca_lib.training import nodes
+store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(store.port))
+beats = []
+
+class SlowStore:
+    def __init__(self, real):
+        self.real = real
+
+    def add(self, key, amount):
+        beats.append(key)
+        try:  # a second inside the store's C++ code, as a store under load takes
+            self.real.wait(["never-set"], datetime.timedelta(seconds=1))
+        except Exception:
+            pass
+        return self.real.add(key, amount)
+
+make = nodes._job_store
+nodes._job_store = lambda timeout_s: SlowStore(make(timeout_s))
+with nodes.NodeWatch(types.SimpleNamespace(world_size=2, process_index=0)):
+    while not beats:
+        time.sleep(0.01)
+print("trained", flush=True)
+"""
+
+
+def test_a_run_that_ends_while_its_heartbeat_is_in_the_store_exits_cleanly(tmp_path):
+    """The watch's thread is joined when training ends: a daemon thread left inside the store's C++ code while
+    Python shuts down is unwound by force there, which aborts the process (SIGABRT, "terminate called without an
+    active exception") after a run that succeeded. Cheap: one interpreter that imports torch only."""
+    proc = subprocess.run([sys.executable, "-c", _BEATING_AT_EXIT], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=120, env={**os.environ, "TORCH_CPP_LOG_LEVEL": "ERROR"})  # not the wait's timeout
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "trained\n", "")
+
+
 @pytest.mark.slow
 def test_two_nodes_under_fsdp_train_as_one_process(setup, single, tiny_llama_dir, jobs):
     """FSDP2 (full_shard auto_wrap) over 2 nodes x 1 process: each node holds half of the weights; losses and the

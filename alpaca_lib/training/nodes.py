@@ -48,6 +48,7 @@ from alpaca_lib.training.identity import plain_value
 
 HEARTBEAT_S = 1.0  # how often each worker checks its launcher and beats
 SILENT_BEATS = 3  # a process whose counter did not move over this many beats is gone
+STORE_TIMEOUT_S = 5 * HEARTBEAT_S  # how long a heartbeat waits for the job's store
 # Flags that differ between the processes of one job by design (torchrun sets them per process).
 PER_PROCESS_FLAGS = ("local_rank",)
 # What a flag's file holds when its digest differs between nodes (`NodeWatch.agree`'s `digests`).
@@ -119,6 +120,12 @@ class NodeWatch:
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
+        if self._thread is not None:
+            # Joined, not left to die with the interpreter: a daemon thread still inside the store's C++ code when
+            # Python finalizes is unwound by force there, which aborts the process ("terminate called without an
+            # active exception") after a run that succeeded. One beat and one store timeout bound the wait.
+            self._thread.join(timeout=HEARTBEAT_S + STORE_TIMEOUT_S)
+            self._thread = None
 
     # ---- the watch: the launcher alive, and a heartbeat ----
 
@@ -129,7 +136,7 @@ class NodeWatch:
                 orphaned = True
                 self._orphaned()
             try:
-                store = store or _job_store(timeout_s=5 * HEARTBEAT_S)
+                store = store or _job_store(timeout_s=STORE_TIMEOUT_S)
                 if store is not None:
                     store.add(f"beat/{self.me['rank']}", 1)
             except Exception:  # the store is unreachable now: beat again next time
@@ -214,7 +221,7 @@ class NodeWatch:
     def _silent_ranks(self) -> Optional[List[int]]:
         """The ranks whose heartbeat stopped; None when the job's store itself is unreachable."""
         try:
-            store = _job_store(timeout_s=5 * HEARTBEAT_S)
+            store = _job_store(timeout_s=STORE_TIMEOUT_S)
             if store is None:
                 return []
             keys = [f"beat/{r}" for r in range(self.world_size)]
