@@ -196,6 +196,7 @@ def train(argv: Optional[Sequence[str]] = None) -> Optional[transformers.Trainer
         with _packing(model, model_args, training_args, packed_attention) as supervised_logits:
             trainer = _make_trainer(model, tokenizer, model_args, data_args, training_args, records, eval_records,
                                     supervised_logits, run.sigterm)
+            trainer.prompt_format = prompt_format  # into each checkpoint too: eval_model.py prompts any of them
             run.train(trainer)
         if training_args.should_save:  # the main process: training (and eval) loss per logged step
             plot_loss(trainer.state.log_history, training_args.output_dir,

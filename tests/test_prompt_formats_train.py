@@ -41,7 +41,7 @@ from alpaca_lib.data.sources import open_source
 from alpaca_lib.data.split import hold_out
 from alpaca_lib.data.tokenizing import BatchEncoder, DropOptions, tokenize_records
 from alpaca_lib.training.args import parse_flags
-from alpaca_lib.training.checkpoints import list_checkpoints, write_manifest
+from alpaca_lib.training.checkpoints import MANIFEST_NAME, list_checkpoints, problem_with, write_manifest
 from alpaca_lib.training.identity import run_identity, run_settings
 from alpaca_lib.training.packed_model import prepare_model_for_packing
 from alpaca_lib.training.resumable import StopOnSigterm
@@ -693,7 +693,8 @@ def test_a_template_file_run_trains_on_the_hand_computed_labels(tiny_llama_dir, 
     assert {bool(r["input"]) for r in records} == {True, False}  # both templates
     data = write_alpaca_subset(tmp_path / "data.json", slice(4))
     trainer = train.train(with_flags(_run_args(tiny_llama_dir, data, tmp_path / "out", tmp_path / "cache"),
-                                prompt_template=tmp_path / "t.json", per_device_train_batch_size=4, max_steps=1))
+                                prompt_template=tmp_path / "t.json", per_device_train_batch_size=4, max_steps=1,
+                                save_strategy="steps", save_steps=1))
     tok, expected = trainer.processing_class, {}
     for r in records:  # by hand: tokenize source and source + target, mask the source's length
         source = template["prompt_input" if r["input"] else "prompt_no_input"].format_map(r)
@@ -705,3 +706,7 @@ def test_a_template_file_run_trains_on_the_hand_computed_labels(tiny_llama_dir, 
     assert tok.decode(next(iter(expected))).startswith("<s> Task: ")
     saved = json.loads((tmp_path / "out" / FORMAT_FILE).read_text())
     assert saved["prompt_template"] == str(tmp_path / "t.json") and saved["kind"] == "file"
+    # A checkpoint records it too (inside its manifest), so that eval_model.py prompts it as it prompts the model.
+    checkpoint = tmp_path / "out" / "checkpoint-1"
+    assert (checkpoint / FORMAT_FILE).read_text() == (tmp_path / "out" / FORMAT_FILE).read_text()
+    assert FORMAT_FILE in json.loads((checkpoint / MANIFEST_NAME).read_text())["files"] and problem_with(checkpoint) is None

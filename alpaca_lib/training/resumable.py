@@ -2,12 +2,14 @@
 
     trainer = ResumableTrainer(model=model, args=training_args, callbacks=[StopOnSigterm()], ...)
     trainer.run_identity = {**run_identity(...), "settings": run_settings(...)}   # recorded in each manifest
+    trainer.prompt_format = prompt_format     # each checkpoint is prompted as the final model is (prompt_format.json)
 
 What a checkpoint holds is alpaca_lib/training/checkpoints.py, which one a run resumes from
 alpaca_lib/training/start.py. Here:
 
 - **Saving.** `ResumableTrainer._save_checkpoint` removes a folder left by an interrupted save, lets every
-  process write its part, then writes the manifest (`checkpoints.write_manifest`) and only after it
+  process write its part and the prompt format (`save_format`: eval_model.py prompts a checkpoint folder as it
+  prompts the final model), then writes the manifest (`checkpoints.write_manifest`) and only after it
   rotates (`checkpoints.rotate`). A full disk during the save is one `error:` line naming the previous
   complete checkpoint, and the half-written folder is removed.
 - **SIGTERM** (what schedulers and spot instances send before a kill) and **Ctrl-C** (SIGINT) are turned into
@@ -36,6 +38,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from alpaca_lib.core.fileio import disk_full_as_error, follow_umask
 from alpaca_lib.core.signals import StopSignals
+from alpaca_lib.data.formats import PromptFormat, save_format
 from alpaca_lib.training import checkpoints
 from alpaca_lib.training.checkpoints import CHECKPOINT_PREFIX, list_checkpoints, problem_with, rotate
 
@@ -67,6 +70,7 @@ class ResumableTrainer(transformers.Trainer):
     """
 
     run_identity: Optional[dict] = None  # `run_identity(...)` and settings of the run, recorded in each manifest
+    prompt_format: Optional[PromptFormat] = None  # the run's format, saved into each checkpoint as the final save does
 
     def _get_train_sampler(self, train_dataset=None):
         sampler = super()._get_train_sampler(train_dataset)
@@ -95,6 +99,8 @@ class ResumableTrainer(transformers.Trainer):
                 self.accelerator.wait_for_everyone()  # every process has written its part
                 if self.args.should_save:
                     follow_umask(folder)  # safetensors leaves its weight files private (0600)
+                    if self.prompt_format is not None:
+                        save_format(self.prompt_format, folder)
                     checkpoints.write_manifest(folder, step, self.run_identity)
         finally:
             self.args.save_total_limit = limit
