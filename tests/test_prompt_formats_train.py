@@ -42,7 +42,7 @@ from alpaca_lib.data.split import hold_out
 from alpaca_lib.data.tokenizing import BatchEncoder, DropOptions, tokenize_records
 from alpaca_lib.training.args import parse_flags
 from alpaca_lib.training.checkpoints import MANIFEST_NAME, list_checkpoints, problem_with, write_manifest
-from alpaca_lib.training.identity import run_identity, run_settings
+from alpaca_lib.training.identity import changed_settings, run_identity, run_settings
 from alpaca_lib.training.packed_model import prepare_model_for_packing
 from alpaca_lib.training.resumable import StopOnSigterm
 from conftest import (
@@ -494,6 +494,14 @@ def test_a_resume_in_another_prompt_format_is_refused_naming_both(tmp_path):
     new = load_prompt_format(str(template)).digest
     err = run_train_expecting_error(tmp_path, [*base, "--prompt_template", str(template)], out)
     assert f"--prompt_template file's SHA-256 {old} -> {new}. Fix:" in err
+    # The same bytes under another name (the file moved, or ./t.json for t.json) is the same run: it resumes.
+    moved = tmp_path / "moved" / "t.json"
+    moved.parent.mkdir()
+    shutil.copy(template, moved)
+    settings = [run_settings(*parse_flags(["--model_name_or_path", str(model), "--output_dir", str(out), *base,
+                                           "--prompt_template", str(path)])) for path in (template, moved)]
+    assert settings[0]["prompt_template"] != settings[1]["prompt_template"]
+    assert changed_settings(*settings) == []
 
 
 def test_the_chat_lora_config_parses():

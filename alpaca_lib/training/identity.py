@@ -135,7 +135,12 @@ def changed_settings(old: Optional[dict], new: Optional[dict]) -> List[Tuple[str
     if not old or not new:
         return []
     changes = []
+    # A template file is the same by its bytes: moved, or named another way (./t.json for t.json), it trains alike.
+    same_file = bool(old.get("prompt_template_sha256")) and old["prompt_template_sha256"] == new.get(
+        "prompt_template_sha256")
     for name, _ in RESULT_SETTINGS:
+        if name == "prompt_template" and same_file:
+            continue
         if name in old and old[name] != new.get(name):
             changes.append((_FLAG_NAMES.get(name, f"--{name}"), old[name], new.get(name)))
     if "effective_batch" in old:
