@@ -9,9 +9,12 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+from typing import Optional
 
 import pytest
 
+from alpaca_lib.core.cli import run_fire
+from alpaca_lib.core.commands import check_text
 from alpaca_lib.core.config_file import config_flags, expand_config, expand_fire_config
 from alpaca_lib.core.errors import UsageError
 from conftest import REPO_ROOT
@@ -62,9 +65,38 @@ def test_missing_file_and_missing_path(tmp_path):
 
 def test_fire_values_keep_their_types():
     flags = config_flags({"model_dir": "123", "max_new_tokens": 64, "chat": True, "name": "runs/x y",
-                          "stop": ["a", "b"]}, ["--model_dir", "--max_new_tokens", "--chat", "--name", "--stop"],
+                          "stop": ["a", "b"], "system_prompt": "Hi, there"},
+                         ["--model_dir", "--max_new_tokens", "--chat", "--name", "--stop", "--system_prompt"],
                          "f.yaml", "cmd", style="fire")
-    assert flags == ["--model_dir='123'", "--max_new_tokens=64", "--chat=True", "--name=runs/x y", '--stop=["a", "b"]']
+    assert flags == ["--model_dir='123'", "--max_new_tokens=64", "--chat=True", "--name='runs/x y'",
+                     '--stop=["a", "b"]', "--system_prompt='Hi, there'"]
+
+
+def _command(got: dict):
+    def command(text: str = "", maybe: Optional[str] = None, count: int = 0, anything=None):
+        got.update(text=text, maybe=maybe, count=count, anything=anything)
+    return command
+
+
+def test_text_flags_reach_a_fire_command_as_typed(tmp_path):
+    """fire reads a value as Python first: `Hi, there` was the tuple ('Hi', 'there'), `3, 1, 2` a tuple of numbers
+    and `42` a number. A flag declared as text (`str`, `Optional[str]`) now gets the text; others keep fire's
+    reading; a --config file's strings are strings, its numbers numbers."""
+    got = {}
+    run_fire(_command(got), "cmd", ["--text", "Hi, there", "--maybe=3, 1, 2", "--count", "7", "--anything", "1, 2"])
+    assert got == {"text": "Hi, there", "maybe": "3, 1, 2", "count": 7, "anything": (1, 2)}
+    run_fire({"go": _command(got)}, "cmd", ["go", "--text", "42", "--maybe", "'quoted', too", "--count=3"])
+    assert got == {"text": "42", "maybe": "'quoted', too", "count": 3, "anything": None}
+    path = _yaml(tmp_path, "text: Hi, there\nmaybe: '42'\nanything: 7\n")
+    run_fire(_command(got), "cmd", ["--config", path, "--count", "1"])
+    assert got == {"text": "Hi, there", "maybe": "42", "count": 1, "anything": 7}
+
+
+def test_a_text_flag_left_without_text_is_refused():
+    with pytest.raises(UsageError) as refused:
+        check_text(instruction="Hi", system_prompt=True)
+    assert str(refused.value) == ("--system_prompt must be text, not the bool True: give it as --system_prompt TEXT (in "
+                                  "a --config file, put the value in quotes).")
 
 
 def test_fire_command_name_stays_first(tmp_path):
@@ -74,7 +106,7 @@ def test_fire_command_name_stays_first(tmp_path):
         return model_dir, output_path
 
     argv = expand_fire_config(["outputs", "--model_dir", "m", "--config", path], {"outputs": outputs}, "eval_model.py")
-    assert argv == ["outputs", "--output_path=from_file.json", "--model_dir", "m"]
+    assert argv == ["outputs", "--output_path='from_file.json'", "--model_dir", "m"]
 
 
 def test_prepare_data_convert_reads_a_config_and_the_command_line_wins(tmp_path):

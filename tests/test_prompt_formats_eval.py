@@ -525,8 +525,8 @@ def test_unknown_formats_stray_system_prompts_and_non_text_flags_are_refused():
         load_prompt_format("alpaca", system_prompt="Be brief.")
     assert str(refused.value) == ("--system_prompt is given but --prompt_template is 'alpaca': only the chat format "
                                   "has a system turn. Add --prompt_template chat, or drop --system_prompt.")
-    with pytest.raises(UsageError) as refused:  # what fire makes of `--system_prompt Hi, there`
-        OutputsConfig(instructions_path="e.json", output_path="o.json", system_prompt=("Hi", "there"))
-    assert str(refused.value) == ("--system_prompt must be text; the command line read it as the tuple ('Hi', "
-                                  "'there'). Quote it twice: --system_prompt=\"'...'\".")
+    with pytest.raises(UsageError) as refused:  # `system_prompt: 42` in a --config file
+        OutputsConfig(instructions_path="e.json", output_path="o.json", system_prompt=42)
+    assert str(refused.value) == ("--system_prompt must be text, not the int 42: give it as --system_prompt TEXT (in a "
+                                  "--config file, put the value in quotes).")
     assert (load_prompt_format(None), load_prompt_format("")) == (load_prompt_format("alpaca"),) * 2

@@ -4,14 +4,18 @@
         run_fire(COMMANDS, "eval_model.py", argv, quiet=True, errors=(GenerationError,))
 
 A command line here: `--config FILE` reads flags from YAML (`alpaca_lib.core.config_file`), an unknown flag is
-refused naming the nearest known one (`preflight.check_fire_flags`), and a mistake to fix (`UsageError`, and
-the `errors` a command adds) ends in one `error: ...` line and exit status 1 instead of a traceback.
+refused naming the nearest known one (`preflight.check_fire_flags`), a text flag's value reaches the command as
+typed (`verbatim_text`), and a mistake to fix (`UsageError`, and the `errors` a command adds) ends in one
+`error: ...` line and exit status 1 instead of a traceback.
 """
 
 from __future__ import annotations
 
+import inspect
+import re
 import sys
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+import typing
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Set, Union
 
 import fire
 
@@ -41,9 +45,55 @@ def run_fire(commands: Commands, program: str, argv: Optional[Sequence[str]] = N
         quiet_entry_point()
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        argv = verbatim_text(argv, commands)  # before --config adds its own (already quoted) values
         if config_file:
             argv = expand_fire_config(argv, commands, program)
         check_fire_flags(argv, commands, program)
         fire.Fire(commands, command=argv, serialize=serialize)
     except (UsageError, *errors) as e:
         exit_with(e)
+
+
+TEXT_TYPES = (str, Optional[str], "str", "Optional[str]", "str | None")  # how a text flag is declared
+
+
+def _text_flags(function: Callable) -> Set[str]:
+    """The names of `function`'s parameters declared as text (`str` or `Optional[str]`)."""
+    try:
+        hints = typing.get_type_hints(function)
+    except Exception:  # a hint that does not resolve: the signature's own annotations then
+        hints = {}
+    return {name for name, p in inspect.signature(function).parameters.items()
+            if hints.get(name, p.annotation) in TEXT_TYPES}
+
+
+def verbatim_text(argv: Sequence[str], commands: Commands) -> List[str]:
+    """`argv` with the value of each text flag written as a Python string literal, so that it reaches the command
+    exactly as typed.
+
+    fire reads every value as Python first: `--system_prompt Hi, there` became the tuple ('Hi', 'there'),
+    `--input 3, 1, 2` the tuple (3, 1, 2) and `--instruction 42` a number. A flag given without a value
+    (`--instruction` last, or before another flag) is left for the command to refuse.
+    """
+    args = list(argv)
+    end = args.index("--") if "--" in args else len(args)  # fire's own flags come after a lone --
+    if isinstance(commands, Mapping):
+        if not args or args[0] not in commands:
+            return args
+        function, start = commands[args[0]], 1
+    else:
+        function, start = commands, 0
+    text = _text_flags(function)
+    i = start
+    while i < end:
+        token = args[i]
+        if re.match(r"--?[A-Za-z_]", token):
+            name, eq, value = token.partition("=")
+            if name.lstrip("-").replace("-", "_") in text:
+                if eq:
+                    args[i] = f"{name}={value!r}"
+                elif i + 1 < end and not re.match(r"--?[A-Za-z_]", args[i + 1]):
+                    args[i + 1] = repr(args[i + 1])
+                    i += 1
+        i += 1
+    return args

@@ -8,8 +8,8 @@
     score = cli_command(ScoreConfig, run_score, "score", "Recomputes summary.json from a judged run.")
 
 `flag` declares a field with its help text, `same_as` reuses another config's field (default and help), and
-`is_int` is the check a field's `check()` uses for whole numbers. `cli_command` builds the command (it builds
-the config and calls `run(config)`); `cli_signature` and `cli_docstring` are its two halves, for a command
+`is_int` and `check_text` are the checks a field's `check()` uses for whole numbers and text. `cli_command` builds
+the command (it builds the config and calls `run(config)`); `cli_signature` and `cli_docstring` are its two halves, for a command
 that keeps a hand-written function. `run_fire` (alpaca_lib/core/cli.py) then runs it.
 """
 
@@ -20,6 +20,8 @@ import inspect
 import typing
 from dataclasses import field
 from typing import Any, Callable
+
+from alpaca_lib.core.errors import UsageError
 
 
 def flag(text: str, default: Any = dataclasses.MISSING, **kw) -> Any:
@@ -45,6 +47,19 @@ def same_as(config_cls: type, name: str, text: str | None = None) -> Any:
 def is_int(value: Any) -> bool:
     """Whether `value` is a whole number as a flag gives it: an int, and not a bool (`--n` alone gives True)."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_text(**values: Any) -> None:
+    """Refuses a text flag whose value is not text (the command line gives text flags as typed, see
+    `alpaca_lib.core.cli.verbatim_text`): a --config file's number or bool, or a flag given without a value.
+
+    Raises:
+        UsageError: naming the first such flag.
+    """
+    for name, value in values.items():
+        if value is not None and not isinstance(value, str):
+            raise UsageError(f"--{name} must be text, not the {type(value).__name__} {value!r}: give it as --{name} "
+                             "TEXT (in a --config file, put the value in quotes).")
 
 
 def cli_signature(config_cls: type, positional: bool = False) -> inspect.Signature:

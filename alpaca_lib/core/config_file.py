@@ -15,7 +15,6 @@ A key that is not a flag of the command stops the run, naming the file, the key 
 
 from __future__ import annotations
 
-import ast
 import inspect
 import json
 from collections.abc import Mapping
@@ -139,13 +138,8 @@ def _argparse_values(value: Any) -> List[str]:
 
 
 def _fire_value(value: Any) -> str:
-    """The text fire reads back as `value` (a string that looks like a number stays a string)."""
-    if isinstance(value, str):
-        try:
-            ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            return value
-        return repr(value)  # '123' or 'True' would otherwise reach the command as a number or a bool
+    """The text fire reads back as `value`: a string as a Python literal, or '123', 'True' and 'Hi, there' would
+    reach the command as a number, a bool and a tuple."""
     return json.dumps(value) if isinstance(value, (list, dict)) else repr(value)
 
 

@@ -14,7 +14,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from alpaca_lib.core.commands import flag, is_int, same_as
+from alpaca_lib.core.commands import check_text, flag, is_int, same_as
 from alpaca_lib.core.errors import UsageError
 from alpaca_lib.core.fileio import expand_home_fields
 from alpaca_lib.evaluation.settings import DEFAULT_LEADERBOARD, GenerationSettings
@@ -28,16 +28,6 @@ def _check_positive(cfg: Any, *names: str) -> None:
         value = getattr(cfg, name)
         if not is_int(value) or value < 1:
             raise UsageError(f"--{name} must be a positive integer; got {value!r}")
-
-
-def _check_text(cfg: Any, *names: str) -> None:
-    """Refuses a text flag that the command line turned into something else: fire reads `--system_prompt Hi, there`
-    as a tuple and `--system_prompt 42` as a number."""
-    for name in names:
-        value = getattr(cfg, name)
-        if value is not None and not isinstance(value, str):
-            raise UsageError(f"--{name} must be text; the command line read it as the {type(value).__name__} "
-                             f"{value!r}. Quote it twice: --{name}=\"'...'\".")
 
 
 @dataclass(kw_only=True)
@@ -85,7 +75,7 @@ class OutputsConfig:
     def __post_init__(self):
         expand_home_fields(self, "instructions_path", "output_path", "model_dir")
         _check_positive(self, "max_concurrency")
-        _check_text(self, "prompt_template", "system_prompt")
+        check_text(prompt_template=self.prompt_template, system_prompt=self.system_prompt)
 
     def generation_settings(self) -> GenerationSettings:
         """The decoding part, which is also part of the run's identity."""
@@ -167,4 +157,4 @@ class ChatConfig:
 
     def __post_init__(self):
         expand_home_fields(self, "model_dir")
-        _check_text(self, "prompt_template", "system_prompt")
+        check_text(prompt_template=self.prompt_template, system_prompt=self.system_prompt)

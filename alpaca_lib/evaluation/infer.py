@@ -19,6 +19,7 @@ from __future__ import annotations
 import sys
 from typing import Optional, Sequence, TextIO
 
+from alpaca_lib.core.commands import check_text
 from alpaca_lib.core.errors import UsageError
 from alpaca_lib.core.fileio import expand_home
 from alpaca_lib.core.signals import on_interrupt
@@ -244,10 +245,7 @@ def main(
     model_dir, data_path = expand_home(model_dir), expand_home(data_path)
     budget = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}  # else each path's default
     formats = dict(prompt_template=prompt_template, system_prompt=system_prompt)
-    for name, value in formats.items():  # fire reads `--system_prompt Hi, there` as a tuple
-        if value is not None and not isinstance(value, str):
-            raise UsageError(f"--{name} must be text; the command line read it as the {type(value).__name__} "
-                             f"{value!r}.")
+    check_text(instruction=instruction, input=input, **formats)
     if chat:
         with on_interrupt("the chat ended."):
             chat_loop(ChatConfig(model_dir=model_dir, gguf_file=gguf_file, **formats, **budget))
