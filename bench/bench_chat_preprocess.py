@@ -5,9 +5,9 @@
 Builds `--n` Alpaca records of realistic lengths (`benchutil.synthesize_records`), then times in one run:
   1. `--prompt_template alpaca`: the batched path of the original masking (`tokenize_records`);
   2. `--prompt_template chat`: each record rendered by the chat template, its assistant turn found by rendering
-     prefixes, tokenized with offsets (`alpaca_lib.data.conversations.encode_chat`);
+     prefixes, the texts tokenized with offsets in one call (`alpaca_lib.data.conversations.encode_chats`);
   3. chat with `--turns` user/assistant exchanges per record (the records' texts chained into conversations),
-     per assistant turn, since each turn renders the conversation up to it twice.
+     per assistant turn, since each turn but the last renders the conversation up to it twice.
 Prints the times, the chat/alpaca ratio and the tokens in the loss of each.
 """
 

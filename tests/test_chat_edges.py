@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import csv
 import json
+import random
 
 import pytest
 
-from alpaca_lib.data.conversations import assistant_spans
+from alpaca_lib.data.conversations import assistant_spans, encode_chat, encode_chats, mask_from_offsets
 from alpaca_lib.data.formats import ChatTemplateError, PromptFormatError, load_prompt_format
 from alpaca_lib.data.sources import open_source
 from alpaca_lib.data.tokenizing import DropOptions, tokenize_records
@@ -95,3 +96,34 @@ def test_an_alpaca_record_with_a_stray_messages_key_is_still_an_alpaca_record(tm
         writer.writerow(["instruction", "input", "output", "messages"])
         writer.writerow(["Say hi.", "", "Hi.", "notes"])
     assert open_source(str(table)).check().records() == [{"instruction": "Say hi.", "input": "", "output": "Hi."}]
+
+
+def test_the_mask_is_every_token_that_overlaps_an_assistant_turn():
+    """`mask_from_offsets` against its definition, on random tokenizations (tokens of length 0 included) and turns:
+    a token is in the loss when it overlaps a turn, and crosses an edge when it is in the loss but not inside one."""
+    rng = random.Random(0)
+    for _ in range(300):
+        cuts = sorted(rng.sample(range(1, 60), rng.randint(0, 12)))
+        bounds = [0, *cuts, 60]
+        offsets = [(a, b) for a, b in zip(bounds, bounds[1:])]
+        offsets += [(k, k) for k in rng.sample(range(60), 2)]
+        offsets.sort()
+        edges = sorted(rng.sample(range(60), 2 * rng.randint(0, 4)))
+        spans = list(zip(edges[::2], edges[1::2]))
+        overlaps = [[s for s in spans if a < s[1] and b > s[0]] for a, b in offsets]
+        mask, crossing = mask_from_offsets(offsets, spans)
+        assert mask.tolist() == [bool(o) for o in overlaps], (offsets, spans)
+        assert crossing == sum(bool(o) and not any(s[0] <= a and b <= s[1] for s in o)
+                               for (a, b), o in zip(offsets, overlaps)), (offsets, spans)
+
+
+def test_many_conversations_encode_as_each_alone_and_a_refusal_names_its_conversation(tokenizer):
+    tokenizer.chat_template = NO_SYSTEM
+    talks = [QUOTED[1:], QUOTED[1:3], [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]]
+    together = encode_chats(talks, tokenizer)
+    alone = [encode_chat(t, tokenizer) for t in talks]
+    assert [(ids, mask.tolist(), flags) for ids, mask, flags in together] == [
+        (ids, mask.tolist(), flags) for ids, mask, flags in alone]
+    with pytest.raises(ChatTemplateError) as refused:
+        encode_chats([*talks, QUOTED], tokenizer)
+    assert refused.value.conversation == 3 and "System role not supported" in str(refused.value)

@@ -5,6 +5,7 @@ turns in the loss.
     record = check_conversation({"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]},
                                 "data.json: record 0")          # -> {"messages": [{"role": "user", ...}, ...]}
     ids, mask, flags = encode_chat(record["messages"], tokenizer)   # mask[k]: token k is in the loss
+    for ids, mask, flags in encode_chats(conversations, tokenizer): ...   # many at once: one tokenizer call
 
 A conversation is an optional system turn, then user and assistant turns in turn, starting with the user and ending
 with the assistant. `encode_chat` renders it with the tokenizer's chat template and marks what the assistant says,
@@ -17,7 +18,9 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from alpaca_lib.data.formats import end_of_turn_text, render_chat
+import numpy as np
+
+from alpaca_lib.data.formats import ChatTemplateError, end_of_turn_text, render_chat
 from alpaca_lib.data.records import DataError
 
 ROLES = ("system", "user", "assistant")
@@ -132,7 +135,7 @@ def assistant_spans(messages: Sequence[dict], tokenizer) -> Tuple[str, List[Tupl
         if message["role"] != "assistant":
             continue
         before = render_chat(tokenizer, messages[:i], add_generation_prompt=True)
-        through = render_chat(tokenizer, messages[: i + 1])
+        through = text if i == len(messages) - 1 else render_chat(tokenizer, messages[: i + 1])
         if text.startswith(before) and text.startswith(through) and len(through) > len(before) >= pos:
             start, end = len(before), len(before) + len(through[len(before):].rstrip())
         else:
@@ -153,26 +156,30 @@ def assistant_spans(messages: Sequence[dict], tokenizer) -> Tuple[str, List[Tupl
     return text, spans, consistent
 
 
-def mask_from_offsets(offsets: Sequence[Tuple[int, int]], spans: Sequence[Tuple[int, int]]) -> Tuple[List[bool], int]:
+def mask_from_offsets(offsets: Sequence[Tuple[int, int]], spans: Sequence[Tuple[int, int]]) -> Tuple[np.ndarray, int]:
     """Which tokens overlap a span (a token cut by a span's edge is in the loss), and how many are cut so.
 
     Args:
         offsets: each token's (start, end) characters in the text, in order.
         spans: the (start, end) characters of the assistant turns, in order.
+    Returns:
+        (a bool per token, the number of tokens in the loss that cross a span's edge).
     """
-    mask, crossing, s = [], 0, 0
-    for start, end in offsets:
-        while s < len(spans) and start >= spans[s][1]:
-            s += 1
-        inside = s < len(spans) and end > spans[s][0]
-        mask.append(inside)
-        if inside and (start < spans[s][0] or end > spans[s][1]):
-            crossing += 1
-    return mask, crossing
+    offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    if not len(spans):
+        return np.zeros(len(offsets), bool), 0
+    span_starts, span_ends = np.asarray(spans, dtype=np.int64).reshape(-1, 2).T
+    # Each token against the first span that ends after the token starts.
+    s = np.searchsorted(span_ends, offsets[:, 0], side="right")
+    has = s < len(span_ends)
+    s = np.minimum(s, len(span_ends) - 1)
+    inside = has & (offsets[:, 1] > span_starts[s])
+    crossing = inside & ((offsets[:, 0] < span_starts[s]) | (offsets[:, 1] > span_ends[s]))
+    return inside, int(crossing.sum())
 
 
 def encode_chat(messages: Sequence[dict], tokenizer, generation_marks: bool = False
-                ) -> Tuple[List[int], List[bool], Dict[str, int]]:
+                ) -> Tuple[List[int], np.ndarray, Dict[str, int]]:
     """A conversation's token ids (untruncated) and loss mask: True on what the assistant says.
 
     Args:
@@ -183,15 +190,37 @@ def encode_chat(messages: Sequence[dict], tokenizer, generation_marks: bool = Fa
     Returns:
         (ids, mask, flags): flags["prefix_mismatch"] is 1 when a rendering up to an assistant turn is not a prefix of
         the rendered conversation, flags["boundary_merges"] the tokens that straddle an assistant turn's edge.
+    Raises:
+        ChatTemplateError: the template refused the conversation.
     """
-    text, spans, consistent = assistant_spans(messages, tokenizer)
-    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids = list(encoding["input_ids"])
-    mask, crossing = mask_from_offsets(encoding["offset_mapping"], spans)
-    if generation_marks:
-        marked = tokenizer.apply_chat_template(list(messages), tokenize=True, return_dict=True,
-                                               return_assistant_tokens_mask=True)  # rendered above: it does not raise
-        if list(marked["input_ids"]) != ids:
-            raise ValueError("the chat template's rendering changed between two calls")
-        mask = [bool(m) for m in marked["assistant_masks"]]
-    return ids, mask, {"prefix_mismatch": int(not consistent), "boundary_merges": crossing}
+    return encode_chats([messages], tokenizer, generation_marks)[0]
+
+
+def encode_chats(conversations: Sequence[Sequence[dict]], tokenizer, generation_marks: bool = False
+                 ) -> List[Tuple[List[int], np.ndarray, Dict[str, int]]]:
+    """`encode_chat` of each conversation, the texts tokenized in one call (the tokenizer's batch runs in parallel).
+
+    Raises:
+        ChatTemplateError: the template refused a conversation; its `conversation` attribute is that one's index.
+    """
+    rendered = []
+    for k, messages in enumerate(conversations):
+        try:
+            rendered.append(assistant_spans(messages, tokenizer))
+        except ChatTemplateError as e:
+            e.conversation = k
+            raise
+    encodings = tokenizer([text for text, _, _ in rendered], add_special_tokens=False, return_offsets_mapping=True,
+                          return_attention_mask=False, return_token_type_ids=False)
+    out = []
+    for k, (messages, (_, spans, consistent)) in enumerate(zip(conversations, rendered)):
+        ids = list(encodings["input_ids"][k])
+        mask, crossing = mask_from_offsets(encodings["offset_mapping"][k], spans)
+        if generation_marks:
+            marked = tokenizer.apply_chat_template(list(messages), tokenize=True, return_dict=True,
+                                                   return_assistant_tokens_mask=True)  # rendered above: no raise
+            if list(marked["input_ids"]) != ids:
+                raise ValueError("the chat template's rendering changed between two calls")
+            mask = np.asarray(marked["assistant_masks"], bool)
+        out.append((ids, mask, {"prefix_mismatch": int(not consistent), "boundary_merges": crossing}))
+    return out

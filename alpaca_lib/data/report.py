@@ -7,7 +7,7 @@
 `build_report` computes the numbers (a dict, written as `report.json`); `write_report` writes it and
 `lengths.png`, a histogram of prompt, response and total token lengths with the max length marked.
 The masking numbers are training's own: under Alpaca's prompts (or a template file's) those of
-`alpaca_lib.data.tokenizing.encode_pairs`, under `chat` those of `alpaca_lib.data.conversations.encode_chat`
+`alpaca_lib.data.tokenizing.encode_pairs`, under `chat` those of `alpaca_lib.data.conversations.encode_chats`
 on the tokenizer's chat template (an Alpaca record is then one user and one assistant turn). "prompt" counts
 the tokens outside the loss, "response" those in it (under chat: what the assistant says, with its end-of-turn
 token). An example with no token in the loss within `model_max_length` is dropped in training; one whose last
@@ -29,7 +29,7 @@ import numpy as np
 from alpaca_lib.core.fileio import atomic_write
 from alpaca_lib.core.progress import progress_bar
 from alpaca_lib.core.rouge import RougeLPool
-from alpaca_lib.data.conversations import encode_chat, is_conversation, turns_of
+from alpaca_lib.data.conversations import encode_chats, is_conversation, turns_of
 from alpaca_lib.data.formats import PromptFormat, has_generation_marks, load_prompt_format
 from alpaca_lib.data.tokenizing import encode_pairs
 
@@ -68,16 +68,17 @@ def token_lengths(records: Sequence[dict], tokenizer, batch_size: int = 4096,
     bar = progress_bar(total=len(records), desc="report: tokenizing", unit="record")
     if fmt.is_chat:
         marks = has_generation_marks(tokenizer)
-        for record in records:
-            ids, mask, flags = encode_chat(fmt.messages(record), tokenizer, marks)
-            where = np.flatnonzero(mask)
-            total.append(len(ids))
-            loss.append(where.size)
-            first.append(int(where[0]) if where.size else len(ids))
-            last.append(int(where[-1]) + 1 if where.size else len(ids))
-            within.append(int((where < max_length).sum()))
-            merges += flags["boundary_merges"] > 0
-            bar.update(1)
+        for start in range(0, len(records), batch_size):
+            batch = records[start : start + batch_size]
+            for ids, mask, flags in encode_chats([fmt.messages(r) for r in batch], tokenizer, marks):
+                where = np.flatnonzero(mask)
+                total.append(len(ids))
+                loss.append(where.size)
+                first.append(int(where[0]) if where.size else len(ids))
+                last.append(int(where[-1]) + 1 if where.size else len(ids))
+                within.append(int((where < max_length).sum()))
+                merges += flags["boundary_merges"] > 0
+            bar.update(len(batch))
     else:
         for start in range(0, len(records), batch_size):
             batch = records[start : start + batch_size]

@@ -13,7 +13,7 @@ result on disk. A template file (`--prompt_template my.json`) only changes the p
 
 Under `--prompt_template chat` each record (an Alpaca record as one user and one assistant turn, a
 conversation with its own turns) is rendered by the tokenizer's chat template and encoded by
-`alpaca_lib.data.conversations.encode_chat`; the loss is on every assistant turn, so the examples carry a
+`alpaca_lib.data.conversations.encode_chats`; the loss is on every assistant turn, so the examples carry a
 per-token loss mask (`EncodedData.loss_mask`) instead of a masked prefix.
 """
 
@@ -29,7 +29,7 @@ import numpy as np
 
 from alpaca_lib.core.modeling import IGNORE_INDEX
 from alpaca_lib.core.prompt import format_prompt
-from alpaca_lib.data.conversations import check_conversation, encode_chat, is_conversation
+from alpaca_lib.data.conversations import check_conversation, encode_chats, is_conversation
 from alpaca_lib.data.formats import ChatTemplateError, PromptFormat, has_generation_marks
 from alpaca_lib.data.records import DataError
 
@@ -275,23 +275,23 @@ class BatchEncoder:
         truncated to the max length."""
         count, base = self.count, self.count["examples"]
         kept_ids, kept_source_lens, kept_masks = [], [], []
-        for i, record in enumerate(records):
-            if "instruction" not in record and is_conversation(record):
-                record = check_conversation(record, f"record {base + i}")
-            messages = self.format.messages(record)
-            try:
-                ids, mask, flags = encode_chat(messages, self.tokenizer, self.generation_marks)
-            except ChatTemplateError as e:
-                raise ChatTemplateError(f"record {base + i}: {e}. Fix or leave out that record.") from None
+        conversations = [self.format.messages(check_conversation(record, f"record {base + i}")
+                                              if "instruction" not in record and is_conversation(record) else record)
+                         for i, record in enumerate(records)]
+        try:
+            encoded = encode_chats(conversations, self.tokenizer, self.generation_marks)
+        except ChatTemplateError as e:
+            raise ChatTemplateError(f"record {base + e.conversation}: {e}. Fix or leave out that record.") from None
+        for i, (messages, (ids, mask, flags)) in enumerate(zip(conversations, encoded)):
             count["examples"] += 1
             count["prefix_mismatches"] += flags["prefix_mismatch"]
             count["boundary_merges"] += flags["boundary_merges"] > 0
-            ids, mask, cut = ids[: self.max_length], np.asarray(mask[: self.max_length], bool), mask[self.max_length:]
+            ids, mask, cut = ids[: self.max_length], mask[: self.max_length], mask[self.max_length:]
             said = [m["content"] for m in messages if m["role"] == "assistant"]
             asked = [m["content"] for m in messages if m["role"] == "user"]
             identity = hash(tuple((m["role"], m["content"]) for m in messages))
             # Cut inside an assistant turn (it loses its end of turn), not merely before later turns.
-            cut_mid_turn = bool(cut) and bool(cut[0]) and bool(mask[-1])
+            cut_mid_turn = len(cut) > 0 and bool(cut[0]) and bool(mask[-1])
             if not self._keep(base + i, ids, not mask.any(), cut_mid_turn, any(not t.strip() for t in said),
                               any(not t.strip() for t in asked), identity):
                 continue
