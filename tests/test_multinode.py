@@ -29,6 +29,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -253,17 +254,23 @@ def test_two_nodes_train_as_one_process_and_tokenize_once(setup, single, tiny_ll
 @pytest.mark.slow
 def test_a_node_started_with_other_flags_is_refused_on_both_nodes(setup, tiny_llama_dir, jobs):
     """Node 1 with another --learning_rate, a data.json (the same relative --data_path) that holds other records
-    than node 0's, and a tpl.json (the same relative --prompt_template) with another word in it: both nodes stop
-    before the model loads, with the same error line naming both. Slow: a job of about 15 s (the message itself is
-    pinned in the default suite, test_nodes_started_differently_...)."""
+    than node 0's, a tpl.json (the same relative --prompt_template) with another word in it and a model folder (the
+    same relative --model_name_or_path) whose config says more: both nodes stop before the model loads, with the same
+    error line naming each. Slow: a job of about 15 s (the message itself is pinned in the default suite,
+    test_nodes_started_differently_...)."""
     import hashlib
 
     from alpaca_lib.core.prompt import PROMPT_DICT
+    from alpaca_lib.training.nodes import model_digest
 
     root = setup[0]
     folders = [root / "refused-node0", root / "refused-node1"]
     for n, folder in enumerate(folders):
         folder.mkdir()
+        shutil.copytree(tiny_llama_dir, folder / "model")
+        if n == 1:  # another model: its config says more
+            config = folder / "model" / "config.json"
+            config.write_text(config.read_text().replace("{", '{"note": "another", ', 1))
         write_alpaca_subset(folder / "data.json", slice(4 * n, 4 * n + 4))
         template = {**PROMPT_DICT, "response_split": "### Response:"}
         if n == 1:  # another copy of the template file, one word changed
@@ -271,19 +278,21 @@ def test_a_node_started_with_other_flags_is_refused_on_both_nodes(setup, tiny_ll
         (folder / "tpl.json").write_text(json.dumps(template))
     out = root / "refused"
     one_step = ["--max_steps", "1", "--prompt_template", "tpl.json"]
-    flags = [_flags(tiny_llama_dir, "data.json", out, root / "cache-refused", 2, one_step),
-             _flags(tiny_llama_dir, "data.json", out, root / "cache-refused", 2, [*one_step,
-                                                                                  "--learning_rate", "2e-3"])]
+    flags = [_flags("model", "data.json", out, root / "cache-refused", 2, one_step),
+             _flags("model", "data.json", out, root / "cache-refused", 2, [*one_step, "--learning_rate", "2e-3"])]
     logs = _run_job(jobs(root, "refused", flags, cwds=folders), expect=(1, 1))
     from alpaca_lib.data.sources import open_source
 
     sha = [open_source(str(f / "data.json")).key()[:12] for f in folders]
     tpl = [hashlib.sha256((f / "tpl.json").read_bytes()).hexdigest()[:12] for f in folders]
+    model = [model_digest(str(f / "model"))[:12] for f in folders]
     expected = (
         f"error: the nodes of this job were started with different commands: --learning_rate 0.001 on node 0 "
         f"({HOST}), 0.002 on node 1 ({HOST}); --data_path data.json holds other data: sha256 {sha[0]} on node 0 "
         f"({HOST}), {sha[1]} on node 1 ({HOST}); --prompt_template tpl.json holds another template: sha256 {tpl[0]} "
-        f"on node 0 ({HOST}), {tpl[1]} on node 1 ({HOST}). Fix: start train.py with the same flags and the same data "
+        f"on node 0 ({HOST}), {tpl[1]} on node 1 ({HOST}); --model_name_or_path model holds another model: sha256 "
+        f"{model[0]} on node 0 ({HOST}), {model[1]} on node 1 ({HOST}). Fix: start train.py with the same flags and "
+        "the same data "
         "on every node (only torchrun's own flags, such as --node_rank, differ), then run the command again on every "
         "node."
     )
@@ -291,6 +300,31 @@ def test_a_node_started_with_other_flags_is_refused_on_both_nodes(setup, tiny_ll
         assert [line for line in log.splitlines() if line.startswith("error:")] == [expected], log[-3000:]
         assert logged_steps(log) == 0
     assert not out.exists()  # refused before anything was written
+
+
+@pytest.mark.slow
+def test_each_nodes_own_copy_of_the_model_is_the_same_model_when_the_run_is_started_again(setup, tiny_llama_dir,
+                                                                                            jobs):
+    """The same relative --model_name_or_path on each node names the node's own copy of the model, made at another
+    time (as a download or a plain `cp -r` on each node makes it): the nodes agree, and the command run again finds
+    the run finished on both. Before, node 1 compared its copy's file times with those rank 0 recorded and refused,
+    as if the finished run had been trained from another model, and so every node stopped. Slow: a job of about
+    20 s, then one of about 10 s that loads nothing."""
+    root, four, _ = setup
+    folders = [root / "own-copy-node0", root / "own-copy-node1"]
+    for n, folder in enumerate(folders):
+        shutil.copytree(tiny_llama_dir, folder / "model")
+        if n == 1:  # copied later: other file times
+            for path in (folder / "model").iterdir():
+                stat = path.stat()
+                os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 3600 * 10**9))
+    out = root / "own-copy"
+    flags = [_flags("model", four, out, root / "cache-own-copy", 2, ["--max_steps", "1", "--save_strategy", "no"])] * 2
+    _run_job(jobs(root, "own-copy", flags, cwds=folders))
+    logs = _run_job(jobs(root, "own-copy-again", flags, cwds=folders))
+    said = f"train.py: {out} already holds the final model of this run (step 1); nothing to train."
+    assert said in logs[0], logs[0][-3000:]
+    assert not [line for log in logs for line in log.splitlines() if line.startswith("error:")]
 
 
 @pytest.mark.slow
@@ -395,6 +429,20 @@ def test_nodes_started_differently_are_named_with_each_difference():
     assert _disagreement(elsewhere) == (
         "the nodes see different things in --output_dir /shared/out: resume from checkpoint-6 on node 0 (h), no "
         f"checkpoint (start afresh) on node 1 (h). {same_folder}")
+
+
+def test_the_nodes_compare_a_model_folder_by_its_config_weight_sizes_and_tokenizer_not_by_times(tiny_llama_dir,
+                                                                                                   tmp_path):
+    from alpaca_lib.training.nodes import model_digest
+
+    copy = Path(shutil.copytree(tiny_llama_dir, tmp_path / "copy"))
+    for path in copy.iterdir():  # each node's own copy, made at another time
+        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 3600 * 10**9))
+    assert model_digest(str(copy)) == model_digest(str(tiny_llama_dir)) != ""
+    config = json.loads((copy / "tokenizer_config.json").read_text())
+    (copy / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": "{{ messages }}"}))
+    assert model_digest(str(copy)) != model_digest(str(tiny_llama_dir))  # another chat template
+    assert model_digest("owner/model") == ""  # a hub id: its name is compared as a flag
 
 
 # Two processes of one job (gloo on loopback, as node 0 and node 1 of one host) calling `NodeWatch.agree` with the

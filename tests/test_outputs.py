@@ -365,3 +365,9 @@ def test_outputs_and_resume_identify_a_model_folder_by_one_rule(tiny_llama_dir, 
     assert retrained != expected
     assert LocalModel.fingerprint(str(copy))["weights"] == retrained
     assert run_identity(str(copy), None, "d" * 64, "a.json")["model_content"] == f"folder:{retrained}"
+    # Without the times (how the nodes of one job compare their own copies): the config and the weights' sizes.
+    untimed = hashlib.sha256((copy / "config.json").read_bytes()
+                             + f"model.safetensors:{st.st_size}\n".encode()).hexdigest()
+    assert model_folder_digest(copy, times=False) == model_folder_digest(tiny_llama_dir, times=False) == untimed
+    (copy / "config.json").write_text((copy / "config.json").read_text().replace("{", '{"note": 1, ', 1))
+    assert model_folder_digest(copy, times=False) != untimed

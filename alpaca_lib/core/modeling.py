@@ -15,13 +15,16 @@ DEFAULT_UNK_TOKEN = "<unk>"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")
 
 
-def model_folder_digest(folder: str | os.PathLike) -> str:
+def model_folder_digest(folder: str | os.PathLike, times: bool = True) -> str:
     """What identifies a model folder without loading it: one rule for a training resume and for a run's outputs.
 
     The sha256 of config.json's bytes and of each weight file's name, size and modification time (in whole
     seconds): retraining into the folder changes it, a copy that keeps the files' times (`cp -a`, `rsync -a`,
     `shutil.copytree`) does not, whatever its path.
 
+    Args:
+        times: count the weight files' times; without them, copies made at other times (each node's own copy of
+            a model) are alike, as are weights retrained to the same size.
     Returns:
         64 hex digits.
     """
@@ -32,7 +35,7 @@ def model_folder_digest(folder: str | os.PathLike) -> str:
     for path in sorted(folder.iterdir()):
         if path.suffix in WEIGHT_SUFFIXES and path.is_file():
             st = path.stat()
-            digest.update(f"{path.name}:{st.st_size}:{int(st.st_mtime)}\n".encode())
+            digest.update(f"{path.name}:{st.st_size}{f':{int(st.st_mtime)}' if times else ''}\n".encode())
     return digest.hexdigest()
 
 

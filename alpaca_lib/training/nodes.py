@@ -16,10 +16,12 @@ that node's workers. What one machine never shows is handled here:
   closed by peer"). Every worker adds to a heartbeat counter in the job's store (the TCPStore at MASTER_ADDR:
   MASTER_PORT that torchrun runs) every second; a worker whose collective failed waits a few beats, names the
   nodes whose counters stopped (`NodeLostError`), and says which checkpoint the same command resumes from.
-- **Nodes started differently.** A node with another flag, other data or another template file would train
-  another run in lockstep (or hang at the first collective whose shape differs). Before training every process
-  compares its flags, the digests of the files they name (--data_path, --prompt_template) and where it would start
-  with rank 0's (`NodeWatch.agree`); a difference, or a refusal on any node, stops every node with the same error.
+- **Nodes started differently.** A node with another flag, other data, another template file or another model
+  would train another run in lockstep (or hang at the first collective whose shape differs). Before training every
+  process compares its flags, the digests of the files they name (--data_path, --prompt_template; a
+  --model_name_or_path folder's config, weight file sizes and tokenizer files, not the weights' times, which each
+  node's own copy has its own of: `model_digest`) and where it would start with rank 0's (`NodeWatch.agree`); a difference, or a refusal on any node, stops
+  every node with the same error. Whether a resume is this run's is decided by rank 0's record (`from_rank_0`).
 - **An --output_dir that is not shared.** Nodes that each write their own local folder would all start afresh,
   agree, and train, each saving only its own part of every checkpoint. Rank 0 leaves a token file with a random
   name in --output_dir while the processes compare notes; a process that does not find it there stops every node.
@@ -32,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import hashlib
 import os
 import secrets
 import socket
@@ -44,6 +47,7 @@ from typing import Callable, Dict, Iterator, List, Optional
 import torch.distributed as dist
 
 from alpaca_lib.core.errors import UsageError
+from alpaca_lib.core.modeling import model_folder_digest
 from alpaca_lib.training.identity import plain_value
 
 HEARTBEAT_S = 1.0  # how often each worker checks its launcher and beats
@@ -52,7 +56,8 @@ STORE_TIMEOUT_S = 5 * HEARTBEAT_S  # how long a heartbeat waits for the job's st
 # Flags that differ between the processes of one job by design (torchrun sets them per process).
 PER_PROCESS_FLAGS = ("local_rank",)
 # What a flag's file holds when its digest differs between nodes (`NodeWatch.agree`'s `digests`).
-DIGESTED_FILES = {"--data_path": "other data", "--prompt_template": "another template"}
+DIGESTED_FILES = {"--data_path": "other data", "--prompt_template": "another template",
+                  "--model_name_or_path": "another model"}
 TOKEN_PREFIX = ".alpaca-nodes-"  # rank 0's token in --output_dir (a random name), while the processes compare notes
 
 
@@ -63,6 +68,25 @@ class NodeLostError(UsageError):
 class NodesDisagreeError(UsageError):
     """The nodes of one job were started with different flags, data or template files, or see different output
     folders."""
+
+
+# A model folder's tokenizer files, compared by their bytes between nodes (a chat template lives in them).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "chat_template.json",
+                   "tokenizer.model", "special_tokens_map.json")
+
+
+def model_digest(model: str) -> str:
+    """What the nodes compare of --model_name_or_path: for a local folder, its config.json and weight files' names and
+    sizes (`model_folder_digest` without the times, which each node's own copy has its own of) and its tokenizer
+    files' bytes; "" for a hub id (its name is compared as a flag)."""
+    folder = Path(model).expanduser()
+    if not folder.is_dir():
+        return ""
+    digest = hashlib.sha256(model_folder_digest(folder, times=False).encode())
+    for name in TOKENIZER_FILES:
+        if (folder / name).is_file():
+            digest.update(f"{name}:{hashlib.sha256((folder / name).read_bytes()).hexdigest()}\n".encode())
+    return digest.hexdigest()
 
 
 def flags_of(*arg_objects) -> dict:
@@ -155,6 +179,14 @@ class NodeWatch:
         os._exit(1)  # at once: the main thread may be blocked in a collective
 
     # ---- before training: every node alike ----
+
+    def from_rank_0(self, value):
+        """`value` as rank 0 has it (`value` itself in a single process); call it on every process."""
+        if self.world_size <= 1:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def agree(self, flags: dict, digests: Dict[str, str], start, refusal: Optional[UsageError] = None) -> None:
         """Checks that every process was started alike and sees the same --output_dir; call it on every process.

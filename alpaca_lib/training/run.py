@@ -27,7 +27,7 @@ from alpaca_lib.core.locking import job_lock
 from alpaca_lib.core.weightfiles import check_local_weights
 from alpaca_lib.training.checkpoints import final_save_kept, newest_complete
 from alpaca_lib.training.identity import run_identity, run_settings
-from alpaca_lib.training.nodes import NodeWatch, flags_of
+from alpaca_lib.training.nodes import NodeWatch, flags_of, model_digest
 from alpaca_lib.training.resumable import StopOnSigterm, signal_name
 from alpaca_lib.training.start import StartPoint, clear_finished, delete_checkpoints, mark_finished, plan_start
 
@@ -148,12 +148,17 @@ def training_run(model_args, data_args, training_args, data_key: str) -> Iterato
     # One job at a time writes --output_dir (under torchrun, rank 0 holds the lock for all processes). Under
     # torchrun each worker also watches its launcher and beats, so that a lost node is named (nodes.py).
     with NodeWatch(training_args) as nodes, job_lock(training_args.output_dir, "train.py"):
+        # One identity for the job, rank 0's: each node's own copy of a model folder has its own file times, which
+        # a resume on one machine counts. What the nodes hold is compared below, by content.
+        record["model_content"] = nodes.from_rank_0(record["model_content"])
         try:
             start, refusal = plan_start(training_args.output_dir, training_args.resume_from_checkpoint,
                                         training_args.overwrite_output_dir, record), None
         except UsageError as e:  # raised on every process, after they compared notes
             start, refusal = None, e
-        # A template file is compared by its bytes too: a flag names only its path.
-        digests = {"--data_path": data_key, "--prompt_template": record["settings"]["prompt_template_sha256"]}
+        # The files a flag names are compared too (a data or template file by its bytes, a model folder by
+        # `model_digest`): the same path can hold another copy on each node.
+        digests = {"--data_path": data_key, "--prompt_template": record["settings"]["prompt_template_sha256"],
+                   "--model_name_or_path": model_digest(model_args.model_name_or_path)}
         nodes.agree(flags_of(model_args, data_args, training_args), digests, start, refusal)
         yield TrainingRun(training_args, record, start, model_args, nodes)
