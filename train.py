@@ -127,6 +127,9 @@ def _load_model_and_tokenizer(model_args: ModelArguments, training_args: Trainin
     tokenizer = _load_tokenizer(model_args, training_args)
     if prompt_format is not None:
         prompt_format.check_tokenizer(tokenizer, model_args.model_name_or_path)
+        unended = prompt_format.unended_answers(tokenizer, model_args.model_name_or_path)
+        if unended:
+            logger.warning(unended)
     dtype = model_args.torch_dtype if model_args.torch_dtype == "auto" else getattr(torch, model_args.torch_dtype)
     extra = {"gguf_file": model_args.gguf_file} if model_args.gguf_file else {}
     model_kwargs = dict(extra)

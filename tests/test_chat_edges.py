@@ -127,3 +127,16 @@ def test_many_conversations_encode_as_each_alone_and_a_refusal_names_its_convers
     with pytest.raises(ChatTemplateError) as refused:
         encode_chats([*talks, QUOTED], tokenizer)
     assert refused.value.conversation == 3 and "System role not supported" in str(refused.value)
+
+
+def test_a_template_that_does_not_end_its_answers_is_warned_about(tokenizer):
+    """train.py logs it: trained in such a template, the model is never shown where an answer ends."""
+    tokenizer.chat_template = ("{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\\n' }}{% endfor %}"
+                               "{% if add_generation_prompt %}assistant: {% endif %}")
+    assert CHAT.unended_answers(tokenizer, "models/m") == (
+        "models/m: the chat template writes nothing after an assistant turn (no end-of-turn token, no EOS), so "
+        "training does not teach the model where an answer ends: it will run on to the answer budget. A template "
+        "that closes each assistant turn (as ChatML's <|im_end|> does) avoids this.")
+    assert load_prompt_format("alpaca").unended_answers(tokenizer, "models/m") is None  # Alpaca's EOS: always
+    tokenizer.chat_template = CHATML
+    assert CHAT.unended_answers(tokenizer, "models/m") is None

@@ -112,6 +112,19 @@ class PromptFormat:
                 fix = " Drop --system_prompt: this template takes no system turn." if self.system_prompt else ""
                 raise PromptFormatError(f"{where}: {e}.{fix}") from None
 
+    def unended_answers(self, tokenizer, where: str) -> Optional[str]:
+        """A warning when training in this format cannot teach the model to end its answers (a chat template that
+        writes nothing after an assistant turn: no end-of-turn token, no EOS), else None.
+
+        Args:
+            where: the model the tokenizer belongs to, for the message.
+        """
+        if not self.is_chat or end_of_turn_text(tokenizer):
+            return None
+        return (f"{where}: the chat template writes nothing after an assistant turn (no end-of-turn token, no EOS), so "
+                "training does not teach the model where an answer ends: it will run on to the answer budget. A "
+                "template that closes each assistant turn (as ChatML's <|im_end|> does) avoids this.")
+
     def messages(self, record: Mapping[str, Any]) -> List[Dict[str, str]]:
         """A record as chat messages: a conversation's own (after this format's system prompt when it has no
         system turn), or an Alpaca record's one user and one assistant turn (no assistant turn when the record
