@@ -185,7 +185,8 @@ def train(argv: Optional[Sequence[str]] = None) -> Optional[transformers.Trainer
             source.check_format(prompt_format)
 
     # This job alone writes --output_dir from here on; where the run starts is decided before the model loads.
-    with training_run(model_args, data_args, training_args, records.key()) as run:
+    with training_run(model_args, data_args, training_args, records.key(),
+                      eval_records.key() if eval_records is not None else "") as run:
         if run.already_finished():
             return None
         # Seeded before the model loads, so that whatever it initialises (LoRA adapters, resized embeddings)

@@ -254,8 +254,9 @@ def test_two_nodes_train_as_one_process_and_tokenize_once(setup, single, tiny_ll
 @pytest.mark.slow
 def test_a_node_started_with_other_flags_is_refused_on_both_nodes(setup, tiny_llama_dir, jobs):
     """Node 1 with another --learning_rate, a data.json (the same relative --data_path) that holds other records
-    than node 0's, a tpl.json (the same relative --prompt_template) with another word in it and a model folder (the
-    same relative --model_name_or_path) whose config says more: both nodes stop before the model loads, with the same
+    than node 0's, an eval.json (--eval_data_path) likewise, a tpl.json (the same relative --prompt_template) with
+    another word in it and a model folder (the same relative --model_name_or_path) whose config says more: both nodes
+    stop before the model loads, with the same
     error line naming each. Slow: a job of about 15 s (the message itself is pinned in the default suite,
     test_nodes_started_differently_...)."""
     import hashlib
@@ -272,18 +273,20 @@ def test_a_node_started_with_other_flags_is_refused_on_both_nodes(setup, tiny_ll
             config = folder / "model" / "config.json"
             config.write_text(config.read_text().replace("{", '{"note": "another", ', 1))
         write_alpaca_subset(folder / "data.json", slice(4 * n, 4 * n + 4))
+        write_alpaca_subset(folder / "eval.json", slice(20 + n, 22 + n))
         template = {**PROMPT_DICT, "response_split": "### Response:"}
         if n == 1:  # another copy of the template file, one word changed
             template["prompt_no_input"] = template["prompt_no_input"].replace("Write", "Give")
         (folder / "tpl.json").write_text(json.dumps(template))
     out = root / "refused"
-    one_step = ["--max_steps", "1", "--prompt_template", "tpl.json"]
+    one_step = ["--max_steps", "1", "--prompt_template", "tpl.json", "--eval_data_path", "eval.json"]
     flags = [_flags("model", "data.json", out, root / "cache-refused", 2, one_step),
              _flags("model", "data.json", out, root / "cache-refused", 2, [*one_step, "--learning_rate", "2e-3"])]
     logs = _run_job(jobs(root, "refused", flags, cwds=folders), expect=(1, 1))
     from alpaca_lib.data.sources import open_source
 
     sha = [open_source(str(f / "data.json")).key()[:12] for f in folders]
+    eval_sha = [open_source(str(f / "eval.json")).key()[:12] for f in folders]
     tpl = [hashlib.sha256((f / "tpl.json").read_bytes()).hexdigest()[:12] for f in folders]
     model = [model_digest(str(f / "model"))[:12] for f in folders]
     expected = (
@@ -291,8 +294,9 @@ def test_a_node_started_with_other_flags_is_refused_on_both_nodes(setup, tiny_ll
         f"({HOST}), 0.002 on node 1 ({HOST}); --data_path data.json holds other data: sha256 {sha[0]} on node 0 "
         f"({HOST}), {sha[1]} on node 1 ({HOST}); --prompt_template tpl.json holds another template: sha256 {tpl[0]} "
         f"on node 0 ({HOST}), {tpl[1]} on node 1 ({HOST}); --model_name_or_path model holds another model: sha256 "
-        f"{model[0]} on node 0 ({HOST}), {model[1]} on node 1 ({HOST}). Fix: start train.py with the same flags and "
-        "the same data "
+        f"{model[0]} on node 0 ({HOST}), {model[1]} on node 1 ({HOST}); --eval_data_path eval.json holds other "
+        f"evaluation data: sha256 {eval_sha[0]} on node 0 ({HOST}), {eval_sha[1]} on node 1 ({HOST}). Fix: start "
+        "train.py with the same flags and the same data "
         "on every node (only torchrun's own flags, such as --node_rank, differ), then run the command again on every "
         "node."
     )

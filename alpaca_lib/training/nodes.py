@@ -18,10 +18,11 @@ that node's workers. What one machine never shows is handled here:
   nodes whose counters stopped (`NodeLostError`), and says which checkpoint the same command resumes from.
 - **Nodes started differently.** A node with another flag, other data, another template file or another model
   would train another run in lockstep (or hang at the first collective whose shape differs). Before training every
-  process compares its flags, the digests of the files they name (--data_path, --prompt_template; a
-  --model_name_or_path folder's config, weight file sizes and tokenizer files, not the weights' times, which each
-  node's own copy has its own of: `model_digest`) and where it would start with rank 0's (`NodeWatch.agree`); a difference, or a refusal on any node, stops
-  every node with the same error. Whether a resume is this run's is decided by rank 0's record (`from_rank_0`).
+  process compares its flags, the digests of the files they name (--data_path, --eval_data_path and
+  --prompt_template by their bytes; a --model_name_or_path folder by its config, weight file sizes and tokenizer
+  files, not the weights' times, which each node's own copy has its own of: `model_digest`) and where it would
+  start with rank 0's (`NodeWatch.agree`); a difference, or a refusal on any node, stops every node with the same
+  error. Whether a resume is this run's is decided by rank 0's record (`from_rank_0`).
 - **An --output_dir that is not shared.** Nodes that each write their own local folder would all start afresh,
   agree, and train, each saving only its own part of every checkpoint. Rank 0 leaves a token file with a random
   name in --output_dir while the processes compare notes; a process that does not find it there stops every node.
@@ -57,7 +58,7 @@ STORE_TIMEOUT_S = 5 * HEARTBEAT_S  # how long a heartbeat waits for the job's st
 PER_PROCESS_FLAGS = ("local_rank",)
 # What a flag's file holds when its digest differs between nodes (`NodeWatch.agree`'s `digests`).
 DIGESTED_FILES = {"--data_path": "other data", "--prompt_template": "another template",
-                  "--model_name_or_path": "another model"}
+                  "--model_name_or_path": "another model", "--eval_data_path": "other evaluation data"}
 TOKEN_PREFIX = ".alpaca-nodes-"  # rank 0's token in --output_dir (a random name), while the processes compare notes
 
 

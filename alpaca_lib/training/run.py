@@ -130,12 +130,13 @@ class TrainingRun:
 
 
 @contextlib.contextmanager
-def training_run(model_args, data_args, training_args, data_key: str) -> Iterator[TrainingRun]:
+def training_run(model_args, data_args, training_args, data_key: str, eval_key: str = "") -> Iterator[TrainingRun]:
     """Holds --output_dir for this job and decides where the run starts, before the model loads.
 
     Args:
         model_args, data_args, training_args: train.py's parsed flags.
         data_key: the training data's digest (`DataSource.key()`), recorded with the model to tell runs apart.
+        eval_key: the --eval_data_path data's digest ("" without it), compared between nodes.
     Yields:
         The `TrainingRun`; the lock is released when the block ends.
     Raises:
@@ -159,6 +160,6 @@ def training_run(model_args, data_args, training_args, data_key: str) -> Iterato
         # The files a flag names are compared too (a data or template file by its bytes, a model folder by
         # `model_digest`): the same path can hold another copy on each node.
         digests = {"--data_path": data_key, "--prompt_template": record["settings"]["prompt_template_sha256"],
-                   "--model_name_or_path": model_digest(model_args.model_name_or_path)}
+                   "--model_name_or_path": model_digest(model_args.model_name_or_path), "--eval_data_path": eval_key}
         nodes.agree(flags_of(model_args, data_args, training_args), digests, start, refusal)
         yield TrainingRun(training_args, record, start, model_args, nodes)
