@@ -95,8 +95,8 @@ def test_text_flags_reach_a_fire_command_as_typed(tmp_path):
 def test_a_text_flag_left_without_text_is_refused():
     with pytest.raises(UsageError) as refused:
         check_text(instruction="Hi", system_prompt=True)
-    assert str(refused.value) == ("--system_prompt must be text, not the bool True: give it as --system_prompt TEXT (in "
-                                  "a --config file, put the value in quotes).")
+    assert str(refused.value) == ("--system_prompt must be text, not the bool True: give it as --system_prompt "
+                                  "TEXT (in a --config file, put the value in quotes).")
 
 
 def test_fire_command_name_stays_first(tmp_path):

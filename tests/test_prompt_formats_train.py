@@ -717,4 +717,5 @@ def test_a_template_file_run_trains_on_the_hand_computed_labels(tiny_llama_dir, 
     # A checkpoint records it too (inside its manifest), so that eval_model.py prompts it as it prompts the model.
     checkpoint = tmp_path / "out" / "checkpoint-1"
     assert (checkpoint / FORMAT_FILE).read_text() == (tmp_path / "out" / FORMAT_FILE).read_text()
-    assert FORMAT_FILE in json.loads((checkpoint / MANIFEST_NAME).read_text())["files"] and problem_with(checkpoint) is None
+    assert FORMAT_FILE in json.loads((checkpoint / MANIFEST_NAME).read_text())["files"]
+    assert problem_with(checkpoint) is None

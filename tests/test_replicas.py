@@ -220,6 +220,10 @@ def test_eval_outputs_with_a_replica_killed_mid_run_answers_each_instruction_onc
     assert [r["output"] for r in json.loads(out.read_text())] == [f"answer {i}" for i in range(24)]
     assert sorted(rec["i"] for rec in _journal(journal_path(out), "output")) == list(range(24))  # each once
     assert _answered(a) + len(b.requests) == 24  # nothing answered twice
+    # Each answer's journal record names the replica that gave it.
+    servers = [rec["server"].rstrip("/") for rec in _journal(journal_path(out), "output")]
+    by_server = (servers.count(a.base_url.rstrip("/")), servers.count(b.base_url.rstrip("/")))
+    assert by_server == (_answered(a), 24 - _answered(a))
 
 
 def test_eval_outputs_resumed_with_a_replica_added_asks_only_for_what_is_missing(tmp_path):

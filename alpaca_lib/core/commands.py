@@ -9,8 +9,8 @@
 
 `flag` declares a field with its help text, `same_as` reuses another config's field (default and help), and
 `is_int` and `check_text` are the checks a field's `check()` uses for whole numbers and text. `cli_command` builds
-the command (it builds the config and calls `run(config)`); `cli_signature` and `cli_docstring` are its two halves, for a command
-that keeps a hand-written function. `run_fire` (alpaca_lib/core/cli.py) then runs it.
+the command (it builds the config and calls `run(config)`); `cli_signature` and `cli_docstring` are its two halves,
+for a command that keeps a hand-written function. `run_fire` (alpaca_lib/core/cli.py) then runs it.
 """
 
 from __future__ import annotations

@@ -17,9 +17,10 @@ AlpacaEval's judges must see it: they are shown only `instruction`), `output` (t
 `stop_reason` (`eos`, or `length` when the `max_new_tokens` budget ran out), then `prompt_template` when the format
 is not alpaca. Answers that repeat their prompt (a server that echoes it) are counted in one warning line at the end.
 
-Every answer is journaled as it is made (`<output>.journal.jsonl` beside the output), so a killed run
-continues where it stopped when the same command is run again; a journal written with another model,
-another input file, another prompt format or other generation settings is refused instead of mixed in.
+Every answer is journaled as it is made (`<output>.journal.jsonl` beside the output; a served model's with the
+replica that answered, as `server`), so a killed run continues where it stopped when the same command is run
+again; a journal written with another model, another input file, another prompt format or other generation
+settings is refused instead of mixed in.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ class Answer:
     output: str
     n_tokens: int
     stop_reason: str  # EOS or LENGTH
+    server: Optional[str] = None  # a served model: the replica (--base_url address) that answered
 
 
 def load_instructions(path: str) -> list[dict]:
@@ -286,7 +288,7 @@ class ServedModel:
                         continue
                     n = int(reply.usage.get("completion_tokens", 0))
                     reason = LENGTH if choice.finish_reason == "length" else EOS
-                    yield [futures[fut]], [Answer(choice.text.strip(), n, reason)]
+                    yield [futures[fut]], [Answer(choice.text.strip(), n, reason, reply.server or None)]
             finally:
                 for fut in futures:
                     fut.cancel()
@@ -336,7 +338,7 @@ def write_outputs(
         journal.append({"t": "start", "time": time.time(), "run": run}, sync=True)
         for idx, answers in answer_batches(todo) if todo else ():
             for k, (i, a) in enumerate(zip(idx, answers)):
-                rec = {"t": "output", "i": i, **dataclasses.asdict(a)}
+                rec = {"t": "output", "i": i, **{k: v for k, v in dataclasses.asdict(a).items() if v is not None}}
                 journal.append(rec, sync=k == len(idx) - 1)  # on disk once per batch
                 done[i] = rec
                 tokens += a.n_tokens

@@ -133,6 +133,7 @@ class Reply:
     attempts: int = 1
     latency_s: float = 0.0
     max_tokens: int = 0
+    server: str = ""  # the replica that answered (`Replica.url`: no password, no query values)
 
 
 class CompletionClient:
@@ -332,7 +333,7 @@ class CompletionClient:
             finally:  # a failure worth retrying marks the replica down; anything else (or none) up
                 self._replicas.release(replica, outcome if isinstance(outcome, BaseException) else None)
             if isinstance(outcome, tuple):
-                return Reply(*outcome, attempts, time.monotonic() - start, max_tokens)
+                return Reply(*outcome, attempts, time.monotonic() - start, max_tokens, replica.url)
             if outcome is None:  # max_tokens was shrunk: send it again
                 continue
             tried.add(replica)
