@@ -112,10 +112,17 @@ def smollm2_model_dir(smollm2_tokenizer, tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture()
-def marked(tokenizer):
+# The same with a block that closes before the EOS, as some templates write it: the EOS is trained all the same.
+GENERATION_BEFORE_EOS_TEMPLATE = GENERATION_TEMPLATE.replace(
+    "{{ m['content'] + eos_token }}{% endgeneration %}{{ ' | ' }}",
+    "{{ m['content'] }}{% endgeneration %}{{ eos_token + ' | ' }}")
+
+
+@pytest.fixture(params=["eos inside", "eos after"])
+def marked(tokenizer, request):
     """The tiny LLaMA's tokenizer with a chat template that has {% generation %} marks."""
-    tokenizer.chat_template = GENERATION_TEMPLATE
+    assert GENERATION_BEFORE_EOS_TEMPLATE != GENERATION_TEMPLATE
+    tokenizer.chat_template = GENERATION_TEMPLATE if request.param == "eos inside" else GENERATION_BEFORE_EOS_TEMPLATE
     return tokenizer
 
 

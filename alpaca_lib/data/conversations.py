@@ -10,8 +10,9 @@ turns in the loss.
 A conversation is an optional system turn, then user and assistant turns in turn, starting with the user and ending
 with the assistant. `encode_chat` renders it with the tokenizer's chat template and marks what the assistant says,
 its end-of-turn token included (ChatML `<|im_end|>`, not the newline after it): from the template's own
-`{% generation %}` marks where it has them, otherwise from where each assistant turn starts and ends in the rendered
-text, found by rendering the conversation up to it (with the generation prompt) and through it.
+`{% generation %}` marks where it has them (with the end of turn added where a block closes before it), otherwise
+from where each assistant turn starts and ends in the rendered text, found by rendering the conversation up to it
+(with the generation prompt) and through it.
 """
 
 from __future__ import annotations
@@ -212,6 +213,7 @@ def encode_chats(conversations: Sequence[Sequence[dict]], tokenizer, generation_
             raise
     encodings = tokenizer([text for text, _, _ in rendered], add_special_tokens=False, return_offsets_mapping=True,
                           return_attention_mask=False, return_token_type_ids=False)
+    stops = _stop_ids(tokenizer) if generation_marks else set()
     out = []
     for k, (messages, (_, spans, consistent)) in enumerate(zip(conversations, rendered)):
         ids = list(encodings["input_ids"][k])
@@ -221,6 +223,30 @@ def encode_chats(conversations: Sequence[Sequence[dict]], tokenizer, generation_
                                                    return_assistant_tokens_mask=True)  # rendered above: no raise
             if list(marked["input_ids"]) != ids:
                 raise ValueError("the chat template's rendering changed between two calls")
-            mask = np.asarray(marked["assistant_masks"], bool)
+            mask = _with_end_of_turn(np.asarray(marked["assistant_masks"], bool), ids, stops)
         out.append((ids, mask, {"prefix_mismatch": int(not consistent), "boundary_merges": crossing}))
     return out
+
+
+def _stop_ids(tokenizer) -> set:
+    """The tokens that end an answer: the EOS, and the first token of the template's end of turn
+    (`end_of_turn_text`) where that is a special token (ChatML's `<|im_end|>`, Llama 3's `<|eot_id|>`)."""
+    stops = {tokenizer.eos_token_id} - {None}
+    text = end_of_turn_text(tokenizer)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+    special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
+    if ids and ids[0] in special:
+        stops.add(ids[0])
+    return stops
+
+
+def _with_end_of_turn(mask: np.ndarray, ids: Sequence[int], stops: set) -> np.ndarray:
+    """`mask` (from `{% generation %}` marks) with the token that ends a marked turn added when it is an end of turn
+    (`_stop_ids`): a template whose block closes before it would otherwise never show the model where an answer
+    ends."""
+    if not stops or not mask.any():
+        return mask
+    for end in np.flatnonzero(mask[:-1] & ~mask[1:]) + 1:  # the first unmarked token after each marked run
+        if ids[end] in stops:
+            mask[end] = True
+    return mask
