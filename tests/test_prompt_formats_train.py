@@ -357,6 +357,11 @@ def test_the_alpaca_cache_key_is_the_one_of_the_versions_before_formats(tokenize
     tokenizer.chat_template = GENERATION_TEMPLATE.replace("[INST]", "[USER]")
     others.add(cache_key(open_source(data), tokenizer, 128, prompt_format=CHAT))
     assert len(others) == 3 and pinned not in others  # the format, the system prompt, the template: each a key
+    # Masks from {% generation %} marks gained the end of turn after a block: the entries made before are not read.
+    tokenizer.chat_template = GENERATION_TEMPLATE
+    marked = cache_key(open_source(data), tokenizer, 128, prompt_format=CHAT)
+    monkeypatch.setattr(cache, "has_generation_marks", lambda tok: False)
+    assert cache_key(open_source(data), tokenizer, 128, prompt_format=CHAT) != marked
 
 
 def test_chat_cache_entries_hold_the_mask_and_alpaca_entries_do_not(smollm2, tmp_path):

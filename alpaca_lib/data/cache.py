@@ -29,7 +29,7 @@ import numpy as np
 from alpaca_lib.core.errors import UsageError
 from alpaca_lib.core.fileio import atomic_write, disk_full_reason
 from alpaca_lib.core.locking import output_lock
-from alpaca_lib.data.formats import ALPACA, PromptFormat
+from alpaca_lib.data.formats import ALPACA, PromptFormat, has_generation_marks
 from alpaca_lib.data.sources import DataSource, open_source
 from alpaca_lib.data.tokenizing import BatchEncoder, DropOptions, EncodedData, encode_batches
 
@@ -90,6 +90,8 @@ def cache_key(source: DataSource | str | os.PathLike, tokenizer, max_length: int
         described = dict(prompt_format.settings())
         if prompt_format.is_chat:  # the template is not part of the tokenizer's fingerprint
             described["chat_template"] = getattr(tokenizer, "chat_template", None)
+            if has_generation_marks(tokenizer):  # entries from before the end of turn was added to marked turns
+                described["generation_marks"] = "end of turn added"
         h.update(f";prompt_format={json.dumps(described, sort_keys=True)}".encode())
     return h.hexdigest()[:32]
 
