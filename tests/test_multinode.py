@@ -692,6 +692,16 @@ def _resume_and_compare(job_flags, root: Path, name: str, out: Path, reference: 
     return step
 
 
+def _saving_job(setup, tiny_llama_dir, jobs, name: str, fault: str):
+    """A started two-node job over the 16 examples that saves every SAVE_STEPS steps, and a random step after its
+    first save at which to inflict `fault`: (out, flags, at_step, context for messages, job)."""
+    root, _, sixteen = setup
+    out = root / name
+    flags = [_flags(tiny_llama_dir, sixteen, out, root / "cache-faults", 2, SAVING)] * 2
+    at_step = random.Random(time.time_ns()).randint(SAVE_STEPS + 1, TOTAL_STEPS - 4)
+    return out, flags, at_step, f"{fault} after step {at_step}", jobs(root, name, flags).start()
+
+
 @pytest.mark.slow
 def test_a_killed_launcher_stops_the_other_node_at_once_and_the_rerun_resumes(setup, uninterrupted, tiny_llama_dir,
                                                                               jobs):
@@ -699,12 +709,9 @@ def test_a_killed_launcher_stops_the_other_node_at_once_and_the_rerun_resumes(se
     stops within seconds naming node 1, and running both commands again resumes from the last complete checkpoint
     and ends with the uninterrupted run's weights. Before, the orphaned worker trained to the end with node 0, and
     node 0's torchrun then waited 300 s for node 1's at its exit. Slow: two jobs of about 30 s."""
-    root, _, sixteen = setup
-    out = root / "lost-node"
-    flags = [_flags(tiny_llama_dir, sixteen, out, root / "cache-faults", 2, SAVING)] * 2
-    at_step = random.Random(time.time_ns()).randint(SAVE_STEPS + 1, TOTAL_STEPS - 4)
-    context = f"node 1's launcher killed after step {at_step}"
-    job = jobs(root, "lost-node", flags).start()
+    root = setup[0]
+    out, flags, at_step, context, job = _saving_job(setup, tiny_llama_dir, jobs, "lost-node",
+                                                    "node 1's launcher killed")
     orphan = job.worker(1)
     _wait_for_step(job, out, at_step)
     os.kill(job.procs[1].pid, signal.SIGKILL)
@@ -768,12 +775,8 @@ def test_a_killed_launcher_of_node_0_is_named_as_the_lost_store(setup, tiny_llam
 def test_sigterm_to_one_node_saves_one_checkpoint_for_both(setup, uninterrupted, tiny_llama_dir, jobs):
     """SIGTERM to node 1's torchrun only: both nodes stop at the same step after writing their parts of one
     checkpoint, and the rerun resumes from it. Slow: two jobs of about 30 s."""
-    root, _, sixteen = setup
-    out = root / "sigterm"
-    flags = [_flags(tiny_llama_dir, sixteen, out, root / "cache-faults", 2, SAVING)] * 2
-    at_step = random.Random(time.time_ns()).randint(SAVE_STEPS + 1, TOTAL_STEPS - 4)
-    context = f"SIGTERM to node 1 after step {at_step}"
-    job = jobs(root, "sigterm", flags).start()
+    root = setup[0]
+    out, flags, at_step, context, job = _saving_job(setup, tiny_llama_dir, jobs, "sigterm", "SIGTERM to node 1")
     _wait_for_step(job, out, at_step)
     os.kill(job.procs[1].pid, signal.SIGTERM)
     codes = job.wait()
