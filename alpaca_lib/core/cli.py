@@ -12,7 +12,6 @@ typed (`verbatim_text`), and a mistake to fix (`UsageError`, and the `errors` a 
 from __future__ import annotations
 
 import inspect
-import re
 import sys
 import typing
 from typing import Any, Callable, List, Mapping, Optional, Sequence, Set, Union
@@ -21,7 +20,7 @@ import fire
 
 from alpaca_lib.core.config_file import expand_fire_config
 from alpaca_lib.core.errors import UsageError, exit_with
-from alpaca_lib.core.preflight import check_fire_flags
+from alpaca_lib.core.preflight import FLAG_TOKEN, check_fire_flags, fire_command
 from alpaca_lib.core.quiet import quiet_entry_point
 
 Commands = Union[Mapping[str, Callable], Callable]
@@ -77,22 +76,19 @@ def verbatim_text(argv: Sequence[str], commands: Commands) -> List[str]:
     """
     args = list(argv)
     end = args.index("--") if "--" in args else len(args)  # fire's own flags come after a lone --
-    if isinstance(commands, Mapping):
-        if not args or args[0] not in commands:
-            return args
-        function, start = commands[args[0]], 1
-    else:
-        function, start = commands, 0
+    found = fire_command(args, commands, "")
+    if found is None:
+        return args
+    function, _, i = found
     text = _text_flags(function)
-    i = start
     while i < end:
         token = args[i]
-        if re.match(r"--?[A-Za-z_]", token):
+        if FLAG_TOKEN.match(token):
             name, eq, value = token.partition("=")
             if name.lstrip("-").replace("-", "_") in text:
                 if eq:
                     args[i] = f"{name}={value!r}"
-                elif i + 1 < end and not re.match(r"--?[A-Za-z_]", args[i + 1]):
+                elif i + 1 < end and not FLAG_TOKEN.match(args[i + 1]):
                     args[i + 1] = repr(args[i + 1])
                     i += 1
         i += 1

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Iterable, List, Optional, Sequence
 
 from alpaca_lib.core.errors import UsageError
-from alpaca_lib.core.preflight import nearest
+from alpaca_lib.core.preflight import fire_command, nearest
 
 CONFIG_FLAG = "--config"
 
@@ -196,11 +195,9 @@ def expand_config(argv: Sequence[str], known: Iterable[str], program: str, style
 def expand_fire_config(argv: Sequence[str], commands, program: str) -> List[str]:
     """`expand_config` for a fire program: {name: function} (the command comes first in argv) or one function."""
     args = list(argv)
-    if isinstance(commands, Mapping):
-        if not args or args[0] not in commands:
-            return args
-        function, name, lead = commands[args[0]], f"{program} {args[0]}", 1
-    else:
-        function, name, lead = commands, program, 0
+    found = fire_command(args, commands, program)
+    if found is None:
+        return args
+    function, name, lead = found
     known = [f"--{p}" for p in inspect.signature(function).parameters]
     return expand_config(args, known, name, style="fire", keep_leading=lead)

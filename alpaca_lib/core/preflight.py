@@ -212,6 +212,21 @@ def unknown_flags_error(unknown: Sequence[str], known: Iterable[str], command: s
     return UsageError(f"{command}: unknown flag{'s' if len(unknown) > 1 else ''} {named}. See `{command} --help`.")
 
 
+# A flag on a fire command line: fire takes -flag as well as --flag; "-5" is a value.
+FLAG_TOKEN = re.compile(r"--?[A-Za-z_]")
+
+
+def fire_command(args: Sequence[str], commands: Mapping[str, Callable] | Callable,
+                 program: str) -> Optional[tuple[Callable, str, int]]:
+    """What a fire command line runs: (the function, its name in messages, how many leading words name it: 1 for a
+    {name: function} program, 0 for one function); None when the first word names no command (fire lists them)."""
+    if not isinstance(commands, Mapping):
+        return commands, program, 0
+    if not args or args[0] not in commands:
+        return None
+    return commands[args[0]], f"{program} {args[0]}", 1
+
+
 def check_fire_flags(argv: Sequence[str], commands: Mapping[str, Callable] | Callable, program: str) -> None:
     """Refuses flags that a fire command does not take, before the command runs.
 
@@ -226,12 +241,11 @@ def check_fire_flags(argv: Sequence[str], commands: Mapping[str, Callable] | Cal
     args = list(argv)
     if "--" in args:
         args = args[: args.index("--")]  # fire's own flags (--help, --trace) come after a lone --
-    if isinstance(commands, Mapping):
-        if not args or args[0] not in commands:
-            return  # fire lists the commands itself
-        function, command, args = commands[args[0]], f"{program} {args[0]}", args[1:]
-    else:
-        function, command = commands, program
+    found = fire_command(args, commands, program)
+    if found is None:
+        return
+    function, command, lead = found
+    args = args[lead:]
     params = inspect.signature(function).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     known = {f"--{name}" for name, p in params.items()
@@ -240,7 +254,7 @@ def check_fire_flags(argv: Sequence[str], commands: Mapping[str, Callable] | Cal
         return
     unknown = []
     for token in args:
-        if not re.match(r"--?[A-Za-z_]", token):  # fire takes -flag as well as --flag; "-5" is a value
+        if not FLAG_TOKEN.match(token):
             continue
         flag = token.split("=", 1)[0]
         spelled = "--" + flag.lstrip("-").replace("-", "_")
