@@ -285,7 +285,7 @@ def _make_trainer(model, tokenizer, model_args, data_args, training_args, record
     with training_args.main_process_first(local=True, desc="tokenizing the training data"):
         data_module = make_supervised_data_module(
             tokenizer=tokenizer, data_args=data_args, records=records, training_args=training_args,
-            eval_records=eval_records, supervised_logits_only=supervised_logits,
+            eval_records=eval_records, supervised_logits_only=supervised_logits, prompt_format=data_args.prompt_format(),
         )
     trainer = ResumableTrainer(model=model, processing_class=tokenizer, args=training_args,
                                callbacks=[sigterm, *log_callbacks(data_module["train_dataset"])], **data_module)

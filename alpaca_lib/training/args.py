@@ -85,16 +85,14 @@ class DataArguments:
         metadata={"help": "Map other column names onto Alpaca's, e.g. instruction=instruction,input=context,"
                           "output=response (databricks-dolly-15k)."},
     )
-    drop_truncated_responses: bool = field(
-        default=False,
-        metadata={"help": "Leave out examples whose response is cut at --model_max_length (their EOS is lost); "
-                          "the original trains on them. Applies to --eval_data_path too."},
+    drop_truncated_responses: bool = field(default=False, metadata={
+        "help": "Leave out examples whose response is cut at --model_max_length (their EOS is lost); "
+                "the original trains on them. Applies to --eval_data_path too."},
     )
-    drop_empty_or_duplicate_records: bool = field(
-        default=False,
-        metadata={"help": "Leave out records with an empty output or a blank instruction, and exact repeats of an "
-                          "earlier record; the original trains on them (they are counted in the log either way). "
-                          "Applies to --eval_data_path too."},
+    drop_empty_or_duplicate_records: bool = field(default=False, metadata={
+        "help": "Leave out records with an empty output or a blank instruction, and exact repeats of an "
+                "earlier record; the original trains on them (they are counted in the log either way). "
+                "Applies to --eval_data_path too."},
     )
     preprocessing_cache_dir: Optional[str] = field(
         default=str(default_cache_dir()),
@@ -117,8 +115,11 @@ class DataArguments:
         "chat template's own default applies, if it has one).")})
 
     def prompt_format(self) -> PromptFormat:
-        """--prompt_template and --system_prompt, read and checked (`load_prompt_format`; PromptFormatError)."""
-        return load_prompt_format(self.prompt_template, self.system_prompt)
+        """--prompt_template and --system_prompt, read and checked once (`load_prompt_format`; PromptFormatError)."""
+        key = (self.prompt_template, self.system_prompt)  # one read of a template file: checks, SHA-256, data agree
+        if self.__dict__.get("_prompt_format", (None,))[0] != key:
+            self.__dict__["_prompt_format"] = (key, load_prompt_format(*key))
+        return self.__dict__["_prompt_format"][1]
 
     @property
     def prompt_template_sha256(self) -> str:
