@@ -13,7 +13,7 @@ from typing import Sequence, Tuple
 import numpy as np
 
 from alpaca_lib.core.errors import UsageError
-from alpaca_lib.data.tokenizing import EncodedData
+from alpaca_lib.data.tokenizing import EncodedData, loss_tokens
 
 
 def select_examples(encoded: EncodedData, indices: Sequence[int]) -> EncodedData:
@@ -31,14 +31,15 @@ def select_examples(encoded: EncodedData, indices: Sequence[int]) -> EncodedData
     lengths = ends - starts
     offsets = np.zeros(len(indices) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    flat = np.concatenate([encoded.input_ids[s:e] for s, e in zip(starts, ends)]) if len(indices) else (
-        np.zeros(0, dtype=encoded.input_ids.dtype))
+
+    def gather(per_token: np.ndarray) -> np.ndarray:  # the selected examples' stretches of a per-token array
+        if not len(indices):
+            return np.zeros(0, dtype=per_token.dtype)
+        return np.concatenate([per_token[s:e] for s, e in zip(starts, ends)])
+
+    flat = gather(encoded.input_ids)
     source_lens = encoded.source_lens[indices]
-    mask = None
-    if encoded.loss_mask is not None:
-        mask = np.concatenate([encoded.loss_mask[s:e] for s, e in zip(starts, ends)]) if len(indices) else (
-            np.zeros(0, dtype=bool))
-        mask = mask.astype(bool, copy=False)
+    mask = gather(encoded.loss_mask) if encoded.loss_mask is not None else None
     stats = {
         "examples": len(indices),
         "kept": len(indices),
@@ -46,7 +47,7 @@ def select_examples(encoded: EncodedData, indices: Sequence[int]) -> EncodedData
         "dropped_indices": [],
         "boundary_merges": 0,
         "tokens": int(offsets[-1]),
-        "loss_tokens": int(offsets[-1] - source_lens.astype(np.int64).sum()) if mask is None else int(mask.sum()),
+        "loss_tokens": loss_tokens(offsets, source_lens, mask),
         "cache": encoded.stats.get("cache", "off"),
     }
     return EncodedData(flat.astype(encoded.input_ids.dtype, copy=False), offsets, source_lens, stats, mask)

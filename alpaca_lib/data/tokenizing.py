@@ -80,6 +80,13 @@ class EncodedData:
         return np.where(mask, ids.astype(np.int64), IGNORE_INDEX)
 
 
+def loss_tokens(offsets: np.ndarray, source_lens: np.ndarray, loss_mask: Optional[np.ndarray]) -> int:
+    """How many tokens of the examples are in the loss: those after each masked prefix, or those the mask marks."""
+    if loss_mask is not None:
+        return int(loss_mask.sum())
+    return int(offsets[-1] - source_lens.astype(np.int64).sum())
+
+
 def _batched_encodings(tokenizer, texts: Sequence[str], max_length: int):
     """Yields (ids, encoding) per text, truncated like `tokenizer(text, max_length=..., truncation=True)`.
 
@@ -326,7 +333,7 @@ class BatchEncoder:
             "kept": len(lengths),
             "dropped_indices": self.dropped_indices,
             "tokens": int(offsets[-1]),
-            "loss_tokens": int(offsets[-1] - source_lens.astype(np.int64).sum()) if mask is None else int(mask.sum()),
+            "loss_tokens": loss_tokens(offsets, source_lens, mask),
         }
         return EncodedData(flat, offsets, source_lens, stats, mask)
 

@@ -124,9 +124,9 @@ class LocalModel:
         eos = [eos] if isinstance(eos, int) else list(eos or [])
         if tokenizer.eos_token_id is not None:
             eos.append(tokenizer.eos_token_id)
-        if prompt_format is not None and prompt_format.is_chat and end_of_turn_token(tokenizer) is not None:
+        if prompt_format is not None and prompt_format.is_chat:
             eos.append(end_of_turn_token(tokenizer))
-        self.eos_ids = sorted(set(eos))
+        self.eos_ids = sorted(set(eos) - {None})
         if not self.eos_ids:
             raise UsageError("the tokenizer and generation config name no EOS token; answers cannot end.")
         # Without a pad token (e.g. a base model), pad with EOS: the attention mask hides padding anyway.
