@@ -105,12 +105,11 @@ class SupervisedDataset(Dataset):
         return len(self.encoded)
 
     def __getitem__(self, i) -> Dict[str, torch.Tensor]:
-        ids, source_len = self.encoded.example(i)
-        ids = ids.astype(np.int64)
-        if not self.chat:
-            return dict(input_ids=torch.from_numpy(ids), labels=torch.from_numpy(labels_for(ids, source_len)))
-        return dict(input_ids=torch.from_numpy(ids), labels=torch.from_numpy(self.encoded.labels(i)),
-                    attention_mask=torch.ones(len(ids), dtype=torch.bool))
+        ids = self.encoded.example(i)[0].astype(np.int64)
+        item = dict(input_ids=torch.from_numpy(ids), labels=torch.from_numpy(self.encoded.labels(i)))
+        if self.chat:  # its own attention mask: a pad-based one would hide end-of-turn tokens that are the pad token
+            item["attention_mask"] = torch.ones(len(ids), dtype=torch.bool)
+        return item
 
     @property
     def lengths(self) -> np.ndarray:
